@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -32,7 +32,6 @@ class _Bucket:
     ready: int = 0
     work: Work | None = None
     flat: torch.Tensor | None = None
-    grads: list = field(default_factory=list)
 
 
 class DataParallel(nn.Module):
@@ -57,15 +56,29 @@ class DataParallel(nn.Module):
                 self.comm.broadcast(t.data, src=0)
         self.buckets = self._make_buckets(params, int(bucket_cap_mb * 2**20))
         self._where = {id(p): b for b, bucket in enumerate(self.buckets) for p in bucket.params}
-        self._hooks = [p.register_post_accumulate_grad_hook(self._on_grad) for p in params]
+        # Each bucket owns one flat buffer; gradients live in it as views, so the
+        # all-reduce works in place and nothing is copied back afterwards.
+        self._views: dict[int, torch.Tensor] = {}
+        for bucket in self.buckets:
+            bucket.flat = torch.zeros(bucket.numel, dtype=bucket.params[0].dtype,
+                                      device=bucket.params[0].device)
+            offset = 0
+            for p in bucket.params:
+                self._views[id(p)] = bucket.flat[offset:offset + p.numel()].view_as(p)
+                offset += p.numel()
+        # One rank: nothing to average, so no hooks and no overhead.
+        self._hooks = ([p.register_post_accumulate_grad_hook(self._on_grad) for p in params]
+                       if self.comm.world_size > 1 else [])
 
     @staticmethod
     def _make_buckets(params, cap_bytes: int) -> list[_Bucket]:
-        # Gradients become ready roughly in reverse registration order.
+        # Gradients become ready roughly in reverse registration order. The first
+        # bucket is small (1 MiB) so communication starts early in backward.
         buckets, cur, size, dtype = [], [], 0, None
         for p in reversed(params):
             nbytes = p.numel() * p.element_size()
-            if cur and (size + nbytes > cap_bytes or p.dtype != dtype):
+            cap = min(cap_bytes, 2**20) if not buckets else cap_bytes
+            if cur and (size + nbytes > cap or p.dtype != dtype):
                 buckets.append(_Bucket(cur, sum(q.numel() for q in cur)))
                 cur, size = [], 0
             cur.append(p)
@@ -98,9 +111,20 @@ class DataParallel(nn.Module):
         if not self._queued:
             self._queued = True
             Variable._execution_engine.queue_callback(self._finish)
+        self._on_grad_ready_copy(p)
         b = self._where[id(p)]
         self.buckets[b].ready += 1
         self._launch_ready()
+
+    def _on_grad_ready_copy(self, p: nn.Parameter) -> None:
+        """Point p.grad at its slot in the bucket buffer (copying once if autograd made a new one)."""
+        view = self._views[id(p)]
+        if p.grad is not view:
+            if p.grad is None:
+                view.zero_()
+            else:
+                view.copy_(p.grad)
+            p.grad = view
 
     def _launch_ready(self, force: bool = False) -> None:
         """Start buckets in index order (the same order on every rank)."""
@@ -109,28 +133,21 @@ class DataParallel(nn.Module):
                 continue
             if bucket.ready < len(bucket.params) and not force:
                 return
-            grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in bucket.params]
-            bucket.flat = torch.cat([g.reshape(-1) for g in grads])
+            for p in bucket.params:  # params that got no gradient count as zeros
+                self._on_grad_ready_copy(p)
             bucket.work = self.comm.all_reduce(bucket.flat, op="avg", async_op=True)
 
     def _finish(self) -> None:
         self._launch_ready(force=True)
         for bucket in self.buckets:
-            bucket.work.wait()
-            offset = 0
-            for p in bucket.params:
-                n = p.numel()
-                g = bucket.flat[offset:offset + n].view_as(p)
-                if p.grad is None:
-                    p.grad = g.clone()
-                else:
-                    p.grad.copy_(g)
-                offset += n
-            bucket.work, bucket.flat, bucket.ready = None, None, 0
+            bucket.work.wait()  # gradients are views of bucket.flat: nothing to copy back
+            bucket.work, bucket.ready = None, 0
         self._queued = False
 
     def sync_gradients(self) -> None:
         """Average the current .grad of every parameter now (e.g. after no_sync steps)."""
+        if self.comm.world_size == 1:
+            return
         for bucket in self.buckets:
             bucket.ready = len(bucket.params)
         self._finish()
