@@ -117,3 +117,16 @@ def test_parent_killed_takes_ranks_with_it(tmp_path):
     for p in leftover:  # do not leave them behind even if the test fails
         os.kill(p, signal.SIGKILL)
     assert leftover == []
+
+
+def test_same_script_runs_under_torchrun():
+    """examples/train_digits.py, unchanged, under torchrun with c10d rendezvous."""
+    root = Path(__file__).resolve().parents[1]
+    torchrun = Path(sys.executable).with_name("torchrun")
+    cmd = ([str(torchrun)] if torchrun.exists() else [sys.executable, "-m", "torch.distributed.run"])
+    r = subprocess.run(cmd + ["--nproc-per-node=2", "--rdzv-backend=c10d",
+                              "--rdzv-endpoint=127.0.0.1:0", str(root / "examples/train_digits.py")],
+                       capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, r.stderr[-3000:]
+    acc = float(r.stdout.split("test accuracy")[1].split("%")[0])
+    assert acc >= 95.0
