@@ -239,6 +239,15 @@ class Pipeline:
                     versions[a.mb] = done
         return self._run(sched[self.rank], xs, ys, self._boundary_shapes(xs[0]), versions)
 
+    def state_by_layer(self) -> dict[int, dict]:
+        """{layer index: its state_dict as numpy arrays} for this rank's layers (picklable)."""
+        return {l: {k: v.detach().cpu().numpy().copy() for k, v in self.layers[l].state_dict().items()}
+                for c in self.my_chunks for l in range(*self.bounds[c])}
+
+    def stash_log(self) -> dict[int, dict]:
+        """{chunk: {micro-batch: versions and weight checksums at forward and backward}}."""
+        return {c: dict(self.stash[c].log) for c in self.my_chunks}
+
     def parameters_by_layer(self) -> dict[int, list[torch.Tensor]]:
         """{layer index: its parameters} for the layers this rank holds."""
         return {l: [p.detach().clone() for p in self.layers[l].parameters()]
