@@ -42,9 +42,14 @@ def reference():
 def run_configs(configs):
     out = []
     for bounds, ranks, kind in configs:
-        pipe = Pipeline(make_model(), bounds, ranks, F.cross_entropy, kind, M, optimizer=opt)
+        pipe = Pipeline(make_model(), bounds, ranks, F.cross_entropy, kind, M, optimizer=opt,
+                        record=True)
         for x, y in data():
             pipe.step(x, y)
+        kinds = [e[1] for e in pipe.events]
+        v = len(bounds) // len(ranks)
+        per_replica = STEPS * M * v // len(ranks[pipe.stage])
+        assert kinds.count("F") == kinds.count("B") == per_replica
         out.append({l: [p.numpy() for p in ps] for l, ps in pipe.parameters_by_layer().items()})
         dist.barrier()
     return out

@@ -149,6 +149,7 @@ class Pipeline:
                     inp = xs[mb]
                 else:
                     inp = self._take(("F", mb, c), inbox, pending).requires_grad_(True)
+                    t0 = time.time()
                 if async_mode:
                     out = self.stash[c].forward(mb, inp, versions[mb] if versions else None)
                 else:
@@ -164,6 +165,7 @@ class Pipeline:
                 self._send(out, a, "F", c + 1, inbox, sends)
             elif a.kind == "B":
                 grad = None if c == self.C - 1 else self._take(("B", mb, c), inbox, pending)
+                t0 = time.time()
                 inp, out = saved.pop((mb, c))
                 if async_mode:
                     gx = self.stash[c].backward(mb, out if c == self.C - 1 else None, grad)
