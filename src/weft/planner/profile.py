@@ -162,7 +162,8 @@ def profile_layer(name: str, layer: nn.Module, x: torch.Tensor, repeats: int = 5
 
 
 def structure_key(model: nn.Module, sample: torch.Tensor) -> str:
-    text = f"{model!r}|{tuple(sample.shape)}|{sample.dtype}|{torch.__version__}"
+    text = (f"{model!r}|{tuple(sample.shape)}|{sample.dtype}|{torch.__version__}|"
+            f"{torch.get_num_threads()}")
     return hashlib.sha256(text.encode()).hexdigest()[:20]
 
 
@@ -171,10 +172,24 @@ def default_cache_dir() -> Path:
 
 
 def profile_model(model: nn.Module, sample: torch.Tensor, repeats: int = 5,
-                  cache_dir: str | os.PathLike | None = None, use_cache: bool = True
-                  ) -> ModelProfile:
-    """Profile every layer of `model` on the batch `sample` (first dim = batch size)."""
+                  cache_dir: str | os.PathLike | None = None, use_cache: bool = True,
+                  threads: int | None = 1) -> ModelProfile:
+    """Profile every layer of `model` on the batch `sample` (first dim = batch size).
+
+    `threads` sets torch's intra-op threads while profiling (default 1, what each
+    local rank uses); None keeps the current setting.
+    """
     seq = as_sequential(model)
+    old = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        return _profile(seq, model, sample, repeats, cache_dir, use_cache)
+    finally:
+        torch.set_num_threads(old)
+
+
+def _profile(seq, model, sample, repeats, cache_dir, use_cache) -> ModelProfile:
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     path = cache / f"{structure_key(seq, sample)}.json"
     if use_cache and path.exists():
