@@ -184,7 +184,7 @@ def main(argv=None) -> int:
     ap.add_argument("--json", help="write results as a JSON list here")
     args = ap.parse_args(argv)
     M, mb = 8, 32
-    steps, reps = (4, 2) if args.quick else (10, 4)
+    steps, reps = (4, 3) if args.quick else (6, 8)
     con = Console()
     res = launch(rank_main, 2, args=(M, mb, steps, reps), timeout=120)[0]
     prof = ModelProfile.from_dict(res["prof"])

@@ -68,6 +68,7 @@ class Pipeline:
         self.stash = {c: WeightStash(self.modules[c], keep_log) for c in self.my_chunks}
         self.events: list[tuple] = []
         self._shapes: dict[tuple, list[torch.Size]] = {}
+        self._schedules: dict[int, dict[int, list[Action]]] = {}
 
     @classmethod
     def from_plan(cls, model, plan, loss_fn, schedule="1f1b", chunks_per_stage: int = 1, **kw):
@@ -197,9 +198,13 @@ class Pipeline:
 
     # -- public API ----------------------------------------------------------------
     def schedule(self, microbatches: int | None = None) -> dict[int, list[Action]]:
-        sched = build_schedule(self.kind, self.stage_ranks, microbatches or self.M, self.v)
-        simulate(sched)  # raises PlanError if it could deadlock
-        return sched
+        """The per-rank action lists (built once per micro-batch count, validated by simulation)."""
+        n = microbatches or self.M
+        if n not in self._schedules:
+            sched = build_schedule(self.kind, self.stage_ranks, n, self.v)
+            simulate(sched)  # raises PlanError if it could deadlock
+            self._schedules[n] = sched
+        return self._schedules[n]
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> float | None:
         """One optimizer step on the batch (x, y) split into micro-batches (flush schedules).
