@@ -31,7 +31,17 @@ def stash_logs(n):
         pipe.train_async(xs, ys)
         out[vs] = pipe.stash_log()[dist.get_rank()]
         dist.barrier()
+    # a replicated stage: its replicas average gradients after every backward
+    pipe = Pipeline(small_model(), [(0, 4), (4, 5)], [[0, 1], [2]], F.cross_entropy, "pipedream",
+                    optimizer=opt, keep_log=True)
+    pipe.train_async(xs, ys)
+    out["replicated"] = {l: [p.numpy() for p in ps] for l, ps in pipe.parameters_by_layer().items()}
+    out["replicated_log"] = pipe.stash_log()
     return out
+
+
+def e_ok(log):
+    return all(e["bwd_version"] == e["fwd_version"] for e in log.values())
 
 
 def test_backward_uses_the_weights_its_forward_used():
@@ -39,6 +49,7 @@ def test_backward_uses_the_weights_its_forward_used():
     logs = launch(stash_logs, S, args=(n,), timeout=60)
     for stage, by_vs in enumerate(logs):
         log = by_vs[False]
+        assert e_ok(log)
         assert sorted(log) == list(range(n))
         for mb, e in log.items():
             # the stashed version, not the live one, was differentiated
@@ -51,6 +62,14 @@ def test_backward_uses_the_weights_its_forward_used():
             assert stale and all(e["live_checksum"] != e["fwd_checksum"] for e in stale)
         else:
             assert not stale
+    # replicas of stage 0 (ranks 0, 1) stay identical; each did half the micro-batches
+    for layer, params in logs[0]["replicated"].items():
+        for a, b in zip(params, logs[1]["replicated"][layer]):
+            assert (a == b).all()
+    assert sorted(logs[0]["replicated_log"][0]) == list(range(0, n, 2))
+    assert sorted(logs[1]["replicated_log"][0]) == list(range(1, n, 2))
+    for e in logs[0]["replicated_log"][0].values():
+        assert e["bwd_checksum"] == e["fwd_checksum"]
     # vertical sync: every stage uses the version the input stage used for that micro-batch
     first = logs[0][True]
     for by_vs in logs:

@@ -24,7 +24,8 @@ from weft.errors import PlanError
 
 
 def _checksum(tensors) -> float:
-    return float(sum(t.double().sum() + (t.double() ** 2).sum() for t in tensors))
+    with torch.no_grad():
+        return float(sum(t.double().sum() + (t.double() ** 2).sum() for t in tensors))
 
 
 class WeightStash:
