@@ -132,3 +132,8 @@ def test_200_layers_16_workers_is_fast():
     elapsed = time.perf_counter() - t0
     assert plan.workers == 16
     print(f"partition 200 layers x 16 workers: {elapsed:.3f} s")
+
+
+def test_too_many_workers():
+    with pytest.raises(PlanError, match="has 2 compute devices; cannot use 3"):
+        partition(make_profile([(1, 1, 1, 1, 1)]), ring(2), workers=3)
