@@ -197,6 +197,9 @@ def main(argv=None) -> int:
     frac = max(sum(l.param_bytes for l in prof.layers[s.first:s.end]) for s in opt.stages) / total
     pred = predict(opt, prof, topo, "1f1b",
                    step_overhead_s=res["opt_step_s"] * frac)["samples_per_s"]
+    pred_eq = predict(eq, prof, topo, "1f1b", step_overhead_s=res["opt_step_s"] * max(
+        sum(l.param_bytes for l in prof.layers[s.first:s.end]) for s in eq.stages) / total
+    )["samples_per_s"]
     part_s = partition_speed()
     con.print(f"gloo loopback: {res['bw'] / 1e9:.2f} GB/s, latency {res['lat'] * 1e6:.0f} us; "
               f"optimal plan {[s['layers'] for s in res['opt']['stages']]} replicas "
@@ -207,6 +210,7 @@ def main(argv=None) -> int:
     for k, v in rate.items():
         t.add_row(k, f"{v:,.0f}")
     t.add_row("predicted (optimal, 1f1b)", f"{pred:,.0f}")
+    t.add_row("predicted (equal layers, 1f1b)", f"{pred_eq:,.0f}")
     con.print(t)
     err = abs(pred - rate["weft_1f1b_optimal"]) / rate["weft_1f1b_optimal"]
     rows = [
@@ -217,6 +221,7 @@ def main(argv=None) -> int:
         ("optimal_vs_equal_layers", rate["weft_1f1b_optimal"] / rate["weft_1f1b"], "x", None,
          "higher"),
         ("predicted_vs_measured_error", err, "fraction", 0.15, "lower"),
+        ("predicted_optimal_vs_equal_layers", pred / pred_eq, "x", None, "higher"),
         ("weft_1f1b_samples_per_s", rate["weft_1f1b"], "samples/s", None, "higher"),
         ("partition_200_layers_16_workers_s", part_s, "s", 1.0, "lower"),
     ]

@@ -61,8 +61,10 @@ def draw(events: list[tuple], path: str | os.PathLike, title: str = "pipeline ti
     ax.invert_yaxis()
     ax.set_xlabel("time (ms)")
     ax.set_title(f"{title} - bubble {bubble_fraction(events, len(ranks)):.1%}")
-    ax.legend(handles=[Patch(color=COLORS[k], label=k) for k in ("F", "B", "U", "wait")],
-              loc="upper right", fontsize=7, ncol=4)
+    ax.legend(handles=[Patch(color=COLORS[k], label=lab) for k, lab in
+                       (("F", "forward"), ("B", "backward"), ("U", "update"),
+                        ("SEND_F", "send"), ("wait", "wait (recv)"))],
+              loc="upper right", fontsize=7, ncol=5)
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
