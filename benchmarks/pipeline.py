@@ -1,0 +1,243 @@
+"""Pipeline benchmark: weft schedules vs torch.distributed.pipelining, partitions, prediction.
+
+    python benchmarks/pipeline.py [--quick] [--json out.json]
+
+One run, 2 local gloo ranks (CPU, one thread each), an MLP with unbalanced
+layers. Measures samples/s of:
+  * weft 1F1B-flush vs torch.distributed.pipelining Schedule1F1B (same split,
+    ranks, micro-batches; target >= 1.0x),
+  * weft PipeDream async (weight stashing) vs weft 1F1B-flush,
+  * the optimal partition vs equal layers (both 1F1B-flush),
+  * predicted (profile + measured link + schedule simulation) vs measured
+    throughput of the optimal plan (target within 15%),
+and the time to partition a 200-layer profile on 16 workers (target < 1 s).
+The profile is taken on both ranks at once (PipeDream profiles on the
+deployment hardware), so it sees the contention of the run it predicts.
+Every throughput is the best of `reps` alternating repetitions (the machine is shared).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def model():
+    torch.manual_seed(0)
+    w = 768
+    return nn.Sequential(nn.Linear(64, w), nn.ReLU(), nn.Linear(w, w), nn.ReLU(),
+                         nn.Linear(w, w), nn.ReLU(), nn.Linear(w, 64), nn.ReLU(),
+                         nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(),
+                         nn.Linear(64, 10))
+
+
+def local_topology(bw: float, lat: float):
+    from weft.topology.model import Topology
+
+    t = Topology("local-gloo")
+    for i in range(2):
+        t.add_device(f"cpu{i}", kind="cpu", memory=8 * 2**30, flops=1e11, host="local")
+    t.add_link("cpu0", "cpu1", bw, lat)
+    return t
+
+
+def pingpong() -> tuple[float, float]:
+    """Gloo point-to-point bandwidth (1 MiB messages) and one-way latency (tiny messages)."""
+    r = dist.get_rank()
+    out = []
+    for n, reps in ((1, 40), (2**18, 20)):
+        buf = torch.zeros(n)
+        dist.barrier()
+        times = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            if r == 0:
+                dist.send(buf, 1)
+                dist.recv(buf, 1)
+            else:
+                dist.recv(buf, 0)
+                dist.send(buf, 0)
+            times.append((time.perf_counter() - t0) / 2)
+        out.append(float(np.median(times)))
+    lat, big = out
+    res = torch.tensor([lat, 4 * 2**18 / max(big - lat, 0.5 * big)], dtype=torch.float64)
+    dist.broadcast(res, 0)
+    return float(res[1]), float(res[0])
+
+
+def _timed(fn, steps: int) -> float:
+    dist.barrier()
+    t0 = time.perf_counter()
+    fn(steps)
+    dist.barrier()
+    return time.perf_counter() - t0
+
+
+def profile_on_ranks(mb):
+    """Profile on every rank at once (the contention the run will see), average the times."""
+    from dataclasses import replace
+
+    from weft.planner.profile import ModelProfile, profile_model
+
+    prof = profile_model(model(), torch.randn(mb, 64), repeats=10, use_cache=False, threads=1)
+    allp = [None] * dist.get_world_size()
+    dist.all_gather_object(allp, prof.to_dict())
+    profs = [ModelProfile.from_dict(d) for d in allp]
+    layers = [replace(l, forward_s=float(np.mean([p.layers[i].forward_s for p in profs])),
+                      backward_s=float(np.mean([p.layers[i].backward_s for p in profs])))
+              for i, l in enumerate(prof.layers)]
+    return ModelProfile(layers, prof.batch_size, prof.input_bytes, prof.input_shape, prof.dtype,
+                        prof.meta)
+
+
+def rank_main(M, mb, steps, reps):
+    from torch.distributed.pipelining import PipelineStage, Schedule1F1B
+
+    from weft.parallel.pipeline.runtime import Pipeline
+    from weft.planner.partition import equal_layers, partition
+    rank = dist.get_rank()
+    bw, lat = pingpong()
+    prof = profile_on_ranks(mb)
+    topo = local_topology(bw, lat)
+    opt_plan = partition(prof, topo, workers=2, micro_batch=mb, microbatches=M, stash=False)
+    eq_plan = equal_layers(prof, topo, workers=2, micro_batch=mb, microbatches=M)
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(M * mb, 64, generator=g), torch.randint(0, 10, (M * mb,), generator=g)
+    sgd = lambda p: torch.optim.SGD(p, lr=0.01)  # noqa: E731
+
+    def weft_runner(plan, kind):
+        pipe = Pipeline.from_plan(model(), plan, F.cross_entropy, kind, optimizer=sgd)
+        if kind == "pipedream":
+            return lambda k: pipe.train_async(list(x.split(mb)) * k, list(y.split(mb)) * k)
+        return lambda k: [pipe.step(x, y) for _ in range(k)]
+
+    seq = model()
+    (a0, a1), (b0, b1) = eq_plan.boundaries()
+    part = seq[a0:a1] if rank == 0 else seq[b0:b1]
+    stage = PipelineStage(part, rank, 2, torch.device("cpu"))
+    sched = Schedule1F1B(stage, n_microbatches=M, loss_fn=F.cross_entropy)
+    topt = torch.optim.SGD(part.parameters(), lr=0.01)
+
+    def torch_run(k):
+        for _ in range(k):
+            if rank == 0:
+                sched.step(x)
+            else:
+                sched.step(target=y)
+            topt.step()
+            topt.zero_grad()
+
+    runs = {"weft_1f1b": weft_runner(eq_plan, "1f1b"), "torch_1f1b": torch_run,
+            "weft_pipedream": weft_runner(eq_plan, "pipedream"),
+            "weft_1f1b_optimal": weft_runner(opt_plan, "1f1b")}
+    for fn in runs.values():  # warm-up (shape pass, gloo pairs)
+        fn(1)
+    best = {k: float("inf") for k in runs}
+    for _ in range(reps):
+        for name, fn in runs.items():
+            best[name] = min(best[name], _timed(fn, steps))
+    m = model()
+    for p in m.parameters():
+        p.grad = torch.zeros_like(p)
+    o = torch.optim.SGD(m.parameters(), lr=0.01)
+    step_s = [0.0] * 10
+    for i in range(10):
+        t0 = time.perf_counter()
+        o.step()
+        step_s[i] = time.perf_counter() - t0
+    return {"bw": bw, "lat": lat, "opt_step_s": float(np.median(step_s)), "times": best, "opt": opt_plan.to_dict(), "prof": prof.to_dict(),
+            "eq": eq_plan.to_dict()}
+
+
+def partition_speed() -> float:
+    from weft.planner.partition import partition
+    from weft.planner.profile import LayerProfile, ModelProfile
+    from weft.topology.builders import multi_node
+
+    rng = np.random.default_rng(0)
+    rows = rng.uniform(0.1, 1.0, (200, 5)) * [1e-3, 2e-3, 1e6, 1e7, 1e6]
+    prof = ModelProfile([LayerProfile(f"l{i}", *r) for i, r in enumerate(rows)], batch_size=32)
+    t0 = time.perf_counter()
+    partition(prof, multi_node(4, 4), workers=16, microbatches=8)
+    return time.perf_counter() - t0
+
+
+def main(argv=None) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from weft.launch import launch
+    from weft.planner.plan import PipelinePlan
+    from weft.planner.predict import predict
+    from weft.planner.profile import ModelProfile
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="fewer steps (under a minute)")
+    ap.add_argument("--json", help="write results as a JSON list here")
+    args = ap.parse_args(argv)
+    M, mb = 8, 32
+    steps, reps = (4, 3) if args.quick else (6, 8)
+    con = Console()
+    res = launch(rank_main, 2, args=(M, mb, steps, reps), timeout=120)[0]
+    prof = ModelProfile.from_dict(res["prof"])
+    samples = steps * M * mb
+    rate = {k: samples / t for k, t in res["times"].items()}
+    topo = local_topology(res["bw"], res["lat"])
+    opt, eq = PipelinePlan.from_dict(res["opt"]), PipelinePlan.from_dict(res["eq"])
+    # the optimizer step of the stage with the most parameters ends each flush step
+    total = sum(l.param_bytes for l in prof.layers) or 1.0
+    frac = max(sum(l.param_bytes for l in prof.layers[s.first:s.end]) for s in opt.stages) / total
+    pred = predict(opt, prof, topo, "1f1b",
+                   step_overhead_s=res["opt_step_s"] * frac)["samples_per_s"]
+    pred_eq = predict(eq, prof, topo, "1f1b", step_overhead_s=res["opt_step_s"] * max(
+        sum(l.param_bytes for l in prof.layers[s.first:s.end]) for s in eq.stages) / total
+    )["samples_per_s"]
+    part_s = partition_speed()
+    con.print(f"gloo loopback: {res['bw'] / 1e9:.2f} GB/s, latency {res['lat'] * 1e6:.0f} us; "
+              f"optimal plan {[s['layers'] for s in res['opt']['stages']]} replicas "
+              f"{[s['replicas'] for s in res['opt']['stages']]}; equal {eq.boundaries()}")
+    t = Table(title=f"pipeline, 2 gloo ranks, {M} micro-batches of {mb}")
+    for col in ("run", "samples/s"):
+        t.add_column(col)
+    for k, v in rate.items():
+        t.add_row(k, f"{v:,.0f}")
+    t.add_row("predicted (optimal, 1f1b)", f"{pred:,.0f}")
+    t.add_row("predicted (equal layers, 1f1b)", f"{pred_eq:,.0f}")
+    con.print(t)
+    err = abs(pred - rate["weft_1f1b_optimal"]) / rate["weft_1f1b_optimal"]
+    rows = [
+        ("weft_1f1b_vs_torch_pipelining_1f1b", rate["weft_1f1b"] / rate["torch_1f1b"], "x", 1.0,
+         "higher"),
+        ("pipedream_async_vs_1f1b_flush", rate["weft_pipedream"] / rate["weft_1f1b"], "x", None,
+         "higher"),
+        ("optimal_vs_equal_layers", rate["weft_1f1b_optimal"] / rate["weft_1f1b"], "x", None,
+         "higher"),
+        ("predicted_vs_measured_error", err, "fraction", 0.15, "lower"),
+        ("predicted_optimal_vs_equal_layers", pred / pred_eq, "x", None, "higher"),
+        ("weft_1f1b_samples_per_s", rate["weft_1f1b"], "samples/s", None, "higher"),
+        ("partition_200_layers_16_workers_s", part_s, "s", 1.0, "lower"),
+    ]
+    r = Table(title="ratios (measured in this run)")
+    for col in ("metric", "value", "target"):
+        r.add_column(col)
+    for name, v, unit, target, better in rows:
+        tgt = "" if target is None else f"{'>=' if better == 'higher' else '<='} {target}"
+        r.add_row(name, f"{v:.3f} {unit}", tgt)
+    con.print(r)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump([{"name": n, "value": v, "unit": u, "target": t, "better": b}
+                       for n, v, u, t, b in rows], f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,261 @@
+"""The pipeline runtime: one executor for every schedule, over torch.distributed ranks.
+
+    pipe = Pipeline.from_plan(model, plan, F.cross_entropy, schedule="1f1b", microbatches=4)
+    loss = pipe.step(x, y)                 # GPipe / 1F1B-flush / interleaved: one optimizer step
+    losses = pipe.train_async(xs, ys)      # PipeDream 1F1B + weight stashing over many micro-batches
+
+Every rank builds the same model (same seed) and keeps the chunks its stage
+owns. Activations and gradients travel with `isend`/`irecv` (shapes come from
+a shape pass on the first micro-batch); a receive is posted one compute action
+ahead and waited on by the action that needs it, bounded by the process
+group's timeout. Replicated stages sum (flush) or average (PipeDream) their
+gradients with a `Communicator` all-reduce over the stage's group.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+
+from weft.collectives.communicator import TorchCommunicator
+from weft.errors import PlanError
+from weft.parallel.pipeline.schedule import COMPUTE, Action, build_schedule, simulate
+from weft.parallel.pipeline.stash import WeightStash
+from weft.planner.layers import as_sequential
+from weft.planner.partition import equal_bounds
+
+
+def _sgd(params):
+    return torch.optim.SGD(params, lr=0.05)
+
+
+class Pipeline:
+    def __init__(self, model: nn.Module, bounds: list[tuple[int, int]],
+                 stage_ranks: list[list[int]], loss_fn: Callable, schedule: str = "1f1b",
+                 microbatches: int = 4, optimizer: Callable = _sgd, vertical_sync: bool = False,
+                 record: bool = False, keep_log: bool = False):
+        self.layers = as_sequential(model)
+        self.bounds, self.stage_ranks = list(bounds), [list(r) for r in stage_ranks]
+        self.S, self.C = len(stage_ranks), len(bounds)
+        if self.C % self.S:
+            raise PlanError(f"{self.C} chunks cannot be spread over {self.S} stages")
+        self.v = self.C // self.S
+        self.kind, self.M, self.loss_fn = schedule, microbatches, loss_fn
+        self.vertical_sync, self.record = vertical_sync, record
+        if vertical_sync and any(len(r) > 1 for r in stage_ranks):
+            raise PlanError("vertical sync needs a plan without replicated stages")
+        self.rank = dist.get_rank()
+        if sum(len(r) for r in stage_ranks) != dist.get_world_size():
+            raise PlanError(f"the plan uses {sum(len(r) for r in stage_ranks)} ranks but "
+                            f"{dist.get_world_size()} are running")
+        self.stage = next(s for s, r in enumerate(stage_ranks) if self.rank in r)
+        self.comm = None
+        for reps in self.stage_ranks:  # every rank creates every group, in order
+            if len(reps) > 1:
+                group = dist.new_group(reps)
+                if self.rank in reps:
+                    self.comm = TorchCommunicator(group)
+        self.my_chunks = [c for c in range(self.C) if c % self.S == self.stage]
+        self.modules = {c: nn.Sequential(*self.layers[bounds[c][0]:bounds[c][1]])
+                        for c in self.my_chunks}
+        self.params = [p for c in self.my_chunks for p in self.modules[c].parameters()
+                       if p.requires_grad]
+        self.optimizer = optimizer(self.params) if self.params else None
+        self.stash = {c: WeightStash(self.modules[c], keep_log) for c in self.my_chunks}
+        self.events: list[tuple] = []
+        self._shapes: dict[tuple, list[torch.Size]] = {}
+        self._schedules: dict[int, dict[int, list[Action]]] = {}
+
+    @classmethod
+    def from_plan(cls, model, plan, loss_fn, schedule="1f1b", chunks_per_stage: int = 1, **kw):
+        ranks = [st.ranks for st in plan.stages]
+        bounds = plan.boundaries()
+        if chunks_per_stage > 1:  # interleaved: S*v equal chunks, chunk c on stage c % S
+            bounds = equal_bounds(plan.num_layers, plan.num_stages * chunks_per_stage)
+        kw.setdefault("microbatches", plan.microbatches)
+        return cls(model, bounds, ranks, loss_fn, schedule, **kw)
+
+    # -- helpers ---------------------------------------------------------------
+    def _boundary_shapes(self, x: torch.Tensor) -> list[torch.Size]:
+        key = (tuple(x.shape), x.dtype)
+        if key not in self._shapes:
+            shapes, h = [], x
+            with torch.no_grad():
+                for i, j in self.bounds:
+                    for layer in self.layers[i:j]:
+                        h = layer(h)
+                    shapes.append((h.shape, h.dtype))
+            self._shapes[key] = shapes
+        return self._shapes[key]
+
+    def _tag(self, a: Action, direction: str, chunk: int) -> int:
+        return (a.mb * self.C + chunk) * 2 + (direction == "B")
+
+    def _post_recv(self, a: Action, shapes, inbox, pending) -> None:
+        key = ("F", a.mb, a.chunk) if a.kind == "RECV_F" else ("B", a.mb, a.chunk)
+        if key in pending or key in inbox or a.peer == self.rank:
+            return
+        shape, dtype = shapes[a.chunk - 1] if key[0] == "F" else shapes[a.chunk]
+        buf = torch.empty(shape, dtype=dtype)
+        pending[key] = (dist.irecv(buf, a.peer, tag=self._tag(a, key[0], a.chunk)), buf)
+
+    def _take(self, key, inbox, pending) -> torch.Tensor:
+        if key in inbox:
+            return inbox.pop(key)
+        work, buf = pending.pop(key)
+        t0 = time.time()
+        work.wait()
+        if self.record:
+            self.events.append((self.rank, "wait", key[1], key[2], t0, time.time()))
+        return buf
+
+    def _sync_grads(self, op: str) -> None:
+        if self.comm is None or not self.params:
+            return
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        self.comm.all_reduce(flat, op=op)
+        off = 0
+        for p in self.params:
+            n = p.numel()
+            p.grad = flat[off:off + n].view_as(p).clone()
+            off += n
+
+    # -- the executor ------------------------------------------------------------
+    def _run(self, actions: list[Action], xs, ys, shapes, versions=None) -> list[float]:
+        inbox, pending, saved, grads_in, sends, losses = {}, {}, {}, {}, [], []
+        async_mode = self.kind == "pipedream"
+        computes = [k for k, a in enumerate(actions) if a.kind in COMPUTE]
+        f_versions = [versions[a.mb] for a in actions if a.kind == "F"] if versions else []
+        f_done = 0
+        nxt = 0
+        for k, a in enumerate(actions):
+            if a.kind in ("RECV_F", "RECV_B"):
+                self._post_recv(a, shapes, inbox, pending)
+                continue
+            if a.kind in COMPUTE:  # post the receives of the next compute action early
+                nxt += 1
+                end = computes[nxt + 1] if nxt + 1 < len(computes) else len(actions)
+                for b in actions[k + 1:end]:
+                    if b.kind in ("RECV_F", "RECV_B"):
+                        self._post_recv(b, shapes, inbox, pending)
+            t0 = time.time()
+            c, mb = a.chunk, a.mb
+            if a.kind == "F":
+                if c == 0:
+                    inp = xs[mb]
+                else:
+                    inp = self._take(("F", mb, c), inbox, pending).requires_grad_(True)
+                    t0 = time.time()
+                if async_mode:
+                    out = self.stash[c].forward(mb, inp, versions[mb] if versions else None)
+                else:
+                    out = self.modules[c](inp)
+                if c == self.C - 1:
+                    loss = self.loss_fn(out, ys[mb])
+                    losses.append(float(loss.detach()))
+                    out = loss if async_mode else loss / self.M
+                saved[(mb, c)] = (inp, out)
+                f_done += 1
+            elif a.kind == "SEND_F":
+                out = saved[(mb, c)][1].detach()
+                self._send(out, a, "F", c + 1, inbox, sends)
+            elif a.kind == "B":
+                grad = None if c == self.C - 1 else self._take(("B", mb, c), inbox, pending)
+                t0 = time.time()
+                inp, out = saved.pop((mb, c))
+                if async_mode:
+                    gx = self.stash[c].backward(mb, out if c == self.C - 1 else None, grad)
+                else:
+                    torch.autograd.backward(out, grad)
+                    gx = inp.grad if c > 0 else None
+                grads_in[(mb, c)] = gx
+            elif a.kind == "SEND_B":
+                self._send(grads_in.pop((mb, c)), a, "B", c - 1, inbox, sends)
+            elif a.kind == "U":
+                self._sync_grads("avg")
+                self.optimizer.step()
+                keep = set(range(min(f_versions[f_done:]), self.stash[c].version + 2)) \
+                    if versions and f_done < len(f_versions) else (set() if versions else None)
+                self.stash[c].updated(keep)
+            if self.record and a.kind in ("F", "B", "U", "SEND_F", "SEND_B"):
+                self.events.append((self.rank, a.kind, mb, c, t0, time.time()))
+            sends = [w for w in sends if not w.is_completed()]
+        for w in sends:
+            w.wait()
+        return losses
+
+    def _send(self, t, a: Action, direction: str, chunk: int, inbox, sends) -> None:
+        if a.peer == self.rank:
+            inbox[(direction, a.mb, chunk)] = t.detach().clone()
+        else:
+            t = t.contiguous()
+            sends.append(dist.isend(t, a.peer, tag=self._tag(a, direction, chunk)))
+
+    # -- public API ----------------------------------------------------------------
+    def schedule(self, microbatches: int | None = None) -> dict[int, list[Action]]:
+        """The per-rank action lists (built once per micro-batch count, validated by simulation)."""
+        n = microbatches or self.M
+        if n not in self._schedules:
+            sched = build_schedule(self.kind, self.stage_ranks, n, self.v)
+            simulate(sched)  # raises PlanError if it could deadlock
+            self._schedules[n] = sched
+        return self._schedules[n]
+
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> float | None:
+        """One optimizer step on the batch (x, y) split into micro-batches (flush schedules).
+
+        Returns the mean loss on last-stage ranks (over their micro-batches), else None.
+        """
+        if self.kind == "pipedream":
+            raise PlanError("the pipedream schedule has no flush; use train_async()")
+        if len(x) % self.M:
+            raise PlanError(f"batch of {len(x)} does not split into {self.M} equal micro-batches")
+        xs, ys = x.chunk(self.M), y.chunk(self.M)
+        actions = self.schedule()[self.rank]
+        losses = self._run(actions, xs, ys, self._boundary_shapes(xs[0]))
+        self._sync_grads("sum")
+        if self.optimizer is not None:
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        return sum(losses) * 1.0 / len(losses) if losses else None
+
+    def train_async(self, xs: list[torch.Tensor], ys: list[torch.Tensor]) -> list[float]:
+        """PipeDream: run micro-batches (xs[i], ys[i]) 1F1B without flush, updating after each
+        backward with weight stashing (and vertical sync if enabled). Returns the losses seen
+        on last-stage ranks, in this rank's order."""
+        if self.kind != "pipedream":
+            raise PlanError(f"train_async needs schedule='pipedream', not {self.kind!r}")
+        n = len(xs)
+        for reps in self.stage_ranks:
+            if n % len(reps):
+                raise PlanError(f"{n} micro-batches do not split over {len(reps)} replicas")
+        sched = build_schedule("pipedream", self.stage_ranks, n)
+        simulate(sched)
+        versions = None
+        if self.vertical_sync:  # the version stage 0 uses = updates it made before F(mb)
+            versions, done = {}, 0
+            for a in sched[self.stage_ranks[0][0]]:
+                if a.kind == "U":
+                    done += 1
+                elif a.kind == "F":
+                    versions[a.mb] = done
+        return self._run(sched[self.rank], xs, ys, self._boundary_shapes(xs[0]), versions)
+
+    def state_by_layer(self) -> dict[int, dict]:
+        """{layer index: its state_dict as numpy arrays} for this rank's layers (picklable)."""
+        return {l: {k: v.detach().cpu().numpy().copy() for k, v in self.layers[l].state_dict().items()}
+                for c in self.my_chunks for l in range(*self.bounds[c])}
+
+    def stash_log(self) -> dict[int, dict]:
+        """{chunk: {micro-batch: versions and weight checksums at forward and backward}}."""
+        return {c: dict(self.stash[c].log) for c in self.my_chunks}
+
+    def parameters_by_layer(self) -> dict[int, list[torch.Tensor]]:
+        """{layer index: its parameters} for the layers this rank holds."""
+        return {l: [p.detach().clone() for p in self.layers[l].parameters()]
+                for c in self.my_chunks for l in range(*self.bounds[c])}

@@ -1,0 +1,96 @@
+"""`weft plan pipeline`: profile a model, partition it for a topology, print the plan."""
+
+from __future__ import annotations
+
+from weft.errors import PlanError
+
+
+def _sample(spec: str, args):
+    import torch
+
+    from weft.planner.spec import extra
+
+    make = extra(spec, "example_input")
+    if make is not None:
+        return make(args.micro_batch)
+    if not args.input_shape:
+        raise PlanError(f"{spec} defines no example_input(batch_size); pass --input-shape, "
+                        "e.g. --input-shape 64 or 3,32,32")
+    try:
+        dims = [int(d) for d in args.input_shape.split(",")]
+    except ValueError:
+        raise PlanError(f"--input-shape {args.input_shape!r}: expected integers like 3,32,32") \
+            from None
+    return torch.randn(args.micro_batch, *dims)
+
+
+def _plan_pipeline(args) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from weft.planner.partition import equal_layers, partition
+    from weft.planner.predict import predict
+    from weft.planner.profile import ModelProfile, profile_model
+    from weft.planner.spec import load_model
+    from weft.topology.io import resolve
+    from weft.units import fmt_bytes
+
+    con = Console()
+    topo = resolve(args.topology)
+    if args.profile:
+        prof = ModelProfile.load(args.profile)
+    else:
+        if not args.model:
+            raise PlanError("pass --model path.py[:attr] (or --profile profile.json)")
+        prof = profile_model(load_model(args.model), _sample(args.model, args),
+                             cache_dir=args.cache_dir, use_cache=not args.no_cache)
+        if args.save_profile:
+            prof.save(args.save_profile)
+    kw = dict(workers=args.workers, micro_batch=args.micro_batch, microbatches=args.microbatches,
+              model=args.model)
+    plan = (equal_layers(prof, topo, **kw) if args.equal else
+            partition(prof, topo, optimizer_states=args.optimizer_states,
+                      stash=args.schedule == "pipedream", **kw))
+    pred = predict(plan, prof, topo, args.schedule)
+    plan.extra["predicted"] = {args.schedule: pred}
+    names = plan.layer_names
+    t = Table(title=f"{plan.method} pipeline plan: {len(names)} layers on {plan.workers} workers "
+                    f"of {topo.name}")
+    for col in ("stage", "layers", "replicas", "ranks", "devices", "time/step", "memory"):
+        t.add_column(col, justify="right" if col in ("time/step", "memory", "replicas") else "left")
+    for s, st in enumerate(plan.stages):
+        span = f"{st.first}-{st.end - 1} ({names[st.first]}..{names[st.end - 1]})"
+        t.add_row(str(s), span, str(st.replicas), ",".join(map(str, st.ranks)),
+                  ",".join(st.devices), f"{st.time_s * 1e3:.3f} ms", fmt_bytes(st.memory_bytes))
+    con.print(t)
+    con.print(f"bottleneck {plan.bottleneck_s * 1e3:.3f} ms per step of {plan.microbatches} x "
+              f"{plan.micro_batch} samples; predicted throughput (steady state) "
+              f"{plan.predicted_samples_per_s:,.0f} samples/s, with {args.schedule} "
+              f"{pred['samples_per_s']:,.0f} samples/s (bubble {pred['bubble']:.1%})")
+    if args.out:
+        con.print(f"plan written to {plan.save(args.out)}")
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("plan", help="plan parallel execution")
+    psub = p.add_subparsers(dest="plan_command", metavar="KIND")
+    q = psub.add_parser("pipeline", help="profile a model and partition it into pipeline stages")
+    q.add_argument("--model", help="model spec: path.py[:attr] or module:attr (attr default model)")
+    q.add_argument("--profile", help="use a saved profile JSON instead of profiling --model")
+    q.add_argument("--topology", default="multi_node:2x4",
+                   help="builder (dgx1, ring:8, multi_node:2x4) or YAML file")
+    q.add_argument("--workers", type=int, default=None, help="number of workers (default: all)")
+    q.add_argument("--micro-batch", type=int, default=32)
+    q.add_argument("--microbatches", type=int, default=8)
+    q.add_argument("--input-shape", help="per-sample input shape if the spec has no example_input")
+    q.add_argument("--schedule", default="1f1b", help="schedule to predict (1f1b, gpipe, pipedream)")
+    q.add_argument("--optimizer-states", type=int, default=1,
+                   help="optimizer state copies per parameter (SGD momentum 1, Adam 2)")
+    q.add_argument("--equal", action="store_true", help="baseline: equal layers per stage")
+    q.add_argument("--out", help="write the plan JSON here")
+    q.add_argument("--save-profile", help="also write the profile JSON here")
+    q.add_argument("--cache-dir", help="profile cache directory (default ~/.cache/weft/profiles)")
+    q.add_argument("--no-cache", action="store_true", help="always re-profile")
+    q.set_defaults(func=_plan_pipeline)
+    p.set_defaults(func=lambda args: p.print_help() or 0)

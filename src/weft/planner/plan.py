@@ -1,0 +1,167 @@
+"""The pipeline plan: stages (layer ranges), their replication and ranks, as JSON.
+
+Format ``weft.pipeline-plan/1`` (documented in docs/pipeline.md)::
+
+    {"format": "weft.pipeline-plan/1", "method": "optimal", "model": "examples/mlp_digits.py:model",
+     "topology": "dgx1", "workers": 4, "micro_batch": 16, "microbatches": 8,
+     "num_layers": 7, "layer_names": [...],
+     "stages": [{"layers": [0, 3], "replicas": 1, "ranks": [0], "devices": ["gpu0"],
+                 "time_s": 0.01, "memory_bytes": 123.0}, ...],
+     "bottleneck_s": 0.01, "predicted_samples_per_s": 12800.0}
+
+``layers`` is a half-open range [first, end). Ranks are consecutive and start
+at 0; stage s's replicas are its ``ranks`` in order.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from weft.errors import PlanError
+
+FORMAT = "weft.pipeline-plan/1"
+
+
+@dataclass
+class Stage:
+    layers: tuple[int, int]
+    ranks: list[int]
+    devices: list[str] = field(default_factory=list)
+    time_s: float = 0.0
+    memory_bytes: float = 0.0
+
+    @property
+    def replicas(self) -> int:
+        return len(self.ranks)
+
+    @property
+    def first(self) -> int:
+        return self.layers[0]
+
+    @property
+    def end(self) -> int:
+        return self.layers[1]
+
+
+@dataclass
+class PipelinePlan:
+    stages: list[Stage]
+    num_layers: int
+    micro_batch: int = 1
+    microbatches: int = 1
+    method: str = "optimal"
+    model: str | None = None
+    topology: str | None = None
+    layer_names: list[str] = field(default_factory=list)
+    bottleneck_s: float = 0.0
+    predicted_samples_per_s: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def workers(self) -> int:
+        return sum(s.replicas for s in self.stages)
+
+    @property
+    def num_stages(self) -> int:
+        return len(self.stages)
+
+    def stage_of_rank(self, rank: int) -> tuple[int, int]:
+        """(stage index, replica index) of `rank`."""
+        for s, st in enumerate(self.stages):
+            if rank in st.ranks:
+                return s, st.ranks.index(rank)
+        raise PlanError(f"rank {rank} is not in the plan (it has {self.workers} ranks)")
+
+    def boundaries(self) -> list[tuple[int, int]]:
+        return [s.layers for s in self.stages]
+
+    def validate(self) -> "PipelinePlan":
+        if not self.stages:
+            raise PlanError("plan has no stages")
+        pos, rank = 0, 0
+        for s, st in enumerate(self.stages):
+            a, b = st.layers
+            if a != pos or b <= a:
+                raise PlanError(f"stage {s}: layers {list(st.layers)} must start at {pos} and "
+                                "be non-empty (stages cover the layers in order)")
+            if st.ranks != list(range(rank, rank + len(st.ranks))) or not st.ranks:
+                raise PlanError(f"stage {s}: ranks {st.ranks} must be consecutive from {rank}")
+            pos, rank = b, rank + len(st.ranks)
+        if pos != self.num_layers:
+            raise PlanError(f"stages cover layers [0, {pos}) but the model has "
+                            f"{self.num_layers} layers")
+        return self
+
+    def to_dict(self) -> dict:
+        d = {"format": FORMAT, "method": self.method, "model": self.model,
+             "topology": self.topology, "workers": self.workers, "micro_batch": self.micro_batch,
+             "microbatches": self.microbatches, "num_layers": self.num_layers,
+             "layer_names": self.layer_names, "bottleneck_s": self.bottleneck_s,
+             "predicted_samples_per_s": self.predicted_samples_per_s, "extra": self.extra,
+             "stages": []}
+        for st in self.stages:
+            e = asdict(st)
+            e["layers"] = list(st.layers)
+            e["replicas"] = st.replicas
+            d["stages"].append(e)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict, source: str = "<dict>") -> "PipelinePlan":
+        if not isinstance(d, dict) or d.get("format") != FORMAT:
+            raise PlanError(f"{source}: not a weft pipeline plan (field 'format' must be "
+                            f"{FORMAT!r}, got {d.get('format') if isinstance(d, dict) else d!r})")
+        stages = []
+        for s, e in enumerate(d.get("stages") or []):
+            try:
+                layers = tuple(int(v) for v in e["layers"])
+                ranks = [int(r) for r in e["ranks"]]
+            except (KeyError, TypeError, ValueError) as exc:
+                raise PlanError(f"{source}: stages[{s}]: bad or missing field ({exc})") from None
+            if len(layers) != 2:
+                raise PlanError(f"{source}: stages[{s}].layers must be [first, end], got {layers}")
+            if "replicas" in e and int(e["replicas"]) != len(ranks):
+                raise PlanError(f"{source}: stages[{s}]: replicas={e['replicas']} but "
+                                f"{len(ranks)} ranks")
+            stages.append(Stage(layers, ranks, list(e.get("devices", [])),
+                                float(e.get("time_s", 0)), float(e.get("memory_bytes", 0))))
+        try:
+            plan = cls(stages, int(d["num_layers"]), int(d.get("micro_batch", 1)),
+                       int(d.get("microbatches", 1)), d.get("method", "optimal"), d.get("model"),
+                       d.get("topology"), list(d.get("layer_names", [])),
+                       float(d.get("bottleneck_s", 0)), float(d.get("predicted_samples_per_s", 0)),
+                       dict(d.get("extra", {})))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise PlanError(f"{source}: bad or missing field ({exc})") from None
+        try:
+            return plan.validate()
+        except PlanError as exc:
+            raise PlanError(f"{source}: {exc}") from None
+
+    def save(self, path: str | os.PathLike) -> Path:
+        from weft.planner.profile import _atomic_write
+
+        return _atomic_write(Path(path), json.dumps(self.to_dict(), indent=1))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "PipelinePlan":
+        try:
+            data = json.loads(Path(path).read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise PlanError(f"cannot read plan {path}: {exc}") from None
+        return cls.from_dict(data, str(path))
+
+
+def from_boundaries(bounds: list[tuple[int, int]], replicas: list[int] | None = None,
+                    num_layers: int | None = None, **kw) -> PipelinePlan:
+    """A plan from layer ranges (and replica counts), ranks assigned consecutively."""
+    replicas = replicas or [1] * len(bounds)
+    stages, rank = [], 0
+    for (a, b), r in zip(bounds, replicas):
+        stages.append(Stage((a, b), list(range(rank, rank + r))))
+        rank += r
+    return PipelinePlan(stages, num_layers if num_layers is not None else bounds[-1][1],
+                        **kw).validate()

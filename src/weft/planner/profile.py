@@ -1,0 +1,211 @@
+"""Per-layer profiles: forward/backward time, activation, parameter and memory bytes.
+
+    prof = profile_model(model, torch.randn(32, 64))      # any nn.Sequential or fx-traceable
+    prof.save("mlp.profile.json"); ModelProfile.load("mlp.profile.json")
+
+Each layer (see `weft.planner.layers`) is run on the real output of the layer
+before it: the forward is timed, then the backward w.r.t. its input and its
+parameters (median of `repeats` runs after a warm-up). `saved_bytes` is what
+autograd keeps for the backward, measured with `saved_tensors_hooks`, and
+`peak_bytes` is parameters + gradients + saved tensors + output: the memory the
+layer holds while one micro-batch is in flight. All numbers are for
+`batch_size` samples; `scaled(b)` rescales times and activations linearly.
+
+Profiles are cached as JSON under `cache_dir` (default `~/.cache/weft/profiles`),
+keyed by the model's structure, the input shape/dtype and the torch version.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import statistics
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from weft.errors import PlanError
+from weft.planner.layers import as_sequential
+
+FORMAT = "weft.profile/1"
+
+
+@dataclass(frozen=True)
+class LayerProfile:
+    name: str
+    forward_s: float
+    backward_s: float
+    output_bytes: float
+    param_bytes: float
+    saved_bytes: float = 0.0
+    peak_bytes: float = 0.0
+    output_shape: tuple = ()
+
+    @property
+    def compute_s(self) -> float:
+        return self.forward_s + self.backward_s
+
+
+@dataclass
+class ModelProfile:
+    layers: list[LayerProfile]
+    batch_size: int = 1
+    input_bytes: float = 0.0
+    input_shape: tuple = ()
+    dtype: str = "float32"
+    meta: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    def scaled(self, batch_size: int) -> "ModelProfile":
+        """The profile for another batch size (times and activations scale linearly)."""
+        f = batch_size / self.batch_size
+        layers = [replace(l, forward_s=l.forward_s * f, backward_s=l.backward_s * f,
+                          output_bytes=l.output_bytes * f, saved_bytes=l.saved_bytes * f,
+                          peak_bytes=2 * l.param_bytes + (l.saved_bytes + l.output_bytes) * f,
+                          output_shape=(batch_size, *l.output_shape[1:]) if l.output_shape else ())
+                  for l in self.layers]
+        return ModelProfile(layers, batch_size, self.input_bytes * f,
+                            (batch_size, *self.input_shape[1:]) if self.input_shape else (),
+                            self.dtype, dict(self.meta))
+
+    def to_dict(self) -> dict:
+        return {"format": FORMAT, "batch_size": self.batch_size, "input_bytes": self.input_bytes,
+                "input_shape": list(self.input_shape), "dtype": self.dtype, "meta": self.meta,
+                "layers": [dict(asdict(l), output_shape=list(l.output_shape)) for l in self.layers]}
+
+    @classmethod
+    def from_dict(cls, d: dict, source: str = "<dict>") -> "ModelProfile":
+        if not isinstance(d, dict) or d.get("format") != FORMAT:
+            raise PlanError(f"{source}: not a weft profile (format must be {FORMAT!r})")
+        try:
+            layers = [LayerProfile(**dict(l, output_shape=tuple(l.get("output_shape", ()))))
+                      for l in d["layers"]]
+            return cls(layers, int(d["batch_size"]), float(d.get("input_bytes", 0)),
+                       tuple(d.get("input_shape", ())), d.get("dtype", "float32"),
+                       d.get("meta", {}))
+        except (KeyError, TypeError) as exc:
+            raise PlanError(f"{source}: malformed profile: {exc}") from None
+
+    def save(self, path: str | os.PathLike) -> Path:
+        return _atomic_write(Path(path), json.dumps(self.to_dict(), indent=1))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "ModelProfile":
+        try:
+            data = json.loads(Path(path).read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise PlanError(f"cannot read profile {path}: {exc}") from None
+        return cls.from_dict(data, str(path))
+
+
+def _atomic_write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+    return path
+
+
+def _nbytes(t) -> float:
+    return float(t.numel() * t.element_size()) if torch.is_tensor(t) else 0.0
+
+
+def _time(fn, repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def profile_layer(name: str, layer: nn.Module, x: torch.Tensor, repeats: int = 5):
+    """Profile one layer on input `x`; returns (LayerProfile, its output)."""
+    params = [p for p in layer.parameters() if p.requires_grad]
+    inp = x.detach().requires_grad_(x.is_floating_point())
+    saved = []
+
+    def pack(t):
+        saved.append(_nbytes(t))
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = layer(inp)
+    if not torch.is_tensor(out):
+        raise PlanError(f"layer {name!r} returns {type(out).__name__}; pipeline layers must "
+                        "return one tensor")
+    fwd = _time(lambda: layer(inp), repeats)
+    wrt = [inp] * inp.requires_grad + params
+    bwd = 0.0
+    if out.requires_grad and wrt:
+        grad = torch.ones_like(out)
+
+        def backward():
+            o = layer(inp)
+            torch.autograd.grad(o, wrt, grad, allow_unused=True)
+
+        bwd = max(_time(backward, repeats) - fwd, 0.0)  # backward() above re-runs the forward
+    pbytes = float(sum(_nbytes(p) for p in layer.parameters()))
+    sbytes = float(sum(saved))
+    prof = LayerProfile(name, fwd, bwd, _nbytes(out), pbytes, sbytes,
+                        2 * pbytes + sbytes + _nbytes(out), tuple(out.shape))
+    return prof, out.detach()
+
+
+def structure_key(model: nn.Module, sample: torch.Tensor) -> str:
+    text = (f"{model!r}|{tuple(sample.shape)}|{sample.dtype}|{torch.__version__}|"
+            f"{torch.get_num_threads()}")
+    return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("WEFT_CACHE", Path.home() / ".cache" / "weft")) / "profiles"
+
+
+def profile_model(model: nn.Module, sample: torch.Tensor, repeats: int = 5,
+                  cache_dir: str | os.PathLike | None = None, use_cache: bool = True,
+                  threads: int | None = 1) -> ModelProfile:
+    """Profile every layer of `model` on the batch `sample` (first dim = batch size).
+
+    `threads` sets torch's intra-op threads while profiling (default 1, what each
+    local rank uses); None keeps the current setting.
+    """
+    seq = as_sequential(model)
+    old = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        return _profile(seq, model, sample, repeats, cache_dir, use_cache)
+    finally:
+        torch.set_num_threads(old)
+
+
+def _profile(seq, model, sample, repeats, cache_dir, use_cache) -> ModelProfile:
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    path = cache / f"{structure_key(seq, sample)}.json"
+    if use_cache and path.exists():
+        try:
+            return ModelProfile.load(path)
+        except PlanError:
+            pass  # a stale or broken cache entry is simply rebuilt
+    layers, x = [], sample
+    with torch.enable_grad():
+        for name, layer in seq.named_children():
+            prof, x = profile_layer(name, layer, x, repeats)
+            layers.append(prof)
+    result = ModelProfile(layers, int(sample.shape[0]), _nbytes(sample), tuple(sample.shape),
+                          str(sample.dtype).replace("torch.", ""),
+                          {"model": type(model).__name__, "torch": torch.__version__,
+                           "threads": torch.get_num_threads()})
+    if use_cache:
+        result.save(path)
+    return result

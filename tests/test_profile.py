@@ -1,0 +1,95 @@
+import json
+
+import pytest
+import torch
+import torch.nn as nn
+
+from weft.errors import PlanError
+from weft.planner.layers import as_sequential
+from weft.planner.profile import ModelProfile, profile_model
+
+
+class Residual(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.c = nn.Linear(8, 8), nn.Linear(8, 8), nn.Linear(8, 3)
+
+    def forward(self, x):
+        h = torch.relu(self.a(x))
+        h = h + self.b(h)
+        return self.c(h)
+
+
+class Branchy(nn.Module):
+    def forward(self, x):
+        return x if x.sum() > 0 else -x
+
+
+class Untraceable(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Linear(8, 8)
+        self.body = nn.Sequential(nn.ReLU(), Branchy())
+
+    def forward(self, x):
+        return self.body(self.stem(x))
+
+
+def test_sequential_profile_fields():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4))
+    prof = profile_model(model, torch.randn(8, 16), repeats=2, use_cache=False)
+    assert [l.name for l in prof.layers] == ["0", "1", "2"]
+    assert prof.layers[0].param_bytes == (16 * 32 + 32) * 4
+    assert prof.layers[1].param_bytes == 0
+    assert prof.layers[0].output_bytes == 8 * 32 * 4
+    assert prof.layers[2].output_shape == (8, 4)
+    assert all(l.forward_s > 0 for l in prof.layers)
+    assert prof.layers[0].backward_s >= 0
+    # a linear layer saves its input for the weight gradient
+    assert prof.layers[0].saved_bytes >= 8 * 16 * 4
+    assert prof.scaled(16).layers[0].output_bytes == 16 * 32 * 4
+
+
+def test_traced_model_is_cut_only_at_single_tensor_boundaries():
+    torch.manual_seed(0)
+    model = Residual()
+    seq = as_sequential(model)
+    x = torch.randn(5, 8)
+    assert torch.allclose(seq(x), model(x))
+    # the residual add keeps b and the add in one layer; a, relu and c are separate
+    assert len(seq) == 4
+    for layer in seq:  # each piece runs alone on one tensor
+        x = layer(x)
+
+
+def test_untraceable_model_names_failing_module_and_split_points():
+    with pytest.raises(PlanError) as err:
+        as_sequential(Untraceable())
+    msg = str(err.value)
+    assert "'body.1'" in msg and "Branchy" in msg
+    assert "split points: stem, body" in msg
+
+
+def test_profile_cache_and_json_roundtrip(tmp_path):
+    model = nn.Sequential(nn.Linear(4, 4), nn.Tanh())
+    x = torch.randn(2, 4)
+    p1 = profile_model(model, x, repeats=1, cache_dir=tmp_path)
+    files = list(tmp_path.glob("*.json"))
+    assert len(files) == 1
+    data = json.loads(files[0].read_text())
+    assert data["format"] == "weft.profile/1" and len(data["layers"]) == 2
+    # a cached profile is returned as saved (times are not re-measured)
+    data["layers"][0]["forward_s"] = 123.0
+    files[0].write_text(json.dumps(data))
+    p2 = profile_model(model, x, repeats=1, cache_dir=tmp_path)
+    assert p2.layers[0].forward_s == 123.0
+    assert p2.layers[1] == p1.layers[1]
+    p2.save(tmp_path / "p.json")
+    assert ModelProfile.load(tmp_path / "p.json").layers == p2.layers
+
+
+def test_bad_profile_file(tmp_path):
+    (tmp_path / "bad.json").write_text('{"format": "nope"}')
+    with pytest.raises(PlanError, match="bad.json: not a weft profile"):
+        ModelProfile.load(tmp_path / "bad.json")
