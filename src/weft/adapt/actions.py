@@ -11,7 +11,13 @@ import math
 from dataclasses import dataclass
 from typing import Any, Union
 
+from weft.errors import WeftError
+
 STRATEGIES = ("sgd", "sma", "pair")
+
+
+class PolicyError(WeftError, ValueError):
+    """A policy (file) is malformed."""
 
 
 @dataclass(frozen=True)
@@ -87,10 +93,8 @@ def from_dict(d: Any, where: str = "action") -> Action:
     """Build an action from YAML: {resize: 4} | {batch_size: 32, scale_lr: sqrt} | {lr: 0.1} |
     {switch: sma}. Values are checked later by `validate` (so a bad one is rejected at run time
     like any other invalid action); unknown keys are an error now."""
-    from weft.errors import WeftError
-
     if not isinstance(d, dict) or len(set(d) - {"scale_lr"}) != 1:
-        raise WeftError(f"{where}: expected one of {{resize: N}}, {{batch_size: N}}, {{lr: X}}, "
+        raise PolicyError(f"{where}: expected one of {{resize: N}}, {{batch_size: N}}, {{lr: X}}, "
                         f"{{switch: NAME}}, got {d!r}")
     (key,) = set(d) - {"scale_lr"}
     v = d[key]
@@ -102,4 +106,4 @@ def from_dict(d: Any, where: str = "action") -> Action:
         return SetLR(v)
     if key == "switch":
         return SwitchStrategy(v)
-    raise WeftError(f"{where}: unknown action {key!r}; use resize, batch_size, lr or switch")
+    raise PolicyError(f"{where}: unknown action {key!r}; use resize, batch_size, lr or switch")

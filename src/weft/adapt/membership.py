@@ -97,6 +97,10 @@ class Membership:
         self.epoch, self.members = epoch, list(members)
         if self.wid not in members:
             return False
+        # Rendezvous on the store first (bounded by join_timeout: starting processes can be
+        # slow); the group itself then uses the short pg_timeout for every collective.
+        self.store.set(f"arrived/{epoch}/{self.wid}", "1")
+        self.store.wait([f"arrived/{epoch}/{w}" for w in members], _td(self.join_timeout))
         dist.init_process_group("gloo", store=dist.PrefixStore(f"pg/{epoch}/", self.store),
                                 rank=self.rank, world_size=self.world,
                                 timeout=_td(self.pg_timeout))

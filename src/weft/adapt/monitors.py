@@ -116,8 +116,8 @@ class Monitors:
             self.g2.update(g2)
             self.tr.update(trs)
         ema_g2 = self.g2.get()
-        if ema_g2 == ema_g2:  # measured at least once
-            m["noise_scale"] = self.tr.get() / ema_g2 if ema_g2 > 0 else float("inf")
+        if ema_g2 > 0:  # measured, and the gradient signal is resolved above the noise
+            m["noise_scale"] = self.tr.get() / ema_g2
         for k, v in self.last.items():  # metrics not measured this step keep their last value
             m.setdefault(k, v)
         self.last = {k: v for k, v in m.items() if isinstance(v, float) and math.isfinite(v)}

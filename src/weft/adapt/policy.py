@@ -149,11 +149,13 @@ class SwitchOnNoise(Policy):
 
     threshold: float = 100.0
     to: str = "sgd"
+    warmup: int = 10
     fired: bool = False
 
     def on_step(self, metrics, ctx):
         ns = metrics.get("noise_scale")
-        if self.fired or ns is None or not ns > self.threshold or ctx.strategy == self.to:
+        if self.fired or ctx.step < self.warmup or ns is None or not ns > self.threshold \
+                or ctx.strategy == self.to:
             return None
         self.fired = True
         return SwitchStrategy(self.to)

@@ -32,9 +32,9 @@ from typing import Any
 import yaml
 
 from weft.adapt import actions as A
+from weft.adapt.actions import PolicyError
 from weft.adapt.policy import (AdaptiveBatchSize, Compose, Context, Policy, ScheduleResize,
                                SwitchOnNoise, ThroughputScaler)
-from weft.errors import WeftError
 
 BUILTINS = {"adaptive_batch": AdaptiveBatchSize, "switch_on_noise": SwitchOnNoise,
             "schedule": ScheduleResize, "throughput": ThroughputScaler}
@@ -44,10 +44,6 @@ _BIN = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul,
 _CMP = {ast.Lt: operator.lt, ast.LtE: operator.le, ast.Gt: operator.gt, ast.GtE: operator.ge,
         ast.Eq: operator.eq, ast.NotEq: operator.ne}
 _FUNCS = {"abs": abs, "min": min, "max": max}
-
-
-class PolicyError(WeftError, ValueError):
-    """A policy file is malformed."""
 
 
 class _Missing(Exception):
