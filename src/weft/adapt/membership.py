@@ -64,6 +64,31 @@ class Heartbeat(threading.Thread):
             self.stop.wait(self.interval)
 
 
+_ABANDONED: list = []
+
+
+def _drop_group(failed: bool) -> None:
+    """Destroy the current default group. After a failure, a collective abandoned on it
+    would make shutdown (or gloo's abort) block until the full timeout, so the old group
+    is instead unregistered and kept alive here; its threads end on that timeout."""
+    if not failed:
+        dist.destroy_process_group()
+        return
+    from torch.distributed import distributed_c10d as c10d
+
+    try:
+        _ABANDONED.append(c10d.GroupMember.WORLD)
+        c10d._update_default_pg(None)
+        for table in ("pg_map", "pg_names", "pg_group_ranks", "pg_backend_config", "pg_to_tag",
+                      "tags_to_pg", "pg_coalesce_state"):
+            getattr(c10d._world, table).clear()
+        c10d._unregister_all_process_groups()
+        c10d._world.group_count = 0
+    except Exception:  # noqa: BLE001 - private API moved: orderly (slower) shutdown
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
 class Membership:
     def __init__(self, store: dist.TCPStore, wid: int, pg_timeout: float, join_timeout: float,
                  hb_timeout: float = 3.0):
@@ -88,12 +113,12 @@ class Membership:
     def _set(self, key: str, value) -> None:
         self.store.set(key, json.dumps(value))
 
-    def join(self, epoch: int) -> bool:
+    def join(self, epoch: int, failed: bool = False) -> bool:
         """Enter membership epoch `epoch`: read its members, build its process group.
         Returns False if this worker is not a member (it must leave)."""
         members = self._get(f"members/{epoch}")
         if dist.is_initialized():
-            dist.destroy_process_group()
+            _drop_group(failed)
         self.epoch, self.members = epoch, list(members)
         if self.wid not in members:
             return False
@@ -157,5 +182,5 @@ class Membership:
                     break
                 time.sleep(0.02)
             self._set(f"members/{e + 1}", alive)
-        stays = self.join(e + 1)
+        stays = self.join(e + 1, failed=True)
         return stays, [w for w in old if w not in self.members]

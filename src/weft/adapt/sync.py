@@ -142,7 +142,9 @@ class PairAveraging(_LocalStep):
         if peer is not None:
             send = _flat_params(params)
             recv = torch.empty_like(send)
-            works = [dist.isend(send, peer), dist.irecv(recv, peer)]
+            exchange = getattr(comm, "exchange", None)
+            works = exchange(send, recv, peer) if exchange else \
+                [dist.isend(send, peer), dist.irecv(recv, peer)]
             self.pending = (works, recv)
         return out
 

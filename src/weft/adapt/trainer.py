@@ -27,6 +27,7 @@ from weft.adapt.config import AdaptConfig
 from weft.adapt.monitors import Monitors, pack
 from weft.adapt.policy import Context, as_actions, to_policy
 from weft.adapt.sharding import EpochSharder
+from weft.adapt.guard import GuardedCommunicator, PeerFailure
 from weft.collectives.communicator import TorchCommunicator
 
 log = logging.getLogger("weft.adapt")
@@ -35,7 +36,7 @@ MAX_RECOVERIES = 8
 
 def is_comm_failure(exc: BaseException) -> bool:
     """A collective or store failed (a peer died or timed out), not a bug in the model."""
-    if isinstance(exc, getattr(dist, "DistError", ())):
+    if isinstance(exc, (PeerFailure, getattr(dist, "DistError", PeerFailure))):
         return True
     msg = str(exc).lower()
     return isinstance(exc, RuntimeError) and any(
@@ -101,7 +102,8 @@ class Trainer:
         self.load(copy.deepcopy(obj[0]) if self.mem.rank == src else obj[0])
 
     def _entered(self, why: str) -> None:
-        self.comm = TorchCommunicator()
+        e, store = self.mem.epoch, self.mem.store
+        self.comm = GuardedCommunicator(lambda: store.check([f"decide/{e}"]), self.cfg.pg_timeout)
         self.memberships.append({"epoch": self.mem.epoch, "rank": self.mem.rank,
                                  "world": self.mem.world, "pid": os.getpid(), "step": self.step,
                                  "why": why})
