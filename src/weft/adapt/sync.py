@@ -70,7 +70,8 @@ class Strategy:
 
     def apply(self, params, optimizer, comm, weight: float, stats: torch.Tensor,
               measure_noise: bool) -> tuple[torch.Tensor, float | None]:
-        """Sync and step. Returns (summed stats, |mean gradient|^2 or None)."""
+        """Sync and step. With `measure_noise`, this rank's squared gradient norm goes into
+        stats[0] and the mean gradient's is returned. Returns (summed stats, it or None)."""
         raise NotImplementedError
 
     def flush(self, params) -> None:
@@ -85,24 +86,29 @@ class SyncSGD(Strategy):
 
     def apply(self, params, optimizer, comm, weight, stats, measure_noise):
         flat = flat_grad(params)
+        if measure_noise:
+            stats[0] = float(flat.dot(flat))  # this rank's |G_small|^2
         buf = torch.cat([flat.mul_(weight), stats.to(flat.dtype)])
         comm.all_reduce(buf, op="sum", async_op=True).wait()
         g = buf[:-N_STATS]
         _set_grads(params, g)
         optimizer.step()
-        return buf[-N_STATS:].to(torch.float64), float(g.double().square().sum())
+        return buf[-N_STATS:].to(torch.float64), float(g.dot(g)) if measure_noise else None
 
 
 class _LocalStep(Strategy):
     def _stats_and_step(self, params, optimizer, comm, weight, stats, measure_noise):
         if measure_noise:
-            buf = torch.cat([flat_grad(params).mul_(weight), stats.to(torch.float32)])
+            flat = flat_grad(params)
+            stats[0] = float(flat.dot(flat))  # this rank's |G_small|^2
+            buf = torch.cat([flat.mul_(weight), stats.to(torch.float32)])
         else:
             buf = stats.clone()
         work = comm.all_reduce(buf, op="sum", async_op=True)  # overlaps the optimizer step
         optimizer.step()
         work.wait()
-        sq_big = float(buf[:-N_STATS].double().square().sum()) if measure_noise else None
+        g = buf[:-N_STATS]
+        sq_big = float(g.dot(g)) if measure_noise else None
         return buf[-N_STATS:].to(torch.float64), sq_big
 
 

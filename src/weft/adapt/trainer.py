@@ -133,11 +133,9 @@ class Trainer:
                                                reduction="sum")
             (loss / len(idx)).backward()
             loss_sum = float(loss.detach())
-        sq = float(sum(p.grad.double().square().sum() for p in self.params)) \
-            if self.cfg.monitor else 0.0
         measure = self.cfg.monitor and (self.strategy.name == "sgd"
                                         or self.step % self.cfg.noise_every == 0)
-        stats = pack(sq, loss_sum, len(idx), self.last_step_time)
+        stats = pack(0.0, loss_sum, len(idx), self.last_step_time)
         reduced, sq_big = self.strategy.apply(self.params, self.opt, self.comm, len(idx) / total,
                                               stats, measure)
         equal = total == world * self.batch_size
