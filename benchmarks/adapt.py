@@ -73,7 +73,7 @@ def restart_latency(cfg: AdaptConfig, state: dict, new_world: int) -> float:
 
 
 def resize_latency(quick: bool) -> tuple[dict, dict]:
-    up, down = (150, 250) if quick else (300, 500)
+    up, down = (500, 600) if quick else (1000, 1200)
     cfg = AdaptConfig(workers=2, max_workers=4, epochs=100, max_steps=down + 20, hidden=64,
                       standby=2)
     out = run_elastic(cfg, ScheduleResize({up: 4, down: 2}), timeout=300)
@@ -109,7 +109,7 @@ def _overhead_rank(steps: int) -> dict:
 
 
 def monitor_overhead(quick: bool) -> tuple[float, float, float]:
-    res = launch(_overhead_rank, 2, args=(300 if quick else 2000,), timeout=120)
+    res = launch(_overhead_rank, 2, args=(600 if quick else 3000,), timeout=120)
     on = statistics.mean(r[True] for r in res)
     off = statistics.mean(r[False] for r in res)
     return on, off, (on / off - 1) * 100
