@@ -1,0 +1,91 @@
+"""Settings of an adaptive run (`AdaptConfig`), validated with clear messages."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from weft.adapt.actions import STRATEGIES
+from weft.errors import WeftError
+
+
+class ConfigError(WeftError, ValueError):
+    """An adaptive-training setting is invalid."""
+
+
+@dataclass
+class AdaptConfig:
+    workers: int = 2            # initial number of workers
+    min_workers: int = 1
+    max_workers: int = 4
+    epochs: int = 3
+    max_steps: int | None = None  # stop earlier than `epochs` if set
+    batch_size: int = 16        # per worker
+    lr: float = 0.05
+    momentum: float = 0.9
+    strategy: str = "sgd"       # sgd | sma | pair
+    model: str = "mlp"          # mlp | cnn (digits)
+    hidden: int = 64
+    seed: int = 0
+    monitor: bool = True        # noise scale / variance monitors
+    ema_decay: float = 0.9
+    noise_every: int = 5        # sma/pair: also all-reduce the gradient every N steps
+    pg_timeout: float = 10.0    # seconds: bounds every collective -> failure detection
+    join_timeout: float = 60.0  # seconds: bounds every membership wait
+    heartbeat: float = 0.5      # seconds between heartbeats in the store
+    standby: int | None = None  # warm joiner processes kept ready (default max - workers)
+    log_samples: bool = False   # record every sample index each rank trained on
+    kill: list | None = None    # chaos testing: [step, wid] -> that worker SIGKILLs itself
+    snapshot: bool = True       # keep an in-memory copy of the last completed step
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self) -> None:
+        def need(ok: bool, name: str, msg: str):
+            if not ok:
+                raise ConfigError(f"{name}={getattr(self, name)!r}: {msg}")
+
+        for name in ("workers", "min_workers", "max_workers", "epochs", "batch_size", "hidden",
+                     "noise_every"):
+            v = getattr(self, name)
+            need(isinstance(v, int) and not isinstance(v, bool) and v >= 1, name,
+                 "must be an integer >= 1")
+        need(self.min_workers <= self.workers <= self.max_workers, "workers",
+             f"must lie in [min_workers={self.min_workers}, max_workers={self.max_workers}]")
+        need(self.max_steps is None or (isinstance(self.max_steps, int) and self.max_steps >= 1),
+             "max_steps", "must be null or an integer >= 1")
+        for name in ("lr", "pg_timeout", "join_timeout", "heartbeat"):
+            v = getattr(self, name)
+            need(isinstance(v, (int, float)) and math.isfinite(v) and v > 0, name,
+                 "must be a positive number")
+        need(0 <= self.momentum < 1, "momentum", "must be in [0, 1)")
+        need(0 <= self.ema_decay < 1, "ema_decay", "must be in [0, 1)")
+        need(self.strategy in STRATEGIES, "strategy", f"must be one of {', '.join(STRATEGIES)}")
+        need(self.model in ("mlp", "cnn"), "model", "must be 'mlp' or 'cnn'")
+        need(self.standby is None or (isinstance(self.standby, int) and self.standby >= 0),
+             "standby", "must be null or an integer >= 0")
+        need(self.kill is None or (isinstance(self.kill, (list, tuple)) and len(self.kill) == 2),
+             "kill", "must be [step, wid]")
+
+    @property
+    def pool_size(self) -> int:
+        return self.max_workers - self.workers if self.standby is None else self.standby
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None, where: str = "train") -> "AdaptConfig":
+        d = dict(d or {})
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ConfigError(f"{where}: unknown setting(s) {unknown}; known: {sorted(names)}")
+        try:
+            return cls(**d)
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+
+    def replace(self, **kw) -> "AdaptConfig":
+        return dataclasses.replace(self, **kw)

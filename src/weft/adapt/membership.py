@@ -1,0 +1,186 @@
+"""Elastic membership agreed through a long-lived c10d TCPStore.
+
+Every worker has a stable worker id (`wid`). Membership epoch `e` is the
+ordered list of wids stored under `members/<e>`; a worker's rank in epoch
+`e` is its position in that list. Each epoch gets a NEW gloo process group
+rendezvousing under the store prefix `pg/<e>/`; the old group is destroyed,
+the processes stay. Keys:
+
+    members/<e>       JSON list of wids (written by the launcher for e=0)
+    req/<k>, req_seq  scale-out requests to the launcher {"epoch", "count"}
+    granted/<e>       JSON list of the joiner wids the launcher handed out
+    assign/<wid>      the epoch a standby joiner must join
+    hb/<wid>          heartbeat (unix time), dead/<wid> set by the launcher
+    recover/<e>/<wid> a survivor of a failure in epoch e; decide/<e> counter
+    job_done, shutdown
+
+Planned resize: rank 0 of epoch e writes members/<e+1> (asking the launcher
+for warm joiners first when growing); leavers are the highest ranks.
+Failure: every survivor registers under recover/<e>/; the first to register
+decides: it waits until each member of e has registered or is known dead
+(launcher notice or stale heartbeat), bounded by a timeout, then writes
+members/<e+1>.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import threading
+import time
+
+import torch.distributed as dist
+
+from weft.errors import WeftError
+
+
+class MembershipError(WeftError, RuntimeError):
+    pass
+
+
+def _td(s: float) -> datetime.timedelta:
+    return datetime.timedelta(seconds=s)
+
+
+def connect(host: str, port: int, timeout: float) -> dist.TCPStore:
+    return dist.TCPStore(host, port, is_master=False, timeout=_td(timeout))
+
+
+class Heartbeat(threading.Thread):
+    """Writes hb/<wid> every `interval` s on its own store connection."""
+
+    def __init__(self, host: str, port: int, wid: int, interval: float):
+        super().__init__(daemon=True, name=f"weft-hb{wid}")
+        self.store = connect(host, port, 30.0)
+        self.wid, self.interval = wid, interval
+        self.stop = threading.Event()
+
+    def run(self):
+        while not self.stop.is_set():
+            try:
+                self.store.set(f"hb/{self.wid}", repr(time.time()))
+            except Exception:  # noqa: BLE001 - store gone: the job is over
+                return
+            self.stop.wait(self.interval)
+
+
+_ABANDONED: list = []
+
+
+def _drop_group(failed: bool) -> None:
+    """Destroy the current default group. After a failure, a collective abandoned on it
+    would make shutdown (or gloo's abort) block until the full timeout, so the old group
+    is instead unregistered and kept alive here; its threads end on that timeout."""
+    if not failed:
+        dist.destroy_process_group()
+        return
+    from torch.distributed import distributed_c10d as c10d
+
+    try:
+        _ABANDONED.append(c10d.GroupMember.WORLD)
+        c10d._update_default_pg(None)
+        for table in ("pg_map", "pg_names", "pg_group_ranks", "pg_backend_config", "pg_to_tag",
+                      "tags_to_pg", "pg_coalesce_state"):
+            getattr(c10d._world, table).clear()
+        c10d._unregister_all_process_groups()
+        c10d._world.group_count = 0
+    except Exception:  # noqa: BLE001 - private API moved: orderly (slower) shutdown
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+class Membership:
+    def __init__(self, store: dist.TCPStore, wid: int, pg_timeout: float, join_timeout: float,
+                 hb_timeout: float = 3.0):
+        self.store, self.wid = store, wid
+        self.pg_timeout, self.join_timeout, self.hb_timeout = pg_timeout, join_timeout, hb_timeout
+        self.epoch = -1
+        self.members: list[int] = []
+
+    # -- helpers -------------------------------------------------------------
+    @property
+    def rank(self) -> int:
+        return self.members.index(self.wid) if self.wid in self.members else -1
+
+    @property
+    def world(self) -> int:
+        return len(self.members)
+
+    def _get(self, key: str, timeout: float | None = None):
+        self.store.wait([key], _td(timeout or self.join_timeout))
+        return json.loads(self.store.get(key))
+
+    def _set(self, key: str, value) -> None:
+        self.store.set(key, json.dumps(value))
+
+    def join(self, epoch: int, failed: bool = False) -> bool:
+        """Enter membership epoch `epoch`: read its members, build its process group.
+        Returns False if this worker is not a member (it must leave)."""
+        members = self._get(f"members/{epoch}")
+        if dist.is_initialized():
+            _drop_group(failed)
+        self.epoch, self.members = epoch, list(members)
+        if self.wid not in members:
+            return False
+        # Rendezvous on the store first (bounded by join_timeout: starting processes can be
+        # slow); the group itself then uses the short pg_timeout for every collective.
+        self.store.set(f"arrived/{epoch}/{self.wid}", "1")
+        self.store.wait([f"arrived/{epoch}/{w}" for w in members], _td(self.join_timeout))
+        dist.init_process_group("gloo", store=dist.PrefixStore(f"pg/{epoch}/", self.store),
+                                rank=self.rank, world_size=self.world,
+                                timeout=_td(self.pg_timeout))
+        return True
+
+    def wait_assignment(self, poll: float = 0.02) -> int | None:
+        """Standby joiner: block until assigned an epoch (or the job shuts down -> None)."""
+        key = f"assign/{self.wid}"
+        while True:
+            if self.store.check([key]):
+                return int(self._get(key))
+            if self.store.check(["shutdown"]):
+                return None
+            time.sleep(poll)
+
+    # -- planned resize ----------------------------------------------------
+    def resize(self, new_world: int) -> bool:
+        """Collective over the current members. True if this worker stays."""
+        e = self.epoch
+        if self.rank == 0:
+            new = list(self.members[:new_world])
+            grow = new_world - self.world
+            if grow > 0:
+                seq = self.store.add("req_seq", 1)
+                self._set(f"req/{seq}", {"epoch": e, "count": grow})
+                joiners = self._get(f"granted/{e}")
+                if len(joiners) != grow:
+                    raise MembershipError(f"asked for {grow} joiner(s), got {joiners}")
+                new += joiners
+                for w in joiners:
+                    self._set(f"assign/{w}", e + 1)
+            self._set(f"members/{e + 1}", new)
+        return self.join(e + 1)
+
+    # -- failure -----------------------------------------------------------
+    def _dead(self, wid: int) -> bool:
+        if self.store.check([f"dead/{wid}"]):
+            return True
+        if not self.store.check([f"hb/{wid}"]):
+            return False
+        return time.time() - float(self.store.get(f"hb/{wid}")) > self.hb_timeout
+
+    def recover(self) -> tuple[bool, list[int]]:
+        """After a failed collective: agree on the survivors and build their group.
+        Returns (this worker stays, wids lost)."""
+        e, old = self.epoch, list(self.members)
+        self.store.set(f"recover/{e}/{self.wid}", "1")
+        if self.store.add(f"decide/{e}", 1) == 1:
+            deadline = time.monotonic() + self.pg_timeout + self.hb_timeout + 2.0
+            while True:
+                alive = [w for w in old if self.store.check([f"recover/{e}/{w}"])]
+                pending = [w for w in old if w not in alive and not self._dead(w)]
+                if not pending or time.monotonic() > deadline:
+                    break
+                time.sleep(0.02)
+            self._set(f"members/{e + 1}", alive)
+        stays = self.join(e + 1, failed=True)
+        return stays, [w for w in old if w not in self.members]

@@ -1,0 +1,199 @@
+"""The policy API: `on_step(metrics, ctx) -> actions`, and the policies weft ships.
+
+A policy is any object with `on_step(metrics, ctx)` or a plain function
+`f(metrics, ctx)`; it returns None, one action or a list of actions
+(`weft.adapt.actions`). It runs on every rank at every step boundary with
+the same, globally reduced metrics, so it must be a deterministic function
+of (metrics, ctx, its own state). Stateful policies may define
+`state_dict()/load_state_dict()`; weft sends that state to joining workers.
+
+    class Halve:
+        def on_step(self, metrics, ctx):
+            if ctx.step == 100:
+                return [SetLR(ctx.lr / 2), Resize(ctx.world * 2)]
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+from weft.adapt.actions import Resize, SetBatchSize, SwitchStrategy
+
+
+@dataclass(frozen=True)
+class Context:
+    """What a policy may read besides the metrics (all ranks see the same values)."""
+
+    step: int  # steps completed so far
+    epoch: int
+    world: int
+    batch_size: int  # per worker
+    lr: float
+    strategy: str
+    min_workers: int
+    max_workers: int
+    dataset_size: int
+    membership: int = 0  # membership epoch (bumps on every resize or failure)
+
+    @property
+    def global_batch(self) -> int:
+        return self.batch_size * self.world
+
+
+def as_actions(result: Any) -> list:
+    if result is None:
+        return []
+    if isinstance(result, (list, tuple)):
+        return list(result)
+    return [result]
+
+
+class Policy:
+    """Base class (optional): override `on_step`; state is this object's __dict__."""
+
+    def on_step(self, metrics: dict, ctx: Context):
+        return None
+
+    def state_dict(self) -> dict:
+        return {k: v for k, v in vars(self).items() if not callable(v)}
+
+    def load_state_dict(self, d: dict) -> None:
+        vars(self).update(d)
+
+
+class FunctionPolicy(Policy):
+    def __init__(self, fn: Callable[[dict, Context], Any]):
+        self.fn = fn
+
+    def on_step(self, metrics, ctx):
+        return self.fn(metrics, ctx)
+
+    def state_dict(self) -> dict:
+        return {}
+
+
+class Compose(Policy):
+    """Runs several policies in order and concatenates their actions."""
+
+    def __init__(self, policies: Iterable):
+        self.policies = [p if hasattr(p, "on_step") else FunctionPolicy(p) for p in policies]
+
+    def on_step(self, metrics, ctx):
+        out = []
+        for p in self.policies:
+            out += as_actions(p.on_step(metrics, ctx))
+        return out
+
+    def state_dict(self) -> dict:
+        return {"policies": [p.state_dict() if hasattr(p, "state_dict") else {}
+                             for p in self.policies]}
+
+    def load_state_dict(self, d: dict) -> None:
+        for p, s in zip(self.policies, d["policies"]):
+            if hasattr(p, "load_state_dict"):
+                p.load_state_dict(s)
+
+
+def to_policy(p: Any) -> Policy:
+    if p is None:
+        return Compose([])
+    if isinstance(p, (list, tuple)):
+        return Compose(p)
+    if hasattr(p, "on_step"):
+        return p
+    if callable(p):
+        return FunctionPolicy(p)
+    raise TypeError(f"a policy must have on_step(metrics, ctx) or be callable, got {p!r}")
+
+
+@dataclass
+class AdaptiveBatchSize(Policy):
+    """Grow the global batch towards the measured noise scale (McCandlish et al.).
+
+    Every `every` steps: target global batch = noise_scale, clamped to
+    [min_per_worker, max_per_worker] per worker and rounded to a power of two;
+    changed only when it differs from the current batch by at least
+    `hysteresis`x. The LR follows the `scale_lr` rule ("linear" or "sqrt").
+    """
+
+    min_per_worker: int = 8
+    max_per_worker: int = 128
+    every: int = 10
+    hysteresis: float = 1.5
+    scale_lr: str | None = "linear"
+    warmup: int = 10
+
+    def on_step(self, metrics, ctx):
+        ns = metrics.get("noise_scale")
+        if ns is None or not math.isfinite(ns) or ctx.step < self.warmup or ctx.step % self.every:
+            return None
+        per = max(1.0, ns / ctx.world)
+        per = 2 ** round(math.log2(per))
+        per = int(min(self.max_per_worker, max(self.min_per_worker, per)))
+        ratio = per / ctx.batch_size
+        if per != ctx.batch_size and max(ratio, 1 / ratio) >= self.hysteresis:
+            return SetBatchSize(per, self.scale_lr)
+        return None
+
+
+@dataclass
+class SwitchOnNoise(Policy):
+    """Switch sync strategy once the noise scale exceeds `threshold`.
+
+    Early in training the gradient noise scale is small, so cheap local
+    steps plus model averaging ('sma', 'pair') lose little; when it grows,
+    exact gradient averaging ('sgd') makes better use of the large batch.
+    """
+
+    threshold: float = 100.0
+    to: str = "sgd"
+    warmup: int = 10
+    fired: bool = False
+
+    def on_step(self, metrics, ctx):
+        ns = metrics.get("noise_scale")
+        if self.fired or ctx.step < self.warmup or ns is None or not ns > self.threshold \
+                or ctx.strategy == self.to:
+            return None
+        self.fired = True
+        return SwitchStrategy(self.to)
+
+
+@dataclass
+class ScheduleResize(Policy):
+    """Resize at fixed steps: {step: workers}."""
+
+    schedule: dict[int, int] = field(default_factory=dict)
+
+    def on_step(self, metrics, ctx):
+        w = self.schedule.get(ctx.step)
+        return Resize(w) if w is not None and w != ctx.world else None
+
+
+@dataclass
+class ThroughputScaler(Policy):
+    """Scale out one worker at a time while it raises throughput by >= `min_gain`x.
+
+    Every `interval` steps: if the last scale-out did not pay off, scale back
+    in by one and stop exploring; otherwise add a worker (up to max_workers).
+    """
+
+    interval: int = 20
+    min_gain: float = 1.1
+    before: float | None = None
+    done: bool = False
+
+    def on_step(self, metrics, ctx):
+        tp = metrics.get("throughput")
+        if self.done or tp is None or not math.isfinite(tp) or ctx.step == 0 or ctx.step % self.interval:
+            return None
+        if self.before is not None and tp < self.min_gain * self.before:
+            self.done = True
+            return Resize(ctx.world - 1) if ctx.world > ctx.min_workers else None
+        if ctx.world >= ctx.max_workers:
+            self.done = True
+            return None
+        self.before = tp
+        return Resize(ctx.world + 1)
