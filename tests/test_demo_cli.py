@@ -58,3 +58,14 @@ def test_bad_topology_exits_nonzero_with_message(tmp_path, capsys):
 def test_bad_arguments_exit_2(argv, capsys):
     assert main(argv) == 2
     assert "weft: error:" in capsys.readouterr().err
+
+
+def test_train_dispatches_by_mode(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:  # neither --plan nor --policy
+        main(["train"])
+    assert e.value.code == 2
+    bad = tmp_path / "p.yaml"
+    bad.write_text("policies: [{no_such_policy: {}}]\n")
+    assert main(["train", "--policy", str(bad)]) == 2
+    assert str(bad) in capsys.readouterr().err
+    assert main(["train", "--plan", str(tmp_path / "missing.json")]) == 2

@@ -21,7 +21,7 @@ _COMMAND_MODULES = [
     "weft.topology.cli",
     "weft.collectives.cli",
     "weft.planner.cli",
-    "weft.parallel.cli",
+    "weft.train_cli",
     "weft.adapt.cli",
     "weft.schedule.cli",
     "weft.serve.cli",

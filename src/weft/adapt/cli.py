@@ -76,18 +76,24 @@ def _demo(args) -> int:
     return 0
 
 
+def add_arguments(p) -> None:
+    """Options of adaptive training other than --policy, --epochs, --max-steps and --lr
+    (`weft train --policy` shares those with `weft train --plan`)."""
+    p.add_argument("--workers", type=int, help="initial workers (overrides the policy file)")
+    p.add_argument("--max-workers", dest="max_workers", type=int)
+    p.add_argument("--strategy", choices=["sgd", "sma", "pair"])
+    p.add_argument("--batch-size", dest="batch_size", type=int, help="per worker")
+    p.add_argument("--plot", default="adapt_loss.png", help="loss plot with events (PNG)")
+    p.add_argument("--json", help="write the full report as JSON here")
+
+
 def _common(p, policy_required: bool) -> None:
     if policy_required:
         p.add_argument("--policy", required=True, help="policy YAML (see examples/policy.yaml)")
-    p.add_argument("--workers", type=int, help="initial workers (overrides the policy file)")
-    p.add_argument("--max-workers", dest="max_workers", type=int)
     p.add_argument("--epochs", type=int)
     p.add_argument("--max-steps", dest="max_steps", type=int)
-    p.add_argument("--strategy", choices=["sgd", "sma", "pair"])
-    p.add_argument("--batch-size", dest="batch_size", type=int, help="per worker")
     p.add_argument("--lr", type=float)
-    p.add_argument("--plot", default="adapt_loss.png", help="loss plot with events (PNG)")
-    p.add_argument("--json", help="write the full report as JSON here")
+    add_arguments(p)
 
 
 def register(subparsers) -> None:

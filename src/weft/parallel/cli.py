@@ -47,16 +47,18 @@ def _train(args) -> int:
     return 0
 
 
-def register(sub) -> None:
-    p = sub.add_parser("train", help="train with a pipeline plan (weft plan pipeline --out ...)")
-    p.add_argument("--plan", required=True, help="plan JSON written by `weft plan pipeline`")
+def add_arguments(p) -> None:
+    """Pipeline options of `weft train` (the command itself is wired in weft.train_cli)."""
     p.add_argument("--model", help="model spec path.py[:attr] or module:attr (default: the plan's)")
     p.add_argument("--schedule", default="1f1b",
-                   help="gpipe | 1f1b | interleaved | pipedream (default 1f1b)")
+                   help="gpipe | 1f1b | interleaved | pipedream (with --plan)")
     p.add_argument("--chunks", type=int, default=2, help="chunks per stage for interleaved")
-    p.add_argument("--epochs", type=int, default=1)
-    p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps")
-    p.add_argument("--lr", type=float, default=0.05)
     p.add_argument("--timeline", help="write the pipeline timeline PNG here")
     p.add_argument("--timeout", type=float, default=120.0, help="per-collective timeout (s)")
-    p.set_defaults(func=_train)
+
+
+def train(args) -> int:
+    """`weft train --plan`: defaults for options shared with `weft train --policy`."""
+    args.epochs = 1 if args.epochs is None else args.epochs
+    args.lr = 0.05 if args.lr is None else args.lr
+    return _train(args)

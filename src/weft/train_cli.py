@@ -1,0 +1,37 @@
+"""`weft train`: one command for a pipeline plan (`--plan`) or an adaptation policy (`--policy`).
+
+The options of each mode live with their subsystem (weft.parallel.cli, weft.adapt.cli);
+this file only chooses between them, so neither subsystem imports the other.
+"""
+
+from __future__ import annotations
+
+
+def _train(args) -> int:
+    if args.plan:
+        from weft.parallel.cli import train
+
+        return train(args)
+    from weft.adapt.cli import _train as adaptive_train
+
+    return adaptive_train(args)
+
+
+def register(sub) -> None:
+    from weft.adapt.cli import add_arguments as adapt_arguments
+    from weft.parallel.cli import add_arguments as pipeline_arguments
+
+    p = sub.add_parser("train", help="train with a pipeline plan (--plan) or an adaptation "
+                                     "policy (--policy)")
+    mode = p.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--plan", help="pipeline plan JSON written by `weft plan pipeline`")
+    mode.add_argument("--policy", help="adaptation policy YAML (see examples/policy.yaml)")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--max-steps", dest="max_steps", type=int, help="stop after this many steps")
+    p.add_argument("--lr", type=float)
+    g = p.add_argument_group("pipeline (--plan)")
+    pipeline_arguments(g)
+    g = p.add_argument_group("adaptive (--policy)")
+    adapt_arguments(g)
+    p.set_defaults(func=_train)
+
