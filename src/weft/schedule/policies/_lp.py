@@ -99,3 +99,24 @@ def fill_max_sum(blocks: LPBlocks, norm: np.ndarray, floor: np.ndarray, what: st
     b = np.concatenate([b0, -floor])
     c = -np.asarray(W.sum(axis=0)).ravel()
     return solve_lp(c, A, b, blocks.bounds(), what)
+
+
+def spread_evenly(blocks: LPBlocks, v: np.ndarray, counts: np.ndarray, what: str) -> np.ndarray:
+    """Keep each job's total time share of ``v`` and move its time as close as
+    possible (L1) to a split across its usable types in proportion to their counts."""
+    n, k, nx = blocks.n, blocks.k, blocks.nx
+    X = v[:nx].reshape(n, k)
+    usable = blocks.ub[:nx].reshape(n, k) * counts[None, :]
+    target = (X.sum(1, keepdims=True) * usable / np.maximum(usable.sum(1, keepdims=True), 1e-12)).ravel()
+    # variables [X | Y | d], minimise sum d with d >= |X - target|
+    I = sp.identity(nx, format="csr")
+    pad_y = sp.csr_matrix((nx, blocks.nv - nx))
+    A_dev = sp.vstack([sp.hstack([I, pad_y, -I]), sp.hstack([-I, pad_y, -I])])
+    A0 = sp.hstack([blocks.cap, sp.csr_matrix((k, nx))])
+    A_ub = sp.vstack([A0, A_dev]).tocsr()
+    b_ub = np.concatenate([counts, target, -target])
+    A_eq = sp.hstack([blocks.share, sp.csr_matrix((n, nx))]).tocsr()
+    b_eq = np.asarray(blocks.share @ v[:blocks.nv]).ravel()
+    c = np.concatenate([np.zeros(blocks.nv), np.ones(nx)])
+    bounds = np.vstack([blocks.bounds(), np.tile([0.0, np.inf], (nx, 1))])
+    return solve_lp(c, A_ub, b_ub, bounds, what + " (even spread)", A_eq=A_eq, b_eq=b_eq)[: blocks.nv]

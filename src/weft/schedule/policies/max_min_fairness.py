@@ -7,7 +7,11 @@ its count). Agnostic: the same with every runnable throughput replaced by 1, so
 it equalises time received regardless of how fast each type is for the job.
 A second LP keeps every job at or above the optimum ``t`` and maximises the
 sum of normalised throughputs, so no capacity the max-min optimum leaves idle
-is wasted (the objective value is unchanged).
+is wasted (the objective value is unchanged). The agnostic policy, which by
+design cannot prefer one type over another, then spreads each job's time
+across the types it can use in proportion to their counts, as closely as
+capacity allows (an L1-nearest LP with every job's total time share fixed);
+otherwise an LP vertex would park jobs arbitrarily on one type.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from weft.schedule.policies._lp import LPBlocks, fill_max_sum, solve_lp
+from weft.schedule.policies._lp import LPBlocks, fill_max_sum, solve_lp, spread_evenly
 from weft.schedule.policies.base import Policy
 from weft.schedule.problem import Allocation, Problem
 
@@ -56,6 +60,8 @@ class MaxMinFairness(Policy):
         t = float(v[-1])
         if self.fill:
             v = fill_max_sum(blocks, norm, np.full(prob.n, t * (1 - 1e-7)), self.name)
+            if not self.aware:
+                v = spread_evenly(blocks, v, prob.counts, self.name)
         alloc = blocks.allocation(v, t)
         alloc.objective = self.evaluate(prob, alloc)
         return alloc
