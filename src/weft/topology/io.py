@@ -1,0 +1,166 @@
+"""Load and save topologies as YAML, with validation that names file and field.
+
+Format::
+
+    name: my-cluster
+    devices:
+      - {name: gpu0, kind: gpu, memory: 16GiB, flops: 15.7e12, host: node0}
+      - {name: gpu1, host: node0}
+    links:            # bidirectional unless `bidirectional: false`
+      - {src: gpu0, dst: gpu1, bandwidth: 25GB/s, latency: 1e-6, kind: nvlink}
+
+A topology can also be named by a builder spec: `dgx1`, `ring:8`,
+`full_mesh:4`, `nvswitch:8`, `multi_node:2x4`, `fat_tree:4`.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from weft.errors import TopologyError
+from weft.topology.builders import BUILDERS
+from weft.topology.model import DEVICE_KINDS, Topology
+from weft.units import parse_size
+
+_DEVICE_FIELDS = {"name", "kind", "memory", "flops", "host"}
+_LINK_FIELDS = {"src", "dst", "bandwidth", "latency", "kind", "bidirectional"}
+
+
+def from_dict(data: Any, source: str = "<dict>") -> Topology:
+    """Build and validate a Topology from a plain dict; errors name source and field."""
+
+    def fail(where: str, msg: str) -> TopologyError:
+        return TopologyError(f"{source}: {where}: {msg}")
+
+    if not isinstance(data, dict):
+        raise fail("top level", f"expected a mapping with 'devices' and 'links', got {type(data).__name__}")
+    unknown = set(data) - {"name", "devices", "links"}
+    if unknown:
+        raise fail("top level", f"unknown key(s) {sorted(unknown)}; expected name, devices, links")
+    devices, links = data.get("devices"), data.get("links", [])
+    if not isinstance(devices, list) or not devices:
+        raise fail("devices", "must be a non-empty list of devices")
+    if not isinstance(links, list):
+        raise fail("links", f"must be a list, got {type(links).__name__}")
+    topo = Topology(name=str(data.get("name", Path(source).stem)))
+
+    def number(where: str, value: Any, positive: bool, allow_zero: bool = True) -> float:
+        try:
+            x = parse_size(value, where)
+        except ValueError as exc:
+            raise fail(where, str(exc).split(": ", 1)[-1]) from None
+        if x != x or x < 0 or (not allow_zero and x == 0):
+            raise fail(where, f"must be {'> 0' if not allow_zero else '>= 0'}, got {value!r}")
+        return x
+
+    for i, d in enumerate(devices):
+        where = f"devices[{i}]"
+        if not isinstance(d, dict) or "name" not in d:
+            raise fail(where, f"each device needs at least a 'name', got {d!r}")
+        extra = set(d) - _DEVICE_FIELDS
+        if extra:
+            raise fail(where, f"unknown field(s) {sorted(extra)}; allowed: {sorted(_DEVICE_FIELDS)}")
+        kind = d.get("kind", "gpu")
+        if kind not in DEVICE_KINDS:
+            raise fail(f"{where}.kind", f"unknown kind {kind!r}; one of {list(DEVICE_KINDS)}")
+        name = str(d["name"])
+        if name in topo:
+            raise fail(f"{where}.name", f"device {name!r} is defined twice")
+        kw = {}
+        for f in ("memory", "flops"):
+            if f in d:
+                kw[f] = number(f"{where}.{f}", d[f], True)
+        topo.add_device(name, kind=kind, host=str(d.get("host", "host0")), **kw)
+
+    for i, ln in enumerate(links):
+        where = f"links[{i}]"
+        if not isinstance(ln, dict):
+            raise fail(where, f"expected a mapping, got {ln!r}")
+        extra = set(ln) - _LINK_FIELDS
+        if extra:
+            raise fail(where, f"unknown field(s) {sorted(extra)}; allowed: {sorted(_LINK_FIELDS)}")
+        for f in ("src", "dst", "bandwidth"):
+            if f not in ln:
+                raise fail(where, f"missing field {f!r}")
+        for f in ("src", "dst"):
+            if str(ln[f]) not in topo:
+                raise fail(f"{where}.{f}", f"unknown device {ln[f]!r} (not in devices)")
+        if str(ln["src"]) == str(ln["dst"]):
+            raise fail(where, f"a link cannot join {ln['src']!r} to itself")
+        bw = number(f"{where}.bandwidth", ln["bandwidth"], True, allow_zero=False)
+        lat = number(f"{where}.latency", ln.get("latency", 1e-6), True)
+        bidir = ln.get("bidirectional", True)
+        if not isinstance(bidir, bool):
+            raise fail(f"{where}.bidirectional", f"must be true or false, got {bidir!r}")
+        topo.add_link(str(ln["src"]), str(ln["dst"]), bw, lat, kind=str(ln.get("kind", "link")),
+                      bidirectional=bidir)
+    try:
+        topo.validate()
+    except TopologyError as exc:
+        raise TopologyError(f"{source}: {exc}") from None
+    return topo
+
+
+def load(path: str | os.PathLike) -> Topology:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise TopologyError(f"{path}: cannot read topology file: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise TopologyError(f"{path}: not valid YAML: {exc}") from None
+    return from_dict(data, source=str(path))
+
+
+def dumps(topo: Topology) -> str:
+    return yaml.safe_dump(topo.to_dict(), sort_keys=False)
+
+
+def save(topo: Topology, path: str | os.PathLike) -> Path:
+    """Write YAML atomically (temp file in the same folder, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(dumps(topo))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def build(spec: str) -> Topology:
+    """Build from a spec like 'dgx1', 'ring:8', 'multi_node:2x4', 'fat_tree:4'."""
+    name, _, argstr = spec.partition(":")
+    if name not in BUILDERS:
+        raise TopologyError(f"unknown topology builder {name!r}; known: {sorted(BUILDERS)} "
+                            "(or give a path to a YAML file)")
+    fn = BUILDERS[name]
+    args = [a for a in argstr.replace("x", ",").split(",") if a] if argstr else []
+    try:
+        ints = [int(a) for a in args]
+        inspect.signature(fn).bind(*ints)
+    except (ValueError, TypeError):
+        raise TopologyError(f"bad arguments {argstr!r} for topology builder {name!r}; "
+                            f"signature: {name}{inspect.signature(fn)}") from None
+    return fn(*ints)
+
+
+def resolve(spec: str | os.PathLike | Topology) -> Topology:
+    """A Topology from an object, a YAML path, or a builder spec."""
+    if isinstance(spec, Topology):
+        return spec
+    s = str(spec)
+    if s.endswith((".yaml", ".yml", ".json")) or os.path.sep in s or Path(s).is_file():
+        return load(s)
+    return build(s)
