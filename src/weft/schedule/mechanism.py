@@ -111,38 +111,44 @@ class RoundMechanism:
         leases: dict[Unit, Lease] = {}
         for j, t in enumerate(self.types):
             mine = [u for u, jj in chosen.items() if jj == j]
-            taken = np.zeros(self.cluster.counts[t], bool)
+            if not mine:
+                continue
             ids, srv = self.worker_ids[t], self.server_of[t]
+            local_srv = srv - srv[0]
+            taken = np.zeros(len(ids), bool)
+            free = np.bincount(local_srv).astype(int)
             rest = []
             for u in mine:   # lease extension: same workers as last round when free
                 prev = [self.last.get(m) for m in self.members(u)]
                 prev = [p for p in prev if p and p.accel_type == t and len(p.workers) == scale[idx[u]]]
                 if prev:
-                    local = np.searchsorted(ids, prev[0].workers)
+                    local = np.asarray(prev[0].workers) - ids[0]
                     if not taken[local].any():
                         taken[local] = True
+                        np.subtract.at(free, local_srv[local], 1)
                         leases[u] = Lease(t, tuple(int(w) for w in ids[local]), tuple(int(s) for s in srv[local]))
                         continue
                 rest.append(u)
             for u in sorted(rest, key=lambda u: -scale[idx[u]]):
-                local = self._pack(int(scale[idx[u]]), taken, srv)
+                local = self._pack(int(scale[idx[u]]), taken, local_srv, free)
                 taken[local] = True
+                np.subtract.at(free, local_srv[local], 1)
                 leases[u] = Lease(t, tuple(int(w) for w in ids[local]), tuple(int(s) for s in srv[local]))
         return leases
 
     @staticmethod
-    def _pack(need: int, taken: np.ndarray, srv: np.ndarray) -> np.ndarray:
+    def _pack(need: int, taken: np.ndarray, srv: np.ndarray, free: np.ndarray) -> np.ndarray:
         """Free slots on as few servers as possible: the fullest server that fits
         all of them, else the emptiest servers first."""
-        free_idx = np.flatnonzero(~taken)
-        servers, counts = np.unique(srv[free_idx], return_counts=True)
-        fits = counts >= need
-        if fits.any():
-            s = servers[fits][np.argmin(counts[fits])]
-            return free_idx[srv[free_idx] == s][:need]
-        out = []
-        for s in servers[np.argsort(-counts, kind="stable")]:
-            out.extend(free_idx[srv[free_idx] == s][: need - len(out)])
+        fits = np.flatnonzero(free >= need)
+        if len(fits):
+            servers = [fits[np.argmin(free[fits])]]
+        else:
+            servers = np.argsort(-free, kind="stable")
+        out: list[int] = []
+        for s in servers:
+            slots = np.flatnonzero((srv == s) & ~taken)
+            out.extend(slots[: need - len(out)].tolist())
             if len(out) == need:
                 break
         return np.array(out, int)

@@ -90,18 +90,21 @@ def lp_feasible(c, A_ub, b_ub, bounds) -> np.ndarray | None:
     return res.x
 
 
-def fill_max_sum(blocks: LPBlocks, norm: np.ndarray, floor: np.ndarray, what: str) -> np.ndarray:
+def fill_max_sum(blocks: LPBlocks, norm: np.ndarray, floor: np.ndarray, what: str,
+                 mult: np.ndarray | None = None) -> np.ndarray:
     """Second stage: keep every job's normalised throughput >= ``floor`` and
     maximise their sum, so capacity the first-stage optimum left idle is used."""
     A0, b0 = blocks.base_constraints()
     W = sp.diags(1.0 / norm) @ blocks.eff
     A = sp.vstack([A0, -W]).tocsr()
     b = np.concatenate([b0, -floor])
-    c = -np.asarray(W.sum(axis=0)).ravel()
+    w = np.ones(blocks.n) if mult is None else mult
+    c = -np.asarray(W.T @ w).ravel()
     return solve_lp(c, A, b, blocks.bounds(), what)
 
 
-def spread_evenly(blocks: LPBlocks, v: np.ndarray, counts: np.ndarray, what: str) -> np.ndarray:
+def spread_evenly(blocks: LPBlocks, v: np.ndarray, counts: np.ndarray, what: str,
+                  mult: np.ndarray | None = None) -> np.ndarray:
     """Keep each job's total time share of ``v`` and move its time as close as
     possible (L1) to a split across its usable types in proportion to their counts."""
     n, k, nx = blocks.n, blocks.k, blocks.nx
@@ -117,6 +120,7 @@ def spread_evenly(blocks: LPBlocks, v: np.ndarray, counts: np.ndarray, what: str
     b_ub = np.concatenate([counts, target, -target])
     A_eq = sp.hstack([blocks.share, sp.csr_matrix((n, nx))]).tocsr()
     b_eq = np.asarray(blocks.share @ v[:blocks.nv]).ravel()
-    c = np.concatenate([np.zeros(blocks.nv), np.ones(nx)])
+    w = np.ones(n) if mult is None else mult
+    c = np.concatenate([np.zeros(blocks.nv), np.repeat(w, k)])
     bounds = np.vstack([blocks.bounds(), np.tile([0.0, np.inf], (nx, 1))])
     return solve_lp(c, A_ub, b_ub, bounds, what + " (even spread)", A_eq=A_eq, b_eq=b_eq)[: blocks.nv]

@@ -27,8 +27,8 @@ from weft.schedule.problem import Allocation, Problem
 class MaxMinFairness(Policy):
     sense = "max"
 
-    def __init__(self, aware: bool = True, packed: bool = False, fill: bool = True):
-        self.aware, self.packed, self.fill = aware, packed, fill
+    def __init__(self, aware: bool = True, packed: bool = False, fill: bool = True, aggregate: bool = True):
+        self.aware, self.packed, self.fill, self.aggregate = aware, packed, fill, aggregate
         self.name = "max_min_fairness" + ("" if aware else "_agnostic") + ("_packed" if packed else "")
         self.description = (("heterogeneity-aware" if aware else "heterogeneity-agnostic (equal time)")
                             + " max-min fairness / LAS with priority weights"
@@ -44,25 +44,39 @@ class MaxMinFairness(Policy):
         if prob.n == 0:
             return self.empty(prob)
         T, norm = self._throughputs(prob)
-        sub = prob
-        if self.packed and not self.aware:
-            sub = Problem(T, prob.scale, prob.counts, pairs=prob.pairs,
-                          TP=(prob.TP > 0).astype(float), types=prob.types)
+        if self.packed or not self.aggregate:
+            sub, inv, mult = prob, None, None
+            if not self.aware:
+                sub = Problem(T, prob.scale, prob.counts, pairs=prob.pairs,
+                              TP=(prob.TP > 0).astype(float), types=prob.types)
+        else:
+            # Jobs with equal rows (type, scale, weight) are interchangeable; by
+            # symmetry and convexity some optimum gives them equal rows, so solve
+            # one row per class with capacity coefficient count x scale.
+            rows = np.column_stack([T, norm, prob.scale])
+            uniq, inv, mult = np.unique(rows, axis=0, return_inverse=True, return_counts=True)
+            inv = inv.ravel()
+            k = T.shape[1]
+            sub = Problem(uniq[:, :k], uniq[:, k + 1] * mult, prob.counts, types=prob.types)
+            T, norm = uniq[:, :k], uniq[:, k]
         blocks = LPBlocks(sub, T, self.packed)
+        n = blocks.n
         A0, b0 = blocks.base_constraints(1)
         W = sp.diags(1.0 / norm) @ blocks.eff
-        fair = sp.hstack([-W, sp.csr_matrix(np.ones((prob.n, 1)))])
+        fair = sp.hstack([-W, sp.csr_matrix(np.ones((n, 1)))])
         A = sp.vstack([A0, fair]).tocsr()
-        b = np.concatenate([b0, np.zeros(prob.n)])
+        b = np.concatenate([b0, np.zeros(n)])
         c = np.zeros(blocks.nv + 1)
         c[-1] = -1.0
         v = solve_lp(c, A, b, blocks.bounds([(0, None)]), self.name)
         t = float(v[-1])
         if self.fill:
-            v = fill_max_sum(blocks, norm, np.full(prob.n, t * (1 - 1e-7)), self.name)
+            v = fill_max_sum(blocks, norm, np.full(n, t * (1 - 1e-7)), self.name, mult)
             if not self.aware:
-                v = spread_evenly(blocks, v, prob.counts, self.name)
+                v = spread_evenly(blocks, v, prob.counts, self.name, mult)
         alloc = blocks.allocation(v, t)
+        if inv is not None:
+            alloc.X = alloc.X[inv]
         alloc.objective = self.evaluate(prob, alloc)
         return alloc
 
