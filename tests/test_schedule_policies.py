@@ -179,3 +179,11 @@ def test_fifo_serves_in_arrival_order_on_fastest_type():
     p = Problem(T, [1, 1, 1], [1, 1], arrival=[2.0, 0.0, 1.0])
     X = get_policy("fifo").solve(p).X
     np.testing.assert_array_equal(X, [[0, 0], [0, 1], [1, 0]])
+
+
+@pytest.mark.parametrize("name", ["max_min_fairness_packed", "min_makespan", "finish_time_fairness"])
+def test_pop_k3_feasible_with_pairs(name):
+    p = small_problem(5, n=30, pairs=True)
+    alloc = get_policy(name, pop_k=3).solve(p)
+    assert alloc.feasibility_errors(p) == []
+    assert alloc.objective == pytest.approx(get_policy(name).evaluate(p, alloc))

@@ -70,9 +70,11 @@ class Problem:
         pos = -np.ones(self.n, int)
         pos[idx] = np.arange(len(idx))
         keep = (pos[self.pairs[:, 0]] >= 0) & (pos[self.pairs[:, 1]] >= 0) if len(self.pairs) else np.zeros(0, bool)
-        return Problem(self.T[idx], self.scale[idx], self.counts * fraction, self.weight[idx],
-                       self.remaining[idx], self.elapsed[idx], self.deadline[idx], self.arrival[idx],
-                       self.prices, pos[self.pairs[keep]], self.TP[keep], list(self.types))
+        sub = Problem(self.T[idx], self.scale[idx], self.counts * fraction, self.weight[idx],
+                      self.remaining[idx], self.elapsed[idx], self.deadline[idx], self.arrival[idx],
+                      self.prices, pos[self.pairs[keep]], self.TP[keep], list(self.types))
+        sub.pair_origin = np.flatnonzero(keep)   # row of each sub-problem pair in self.pairs
+        return sub
 
 
 @dataclass

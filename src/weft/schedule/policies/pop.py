@@ -31,14 +31,12 @@ class Pop(Policy):
         with ThreadPoolExecutor(self.threads) as ex:
             parts = list(ex.map(self.inner.solve, subs))
         X = np.zeros((prob.n, prob.k))
-        Ys, pairs = [], []
-        for g, part in zip(groups, parts):
-            g = np.sort(g)
-            X[g] = part.X
+        Y = np.zeros((len(prob.pairs), prob.k))
+        for g, sub, part in zip(groups, subs, parts):
+            X[np.sort(g)] = part.X
             if len(part.pairs):
-                pairs.append(g[part.pairs])
-                Ys.append(part.Y)
-        alloc = Allocation(X, np.concatenate(Ys) if Ys else None, np.concatenate(pairs) if pairs else None)
+                Y[sub.pair_origin] = part.Y
+        alloc = Allocation(X, Y, prob.pairs.copy()) if len(prob.pairs) and self.packed else Allocation(X)
         alloc.objective = self.inner.evaluate(prob, alloc)
         return alloc
 
