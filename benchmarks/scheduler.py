@@ -2,7 +2,7 @@
 LAS with space sharing) on the paper's simulated cluster, and policy solve time.
 
     python benchmarks/scheduler.py            # full: 5,000 jobs, JCT over jobs 4000-5000
-    python benchmarks/scheduler.py --quick    # < 1 min: 700 jobs, JCT over jobs 400-600
+    python benchmarks/scheduler.py --quick    # ~1 min: 360 jobs, JCT over jobs 150-250 (not steady state)
     python benchmarks/scheduler.py --json out.json
 
 Cluster: 36 V100 + 36 P100 + 36 K80, 360 s rounds, single-accelerator jobs
@@ -42,7 +42,8 @@ def jct_part(table, cluster, args, metrics, console):
     jobs = generate_jobs(table, args.jobs, args.rate, seed=args.seed)
     lo, hi = args.window
     t = Table(title=f"Average JCT, jobs {lo}-{hi} of {args.jobs} at {args.rate} jobs/h, seed {args.seed}")
-    for col in ("policy", "avg JCT (h)", "vs agnostic", "Gavel (h)", "Gavel ratio", "util", "solves", "sim s"):
+    t.add_column("policy", no_wrap=True)
+    for col in ("avg JCT (h)", "vs agnostic", "Gavel (h)", "Gavel ratio", "util", "solves", "sim s"):
         t.add_column(col)
     base = None
     for name in PAPER:
@@ -70,13 +71,13 @@ def _timed(policy, prob, reps):
 
 
 def solve_part(table, cluster, args, metrics, console):
-    t = Table(title="max-min fairness (aware LAS) solve time, one LP row per job (no class aggregation)")
+    t = Table(title="aware LAS solve time, single-accelerator jobs, one LP row per job (no class aggregation)")
     for col in ("active jobs", "full (s)", "POP k=8 (s)", "POP speedup", "POP objective / full", "aggregated (s)"):
         t.add_column(col)
     for n in args.sizes:
-        jobs = generate_jobs(table, n, None, seed=args.seed, multi_gpu=True)
+        jobs = generate_jobs(table, n, None, seed=args.seed)
         prob = build_problem(jobs, cluster, table)
-        reps = 1 if n > 4096 else 3
+        reps = 1 if n > 4096 or args.quick else 3
         full_s, full = _timed(MaxMinFairness(aggregate=False), prob, reps)
         pop_s, pop = _timed(Pop(MaxMinFairness(aggregate=False), 8, seed=args.seed), prob, reps)
         agg_s, _ = _timed(get_policy("max_min_fairness"), prob, reps)
@@ -97,8 +98,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="small run (< 1 min)")
     ap.add_argument("--json", help="write metrics as a JSON list here")
-    ap.add_argument("--jobs", type=int, help="jobs to generate (default 5000; quick 700)")
-    ap.add_argument("--window", help="LO:HI jobs to average JCT over (default 4000:5000; quick 400:600)")
+    ap.add_argument("--jobs", type=int, help="jobs to generate (default 5000; quick 360)")
+    ap.add_argument("--window", help="LO:HI jobs to average JCT over (default 4000:5000; quick 150:250)")
     ap.add_argument("--rate", type=float, default=5.6, help="jobs per hour (default 5.6)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--sizes", help="comma-separated active-job counts for solve time (default 1024,2048,8192)")
@@ -108,8 +109,8 @@ def main(argv=None) -> int:
     if not GAVEL.exists():
         print(f"Gavel data not found at {GAVEL}", file=sys.stderr)
         return 2
-    args.jobs = args.jobs or (700 if args.quick else 5000)
-    win = args.window or ("400:600" if args.quick else "4000:5000")
+    args.jobs = args.jobs or (360 if args.quick else 5000)
+    win = args.window or ("150:250" if args.quick else "4000:5000")
     args.window = tuple(int(x) for x in win.split(":"))
     sizes = args.sizes or ("1024,2048" if args.quick else "1024,2048,8192")
     args.sizes = [int(x) for x in sizes.split(",")]
