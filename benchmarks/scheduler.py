@@ -117,7 +117,7 @@ def main(argv=None) -> int:
     args.sizes = [int(x) for x in sizes.split(",")]
     table = ThroughputTable.load(GAVEL / "simulation_throughputs.json", ["v100", "p100", "k80"])
     cluster = Cluster({"v100": 36, "p100": 36, "k80": 36})
-    console, metrics = Console(), []
+    console, metrics = Console(width=max(Console().width, 110)), []
     if not args.skip_jct:
         jct_part(table, cluster, args, metrics, console)
     solve_part(table, cluster, args, metrics, console)
