@@ -1,13 +1,13 @@
-"""Run directories, atomic JSON reports and loss-curve plots."""
+"""Run directories, JSON reports (atomic) and loss-curve plots."""
 
 from __future__ import annotations
 
-import json
 import os
-import tempfile
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
+
+from weft.atomic import save_figure, write_json  # noqa: F401  (write_json re-exported)
 
 
 def run_dir(root: str | os.PathLike = "runs") -> Path:
@@ -18,22 +18,6 @@ def run_dir(root: str | os.PathLike = "runs") -> Path:
         n += 1
         path = base.with_name(f"{base.name}-{n}")
     path.mkdir(parents=True)
-    return path
-
-
-def write_json(path: str | os.PathLike, data: Any) -> Path:
-    """Write JSON atomically (temp file, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh, indent=2)
-            fh.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path
 
 
@@ -57,13 +41,4 @@ def plot_loss(path: str | os.PathLike, steps: Sequence[float], losses: Sequence[
     ax.set_yscale("log")
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".png")
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=110, bbox_inches="tight")
-        os.replace(tmp, path)
-    finally:
-        plt.close(fig)
-        Path(tmp).unlink(missing_ok=True)
-    return path
+    return save_figure(fig, path, dpi=110, bbox_inches="tight")

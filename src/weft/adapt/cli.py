@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import tempfile
-from pathlib import Path
+
+from weft.atomic import write_json
 
 DEMO_POLICY = {
     "policies": [{"switch_on_noise": {"threshold": 40, "to": "sgd", "warmup": 20}},
@@ -36,15 +34,6 @@ def _print(report: dict) -> None:
         con.print(f"loss plot with events: {report['plot']}")
 
 
-def _write_json(path: str, report: dict) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        json.dump(report, f, indent=1, default=str)
-    os.replace(tmp, path)
-
-
 def _overrides(args) -> dict:
     keys = ("workers", "max_workers", "epochs", "max_steps", "strategy", "batch_size", "lr")
     return {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
@@ -57,7 +46,7 @@ def _train(args) -> int:
     report = run_adaptive(_overrides(args), policy_path=args.policy, plot=args.plot)
     _print(report)
     if args.json:
-        _write_json(args.json, report)
+        write_json(args.json, report, indent=1, default=str)
     return 0
 
 
@@ -72,7 +61,7 @@ def _demo(args) -> int:
     report = run_adaptive(cfg, policy=policy_from_dict(DEMO_POLICY), plot=args.plot)
     _print(report)
     if args.json:
-        _write_json(args.json, report)
+        write_json(args.json, report, indent=1, default=str)
     return 0
 
 

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from weft.adapt.config import AdaptConfig
+from weft.atomic import save_figure
 from weft.adapt.elastic import run_elastic
 from weft.adapt.rules import load_policy_file
 
@@ -67,16 +67,7 @@ def plot_run(history: list[dict], events: list[dict], path: str | os.PathLike,
     ax.legend(lines + l2, labels + lab2, loc="lower left", fontsize=8)
     ax.set_title(title)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=120)
-        os.replace(tmp, path)
-    finally:
-        plt.close(fig)
-        Path(tmp).unlink(missing_ok=True)
-    return path
+    return save_figure(fig, path, dpi=120)
 
 
 def run_adaptive(config: AdaptConfig | dict | None = None, policy_path: str | None = None,

@@ -21,7 +21,6 @@ import hashlib
 import json
 import os
 import statistics
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -29,6 +28,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from weft.atomic import write_text
 from weft.errors import PlanError
 from weft.planner.layers import as_sequential
 
@@ -94,7 +94,7 @@ class ModelProfile:
             raise PlanError(f"{source}: malformed profile: {exc}") from None
 
     def save(self, path: str | os.PathLike) -> Path:
-        return _atomic_write(Path(path), json.dumps(self.to_dict(), indent=1))
+        return write_text(Path(path), json.dumps(self.to_dict(), indent=1))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "ModelProfile":
@@ -103,15 +103,6 @@ class ModelProfile:
         except (OSError, json.JSONDecodeError) as exc:
             raise PlanError(f"cannot read profile {path}: {exc}") from None
         return cls.from_dict(data, str(path))
-
-
-def _atomic_write(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-    return path
 
 
 def _nbytes(t) -> float:

@@ -24,7 +24,7 @@ from weft.schedule.mechanism import RoundMechanism
 from weft.schedule.model import Job, ScheduleError
 from weft.schedule.policies import get_policy
 from weft.schedule.problem import build_problem
-from weft.schedule.report import _atomic
+from weft.atomic import write_json
 
 
 class _Running:
@@ -48,7 +48,7 @@ def _progress(workdir: Path, job: Job) -> float:
 
 
 def _write_status(path: Path, data: dict) -> None:
-    _atomic(path, lambda tmp: Path(tmp).write_text(json.dumps(data)))
+    write_json(path, data, indent=None)
 
 
 def _wait_started(workdir: Path, jobs: list[Job], running: dict, timeout: float) -> None:
@@ -195,7 +195,7 @@ def run_jobs(jobs: list[Job], spec, policy: str = "max_min_fairness", workdir: s
               "preemptions": preemptions, "segments": segments, "rounds": len(history), "history": history,
               "note": "accelerator speed emulated by padding each step to 1/throughput seconds"}
     if out:
-        _atomic(Path(out), lambda tmp: Path(tmp).write_text(json.dumps(result, indent=1)))
+        write_json(out, result, indent=1)
     return result
 
 

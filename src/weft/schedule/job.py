@@ -20,18 +20,11 @@ a measurement of real accelerators.
 from __future__ import annotations
 
 import json
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-
-def _write_json(path: Path, data: dict) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(data, fh)
-    os.replace(tmp, path)
+from weft.atomic import write_json
 
 
 def train_rank(cfg: dict) -> dict:
@@ -61,7 +54,7 @@ def train_rank(cfg: dict) -> dict:
     stop_file = workdir / "stop"
     flag = torch.zeros(1)
     if rank == 0:   # tells the executor that start-up is over and training begins
-        _write_json(workdir / "status.json", {"step": step, "total_steps": total, "running": True})
+        write_json(workdir / "status.json", {"step": step, "total_steps": total, "running": True})
     while step < total:
         t0 = time.perf_counter()
         g = torch.Generator().manual_seed(int(cfg.get("seed", 0)) * 1_000_003 + step)
@@ -74,7 +67,7 @@ def train_rank(cfg: dict) -> dict:
             time.sleep(max(0.0, step_s - (time.perf_counter() - t0)))
         if rank == 0:
             flag[0] = 1.0 if stop_file.exists() else 0.0
-            _write_json(workdir / "status.json", {"step": step, "total_steps": total, "running": True})
+            write_json(workdir / "status.json", {"step": step, "total_steps": total, "running": True})
         dist.broadcast(flag, 0)
         if flag.item() and step < total:
             break
@@ -98,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     cfg = json.loads(Path(argv[0]).read_text())
     result = run_job(cfg)
-    _write_json(Path(cfg["workdir"]) / "result.json", result)
+    write_json(Path(cfg["workdir"]) / "result.json", result)
     return 0
 
 

@@ -2,35 +2,18 @@
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
-
-def _atomic(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+from weft.atomic import save_figure, write_json
 
 
 def write_results(path: str | Path, results: list, meta: dict | None = None) -> None:
     data = {"meta": meta or {}, "results": [
         {**{k: float(v) if isinstance(v, (np.floating, float)) else v for k, v in r.summary().items()},
          "jct_seconds": {str(k): float(v) for k, v in sorted(r.jct.items())}} for r in results]}
-
-    def write(tmp):
-        with open(tmp, "w") as fh:
-            json.dump(data, fh, indent=1)
-    _atomic(Path(path), write)
+    write_json(path, data, indent=1)
 
 
 def plot_jct_cdf(path: str | Path, results: list) -> None:
@@ -48,5 +31,4 @@ def plot_jct_cdf(path: str | Path, results: list) -> None:
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    _atomic(Path(path), lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
-    plt.close(fig)
+    save_figure(fig, path, dpi=120, format="png")

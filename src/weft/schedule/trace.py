@@ -7,10 +7,9 @@ bad line means no job from that file is scheduled. Errors name file and line.
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from pathlib import Path
 
+from weft.atomic import write_text
 from weft.schedule.model import Job, ScheduleError
 from weft.schedule.throughputs import ThroughputTable
 
@@ -108,7 +107,4 @@ def write_trace(path: str | Path, jobs: list[Job]) -> None:
         rows.append("\t".join([j.job_type, j.command or "-", "-", "--num_steps", "0",
                                str(int(round(j.total_steps))), str(j.scale_factor),
                                str(j.priority_weight), f"{slo:.6f}", str(j.arrival_time)]))
-    fd, tmp = tempfile.mkstemp(dir=path.parent or ".", prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as fh:
-        fh.write("\n".join(rows) + "\n")
-    os.replace(tmp, path)
+    write_text(path, "\n".join(rows) + "\n")

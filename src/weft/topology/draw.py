@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import networkx as nx
 
+from weft.atomic import save_figure
 from weft.topology.model import Topology
 
 _COLORS = {"gpu": "#76b900", "cpu": "#1f77b4", "accelerator": "#9467bd", "switch": "#7f7f7f",
@@ -58,14 +58,4 @@ def draw(topo: Topology, out: str | os.PathLike, title: str | None = None,
         nx.draw_networkx_edge_labels(g, pos, edge_labels=labels, ax=ax, font_size=6)
     ax.set_title(title or f"{topo.summary()}\n(edge labels: GB/s per direction)", fontsize=9)
     ax.axis("off")
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, suffix=".png")
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=120, bbox_inches="tight")
-        os.replace(tmp, out)
-    finally:
-        plt.close(fig)
-        Path(tmp).unlink(missing_ok=True)
-    return out
+    return save_figure(fig, out, dpi=120, bbox_inches="tight")

@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import inspect
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from weft.atomic import write_text
 from weft.errors import TopologyError
 from weft.topology.builders import BUILDERS
 from weft.topology.model import DEVICE_KINDS, Topology
@@ -126,17 +126,7 @@ def dumps(topo: Topology) -> str:
 
 def save(topo: Topology, path: str | os.PathLike) -> Path:
     """Write YAML atomically (temp file in the same folder, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(dumps(topo))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_text(path, dumps(topo))
 
 
 def build(spec: str) -> Topology:

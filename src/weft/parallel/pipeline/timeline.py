@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from weft.atomic import save_figure
+
 COLORS = {"F": "#4C72B0", "B": "#55A868", "U": "#C44E52", "wait": "#DDDDDD",
           "SEND_F": "#8172B2", "SEND_B": "#8172B2"}
 BUSY = ("F", "B", "U")
@@ -66,10 +68,4 @@ def draw(events: list[tuple], path: str | os.PathLike, title: str = "pipeline ti
                         ("SEND_F", "send"), ("wait", "wait (recv)"))],
               loc="upper right", fontsize=7, ncol=5)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    return save_figure(fig, path, dpi=120)

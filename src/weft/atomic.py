@@ -1,0 +1,50 @@
+"""Atomic file writes: a temp file in the same folder, renamed into place on success.
+
+A crash or an error mid-write leaves the previous file (or none) and no temp file, so
+nothing half-written is ever seen under the real name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temp path (same folder, same suffix) to write; rename it over `path` on success."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix or ".tmp")
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return Path(path)
+
+
+def write_json(path: str | os.PathLike, data: Any, indent: int | None = 2, **kw: Any) -> Path:
+    return write_text(path, json.dumps(data, indent=indent, **kw) + "\n")
+
+
+def save_figure(fig, path: str | os.PathLike, **savefig_kw: Any) -> Path:
+    """Save a matplotlib figure atomically, then close it."""
+    import matplotlib.pyplot as plt
+
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, **savefig_kw)
+    finally:
+        plt.close(fig)
+    return Path(path)
