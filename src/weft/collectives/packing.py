@@ -83,16 +83,14 @@ def _arborescence(fabric: Fabric, root: int, price: dict, mode: str,
     return {c: p for p, c in t.edges}
 
 
-def pack(fabric: Fabric, root: int = 0, mode: str = "both", tol: float = 0.03,
-         max_trees: int = 16, max_iter: int = 300) -> Packing:
-    """Pack spanning trees rooted at `root`; keep at most `max_trees`, losing at most
-    `tol` of the optimal rate where that many trees suffice."""
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    if not 0 <= root < fabric.n:
-        raise ValueError(f"root {root} is not a rank of {fabric.n}")
-    if fabric.n == 1:
-        return Packing([({}, 1.0)], 1.0, 1.0, root, mode)
+_POOLS: dict = {}
+
+
+def _columns(fabric: Fabric, root: int, mode: str, max_iter: int):
+    """Column generation to LP optimality (cached per fabric, root and mode)."""
+    pool_key = (fabric.key, root, mode)
+    if pool_key in _POOLS:
+        return _POOLS[pool_key]
     links = sorted({e for r in fabric.routes.values() for e in r})
     scale = max(fabric.capacity(e) for e in links)
     caps = np.array([fabric.capacity(e) / scale for e in links])
@@ -111,6 +109,22 @@ def pack(fabric: Fabric, root: int = 0, mode: str = "both", tol: float = 0.03,
         seen.add(key)
         trees.append(t)
         cols.append(use)
+    _POOLS[pool_key] = (links, caps, scale, tuple(trees), tuple(cols))
+    return _POOLS[pool_key]
+
+
+def pack(fabric: Fabric, root: int = 0, mode: str = "both", tol: float = 0.03,
+         max_trees: int = 16, max_iter: int = 300) -> Packing:
+    """Pack spanning trees rooted at `root`; keep at most `max_trees`, losing at most
+    `tol` of the optimal rate where that many trees suffice."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if not 0 <= root < fabric.n:
+        raise ValueError(f"root {root} is not a rank of {fabric.n}")
+    if fabric.n == 1:
+        return Packing([({}, 1.0)], 1.0, 1.0, root, mode)
+    links, caps, scale, trees, cols = _columns(fabric, root, mode, max_iter)
+    trees, cols = list(trees), list(cols)
     x, _, opt = _solve(cols, links, caps)
     support = [j for j in np.argsort(-x) if x[j] > 1e-9 * max(x)]
     keep, xk, vk = _sparse(support, cols, links, caps, opt, tol, max_trees)
