@@ -26,6 +26,7 @@ import ctypes
 import datetime
 import multiprocessing as mp
 import os
+import pickle
 import signal
 import socket
 import sys
@@ -99,7 +100,9 @@ def _child(fn, args, rank, world, port, backend, timeout, env, queue, threads) -
             torch.set_num_threads(threads)
         init_process_group(backend, timeout)
         result = fn(*args)
-        queue.put((rank, time.time(), "ok", result))
+        # Plain pickle, not the multiprocessing pickler: tensors travel by value
+        # rather than as shared-memory handles that die with this process.
+        queue.put((rank, time.time(), "ok", pickle.dumps(result)))
     except BaseException as exc:  # noqa: BLE001 - everything must reach the parent
         # Report before tearing the group down: closing our sockets makes the
         # other ranks fail too, and the parent should see the root cause.
@@ -142,7 +145,7 @@ def launch(fn: Callable[..., Any], nprocs: int, args: tuple = (), backend: str =
                 rank, stamp, status, payload = queue.get()
                 if status == "error":
                     raise _first_error(queue, nprocs, (stamp, rank, payload))
-                results[rank] = payload
+                results[rank] = pickle.loads(payload)
             for r, p in enumerate(procs):
                 if p.exitcode is not None and r not in results and queue.empty():
                     # Give a just-written result a moment to arrive before judging.

@@ -1,0 +1,196 @@
+"""Data parallelism for an unmodified nn.Module.
+
+`DataParallel(module)` averages gradients across ranks with bucketed,
+asynchronous all-reduces that start while backward is still running
+(gradient-ready hooks), through a `Communicator`, so collective algorithms
+plug in without touching this runtime. `data_parallel(module, backend="ddp")`
+returns torch's own DistributedDataParallel instead.
+
+    model = data_parallel(Net())            # weft runtime, torch collectives
+    loss = loss_fn(model(x), y); loss.backward(); opt.step()
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.autograd import Variable
+
+from weft.collectives.communicator import Communicator, TorchCommunicator, Work
+
+
+@dataclass
+class _Bucket:
+    params: list[nn.Parameter]
+    numel: int
+    ready: int = 0
+    work: Work | None = None
+    flat: torch.Tensor | None = None
+
+
+class DataParallel(nn.Module):
+    """Averages gradients over all ranks of `communicator` after each backward.
+
+    Parameters and buffers are broadcast from rank 0 at construction, so
+    every replica starts equal. Gradients of parameters that received none
+    in a step count as zeros (every rank then agrees on the bucket layout).
+    """
+
+    def __init__(self, module: nn.Module, communicator: Communicator | None = None,
+                 bucket_cap_mb: float = 25.0, broadcast_buffers: bool = True):
+        super().__init__()
+        self.module = module
+        self.comm = communicator if communicator is not None else TorchCommunicator()
+        self.broadcast_buffers = broadcast_buffers
+        self._sync = True
+        self._queued = False
+        params = [p for p in module.parameters() if p.requires_grad]
+        with torch.no_grad():
+            for t in list(module.parameters()) + list(module.buffers()):
+                self.comm.broadcast(t.data, src=0)
+        self.buckets = self._make_buckets(params, int(bucket_cap_mb * 2**20))
+        self._where = {id(p): b for b, bucket in enumerate(self.buckets) for p in bucket.params}
+        # Each bucket owns one flat buffer; gradients live in it as views, so the
+        # all-reduce works in place and nothing is copied back afterwards.
+        self._views: dict[int, torch.Tensor] = {}
+        for bucket in self.buckets:
+            bucket.flat = torch.zeros(bucket.numel, dtype=bucket.params[0].dtype,
+                                      device=bucket.params[0].device)
+            offset = 0
+            for p in bucket.params:
+                self._views[id(p)] = bucket.flat[offset:offset + p.numel()].view_as(p)
+                offset += p.numel()
+        # One rank: nothing to average, so no hooks and no overhead.
+        self._hooks = ([p.register_post_accumulate_grad_hook(self._on_grad) for p in params]
+                       if self.comm.world_size > 1 else [])
+
+    @staticmethod
+    def _make_buckets(params, cap_bytes: int) -> list[_Bucket]:
+        # Gradients become ready roughly in reverse registration order. The first
+        # bucket is small (1 MiB) so communication starts early in backward.
+        buckets, cur, size, dtype = [], [], 0, None
+        for p in reversed(params):
+            nbytes = p.numel() * p.element_size()
+            cap = min(cap_bytes, 2**20) if not buckets else cap_bytes
+            if cur and (size + nbytes > cap or p.dtype != dtype):
+                buckets.append(_Bucket(cur, sum(q.numel() for q in cur)))
+                cur, size = [], 0
+            cur.append(p)
+            size += nbytes
+            dtype = p.dtype
+        if cur:
+            buckets.append(_Bucket(cur, sum(q.numel() for q in cur)))
+        return buckets
+
+    def forward(self, *args, **kwargs):
+        if self.broadcast_buffers and self._sync and any(True for _ in self.module.buffers()):
+            with torch.no_grad():
+                for b in self.module.buffers():
+                    self.comm.broadcast(b.data, src=0)
+        return self.module(*args, **kwargs)
+
+    @contextlib.contextmanager
+    def no_sync(self):
+        """Accumulate gradients locally (no communication) inside this block."""
+        old, self._sync = self._sync, False
+        try:
+            yield
+        finally:
+            self._sync = old
+
+    # -- the gradient pipeline --------------------------------------------
+    def _on_grad(self, p: nn.Parameter) -> None:
+        if not self._sync:
+            return
+        if not self._queued:
+            self._queued = True
+            Variable._execution_engine.queue_callback(self._finish)
+        self._on_grad_ready_copy(p)
+        b = self._where[id(p)]
+        self.buckets[b].ready += 1
+        self._launch_ready()
+
+    def _on_grad_ready_copy(self, p: nn.Parameter) -> None:
+        """Point p.grad at its slot in the bucket buffer (copying once if autograd made a new one)."""
+        view = self._views[id(p)]
+        if p.grad is not view:
+            if p.grad is None:
+                view.zero_()
+            else:
+                view.copy_(p.grad)
+            p.grad = view
+
+    def _launch_ready(self, force: bool = False) -> None:
+        """Start buckets in index order (the same order on every rank)."""
+        for bucket in self.buckets:
+            if bucket.work is not None:
+                continue
+            if bucket.ready < len(bucket.params) and not force:
+                return
+            for p in bucket.params:  # params that got no gradient count as zeros
+                self._on_grad_ready_copy(p)
+            bucket.work = self.comm.all_reduce(bucket.flat, op="avg", async_op=True)
+
+    def _finish(self) -> None:
+        self._launch_ready(force=True)
+        for bucket in self.buckets:
+            bucket.work.wait()  # gradients are views of bucket.flat: nothing to copy back
+            bucket.work, bucket.ready = None, 0
+        self._queued = False
+
+    def sync_gradients(self) -> None:
+        """Average the current .grad of every parameter now (e.g. after no_sync steps)."""
+        if self.comm.world_size == 1:
+            return
+        for bucket in self.buckets:
+            bucket.ready = len(bucket.params)
+        self._finish()
+
+
+def data_parallel(module: nn.Module, backend: str = "weft", communicator: Communicator | None = None,
+                  **kw) -> nn.Module:
+    """Wrap `module` for data parallelism: backend 'weft' (DataParallel) or 'ddp' (torch DDP)."""
+    if backend == "weft":
+        return DataParallel(module, communicator=communicator, **kw)
+    if backend == "ddp":
+        if communicator is not None:
+            raise ValueError("backend='ddp' uses torch's own collectives; pass communicator= only "
+                             "with backend='weft' (or register a DDP comm hook)")
+        return nn.parallel.DistributedDataParallel(module, **kw)
+    raise ValueError(f"unknown data-parallel backend {backend!r}; use 'weft' or 'ddp'")
+
+
+def unwrap(module: nn.Module) -> nn.Module:
+    """The user's module inside a weft or DDP wrapper."""
+    while isinstance(module, (DataParallel, nn.parallel.DistributedDataParallel)):
+        module = module.module
+    return module
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (the same seed on every rank gives equal initial weights)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def distributed_loader(dataset, batch_size: int, shuffle: bool = True, seed: int = 0,
+                       drop_last: bool = True, **kw) -> torch.utils.data.DataLoader:
+    """A DataLoader over this rank's shard (DistributedSampler); `batch_size` is per rank.
+
+    Call `loader.sampler.set_epoch(epoch)` each epoch for a fresh shuffle.
+    """
+    from torch.utils.data import DataLoader, DistributedSampler
+
+    if dist.is_initialized():
+        sampler = DistributedSampler(dataset, shuffle=shuffle, seed=seed, drop_last=drop_last)
+    else:
+        sampler = DistributedSampler(dataset, num_replicas=1, rank=0, shuffle=shuffle, seed=seed,
+                                     drop_last=drop_last)
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=drop_last, **kw)
