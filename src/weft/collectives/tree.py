@@ -28,10 +28,11 @@ def double_binary_trees(n: int) -> list[tuple[dict[int, int], float]]:
     if n == 1:
         return [({}, 1.0)]
     t1 = binary_tree(list(range(n)))
-    # The second tree is the first shifted by one rank (mirrored for even n),
-    # which turns most of the first tree's leaves into interior nodes.
-    shifted = [(i + 1) % n for i in range(n)] if n % 2 else list(reversed(range(n)))
-    t2 = binary_tree(shifted)
+    # The second tree is the first shifted by one rank, or mirrored, whichever
+    # turns more of the first tree's leaves into interior nodes.
+    inner = set(t1.values())
+    t2 = min((binary_tree([(i + 1) % n for i in range(n)]), binary_tree(list(reversed(range(n))))),
+             key=lambda t: len(inner & set(t.values())))
     return [(t1, 0.5), (t2, 0.5)]
 
 
