@@ -7,19 +7,17 @@ The hook averages each bucket with a `WeftCommunicator` (topology-aware
 schedule chosen per bucket size) instead of gloo/NCCL's built-in all-reduce.
 """
 
-from __future__ import annotations
-
 import torch
 import torch.distributed as dist
 
 from weft.collectives.weft_comm import WeftCommunicator
 
 
-def weft_allreduce_hook(comm, bucket: "dist.GradBucket") -> torch.futures.Future:
+def weft_allreduce_hook(comm, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
     """DDP comm hook: average the bucket's flat gradient buffer over the group."""
     buf = bucket.buffer()
     comm.all_reduce(buf, op="avg")
-    fut: torch.futures.Future = torch.futures.Future()
+    fut = torch.futures.Future()
     fut.set_result(buf)
     return fut
 
