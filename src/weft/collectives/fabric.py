@@ -26,8 +26,12 @@ Edge = tuple[str, str]
 class Fabric:
     """Ranks 0..n-1 placed on `devices` of `topology`, with routes between them."""
 
-    def __init__(self, topology: Topology, devices: Sequence[str] | None = None):
+    def __init__(self, topology: Topology, devices: Sequence[str] | None = None,
+                 paths: dict[tuple[str, str], list[str]] | None = None):
+        """`paths` (optional) fixes the device path for device pairs, e.g. the routes an
+        emulated network really uses."""
         self.topology = topology
+        self._paths = paths or {}
         if devices is None:
             devices = [d.name for d in topology.compute_devices]
         devices = list(devices)
@@ -60,6 +64,8 @@ class Fabric:
     # -- routes -------------------------------------------------------------
     def _path(self, a: str, b: str) -> list[str]:
         g = self.topology.graph
+        if (a, b) in self._paths:
+            return list(self._paths[a, b])
         if g.has_edge(a, b):
             return [a, b]
         fwd = [n for n in g if not self.topology.device(n).computes] + [a, b]
@@ -106,6 +112,7 @@ class Fabric:
         for e in sorted(self.topology.graph.edges(data=True), key=lambda x: (x[0], x[1])):
             h.update(f"{e[0]}>{e[1]}:{e[2]['bandwidth']:.6g}:{e[2]['latency']:.3g};".encode())
         h.update(",".join(self.devices).encode())
+        h.update(repr(sorted(self._paths.items())).encode())
         return h.hexdigest()[:16]
 
 
