@@ -2,7 +2,7 @@
 
 Candidates are ring, double binary tree, and spanning-tree packing keeping at
 most 1, 2, 4, 8 or 16 trees (fewer trees: fewer messages per step, a lower
-rate); chunk sizes 64 KiB .. 16 MiB. The cost model ranks them; `measure` can
+rate); chunk sizes 16 KiB .. 16 MiB. The cost model ranks them; `measure` can
 refine the model's best few by timing them on the live process group.
 Schedules and choices are cached in memory per fabric fingerprint.
 """
@@ -21,7 +21,7 @@ from weft.collectives.tree import dbtree
 
 ALGORITHMS = ("ring", "dbtree", "packing")
 TREE_COUNTS = (1, 2, 4, 8, 16)
-CHUNKS = tuple(1 << k for k in (16, 18, 20, 22, 24))
+CHUNKS = tuple(1 << k for k in (14, 15, 16, 17, 18, 20, 22, 24))
 _MODE = {"broadcast": "down", "reduce": "up", "allreduce": "both", "reduce_scatter": "both",
          "all_gather": "both"}
 _FABRICS: dict[str, Fabric] = {}

@@ -25,6 +25,7 @@ class CostParams:
     alpha: float = 5e-6  # seconds of software overhead per message (send or receive)
     reduce_bw: float = 200e9  # bytes/s a rank adds received data into its copy (GPU-like)
     step_overhead: float = 2e-6  # seconds per time step per rank (bookkeeping)
+    cores: float = 0.0  # >0: all ranks share this many CPU cores (one-machine emulation)
 
 
 def pieces_for(schedule: Schedule, nbytes: int, chunk_bytes: int) -> int:
@@ -47,6 +48,7 @@ def _step_loads(schedule: Schedule, fabric: Fabric, numel: int, itemsize: int, l
     for step in schedule.steps:
         load = np.zeros(len(links))
         msgs = np.zeros(n)
+        nmsg = 0
         red = np.zeros(n)
         lat = 0.0
         for t in step:
@@ -57,10 +59,11 @@ def _step_loads(schedule: Schedule, fabric: Fabric, numel: int, itemsize: int, l
                 load[links[e]] += b
             msgs[t.src] += 1
             msgs[t.dst] += 1
+            nmsg += 2
             if t.reduce:
                 red[t.dst] += b
             lat = max(lat, fabric.latency(t.src, t.dst))
-        out.append((load, msgs.max(initial=0), red.max(initial=0), lat))
+        out.append((load, msgs.max(initial=0), red.max(initial=0), lat, nmsg, red.sum()))
     return out
 
 
@@ -80,16 +83,22 @@ def predict(schedule: Schedule, fabric: Fabric, nbytes: int, chunk_bytes: int = 
     msgs = np.array([x[1] for x in per])
     red = np.array([x[2] for x in per]) / p
     lat = np.array([x[3] for x in per])
+    allmsg = np.array([x[4] for x in per], dtype=float)
+    allred = np.array([x[5] for x in per]) / p
     s = len(per)
     total = 0.0
     # Time step k runs schedule steps max(0, k-p+1) .. min(k, s-1), each for one piece.
     cum = np.vstack([np.zeros(len(links)), np.cumsum(loads, axis=0)])
     cm, cr = np.concatenate([[0], np.cumsum(msgs)]), np.concatenate([[0], np.cumsum(red)])
+    ca, car = np.concatenate([[0], np.cumsum(allmsg)]), np.concatenate([[0], np.cumsum(allred)])
     for k in range(p + s - 1):
         lo, hi = max(0, k - p + 1), min(k, s - 1) + 1
         link_t = float(((cum[hi] - cum[lo]) / caps).max(initial=0.0))
-        total += (link_t + (cm[hi] - cm[lo]) * params.alpha + (cr[hi] - cr[lo]) / params.reduce_bw
-                  + lat[lo:hi].max(initial=0.0) + params.step_overhead)
+        cpu = (cm[hi] - cm[lo]) * params.alpha + (cr[hi] - cr[lo]) / params.reduce_bw
+        if params.cores > 0:  # ranks share cores: the whole step's CPU work, spread over them
+            cpu = max(cpu, ((ca[hi] - ca[lo]) * params.alpha + (car[hi] - car[lo]) / params.reduce_bw
+                            + fabric.n * params.step_overhead) / params.cores)
+        total += link_t + cpu + lat[lo:hi].max(initial=0.0) + params.step_overhead
     return total
 
 
