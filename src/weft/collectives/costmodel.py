@@ -26,6 +26,7 @@ class CostParams:
     reduce_bw: float = 200e9  # bytes/s a rank adds received data into its copy (GPU-like)
     step_overhead: float = 2e-6  # seconds per time step per rank (bookkeeping)
     cores: float = 0.0  # >0: all ranks share this many CPU cores (one-machine emulation)
+    link_efficiency: float = 1.0  # fraction of a link's rate that transfers reach (TCP: ~0.93)
 
 
 def pieces_for(schedule: Schedule, nbytes: int, chunk_bytes: int) -> int:
@@ -76,7 +77,7 @@ def predict(schedule: Schedule, fabric: Fabric, nbytes: int, chunk_bytes: int = 
         return 0.0
     numel = max(1, nbytes // itemsize)
     links = {e: i for i, e in enumerate(sorted({e for r in fabric.routes.values() for e in r}))}
-    caps = np.array([fabric.capacity(e) for e in links])
+    caps = np.array([fabric.capacity(e) for e in links]) * params.link_efficiency
     p = pieces_for(schedule, nbytes, chunk_bytes)
     per = _step_loads(schedule, fabric, numel, itemsize, links)
     loads = np.array([x[0] for x in per]) / p  # (steps, links) for one piece

@@ -2,8 +2,9 @@
 
 Every segment is cut into `pieces` equal pieces; piece p's schedule step s runs
 at time step p + s, so consecutive pieces pipeline down trees and around rings.
-In a time step a rank posts all its receives and sends, waits for them (with
-a timeout), then adds the received data of reducing transfers into its copy.
+Execution is dataflow, not lock-step: each (segment, piece) advances through
+its steps as soon as its own previous transfers on this rank are done (a
+receive that reduces lands in a scratch buffer and is added afterwards).
 Data travels as raw bytes, so any dtype works; the result of every
 collective is computed in one place and then copied, so all ranks end with
 bit-identical values.
@@ -35,7 +36,7 @@ def _add(dst: torch.Tensor, src: torch.Tensor) -> None:
 
 def execute(schedule: Schedule, tensor: torch.Tensor, group=None,
             chunk_bytes: int = DEFAULT_CHUNK, pieces: int | None = None,
-            timeout: float | None = 120.0) -> torch.Tensor:
+            timeout: float | None = 120.0, window: int | None = None) -> torch.Tensor:
     """Run `schedule` in place on `tensor` (this rank's copy); returns `tensor`.
 
     Every rank of `group` must call it with the same schedule, shape, dtype and
@@ -43,7 +44,7 @@ def execute(schedule: Schedule, tensor: torch.Tensor, group=None,
     (other ranks' copies are left holding partial sums); allreduce: the sum
     everywhere; reduce_scatter: rank r's shard (numpy.array_split of the flat
     tensor) holds the sum on rank r; all_gather: rank r's shard is copied from
-    rank r to all.
+    rank r to all. `timeout` bounds the wait for any progress.
     """
     n = dist.get_world_size(group)
     me = dist.get_rank(group)
@@ -54,42 +55,91 @@ def execute(schedule: Schedule, tensor: torch.Tensor, group=None,
     flat = tensor.view(-1) if tensor.is_contiguous() else tensor.contiguous().view(-1)
     numel, item = flat.numel(), flat.element_size()
     p = pieces or pieces_for(schedule, numel * item, chunk_bytes)
-    ranges = []
-    for sg in schedule.segments:
-        a, b = segment_range(sg, numel, n)
-        pts = split_points(b - a, p)
-        ranges.append([(a + pts[i], a + pts[i + 1]) for i in range(p)])
     glob = (lambda r: r) if group is None else (lambda r: dist.get_global_rank(group, r))
-    wait_kw = {"timeout": datetime.timedelta(seconds=timeout)} if timeout else {}
-    nsteps = schedule.nsteps
-    width = max(len(s) for s in schedule.steps) or 1
-    mine = [[(i, t) for i, t in enumerate(st) if me in (t.src, t.dst)] for st in schedule.steps]
-    for k in range(p + nsteps - 1):
-        works, after = [], []
-        active = range(max(0, k - p + 1), min(k, nsteps - 1) + 1)
-        sent = {(t.seg, k - s) for s in active for _, t in mine[s] if t.src == me}
-        for s in active:
-            piece = k - s
-            for i, t in mine[s]:
-                a, b = ranges[t.seg][piece]
-                if a == b:
-                    continue
-                tag = ((k % 4) * nsteps + s) * width + i
-                if t.src == me:
-                    works.append(dist.isend(_bytes(flat[a:b]), glob(t.dst), group=group, tag=tag))
-                elif t.reduce or (t.seg, piece) in sent:
-                    buf = torch.empty(b - a, dtype=flat.dtype)
-                    works.append(dist.irecv(_bytes(buf), glob(t.src), group=group, tag=tag))
-                    after.append((t.reduce, a, b, buf))
-                else:
-                    works.append(dist.irecv(_bytes(flat[a:b]), glob(t.src), group=group, tag=tag))
-        for w in works:
-            w.wait(**wait_kw)
-        for red, a, b, buf in after:
-            if red:
-                _add(flat[a:b], buf)
-            else:
-                flat[a:b].copy_(buf)
+    run = _Run(schedule, flat, me, p, glob, group)
+    run.go(window or 2 * schedule.nsteps + 2, timeout)
     if flat.data_ptr() != tensor.data_ptr():
         tensor.copy_(flat.view_as(tensor))
     return tensor
+
+
+class _Run:
+    """Each (segment, piece) is a stream of stages: its schedule steps that involve
+    this rank, stage at step s of piece p due at time p + s. Stages are waited for
+    in time order (which cannot deadlock: by induction every rank posts all stages
+    due before time t), but each stage's successor is posted as soon as the stage
+    is done, not when the whole time step is, and pieces' first stages are posted
+    up to `window` time steps ahead, so links stay busy."""
+
+    def __init__(self, schedule, flat, me, p, glob, group):
+        self.flat, self.glob, self.group, self.p, self._me = flat, glob, group, p, me
+        n = schedule.nranks
+        width = max(len(st) for st in schedule.steps) or 1
+        ranges = []
+        for sg in schedule.segments:
+            a, b = segment_range(sg, flat.numel(), n)
+            pts = split_points(b - a, p)
+            ranges.append([(a + pts[i], a + pts[i + 1]) for i in range(p)])
+        per_seg: dict[int, list] = {}
+        for s, st in enumerate(schedule.steps):
+            for i, t in enumerate(st):
+                if me in (t.src, t.dst):
+                    per_seg.setdefault(t.seg, []).append((s, i, t))
+        # streams[piece] = [(range, [(step, stage)])]; stage = [(tag, transfer)]
+        self.streams: list[list] = [[] for _ in range(p)]
+        for seg, ops in per_seg.items():
+            for piece in range(p):
+                a, b = ranges[seg][piece]
+                if a == b:
+                    continue
+                stages: dict[int, list] = {}
+                for s, i, t in ops:
+                    stages.setdefault(s, []).append(((s * width + i) * p + piece, t))
+                self.streams[piece].append(((a, b), [(s, stages[s]) for s in sorted(stages)]))
+        self.horizon = p + schedule.nsteps
+
+    def _post(self, rng, stage):
+        a, b = rng
+        flat = self.flat
+        sends = any(t.src == self._me for _, t in stage)  # then receives must not overwrite
+        works, after = [], []
+        for tag, t in stage:
+            tag %= 2**31 - 1
+            if t.src == self._me:
+                works.append(dist.isend(_bytes(flat[a:b]), self.glob(t.dst), group=self.group,
+                                        tag=tag))
+            elif t.reduce or sends:
+                buf = torch.empty(b - a, dtype=flat.dtype)
+                works.append(dist.irecv(_bytes(buf), self.glob(t.src), group=self.group, tag=tag))
+                after.append((t.reduce, buf))
+            else:
+                works.append(dist.irecv(_bytes(flat[a:b]), self.glob(t.src), group=self.group,
+                                        tag=tag))
+        return works, after
+
+    def go(self, window: int, timeout: float | None) -> None:
+        due: list[list] = [[] for _ in range(self.horizon)]  # time -> posted stages
+        wait_kw = {"timeout": datetime.timedelta(seconds=timeout)} if timeout else {}
+
+        def post(piece, rng, stages, k):
+            works, after = self._post(rng, stages[k][1])
+            due[piece + stages[k][0]].append((piece, rng, stages, k, works, after))
+
+        started = 0
+        for now in range(self.horizon):
+            while started < self.p and started <= now + window:
+                for rng, stages in self.streams[started]:
+                    post(started, rng, stages, 0)
+                started += 1
+            for piece, rng, stages, k, works, after in due[now]:
+                for w in works:
+                    w.wait(**wait_kw)
+                a, b = rng
+                for red, buf in after:
+                    if red:
+                        _add(self.flat[a:b], buf)
+                    else:
+                        self.flat[a:b].copy_(buf)
+                if k + 1 < len(stages):
+                    post(piece, rng, stages, k + 1)
+            due[now] = []
