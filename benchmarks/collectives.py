@@ -120,7 +120,7 @@ def _netns_rows(shape: str, args) -> list[dict]:
         rows = c.run(f"{Path(__file__).resolve()}:rank_bench", spec, timeout=900,
                      op_timeout=600)[0]
     for r in rows:
-        r["shape"] = shape
+        r["shape"], r["scale"] = shape, scale
     return rows
 
 
@@ -146,8 +146,9 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="4 MiB, DGX-1 mesh and loopback only (< 1 minute)")
     p.add_argument("--shapes", default=None, help="comma list of dgx1-mesh,star4-slow,two-node")
-    p.add_argument("--mbit-per-gbs", type=float, default=2.0,
-                   help="emulated Mbit/s per GB/s of topology bandwidth")
+    p.add_argument("--mbit-per-gbs", type=float, default=None,
+                   help="emulated Mbit/s per GB/s of topology bandwidth (default: per shape, "
+                        "weft.collectives.shapes.SCALE)")
     p.add_argument("--reps", type=int, default=1)
     p.add_argument("--loopback-ranks", type=int, default=4)
     p.add_argument("--json", help="write results as a JSON list to this path")
@@ -218,7 +219,8 @@ def report(rows, args, elapsed) -> int:
             metrics.append(dict(name=f"{name}/prediction_error", value=abs(err), unit="",
                                 target=0.2, better="lower"))
     con.print(t)
-    con.print(f"emulated links: {args.mbit_per_gbs:g} Mbit/s per GB/s of topology bandwidth; "
+    scales = sorted({(r["shape"], r["scale"]) for r in rows if "scale" in r})
+    con.print(f"emulated links (Mbit/s per GB/s of topology bandwidth): {dict(scales)}; "
               f"bound = max-flow bound on the emulated rates; total {elapsed:.0f} s")
     for m in metrics:
         if m["target"] is not None:

@@ -13,17 +13,17 @@ def dgx1_mesh() -> Topology:
     return t
 
 
-def star_slow(n: int = 4, fast: float = NVLINK2, slow: float = NVLINK2 / 5) -> Topology:
-    """n hosts on one switch; host 0's link is 5x slower than the others."""
+def star_slow(n: int = 4, fast: float = NVLINK2, slow: float = NVLINK2 / 2.5) -> Topology:
+    """n hosts on one switch; the last host's link is 2.5x slower than the others."""
     t = Topology(name=f"star{n}-slow")
     t.add_device("switch", kind="switch", memory=0, flops=0, host="switch")
     for i in range(n):
         t.add_device(f"h{i}", host=f"h{i}")
-        t.add_link(f"h{i}", "switch", slow if i == 0 else fast, kind="net")
+        t.add_link(f"h{i}", "switch", slow if i == n - 1 else fast, kind="net")
     return t
 
 
-def two_node(per_node: int = 3, intra: float = NVLINK2, inter: float = NVLINK2 / 5) -> Topology:
+def two_node(per_node: int = 3, intra: float = NVLINK2, inter: float = NVLINK2 / 2.5) -> Topology:
     """Two 'nodes' of `per_node` hosts: a fast full mesh inside each node, and one
     slow link between host i of node a and host i of node b (rails)."""
     t = Topology(name=f"two-node{per_node}")
@@ -39,3 +39,6 @@ def two_node(per_node: int = 3, intra: float = NVLINK2, inter: float = NVLINK2 /
 
 
 SHAPES = {"dgx1-mesh": dgx1_mesh, "star4-slow": star_slow, "two-node": two_node}
+# Emulated Mbit/s per GB/s of topology bandwidth that keeps each shape's benchmark
+# short while its kernel and rank work fit on a small machine.
+SCALE = {"dgx1-mesh": 2.0, "star4-slow": 8.0, "two-node": 8.0}
