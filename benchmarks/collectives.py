@@ -108,11 +108,12 @@ def _write_plan(fabric, args, algs, tmpdir) -> str:
 
 def _netns_rows(shape: str, args) -> list[dict]:
     from weft.collectives.netns import NetnsCluster
-    from weft.collectives.shapes import SHAPES
+    from weft.collectives.shapes import SCALE, SHAPES
 
     import tempfile
 
-    with NetnsCluster(SHAPES[shape](), mbit_per_gbs=args.mbit_per_gbs) as c, \
+    scale = args.mbit_per_gbs or SCALE[shape]
+    with NetnsCluster(SHAPES[shape](), mbit_per_gbs=scale) as c, \
             tempfile.TemporaryDirectory() as tmp:
         algs = ["ring", "packing"]
         spec = dict(plan_file=_write_plan(c.fabric(), args, algs, tmp), ops=args.ops,

@@ -103,7 +103,6 @@ class NetnsCluster:
                  burst_ms: float = 4.0):
         topology.validate()
         self.topology = topology
-        self.scale = mbit_per_gbs * 1e6 / 1e9 * 8 / 8  # emulated bytes/s per topology byte/s * ...
         self.mbit_per_gbs = mbit_per_gbs
         self.prefix = prefix or f"weft-{os.getpid()}-"
         self.burst_ms = burst_ms
