@@ -1,0 +1,240 @@
+#!/usr/bin/env python
+"""Tree packing vs ring vs gloo's built-in collectives, same run, same processes.
+
+On emulated clusters (one network namespace per host, tbf-shaped veth links
+scaled from the topology: --mbit-per-gbs Mbit/s per GB/s) and on plain
+loopback. Prints a table, the ratios, predicted vs measured time, and the
+fraction of the max-flow bound reached. Needs root for the namespace part
+(skipped with a reason otherwise).
+
+    python benchmarks/collectives.py            # full: 16 and 64 MiB
+    python benchmarks/collectives.py --quick    # < 1 minute
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+import torch  # noqa: E402
+import torch.distributed as dist  # noqa: E402
+
+# gloo on CPU: software overhead per message and per step, memory-bound adds.
+# Fitted on this 2-core machine (ranks and the emulated network share the cores).
+CPU_PARAMS = dict(alpha=150e-6, reduce_bw=0.5e9, step_overhead=100e-6, cores=float(os.cpu_count()),
+                  link_efficiency=0.93)
+OPS = {"broadcast": "broadcast", "allreduce": "allreduce"}
+
+
+def _time(fn, reps):
+    out = []
+    for _ in range(reps):
+        dist.barrier()
+        t0 = time.perf_counter()
+        fn()
+        t = torch.tensor([time.perf_counter() - t0], dtype=torch.float64)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        out.append(float(t))
+    return statistics.median(out)
+
+
+def plan(fabric, ops, sizes, algs) -> dict:
+    """Choose schedules and chunks once, in the parent (the ranks would all repeat it)."""
+    from weft.collectives.autotune import ranked
+    from weft.collectives.costmodel import CostParams, lower_bound
+
+    params = CostParams(**CPU_PARAMS)
+    out = {}
+    for op in ops:
+        for size in sizes:
+            out[op, size, "bound"] = lower_bound(op, fabric, size)
+            for alg in algs:
+                only = (["packing:1", "packing:2", "packing:4", "packing:8"] if alg == "packing"
+                        else None if alg == "auto" else [alg])
+                b = ranked(fabric, op, size, 0, params, algorithms=only)[0]
+                out[op, size, alg] = (b.schedule, b.chunk_bytes, b.predicted, b.algorithm)
+    return out
+
+
+def rank_bench(plan_file: str, ops: list, sizes: list, reps: int, algs: list) -> list[dict]:
+    """Runs in every rank; returns rows (identical on all ranks)."""
+    import pickle
+
+    from weft.collectives.executor import execute
+
+    torch.set_num_threads(1)
+    plans = pickle.loads(Path(plan_file).read_bytes())
+    me, rows = dist.get_rank(), []
+    for op in ops:
+        for size in sizes:
+            numel = size // 4
+            x0 = torch.arange(numel, dtype=torch.float32).remainder_(1000).add_(me)
+            bound = plans[op, size, "bound"]
+            ref = x0.clone()
+            gfn = (lambda: dist.all_reduce(ref)) if op == "allreduce" else (lambda: dist.broadcast(ref, 0))
+            rows.append(dict(op=op, size=size, alg="gloo", measured=_time(gfn, reps), bound=bound,
+                             predicted=None, chunk=None, ok=True))
+            ref = x0.clone()
+            gfn()  # the reference result
+            for alg in algs:
+                sched, chunk, predicted, choice = plans[op, size, alg]
+                y = x0.clone()
+                execute(sched, y, chunk_bytes=chunk, timeout=300)
+                ok = torch.equal(y, ref)
+
+                def run():
+                    y.copy_(x0)
+                    execute(sched, y, chunk_bytes=chunk, timeout=300)
+                t = _time(run, reps)
+                rows.append(dict(op=op, size=size, alg=alg, measured=t, bound=bound, ok=ok,
+                                 predicted=predicted, chunk=chunk, choice=choice))
+    return rows
+
+
+def _write_plan(fabric, args, algs, tmpdir) -> str:
+    import pickle
+
+    path = os.path.join(tmpdir, "plan.pkl")
+    Path(path).write_bytes(pickle.dumps(plan(fabric, args.ops, args.sizes, algs)))
+    return path
+
+
+def _netns_rows(shape: str, args) -> list[dict]:
+    from weft.collectives.netns import NetnsCluster
+    from weft.collectives.shapes import SCALE, SHAPES
+
+    import tempfile
+
+    scale = args.mbit_per_gbs or SCALE[shape]
+    with NetnsCluster(SHAPES[shape](), mbit_per_gbs=scale) as c, \
+            tempfile.TemporaryDirectory() as tmp:
+        algs = ["ring", "packing"]
+        spec = dict(plan_file=_write_plan(c.fabric(), args, algs, tmp), ops=args.ops,
+                    sizes=args.sizes, reps=args.reps, algs=algs)
+        rows = c.run(f"{Path(__file__).resolve()}:rank_bench", spec, timeout=900,
+                     op_timeout=600)[0]
+    for r in rows:
+        r["shape"], r["scale"] = shape, scale
+    return rows
+
+
+def _loopback_rows(args) -> list[dict]:
+    from weft.launch import launch
+    from weft.topology import full_mesh
+
+    import tempfile
+
+    from weft.collectives.fabric import Fabric
+
+    n = args.loopback_ranks
+    with tempfile.TemporaryDirectory() as tmp:
+        pf = _write_plan(Fabric(full_mesh(n, bandwidth=2e9)), args, ["auto"], tmp)
+        rows = launch(rank_bench, n, args=(pf, args.ops, args.sizes, args.reps, ["auto"]),
+                      timeout=600)[0]
+    for r in rows:
+        r["shape"] = f"loopback{n}"
+    return rows
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="4 MiB, DGX-1 mesh and loopback only (< 1 minute)")
+    p.add_argument("--shapes", default=None, help="comma list of dgx1-mesh,star4-slow,two-node")
+    p.add_argument("--mbit-per-gbs", type=float, default=None,
+                   help="emulated Mbit/s per GB/s of topology bandwidth (default: per shape, "
+                        "weft.collectives.shapes.SCALE)")
+    p.add_argument("--reps", type=int, default=1)
+    p.add_argument("--loopback-ranks", type=int, default=4)
+    p.add_argument("--json", help="write results as a JSON list to this path")
+    p.add_argument("--raw", help="write every measured row (all algorithms) as JSON here")
+    p.add_argument("--sizes", dest="size_list", help="comma list of sizes (e.g. 4MB,16MB)")
+    p.add_argument("--no-loopback", action="store_true")
+    args = p.parse_args(argv)
+    args.ops = list(OPS)
+    args.sizes = [4 << 20] if args.quick else [16 << 20, 64 << 20]
+    if args.size_list:
+        from weft.units import parse_size
+
+        args.sizes = [int(parse_size(x)) for x in args.size_list.split(",")]
+    shapes = (args.shapes.split(",") if args.shapes else
+              ["dgx1-mesh"] if args.quick else ["dgx1-mesh", "star4-slow", "two-node"])
+    from weft.collectives.netns import available
+
+    rows, t0 = [], time.time()
+    ok, why = available()
+    if ok:
+        for s in shapes:
+            rows += _netns_rows(s, args)
+    else:
+        print(f"skipping emulated clusters: {why}")
+    if not args.no_loopback:
+        rows += _loopback_rows(args)
+    if args.raw:
+        Path(args.raw).write_text(json.dumps(rows, indent=1))
+    return report(rows, args, time.time() - t0)
+
+
+def report(rows, args, elapsed) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from weft.units import fmt_bytes
+
+    con = Console(width=200)
+    by = {(r["shape"], r["op"], r["size"], r["alg"]): r for r in rows}
+    t = Table("shape", "op", "size", "gloo", "ring", "packing/auto", "choice", "vs ring",
+              "vs gloo", "of bound", "predicted", "pred err", "ok", title="collectives (seconds)")
+    metrics = []
+    for (shape, op, size, alg), r in by.items():
+        if alg not in ("packing", "auto"):
+            continue
+        g = by[shape, op, size, "gloo"]
+        ring = by.get((shape, op, size, "ring"))
+        vs_ring = ring["measured"] / r["measured"] if ring else None
+        vs_gloo = g["measured"] / r["measured"]
+        eff = r["bound"] / r["measured"] if not shape.startswith("loopback") else None
+        err = r["predicted"] / r["measured"] - 1 if eff is not None else None
+        t.add_row(shape, op, fmt_bytes(size), f"{g['measured']:.3f}",
+                  f"{ring['measured']:.3f}" if ring else "-", f"{r['measured']:.3f}",
+                  r["choice"], f"{vs_ring:.2f}x" if vs_ring else "-", f"{vs_gloo:.2f}x",
+                  f"{eff:.0%}" if eff is not None else "-",
+                  f"{r['predicted']:.3f}" if eff is not None else "-",
+                  f"{err:+.0%}" if err is not None else "-",
+                  "yes" if r["ok"] and (not ring or ring["ok"]) else "NO")
+        name = f"{shape}/{op}/{fmt_bytes(size).replace(' ', '')}"
+        if vs_ring:
+            metrics.append(dict(name=f"{name}/speedup_vs_ring", value=vs_ring, unit="x",
+                                target=1.5 if shape == "dgx1-mesh" else None, better="higher"))
+        metrics.append(dict(name=f"{name}/speedup_vs_gloo", value=vs_gloo, unit="x",
+                            target=0.9 if shape.startswith("loopback") else None, better="higher"))
+        if eff is not None:
+            metrics.append(dict(name=f"{name}/fraction_of_maxflow_bound", value=eff, unit="",
+                                target=0.9, better="higher"))
+            metrics.append(dict(name=f"{name}/prediction_error", value=abs(err), unit="",
+                                target=0.2, better="lower"))
+    con.print(t)
+    scales = sorted({(r["shape"], r["scale"]) for r in rows if "scale" in r})
+    con.print(f"emulated links (Mbit/s per GB/s of topology bandwidth): {dict(scales)}; "
+              f"bound = max-flow bound on the emulated rates; total {elapsed:.0f} s")
+    for m in metrics:
+        if m["target"] is not None:
+            good = m["value"] >= m["target"] if m["better"] == "higher" else m["value"] <= m["target"]
+            con.print(f"  {m['name']}: {m['value']:.2f} (target {m['target']}) "
+                      f"{'met' if good else 'MISSED'}")
+    if args.json:
+        tmp = args.json + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(metrics, f, indent=1)
+        os.replace(tmp, args.json)
+    return 0 if all(r["ok"] for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,137 @@
+"""Alpha-beta cost model with link contention, and max-flow lower bounds.
+
+The executor runs piece p's step s at time p + s, every rank waiting for its
+own transfers of a time step before the next. The model follows that: the
+time of one time step is the largest, over physical links, of the bytes that
+the step's transfers put on the link divided by its bandwidth (contention:
+transfers sharing a link share its bandwidth), plus a per-message overhead
+times the most messages any rank handles in the step, plus the longest route
+latency, plus the time to add received data (reduce) at `reduce_bw`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from weft.collectives.fabric import Fabric
+from weft.collectives.packing import broadcast_bound, pack, reduce_bound
+from weft.collectives.schedule import Schedule, segment_range
+
+
+@dataclass(frozen=True)
+class CostParams:
+    alpha: float = 5e-6  # seconds of software overhead per message (send or receive)
+    reduce_bw: float = 200e9  # bytes/s a rank adds received data into its copy (GPU-like)
+    step_overhead: float = 2e-6  # seconds per time step per rank (bookkeeping)
+    cores: float = 0.0  # >0: all ranks share this many CPU cores (one-machine emulation)
+    link_efficiency: float = 1.0  # fraction of a link's rate that transfers reach (TCP: ~0.93)
+
+
+def pieces_for(schedule: Schedule, nbytes: int, chunk_bytes: int) -> int:
+    """Pieces per segment so that the largest piece is about `chunk_bytes`."""
+    if not schedule.segments or nbytes <= 0:
+        return 1
+    biggest = max(s.hi - s.lo for s in schedule.segments) * nbytes
+    if any(s.shard is not None for s in schedule.segments):
+        biggest /= schedule.nranks
+    return max(1, int(np.ceil(biggest / max(1, chunk_bytes))))
+
+
+def _step_loads(schedule: Schedule, fabric: Fabric, numel: int, itemsize: int, links: dict):
+    """Per schedule step: bytes per link (vector), max messages per rank, max
+    latency, max reduced bytes per rank -- for the whole segments."""
+    n = schedule.nranks
+    seg_bytes = [(b - a) * itemsize for a, b in
+                 (segment_range(sg, numel, n) for sg in schedule.segments)]
+    out = []
+    for step in schedule.steps:
+        load = np.zeros(len(links))
+        msgs = np.zeros(n)
+        nmsg = 0
+        red = np.zeros(n)
+        lat = 0.0
+        for t in step:
+            b = seg_bytes[t.seg]
+            if b == 0:
+                continue
+            for e in fabric.route(t.src, t.dst):
+                load[links[e]] += b
+            msgs[t.src] += 1
+            msgs[t.dst] += 1
+            nmsg += 2
+            if t.reduce:
+                red[t.dst] += b
+            lat = max(lat, fabric.latency(t.src, t.dst))
+        out.append((load, msgs.max(initial=0), red.max(initial=0), lat, nmsg, red.sum()))
+    return out
+
+
+def predict(schedule: Schedule, fabric: Fabric, nbytes: int, chunk_bytes: int = 1 << 20,
+            params: CostParams = CostParams(), itemsize: int = 4) -> float:
+    """Predicted seconds to run `schedule` on `nbytes` with pieces of ~`chunk_bytes`."""
+    if fabric.n != schedule.nranks:
+        raise ValueError(f"schedule has {schedule.nranks} ranks, fabric {fabric.n}")
+    if schedule.nsteps == 0 or nbytes <= 0:
+        return 0.0
+    numel = max(1, nbytes // itemsize)
+    links = {e: i for i, e in enumerate(sorted({e for r in fabric.routes.values() for e in r}))}
+    caps = np.array([fabric.capacity(e) for e in links]) * params.link_efficiency
+    p = pieces_for(schedule, nbytes, chunk_bytes)
+    per = _step_loads(schedule, fabric, numel, itemsize, links)
+    loads = np.array([x[0] for x in per]) / p  # (steps, links) for one piece
+    msgs = np.array([x[1] for x in per])
+    red = np.array([x[2] for x in per]) / p
+    lat = np.array([x[3] for x in per])
+    allmsg = np.array([x[4] for x in per], dtype=float)
+    allred = np.array([x[5] for x in per]) / p
+    s = len(per)
+    total = 0.0
+    # Time step k runs schedule steps max(0, k-p+1) .. min(k, s-1), each for one piece.
+    cum = np.vstack([np.zeros(len(links)), np.cumsum(loads, axis=0)])
+    cm, cr = np.concatenate([[0], np.cumsum(msgs)]), np.concatenate([[0], np.cumsum(red)])
+    ca, car = np.concatenate([[0], np.cumsum(allmsg)]), np.concatenate([[0], np.cumsum(allred)])
+    for k in range(p + s - 1):
+        lo, hi = max(0, k - p + 1), min(k, s - 1) + 1
+        link_t = float(((cum[hi] - cum[lo]) / caps).max(initial=0.0))
+        cpu = (cm[hi] - cm[lo]) * params.alpha + (cr[hi] - cr[lo]) / params.reduce_bw
+        if params.cores > 0:  # ranks share cores: the whole step's CPU work, spread over them
+            cpu = max(cpu, ((ca[hi] - ca[lo]) * params.alpha + (car[hi] - car[lo]) / params.reduce_bw
+                            + fabric.n * params.step_overhead) / params.cores)
+        total += link_t + cpu + lat[lo:hi].max(initial=0.0) + params.step_overhead
+    return total
+
+
+def allreduce_rate_bound(fabric: Fabric) -> float:
+    """Best all-reduce rate by trees reduced up and broadcast down at once: the
+    optimal fractional spanning-tree packing (Nash-Williams/Tutte), by the LP."""
+    return pack(fabric, mode="both", max_trees=10**6).optimum
+
+
+def lower_bound(collective: str, fabric: Fabric, nbytes: int, root: int = 0) -> float:
+    """Max-flow bound (seconds) on moving `nbytes` for the collective.
+
+    broadcast: nbytes / min_v maxflow(root -> v) (Edmonds); reduce: the reverse;
+    all-gather / reduce-scatter: every shard (nbytes/n) broadcast from (reduced to)
+    its owner, all at once, so at least the slowest owner's shard time and at
+    least nbytes*(n-1)/n over any rank's total in/out capacity;
+    all-reduce: nbytes over the optimal tree-packing rate (trees used both ways).
+    """
+    n = fabric.n
+    if n == 1 or nbytes <= 0:
+        return 0.0
+    if collective == "broadcast":
+        return nbytes / broadcast_bound(fabric, root)
+    if collective == "reduce":
+        return nbytes / reduce_bound(fabric, root)
+    if collective in ("all_gather", "reduce_scatter"):
+        g = fabric.topology.graph
+        cut = min(min(sum(d["bandwidth"] for *_, d in g.in_edges(v, data=True)),
+                      sum(d["bandwidth"] for *_, d in g.out_edges(v, data=True)))
+                  for v in fabric.devices)
+        shard = max(nbytes / n / broadcast_bound(fabric, r) for r in range(n))
+        return max(shard, nbytes * (n - 1) / n / cut)
+    if collective == "allreduce":
+        return nbytes / allreduce_rate_bound(fabric)
+    raise ValueError(f"unknown collective {collective!r}")

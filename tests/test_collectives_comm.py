@@ -1,0 +1,145 @@
+"""WeftCommunicator (the Communicator protocol), the DDP hook, and bad input."""
+
+import pytest
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from weft.launch import launch
+
+
+def _comm_ops():
+    from weft.collectives import Communicator, WeftCommunicator
+
+    n, me = dist.get_world_size(), dist.get_rank()
+    comm = WeftCommunicator(f"ring:{n}", algorithm="auto")
+    assert isinstance(comm, Communicator) and comm.rank == me and comm.world_size == n
+    out = {}
+    x = torch.arange(10, dtype=torch.float32) * (me + 1)
+    comm.all_reduce(x, op="avg")
+    out["avg"] = x.tolist()
+    works = []
+    ys = [torch.full((1000 * (i + 1),), float(me + i)) for i in range(3)]
+    for y in ys:
+        works.append(comm.all_reduce(y, async_op=True))
+    for w in reversed(works):  # waiting out of order still runs them in issue order
+        w.wait()
+    out["async"] = [float(y[0]) for y in ys]
+    b = torch.full((5,), float(me))
+    comm.broadcast(b, src=n - 1)
+    out["bcast"] = b.tolist()
+    r = torch.ones(7, dtype=torch.int64) * me
+    comm.reduce(r, dst=1)
+    out["reduce"] = r.tolist() if me == 1 else None
+    inp = torch.arange(3 * n, dtype=torch.float32) + me
+    shard = torch.empty(3)
+    comm.reduce_scatter(shard, inp)
+    out["rs"] = shard.tolist()
+    full = torch.empty(2 * n, dtype=torch.int32)
+    comm.all_gather(full, torch.tensor([me, -me], dtype=torch.int32))
+    out["ag"] = full.tolist()
+    fixed = WeftCommunicator(f"ring:{n}", algorithm="dbtree", chunk_bytes=16)
+    z = torch.arange(100.0) + me
+    fixed.all_reduce(z)
+    out["fixed"] = z.tolist()
+    out["history"] = [h[2] for h in comm.history]
+    return out
+
+
+def test_weft_communicator_ops():
+    n = 3
+    res = launch(_comm_ops, n, timeout=60)
+    for me, o in enumerate(res):
+        assert o["avg"] == [i * 2.0 for i in range(10)]  # mean of (1,2,3) * i
+        assert o["async"] == [sum(r + i for r in range(n)) for i in range(3)]
+        assert o["bcast"] == [float(n - 1)] * 5
+        assert o["rs"] == [float(n * (3 * me + j) + 3) for j in range(3)]
+        assert o["ag"] == [v for r in range(n) for v in (r, -r)]
+        assert o["fixed"] == [n * i + 3.0 for i in range(100)]
+        assert o["history"]
+    assert res[1]["reduce"] == [3] * 7
+
+
+def _ddp():
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    from weft.collectives import ddp_hook
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 2))
+    ref = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 2))
+    ref.load_state_dict(net.state_dict())
+    model = DDP(net)
+    comm = ddp_hook.register(model, "ring:2")  # the one line
+    g = torch.Generator().manual_seed(5)
+    x, y = torch.randn(16, 8, generator=g), torch.randn(16, 2, generator=g)
+    me = dist.get_rank()
+    nn.functional.mse_loss(model(x[me * 8:(me + 1) * 8]), y[me * 8:(me + 1) * 8]).backward()
+    nn.functional.mse_loss(ref(x), y).backward()
+    return all(torch.allclose(p.grad, q.grad, atol=1e-6)
+               for p, q in zip(model.module.parameters(), ref.parameters())) and bool(comm.history)
+
+
+def test_ddp_comm_hook_gives_the_full_batch_gradient():
+    assert launch(_ddp, 2, timeout=60) == [True, True]
+
+
+def _data_parallel():
+    try:
+        from weft.parallel import data_parallel
+    except ImportError:
+        return "skip"
+    from weft.collectives import WeftCommunicator
+
+    torch.manual_seed(dist.get_rank())  # different init: the runtime must broadcast
+    model = nn.Linear(4, 3)
+    dp = data_parallel(model, communicator=WeftCommunicator("ring:2"))
+    x = torch.ones(2, 4) * (dist.get_rank() + 1)
+    dp(x).sum().backward()
+    return [model.weight.detach().clone(), model.weight.grad.clone()]
+
+
+def test_works_as_the_data_parallel_runtimes_communicator():
+    res = launch(_data_parallel, 2, timeout=60)
+    if res[0] == "skip":
+        pytest.skip("weft.parallel.data_parallel is not on this branch")
+    assert torch.equal(res[0][0], res[1][0])
+    assert torch.allclose(res[0][1], torch.full((3, 4), 3.0))  # mean of 2*1 and 2*2
+
+
+def _bad():
+    from weft.collectives import WeftCommunicator
+    from weft.errors import WeftError
+    from weft.topology import Topology, full_mesh
+
+    split = Topology(name="split")
+    for d in ("a", "b"):
+        split.add_device(d)
+    cases = {
+        # the topology names a rank the process group does not have
+        "extra_rank": lambda: WeftCommunicator(full_mesh(3), devices=["gpu0", "gpu1", "gpu2"]),
+        "too_many": lambda: WeftCommunicator(full_mesh(4)),
+        "disconnected": lambda: WeftCommunicator(split),
+        "algorithm": lambda: WeftCommunicator("ring:2", algorithm="bogus"),
+    }
+    out = {}
+    for kind, make in cases.items():
+        try:
+            make()
+            out[kind] = "no error"
+        except (WeftError, ValueError) as exc:
+            out[kind] = str(exc)
+    # nothing was sent: the group still works and no stray message is pending
+    x = torch.ones(3)
+    dist.all_reduce(x)
+    out["after"] = x.tolist()
+    return out
+
+
+def test_bad_input_fails_before_sending():
+    for o in launch(_bad, 2, timeout=30):
+        assert "3 devices given for a process group of 2" in o["extra_rank"]
+        assert "4 compute devices but the process group has 2" in o["too_many"]
+        assert "disconnected" in o["disconnected"]
+        assert "unknown algorithm 'bogus'" in o["algorithm"]
+        assert o["after"] == [2.0] * 3

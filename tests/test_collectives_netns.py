@@ -1,0 +1,84 @@
+"""The network-namespace cluster fixture: a real graph of shaped veth links."""
+
+import subprocess
+
+import pytest
+import torch
+import torch.distributed as dist
+
+from weft.collectives.netns import NetnsCluster, NetnsError, available, destination_paths
+from weft.collectives.shapes import SHAPES, star_slow
+
+
+@pytest.mark.parametrize("shape", sorted(SHAPES))
+def test_forwarding_paths_are_consistent(shape):
+    topo = SHAPES[shape]()
+    paths = destination_paths(topo)
+    names = topo.device_names
+    for a in names:
+        for b in names:
+            if a == b:
+                continue
+            p = paths[a, b]
+            assert p[0] == a and p[-1] == b
+            assert all(topo.graph.has_edge(u, v) for u, v in zip(p, p[1:]))
+            if len(p) > 2:  # the next hop forwards along the rest of the same path
+                assert paths[p[1], b] == p[1:]
+
+
+def _smoke(topo, ranks, paths):
+    from weft.collectives.autotune import schedule_for
+    from weft.collectives.executor import execute
+    from weft.collectives.fabric import Fabric
+    from weft.topology.io import from_dict
+
+    f = Fabric(from_dict(topo), ranks, paths={(a, b): p for a, b, p in paths})
+    x = torch.arange(30000, dtype=torch.float32) * (dist.get_rank() + 1)
+    ref = x.clone()
+    dist.all_reduce(ref)
+    out = {}
+    for alg in ("packing", "ring"):
+        y = x.clone()
+        execute(schedule_for(f, "allreduce", alg), y, chunk_bytes=16 << 10, timeout=60)
+        out[alg] = torch.equal(y, ref)
+    b = x.clone()
+    execute(schedule_for(f, "broadcast", "packing", 2), b, chunk_bytes=16 << 10, timeout=60)
+    out["broadcast"] = torch.equal(b, torch.arange(30000, dtype=torch.float32) * 3)
+    return out
+
+
+def _fail():
+    raise RuntimeError("boom")
+
+
+def _netns_names():
+    return subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+
+
+@pytest.mark.netns
+def test_star_cluster_runs_collectives_and_cleans_up():
+    ok, why = available()
+    if not ok:
+        pytest.skip(why)
+    c = NetnsCluster(star_slow(4), mbit_per_gbs=20.0)
+    with c:
+        made = list(c.ns.values())
+        listed = _netns_names()
+        assert all(ns in listed for ns in made)
+        # a host reaches another host through the switch namespace
+        h1, h2, sw = c.ns["h1"], c.ns["h2"], c.addr["switch"]
+        route = subprocess.run(["ip", "-n", h1, "route", "get", c.addr["h2"]],
+                               capture_output=True, text=True).stdout
+        assert f"via {sw}" in route
+        qdisc = subprocess.run(["tc", "-n", h2, "qdisc", "show"], capture_output=True,
+                               text=True).stdout
+        assert "tbf" in qdisc and "rate 500Mbit" in qdisc  # 25 GB/s * 20 Mbit per GB/s
+        f = c.fabric()
+        res = c.run(f"{__file__}:_smoke",
+                    dict(topo=f.topology.to_dict(), ranks=c.ranks,
+                         paths=[[a, b, p] for (a, b), p in c.paths.items()]), timeout=120)
+        assert res == [{"packing": True, "ring": True, "broadcast": True}] * 4
+        with pytest.raises(NetnsError, match="rank"):
+            c.run(f"{__file__}:_fail", timeout=60)
+    listed = _netns_names()
+    assert not any(ns in listed for ns in made)
