@@ -16,13 +16,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
 import tempfile
 import time
-from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -150,11 +148,9 @@ def main(argv=None) -> int:
                   "" if r["target"] is None else f"{r['target']:g}{ok}")
     Console().print(t)
     if args.json:
-        p = Path(args.json)
-        fd, tmp = tempfile.mkstemp(dir=p.parent if str(p.parent) else ".", prefix=".adapt.")
-        with os.fdopen(fd, "w") as f:
-            json.dump(rows, f, indent=1)
-        os.replace(tmp, p)
+        from weft.atomic import write_json
+
+        write_json(args.json, rows, indent=1)
     return 0
 
 

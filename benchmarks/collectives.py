@@ -229,10 +229,9 @@ def report(rows, args, elapsed) -> int:
             con.print(f"  {m['name']}: {m['value']:.2f} (target {m['target']}) "
                       f"{'met' if good else 'MISSED'}")
     if args.json:
-        tmp = args.json + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(metrics, f, indent=1)
-        os.replace(tmp, args.json)
+        from weft.atomic import write_json
+
+        write_json(args.json, metrics, indent=1)
     return 0 if all(r["ok"] for r in rows) else 1
 
 

@@ -38,7 +38,6 @@ def _ranks(sizes, chunks, topology):
                                  "all_gather"):
                         s = schedule_for(f, coll, alg, root)
                         y = x.clone()
-                        bounds = [numel * r // n for r in range(n + 1)]
                         if coll == "all_gather":  # my shard in place, the rest garbage
                             y = torch.full_like(x, -7)
                             b = [len(t) for t in torch.tensor_split(torch.arange(numel), n)]

@@ -7,7 +7,6 @@ import datetime
 import importlib
 import importlib.util
 import json
-import os
 import pickle
 import signal
 import sys
@@ -38,10 +37,10 @@ def main(spec: dict) -> None:
                             timeout=datetime.timedelta(seconds=spec["timeout"]))
     try:
         result = _load(spec["fn"])(**spec["args"])
-        tmp = spec["out"] + ".tmp"
-        with open(tmp, "wb") as f:
-            pickle.dump(result, f)
-        os.replace(tmp, spec["out"])
+        from weft.atomic import atomic_path
+
+        with atomic_path(spec["out"]) as tmp:
+            tmp.write_bytes(pickle.dumps(result))
     finally:
         dist.destroy_process_group()
 

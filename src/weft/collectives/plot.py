@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from pathlib import Path
 
 import networkx as nx
 
+from weft.atomic import save_figure
 from weft.collectives.fabric import Fabric
 from weft.topology.draw import layout
 
@@ -48,14 +47,4 @@ def draw_trees(fabric: Fabric, trees: list[tuple[dict[int, int], float]], out, t
         nx.draw_networkx_labels(g, pos, ax=ax, font_size=6)
         ax.set_title(f"tree {i}: {w / total:.0%} of data", fontsize=8)
     fig.suptitle(title or topo.summary(), fontsize=9)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, suffix=".png")
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=110, bbox_inches="tight")
-        os.replace(tmp, out)
-    finally:
-        plt.close(fig)
-        Path(tmp).unlink(missing_ok=True)
-    return out
+    return save_figure(fig, out, dpi=110, bbox_inches="tight")
