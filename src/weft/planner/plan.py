@@ -142,9 +142,9 @@ class PipelinePlan:
             raise PlanError(f"{source}: {exc}") from None
 
     def save(self, path: str | os.PathLike) -> Path:
-        from weft.planner.profile import _atomic_write
+        from weft.atomic import write_text
 
-        return _atomic_write(Path(path), json.dumps(self.to_dict(), indent=1))
+        return write_text(path, json.dumps(self.to_dict(), indent=1))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "PipelinePlan":
