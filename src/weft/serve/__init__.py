@@ -1,1 +1,1 @@
-"""weft.serve"""
+"""weft.serve: class-parallel decomposition and serving (sensAI). Not built yet."""
