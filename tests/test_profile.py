@@ -93,3 +93,32 @@ def test_bad_profile_file(tmp_path):
     (tmp_path / "bad.json").write_text('{"format": "nope"}')
     with pytest.raises(PlanError, match="bad.json: not a weft profile"):
         ModelProfile.load(tmp_path / "bad.json")
+
+
+def test_sequence_times_leave_model_untouched_and_time_every_layer():
+    from weft.planner.profile import sequence_times
+
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    before = [p.detach().clone() for p in m.parameters()]
+    fwd, bwd = sequence_times(list(m.children()), torch.randn(4, 8), repeats=2)
+    assert len(fwd) == len(bwd) == 3
+    assert all(f > 0 for f in fwd) and all(b >= 0 for b in bwd)
+    assert all(p.grad is None for p in m.parameters())  # accumulated grads are cleared
+    assert all(torch.equal(a, b) for a, b in zip(before, m.parameters()))
+
+
+def test_stage_overhead_is_recorded_and_charged_once_per_stage():
+    from dataclasses import replace
+
+    from weft.planner.partition import CostModel
+
+    prof = profile_model(nn.Sequential(nn.Linear(8, 8), nn.ReLU()), torch.randn(4, 8),
+                         repeats=2, use_cache=False)
+    assert prof.meta["stage_overhead_s"] > 0
+    layers = [replace(l, forward_s=1.0, backward_s=2.0) for l in prof.layers]
+    p = ModelProfile(layers, 4, meta={"stage_overhead_s": 0.5})
+    cm = CostModel(p, bandwidth=torch.full((1, 1), float("inf")).numpy(),
+                   memory=torch.full((1,), 1e12).numpy(), microbatches=2)
+    assert cm.stage_time(0, 2, 0, 1) == pytest.approx(2 * (6.0 + 0.5))
+    assert cm.stage_time(0, 1, 0, 1) == pytest.approx(2 * (3.0 + 0.5))

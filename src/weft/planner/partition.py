@@ -6,7 +6,9 @@ across nodes) shows up as the bandwidth between the ranks a stage spans. A
 stage is a layer range [i, j) replicated on r consecutive ranks (data parallel
 within the stage). Per mini-batch of M micro-batches (micro-batch size b):
 
-* a stage costs ``M * sum(fwd + bwd)[i:j] / r + allreduce(params[i:j], r)``,
+* a stage costs ``M * (sum(fwd + bwd)[i:j] + o) / r + allreduce(params[i:j], r)``,
+  where ``o`` is the profile's ``meta['stage_overhead_s']`` (one autograd call per
+  stage and micro-batch, which the per-layer times exclude);
   with a ring all-reduce ``2 (r-1)/r * bytes / bw`` over the group's slowest hop;
 * a boundary after layer j-1 costs ``M * 2 * act_bytes[j-1] / bw(rank, rank+1)``
   (activations forward, gradients back);
@@ -77,6 +79,7 @@ class CostModel:
         ls = self.profile.layers
         z = lambda v: np.concatenate([[0.0], np.cumsum(v)])  # noqa: E731
         self.c_compute = z([l.compute_s for l in ls])
+        self.overhead = float(self.profile.meta.get("stage_overhead_s", 0.0))  # per micro-batch
         self.c_params = z([l.param_bytes for l in ls])
         self.c_act = z([l.saved_bytes + l.output_bytes for l in ls])
         self.out_bytes = np.array([l.output_bytes for l in ls], dtype=float)
@@ -95,7 +98,7 @@ class CostModel:
 
     # -- primitive costs (shared by the DP, brute force and plan evaluation) --
     def stage_time(self, i, j, a: int, r: int):
-        comp = self.microbatches * (self.c_compute[j] - self.c_compute[i]) / r
+        comp = self.microbatches * (self.c_compute[j] - self.c_compute[i] + self.overhead) / r
         if r == 1:
             return comp
         params = self.c_params[j] - self.c_params[i]

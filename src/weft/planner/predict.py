@@ -33,7 +33,8 @@ def predict(plan: PipelinePlan, profile: ModelProfile, topology: Topology,
     if chunks_per_stage > 1:
         bounds = equal_bounds(plan.num_layers, plan.num_stages * chunks_per_stage)
     fwd = [sum(l.forward_s for l in prof.layers[i:j]) for i, j in bounds]
-    bwd = [sum(l.backward_s for l in prof.layers[i:j]) for i, j in bounds]
+    over = float(prof.meta.get("stage_overhead_s", 0.0))  # one backward call per stage
+    bwd = [sum(l.backward_s for l in prof.layers[i:j]) + over for i, j in bounds]
     out = [prof.layers[j - 1].output_bytes for i, j in bounds]
     M = plan.microbatches
     n = M if schedule != "pipedream" else max(4 * M, 4 * plan.num_stages)

@@ -152,6 +152,60 @@ def profile_layer(name: str, layer: nn.Module, x: torch.Tensor, repeats: int = 5
     return prof, out.detach()
 
 
+def _call_overhead(repeats: int) -> float:
+    """The fixed cost of one autograd backward call (a stage pays it once, not per layer)."""
+    a, g, times = torch.ones(1, requires_grad=True), torch.ones(1), []
+    for _ in range(max(repeats, 10) + 1):
+        out = a * 2.0
+        t0 = time.perf_counter()
+        torch.autograd.backward(out, g)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times[1:])
+
+
+def sequence_times(layers: list[nn.Module], sample: torch.Tensor, repeats: int = 5):
+    """Per-layer (forward_s, backward_s) timed inside whole forward+backward passes.
+
+    Each layer runs on its predecessor's real output with its neighbours' weights
+    and activations competing for the cache, gradients accumulate into `.grad`
+    as in training, and the first layer's input needs no gradient (as in the
+    first pipeline stage). Timing layers one at a time in a tight loop instead
+    keeps each layer's weights cache-hot (big layers look cheaper than they run
+    next to each other) and charges tiny layers one autograd call each (a stage
+    pays it once); the per-call overhead is therefore subtracted here.
+    """
+    L, tick = len(layers), time.perf_counter
+    runs_f, runs_b = [], []
+    for rep in range(repeats + 1):  # the first pass is a warm-up
+        fw, bw, xs, outs, h = [0.0] * L, [0.0] * L, [], [], sample
+        for k, layer in enumerate(layers):
+            inp = h.detach().requires_grad_(k > 0 and h.is_floating_point())
+            t0 = tick()
+            out = layer(inp)
+            fw[k] = tick() - t0
+            xs.append(inp)
+            outs.append(out)
+            h = out
+        g = torch.ones_like(outs[-1])
+        for k in reversed(range(L)):
+            if outs[k].requires_grad:
+                t0 = tick()
+                torch.autograd.backward(outs[k], g)
+                bw[k] = tick() - t0
+            if k > 0:
+                g = xs[k].grad if xs[k].grad is not None else torch.ones_like(outs[k - 1])
+        if rep:
+            runs_f.append(fw)
+            runs_b.append(bw)
+    for layer in layers:
+        layer.zero_grad(set_to_none=True)
+    over = _call_overhead(repeats)
+    fwd = [statistics.median(r[k] for r in runs_f) for k in range(L)]
+    bwd = [max(statistics.median(r[k] for r in runs_b) - over, 0.0) if runs_b[0][k] else 0.0
+           for k in range(L)]
+    return fwd, bwd
+
+
 def structure_key(model: nn.Module, sample: torch.Tensor) -> str:
     text = (f"{model!r}|{tuple(sample.shape)}|{sample.dtype}|{torch.__version__}|"
             f"{torch.get_num_threads()}")
@@ -191,12 +245,16 @@ def _profile(seq, model, sample, repeats, cache_dir, use_cache) -> ModelProfile:
     layers, x = [], sample
     with torch.enable_grad():
         for name, layer in seq.named_children():
-            prof, x = profile_layer(name, layer, x, repeats)
+            prof, x = profile_layer(name, layer, x, 1)  # bytes, shapes; times are replaced
             layers.append(prof)
+        fwd, bwd = sequence_times(list(seq.children()), sample, repeats)
+    layers = [replace(l, forward_s=f, backward_s=b) for l, f, b in zip(layers, fwd, bwd)]
+    stage_overhead = _call_overhead(repeats)  # what the per-layer backward times exclude
     result = ModelProfile(layers, int(sample.shape[0]), _nbytes(sample), tuple(sample.shape),
                           str(sample.dtype).replace("torch.", ""),
                           {"model": type(model).__name__, "torch": torch.__version__,
-                           "threads": torch.get_num_threads()})
+                           "threads": torch.get_num_threads(),
+                           "stage_overhead_s": stage_overhead})
     if use_cache:
         result.save(path)
     return result
