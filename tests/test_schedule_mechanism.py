@@ -82,6 +82,20 @@ def test_simulator_completes_and_aware_beats_agnostic():
     assert res["max_min_fairness"].avg_jct < res["max_min_fairness_agnostic"].avg_jct
 
 
+def test_window_flags_arrivals_that_run_out_and_later_arrivals_compete():
+    # One accelerator; each job alone needs 10 rounds. Window = jobs 0-2.
+    table = ThroughputTable(["a"], {("j", 1): np.array([1.0])})
+    cl = Cluster({"a": 1})
+    jobs = [Job(i, "j", 1, 600.0, arrival_time=400.0 * i) for i in range(40)]
+    short = simulate(jobs[:3], cl, table, get_policy("max_min_fairness_agnostic"), 60, measure=(0, 3))
+    open_ = simulate(jobs, cl, table, get_policy("max_min_fairness_agnostic"), 60, measure=(0, 3))
+    assert short.extra["arrivals_ran_out"] and not open_.extra["arrivals_ran_out"]
+    # Gavel keeps generating arrivals until the window is done: they share the
+    # accelerator, so the window's jobs take longer than on an emptying cluster.
+    assert open_.avg_jct > short.avg_jct
+    assert set(open_.window) == {0, 1, 2} and {0, 1, 2} <= set(open_.jct)
+
+
 def test_simulator_rejects_job_that_cannot_run():
     table = _small_table()
     with pytest.raises(ScheduleError, match="needs 2 accelerators"):

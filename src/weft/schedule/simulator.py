@@ -5,7 +5,11 @@ mechanism turns the policy's allocation into leases and each leased job
 advances ``throughput x round`` steps. The policy is re-solved only when the
 set of active jobs changes (an arrival or a completion), as Gavel does. With
 ``measure=(lo, hi)`` the run stops once jobs lo..hi-1 have all finished and
-average JCT is taken over them (a steady-state window).
+average JCT is taken over them (a steady-state window). Like Gavel, which
+keeps generating arrivals until the window's jobs are done, a steady-state run
+should be given jobs arriving after the window too; ``extra["arrivals_ran_out"]``
+is True when the last job arrived before the window finished (the tail of the
+window then ran on an emptying cluster, which flatters an overloaded policy).
 """
 
 from __future__ import annotations
@@ -75,6 +79,7 @@ def simulate(jobs: list[Job], cluster: Cluster, table: ThroughputTable, policy: 
     rounds_in: dict[int, int] = {}
     t, nxt, solves, solve_s, busy, rounds, preempt = 0.0, 0, 0, 0.0, 0.0, 0, 0
     dirty, units, last_units = True, [], set()
+    ran_out = None                            # time the last job arrived with the window unfinished
     start = time.perf_counter()
     bar = _Bar(len(targets), policy.name) if progress else None
     total_acc = sum(cluster.counts.values())
@@ -83,6 +88,8 @@ def simulate(jobs: list[Job], cluster: Cluster, table: ThroughputTable, policy: 
             active.append(jobs[order[nxt]].job_id)
             nxt += 1
             dirty = True
+        if nxt >= len(order) and ran_out is None:
+            ran_out = t
         if not active:
             if nxt >= len(order):
                 break
@@ -143,7 +150,8 @@ def simulate(jobs: list[Job], cluster: Cluster, table: ThroughputTable, policy: 
         fair = teq * min(1.0, total_acc / (n_avg * job.scale_factor))
         ftf[m] = jct[m] / (job.total_steps / fair)
     return SimResult(policy.name, jct, sorted(targets), makespan, busy / (total_acc * max(t, 1e-9)),
-                     ftf, rounds, solves, solve_s, time.perf_counter() - start, preempt)
+                     ftf, rounds, solves, solve_s, time.perf_counter() - start, preempt,
+                     extra={"arrivals_ran_out": measure is not None and ran_out is not None})
 
 
 def _units(active, prob, alloc):
