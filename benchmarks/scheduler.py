@@ -1,8 +1,8 @@
 """Gavel reproduction: average JCT of heterogeneity-agnostic vs aware LAS (vs aware
 LAS with space sharing) on the paper's simulated cluster, and policy solve time.
 
-    python benchmarks/scheduler.py            # default: JCT over jobs 1500-2500
-    python benchmarks/scheduler.py --window 4000:5000   # the paper's window (long: see docs/schedule.md)
+    python benchmarks/scheduler.py            # default: JCT over jobs 1500-2500 (~3 min + solve sizes)
+    python benchmarks/scheduler.py --window 4000:5000 --jobs 20000   # the paper's window (~8 min)
     python benchmarks/scheduler.py --quick    # ~1 min: JCT over jobs 150-250 (not steady state)
     python benchmarks/scheduler.py --json out.json
 
