@@ -82,6 +82,35 @@ def test_simulator_completes_and_aware_beats_agnostic():
     assert res["max_min_fairness"].avg_jct < res["max_min_fairness_agnostic"].avg_jct
 
 
+def test_window_flags_arrivals_that_run_out_and_later_arrivals_compete():
+    # One accelerator; each job alone needs 10 rounds. Window = jobs 0-2.
+    table = ThroughputTable(["a"], {("j", 1): np.array([1.0])})
+    cl = Cluster({"a": 1})
+    jobs = [Job(i, "j", 1, 600.0, arrival_time=400.0 * i) for i in range(40)]
+    short = simulate(jobs[:3], cl, table, get_policy("max_min_fairness_agnostic"), 60, measure=(0, 3))
+    open_ = simulate(jobs, cl, table, get_policy("max_min_fairness_agnostic"), 60, measure=(0, 3))
+    assert short.extra["arrivals_ran_out"] and not open_.extra["arrivals_ran_out"]
+    # Gavel keeps generating arrivals until the window is done: they share the
+    # accelerator, so the window's jobs take longer than on an emptying cluster.
+    assert open_.avg_jct > short.avg_jct
+    assert set(open_.window) == {0, 1, 2} and {0, 1, 2} <= set(open_.jct)
+
+
+def test_resolve_every_makes_new_jobs_wait_for_the_next_solve():
+    table = ThroughputTable(["a"], {("j", 1): np.array([1.0])})
+    cl = Cluster({"a": 3})
+    jobs = [Job(0, "j", 1, 6000.0, 0.0), Job(1, "j", 1, 600.0, 60.0), Job(2, "j", 1, 600.0, 700.0)]
+    pol = get_policy("max_min_fairness_agnostic")
+    now = simulate(jobs, cl, table, pol, 60)
+    late = simulate(jobs, cl, table, pol, 60, resolve_every=1920)
+    # Re-solving on every change: each job starts at the first round boundary after it arrives.
+    assert (now.jct[1], now.jct[2]) == pytest.approx((600.0, 620.0))
+    # Gavel-style: no allocation for jobs 1 and 2 until 1920 s after the first solve.
+    assert late.jct[1] == pytest.approx(1920.0 + 600.0 - 60.0)
+    assert late.jct[2] == pytest.approx(1920.0 + 600.0 - 700.0)
+    assert late.jct[0] == now.jct[0] == pytest.approx(6000.0)
+
+
 def test_simulator_rejects_job_that_cannot_run():
     table = _small_table()
     with pytest.raises(ScheduleError, match="needs 2 accelerators"):

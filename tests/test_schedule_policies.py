@@ -128,12 +128,13 @@ def test_every_policy_is_feasible(name, seed):
 def test_objectives_equal_independent_solve(seed):
     p = small_problem(seed, pairs=True)
     share = p.counts / p.counts.sum()
-    norm = p.weight * (p.T @ share)
+    ws = p.weight / p.scale                 # Gavel: scale_m * throughput / w_m
+    norm = ws * ws * (p.T @ share)          # aware: over throughput under the agnostic X
     got = get_policy("max_min_fairness").solve(p).objective
     assert got == pytest.approx(dense_maxmin(p, p.T, norm), rel=1e-5)
     Tb = (p.T > 0).astype(float)
     got = get_policy("max_min_fairness_agnostic").solve(p).objective
-    assert got == pytest.approx(dense_maxmin(p, Tb, p.weight * (Tb @ share)), rel=1e-5)
+    assert got == pytest.approx(dense_maxmin(p, Tb, ws * (Tb @ share)), rel=1e-5)
     got = get_policy("max_min_fairness_packed").solve(p).objective
     assert got == pytest.approx(dense_maxmin(p, p.T, norm, packed=True), rel=1e-5)
     assert get_policy("min_makespan").solve(p).objective == pytest.approx(dense_min_makespan(p), rel=1e-5)
@@ -187,3 +188,17 @@ def test_pop_k3_feasible_with_pairs(name):
     alloc = get_policy(name, pop_k=3).solve(p)
     assert alloc.feasibility_errors(p) == []
     assert alloc.objective == pytest.approx(get_policy(name).evaluate(p, alloc))
+
+
+def test_las_scale_and_weight_follow_gavel():
+    # One type with 2 accelerators, equal throughput. Gavel gives a job on
+    # `scale` accelerators 1/scale of the time of a 1-accelerator job
+    # (agnostic: max min scale*time/w); its aware LAS divides by the throughput
+    # under that agnostic allocation, so the weight enters squared.
+    p = Problem(np.array([[4.0], [4.0]]), np.array([1, 2]), np.array([2.0]))
+    for name in ("max_min_fairness_agnostic", "max_min_fairness"):
+        X = get_policy(name).solve(p).X
+        np.testing.assert_allclose(X[:, 0], [1.0, 0.5], atol=1e-6)
+    w = Problem(np.array([[4.0], [4.0]]), np.array([1, 1]), np.array([1.0]), weight=np.array([1.0, 2.0]))
+    np.testing.assert_allclose(get_policy("max_min_fairness_agnostic").solve(w).X[:, 0], [1 / 3, 2 / 3], atol=1e-6)
+    np.testing.assert_allclose(get_policy("max_min_fairness").solve(w).X[:, 0], [0.2, 0.8], atol=1e-6)

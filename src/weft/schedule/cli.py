@@ -33,6 +33,8 @@ def register(subparsers) -> None:
     sim.add_argument("--pop", type=int, default=1, help="POP partitions k (default 1 = full solve)")
     sim.add_argument("--round", type=float, default=None, help="round length in seconds (default 360)")
     sim.add_argument("--window", help="LO:HI job indices to average JCT over (default: all)")
+    sim.add_argument("--resolve-every", type=float, default=0.0,
+                     help="re-solve the policy at most every this many seconds (Gavel: 1920; default 0: on every change)")
     sim.add_argument("--out", help="directory for results.json and jct_cdf.png")
     sim.add_argument("--no-progress", action="store_true")
     sim.set_defaults(func=_simulate)
@@ -107,7 +109,8 @@ def _simulate(args) -> int:
     results = []
     for name in args.policy or ["max_min_fairness"]:
         policy = get_policy(name, pop_k=args.pop, seed=args.seed)
-        results.append(simulate(jobs, cluster, table, policy, round_s, window, progress=not args.no_progress))
+        results.append(simulate(jobs, cluster, table, policy, round_s, window, progress=not args.no_progress,
+                                resolve_every=args.resolve_every))
     t = Table(title=f"{len(jobs)} jobs on {cluster.counts}, {round_s:g} s rounds")
     t.add_column("policy", no_wrap=True)
     for col in ("avg JCT (h)", "vs first", "makespan (h)", "util", "FTF mean", "FTF max", "solves"):

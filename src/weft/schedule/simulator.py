@@ -5,7 +5,11 @@ mechanism turns the policy's allocation into leases and each leased job
 advances ``throughput x round`` steps. The policy is re-solved only when the
 set of active jobs changes (an arrival or a completion), as Gavel does. With
 ``measure=(lo, hi)`` the run stops once jobs lo..hi-1 have all finished and
-average JCT is taken over them (a steady-state window).
+average JCT is taken over them (a steady-state window). Like Gavel, which
+keeps generating arrivals until the window's jobs are done, a steady-state run
+should be given jobs arriving after the window too; ``extra["arrivals_ran_out"]``
+is True when the last job arrived before the window finished (the tail of the
+window then ran on an emptying cluster, which flatters an overloaded policy).
 """
 
 from __future__ import annotations
@@ -52,7 +56,10 @@ class SimResult:
 
 def simulate(jobs: list[Job], cluster: Cluster, table: ThroughputTable, policy: Policy,
              round_seconds: float = 360.0, measure: tuple[int, int] | None = None,
-             progress: bool = False, max_partners: int = 4) -> SimResult:
+             progress: bool = False, max_partners: int = 4, resolve_every: float = 0.0) -> SimResult:
+    """``resolve_every`` > 0 re-solves at most that often (Gavel's simulator
+    waits 1920 s between allocation resets); until then, new jobs have no
+    allocation and wait, and finished jobs are dropped from the old one."""
     types = cluster.types
     for job in jobs:
         row = table.row(job.key, types) if table.has(job.key) else None
@@ -75,6 +82,8 @@ def simulate(jobs: list[Job], cluster: Cluster, table: ThroughputTable, policy: 
     rounds_in: dict[int, int] = {}
     t, nxt, solves, solve_s, busy, rounds, preempt = 0.0, 0, 0, 0.0, 0.0, 0, 0
     dirty, units, last_units = True, [], set()
+    ran_out = None                            # time the last job arrived with the window unfinished
+    last_solve = None
     start = time.perf_counter()
     bar = _Bar(len(targets), policy.name) if progress else None
     total_acc = sum(cluster.counts.values())
@@ -83,12 +92,15 @@ def simulate(jobs: list[Job], cluster: Cluster, table: ThroughputTable, policy: 
             active.append(jobs[order[nxt]].job_id)
             nxt += 1
             dirty = True
+        if nxt >= len(order) and ran_out is None:
+            ran_out = t
         if not active:
             if nxt >= len(order):
                 break
             t = max(t, np.ceil(jobs[order[nxt]].arrival_time / round_seconds) * round_seconds)
             continue
-        if dirty:
+        if dirty and (last_solve is None or t - last_solve >= resolve_every):
+            last_solve = t
             ajobs = [by_id[i] for i in active]
             prob = build_problem(ajobs, cluster, table, t, done, with_pairs=policy.packed, max_partners=max_partners)
             s0 = time.perf_counter()
@@ -123,6 +135,8 @@ def simulate(jobs: list[Job], cluster: Cluster, table: ThroughputTable, policy: 
         ended = [m for m in active if m in finish]
         if ended:
             active = [m for m in active if m not in finish]
+            units, A, scale, runnable, rates = _drop_finished(units, A, scale, runnable, rates, finish)
+            uidx = {u: i for i, u in enumerate(units)}
             for m in ended:
                 mech.forget(m)
                 if bar and m in targets:
@@ -143,7 +157,13 @@ def simulate(jobs: list[Job], cluster: Cluster, table: ThroughputTable, policy: 
         fair = teq * min(1.0, total_acc / (n_avg * job.scale_factor))
         ftf[m] = jct[m] / (job.total_steps / fair)
     return SimResult(policy.name, jct, sorted(targets), makespan, busy / (total_acc * max(t, 1e-9)),
-                     ftf, rounds, solves, solve_s, time.perf_counter() - start, preempt)
+                     ftf, rounds, solves, solve_s, time.perf_counter() - start, preempt,
+                     extra={"arrivals_ran_out": measure is not None and ran_out is not None})
+
+
+def _drop_finished(units, A, scale, runnable, rates, finish):
+    keep = [i for i, u in enumerate(units) if not set(RoundMechanism.members(u)) & finish.keys()]
+    return ([units[i] for i in keep], A[keep], scale[keep], runnable[keep], [rates[i] for i in keep])
 
 
 def _units(active, prob, alloc):

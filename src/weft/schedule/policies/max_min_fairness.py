@@ -1,10 +1,11 @@
 """Max-min fairness (Gavel's LAS), heterogeneity-aware or agnostic, with priority weights.
 
-Aware: maximise t subject to, for every job m,
-``sum_j T[m,j] X[m,j] / (w_m * T_eq[m]) >= t``, where ``T_eq[m]`` is the job's
-throughput under an equal time share across types (each type in proportion to
-its count). Agnostic: the same with every runnable throughput replaced by 1, so
-it equalises time received regardless of how fast each type is for the job.
+As in Gavel's code: agnostic maximises ``min_m scale_m * time_m / w_m`` (equal
+accelerator-time per unit weight, throughputs ignored); aware maximises
+``min_m scale_m * sum_j T[m,j] X[m,j] / (w_m * N_m)`` where ``N_m`` is the job's
+throughput under the agnostic allocation, i.e. ``(w_m / scale_m) * T_eq[m]`` up to
+a factor common to all jobs, with ``T_eq[m]`` its throughput under an equal time
+share across types (each type in proportion to its count).
 A second LP keeps every job at or above the optimum ``t`` and maximises the
 sum of normalised throughputs, so no capacity the max-min optimum leaves idle
 is wasted (the objective value is unchanged). The agnostic policy, which by
@@ -35,9 +36,19 @@ class MaxMinFairness(Policy):
                             + (", with space sharing" if packed else ""))
 
     def _throughputs(self, prob: Problem) -> tuple[np.ndarray, np.ndarray]:
+        # Gavel (scheduler/policies/max_min_fairness.py) maximises
+        # min_m scale_m * (T X)_m / (w_m * N_m): a job on `scale` accelerators gets
+        # 1/scale of the time of a single-accelerator one. Agnostic: T = 1, N = 1.
+        # Aware: N_m = job m's throughput under the agnostic allocation, which
+        # gives it time in proportion to w_m / scale_m spread over the types,
+        # so N_m is proportional to (w_m / scale_m) * T_eq[m] (and the weight
+        # enters squared, as in Gavel's code).
         T = prob.T if self.aware else (prob.T > 0).astype(float)
         share = prob.counts / max(prob.counts.sum(), 1e-12)
-        norm = prob.weight * np.maximum(T @ share, 1e-12)
+        ws = prob.weight / prob.scale
+        norm = ws * np.maximum(T @ share, 1e-12)
+        if self.aware:
+            norm = norm * ws
         return T, norm
 
     def solve(self, prob: Problem) -> Allocation:
