@@ -13,6 +13,12 @@ class Policy:
     sense = "max"           # whether a larger objective is better ("max") or smaller ("min")
     packed = False          # True when the policy uses space-sharing pair variables
 
+    def __init__(self, packed: bool = False):
+        """`packed=True` selects the space-sharing variant (pair rows); its name gets `_packed`."""
+        self.packed = packed
+        if packed:
+            self.name += "_packed"
+
     def solve(self, prob: Problem) -> Allocation:
         raise NotImplementedError
 

@@ -18,11 +18,6 @@ class MaxThroughput(Policy):
     description = "maximise the sum of normalised job throughputs"
     sense = "max"
 
-    def __init__(self, packed: bool = False):
-        self.packed = packed
-        if packed:
-            self.name += "_packed"
-
     def solve(self, prob: Problem) -> Allocation:
         if prob.n == 0:
             return self.empty(prob)

@@ -30,11 +30,6 @@ class MinCost(Policy):
     description = "minimise $/h subject to SLO deadlines (fair-share throughput for jobs without SLO)"
     sense = "min"
 
-    def __init__(self, packed: bool = False):
-        self.packed = packed
-        if packed:
-            self.name += "_packed"
-
     def solve(self, prob: Problem) -> Allocation:
         if prob.n == 0:
             return self.empty(prob)

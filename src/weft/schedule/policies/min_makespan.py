@@ -20,11 +20,6 @@ class MinMakespan(Policy):
     description = "heterogeneity-aware minimum makespan (all active jobs done soonest)"
     sense = "min"
 
-    def __init__(self, packed: bool = False):
-        self.packed = packed
-        if packed:
-            self.name += "_packed"
-
     def solve(self, prob: Problem) -> Allocation:
         if prob.n == 0:
             return self.empty(prob)
