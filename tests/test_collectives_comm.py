@@ -1,6 +1,5 @@
 """WeftCommunicator (the Communicator protocol), the DDP hook, and bad input."""
 
-import pytest
 import torch
 import torch.distributed as dist
 from torch import nn
