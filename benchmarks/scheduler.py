@@ -20,7 +20,6 @@ in Gavel, the allocation is re-solved at most every 1920 s (--resolve-every).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -133,7 +132,9 @@ def main(argv=None) -> int:
         jct_part(table, cluster, args, metrics, console)
     solve_part(table, cluster, args, metrics, console)
     if args.json:
-        Path(args.json).write_text(json.dumps(metrics, indent=1))
+        from weft.atomic import write_json
+
+        write_json(args.json, metrics, indent=1)
     return 0
 
 
