@@ -81,3 +81,44 @@ def test_three_ranks_with_replicated_stages():
                ([(0, 5), (5, 7)], [[0], [1, 2]], "gpipe"),
                ([(0, 2), (2, 5), (5, 7)], [[0], [1], [2]], "1f1b")]
     check(launch(run_configs, 3, args=(configs,), timeout=60), len(configs))
+
+
+def export_model():
+    from test_profile import ShapeBranch
+
+    return ShapeBranch()
+
+
+def run_export_pipeline():
+    """A model only torch.export can capture, cut into 2 stages, trained 1F1B on 2 ranks."""
+    x0 = torch.randn(BATCH // M, 4)
+    pipe = Pipeline(export_model(), [(0, 2), (2, 5)], [[0], [1]], F.cross_entropy, "1f1b", M,
+                    optimizer=opt, example_input=x0)
+    g = torch.Generator().manual_seed(2)
+    for _ in range(2):
+        pipe.step(torch.randn(BATCH, 4, generator=g), torch.randint(0, 3, (BATCH,), generator=g))
+    return {name: p.detach().numpy().copy() for c in pipe.my_chunks
+            for l in range(*pipe.bounds[c]) for name, p in pipe.layers[l].named_parameters()}
+
+
+def test_export_captured_model_pipeline_equals_single_process():
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    results = launch(run_export_pipeline, 2, timeout=60)
+    model = export_model()
+    o = opt(list(model.parameters()))
+    g = torch.Generator().manual_seed(2)
+    for _ in range(2):
+        x, y = torch.randn(BATCH, 4, generator=g), torch.randint(0, 3, (BATCH,), generator=g)
+        for xm, ym in zip(x.chunk(M), y.chunk(M)):
+            (F.cross_entropy(model(xm), ym) / M).backward()
+        o.step()
+        o.zero_grad()
+    merged = {**results[0], **results[1]}
+    ref = dict(model.named_parameters())
+    assert sorted(merged) == sorted(ref)
+    assert set(results[0]) & set(results[1]) == set()
+    for name, p in ref.items():
+        assert torch.allclose(torch.from_numpy(merged[name]), p.detach(), atol=1e-5), name

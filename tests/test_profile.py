@@ -122,3 +122,89 @@ def test_stage_overhead_is_recorded_and_charged_once_per_stage():
                    memory=torch.full((1,), 1e12).numpy(), microbatches=2)
     assert cm.stage_time(0, 2, 0, 1) == pytest.approx(2 * (6.0 + 0.5))
     assert cm.stage_time(0, 1, 0, 1) == pytest.approx(2 * (3.0 + 0.5))
+
+
+class Block(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(8, 8), nn.Linear(8, 8)
+
+    def forward(self, x):
+        h = torch.relu(self.a(x))
+        return h + self.b(h)
+
+
+class ShapeBranch(nn.Module):
+    """torch.fx rejects the shape test (a Proxy in control flow); torch.export specialises it."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.stem = nn.Linear(4, 8)
+        self.blocks = nn.ModuleList([Block(), Block()])
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):
+        if x.shape[-1] == 4:
+            x = self.stem(x)
+        for blk in self.blocks:
+            x = blk(x)
+        return self.head(x.view(x.size(0), -1))
+
+
+def test_export_path_cuts_untraceable_model_at_its_blocks():
+    import torch.fx as fx
+
+    model = ShapeBranch()
+    with pytest.raises(Exception):
+        fx.symbolic_trace(model)
+    with pytest.raises(PlanError, match="pass an example input to try torch.export"):
+        as_sequential(model)
+    seq = as_sequential(model, torch.randn(5, 4))
+    assert [n for n, _ in seq.named_children()] == ["stem", "blocks_0", "blocks_1", "view", "head"]
+    assert sum(p.numel() for p in seq.parameters()) == sum(p.numel() for p in model.parameters())
+    x = torch.randn(7, 4)  # another batch size: the batch dimension stays dynamic
+    assert torch.allclose(seq(x), model(x), atol=1e-6)
+    # each piece runs alone on one tensor, and gradients reach every parameter
+    h = x
+    for layer in seq:
+        h = layer(h)
+    h.sum().backward()
+    assert all(p.grad is not None for p in seq.parameters())
+
+
+def test_export_profile_partition_stages_equal_whole_model():
+    from weft.planner.partition import equal_layers, partition
+    from weft.topology.builders import ring
+
+    model, x = ShapeBranch(), torch.randn(6, 4)
+    prof = profile_model(model, x, repeats=1, use_cache=False)
+    assert [l.name for l in prof.layers] == ["stem", "blocks_0", "blocks_1", "view", "head"]
+    assert prof.layers[0].param_bytes == (4 * 8 + 8) * 4
+    seq = as_sequential(model, x, "export")
+    for plan in (partition(prof, ring(3), workers=3, microbatches=2),
+                 equal_layers(prof, ring(3), workers=3, microbatches=2)):
+        stages = [nn.Sequential(*seq[i:j]) for i, j in plan.boundaries()]
+        h = x
+        for stage in stages:
+            h = stage(h)
+        assert torch.allclose(h, model(x), atol=1e-6)
+    assert len(stages) == 3
+
+
+def test_export_forced_on_traceable_model_and_bad_method():
+    model = Residual()
+    x = torch.randn(3, 8)
+    seq = as_sequential(model, x, method="export")
+    assert torch.allclose(seq(x), model(x), atol=1e-6)
+    with pytest.raises(PlanError, match="trace method must be one of"):
+        as_sequential(model, x, method="jit")
+
+
+def test_neither_fx_nor_export_names_failing_module():
+    with pytest.raises(PlanError) as err:
+        as_sequential(Untraceable(), torch.randn(2, 8))
+    msg = str(err.value)
+    assert "torch.fx" in msg and "torch.export" in msg
+    assert "module 'body.1' (Branchy)" in msg
+    assert "split points: stem, body" in msg

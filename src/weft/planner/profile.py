@@ -1,6 +1,6 @@
 """Per-layer profiles: forward/backward time, activation, parameter and memory bytes.
 
-    prof = profile_model(model, torch.randn(32, 64))      # any nn.Sequential or fx-traceable
+    prof = profile_model(model, torch.randn(32, 64))  # nn.Sequential, fx- or export-traceable
     prof.save("mlp.profile.json"); ModelProfile.load("mlp.profile.json")
 
 Each layer (see `weft.planner.layers`) is run on the real output of the layer
@@ -218,13 +218,15 @@ def default_cache_dir() -> Path:
 
 def profile_model(model: nn.Module, sample: torch.Tensor, repeats: int = 5,
                   cache_dir: str | os.PathLike | None = None, use_cache: bool = True,
-                  threads: int | None = 1) -> ModelProfile:
+                  threads: int | None = 1, trace: str = "auto") -> ModelProfile:
     """Profile every layer of `model` on the batch `sample` (first dim = batch size).
 
     `threads` sets torch's intra-op threads while profiling (default 1, what each
-    local rank uses); None keeps the current setting.
+    local rank uses); None keeps the current setting. `trace` picks how a
+    non-Sequential model is cut into layers: 'fx', 'export' or 'auto' (fx, then
+    torch.export on `sample`; see `weft.planner.layers`).
     """
-    seq = as_sequential(model)
+    seq = as_sequential(model, sample, trace)
     old = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)

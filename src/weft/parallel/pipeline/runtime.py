@@ -37,8 +37,11 @@ class Pipeline:
     def __init__(self, model: nn.Module, bounds: list[tuple[int, int]],
                  stage_ranks: list[list[int]], loss_fn: Callable, schedule: str = "1f1b",
                  microbatches: int = 4, optimizer: Callable = _sgd, vertical_sync: bool = False,
-                 record: bool = False, keep_log: bool = False):
-        self.layers = as_sequential(model)
+                 record: bool = False, keep_log: bool = False,
+                 example_input: torch.Tensor | None = None, trace: str = "auto"):
+        # example_input: a micro-batch, needed only for models torch.fx cannot trace
+        # (they are captured with torch.export; the same cut as profile_model's)
+        self.layers = as_sequential(model, example_input, trace)
         self.bounds, self.stage_ranks = list(bounds), [list(r) for r in stage_ranks]
         self.S, self.C = len(stage_ranks), len(bounds)
         if self.C % self.S:

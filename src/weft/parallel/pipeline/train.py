@@ -26,9 +26,11 @@ def rank_main(plan_dict: dict, spec: str, schedule: str, epochs: int, lr: float,
     loss_fn = extra(spec, "loss_fn", torch.nn.functional.cross_entropy)
     train, _ = extra(spec, "dataset", default_dataset)()
     x, y = train[:]
+    make = extra(spec, "example_input")
     pipe = Pipeline.from_plan(model, plan, loss_fn, schedule, chunks_per_stage=chunks,
                               optimizer=lambda p: torch.optim.SGD(p, lr=lr, momentum=0.9),
-                              record=record)
+                              record=record,
+                              example_input=make(plan.micro_batch) if make else None)
     mb, M = plan.micro_batch, plan.microbatches
     batch = mb * M
     losses, samples, steps = [], 0, 0
@@ -62,7 +64,8 @@ def evaluate(spec: str, states: list[dict]) -> float | None:
     """Test accuracy of the model assembled from every rank's layers."""
     from weft.planner.layers import as_sequential
 
-    model = as_sequential(load_model(spec))
+    make = extra(spec, "example_input")
+    model = as_sequential(load_model(spec), make(2) if make else None)
     for st in states:
         for layer, sd in st.items():
             model[layer].load_state_dict({k: torch.from_numpy(v) for k, v in sd.items()})
