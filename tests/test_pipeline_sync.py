@@ -122,3 +122,11 @@ def test_export_captured_model_pipeline_equals_single_process():
     assert set(results[0]) & set(results[1]) == set()
     for name, p in ref.items():
         assert torch.allclose(torch.from_numpy(merged[name]), p.detach(), atol=1e-5), name
+
+
+@pytest.mark.slow
+def test_four_ranks_hierarchical_rank_order():
+    # a hierarchical plan on 2 hosts x 2 workers: each stage replicated across the hosts,
+    # replicas interleaved host by host (micro-batch mb stays on host mb % 2)
+    configs = [([(0, 3), (3, 7)], [[0, 2], [1, 3]], "1f1b")]
+    check(launch(run_configs, 4, args=(configs,), timeout=60), len(configs))

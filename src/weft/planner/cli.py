@@ -43,14 +43,15 @@ def _plan_pipeline(args) -> int:
         if not args.model:
             raise PlanError("pass --model path.py[:attr] (or --profile profile.json)")
         prof = profile_model(load_model(args.model), _sample(args.model, args),
-                             cache_dir=args.cache_dir, use_cache=not args.no_cache)
+                             cache_dir=args.cache_dir, use_cache=not args.no_cache,
+                             trace=args.trace)
         if args.save_profile:
             prof.save(args.save_profile)
     kw = dict(workers=args.workers, micro_batch=args.micro_batch, microbatches=args.microbatches,
               model=args.model)
     plan = (equal_layers(prof, topo, **kw) if args.equal else
             partition(prof, topo, optimizer_states=args.optimizer_states,
-                      stash=args.schedule == "pipedream", **kw))
+                      stash=args.schedule == "pipedream", method=args.partitioner, **kw))
     pred = predict(plan, prof, topo, args.schedule)
     plan.extra["predicted"] = {args.schedule: pred}
     names = plan.layer_names
@@ -88,6 +89,12 @@ def register(sub) -> None:
     q.add_argument("--optimizer-states", type=int, default=1,
                    help="optimizer state copies per parameter (SGD momentum 1, Adam 2)")
     q.add_argument("--equal", action="store_true", help="baseline: equal layers per stage")
+    q.add_argument("--partitioner", default="auto", choices=("auto", "flat", "hierarchical"),
+                   help="DP over all ranks (flat) or level by level: inside a host, then across "
+                        "hosts (hierarchical); auto: hierarchical when the workers span >= 2 "
+                        "equal hosts")
+    q.add_argument("--trace", default="auto", choices=("auto", "fx", "export"),
+                   help="how a non-Sequential model is cut into layers (torch.fx, torch.export)")
     q.add_argument("--out", help="write the plan JSON here")
     q.add_argument("--save-profile", help="also write the profile JSON here")
     q.add_argument("--cache-dir", help="profile cache directory (default ~/.cache/weft/profiles)")

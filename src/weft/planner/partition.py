@@ -132,11 +132,15 @@ class CostModel:
         return worst, ok
 
     # -- the dynamic program ---------------------------------------------------
-    def solve(self) -> tuple[float, list[tuple[int, int]], list[int]]:
-        L, W = self.L, self.W
+    def table(self, end: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The DP for layers [0, end): A[i, m] = best time of layers [i, end) on the last m
+        ranks, and choice[i, m] = (end of the first stage, its replicas)."""
+        L, W = self.L if end is None else end, self.W
         A = np.full((L + 1, W + 1), np.inf)
         choice = np.zeros((L + 1, W + 1, 2), dtype=int)
         A[L, 0] = 0.0
+        if L == 0:
+            return A, choice
         I = np.arange(L)[:, None]  # first layer of the stage
         J = np.arange(L + 1)[None, :]  # end of the stage
         later = J > I
@@ -166,15 +170,25 @@ class CostModel:
                 arg[better] = np.stack([k[better], np.full(better.sum(), r)], axis=1)
             A[:L, m] = best
             choice[:L, m] = arg
-        if not np.isfinite(A[0, W]):
-            raise PlanError(self._no_fit_message())
-        bounds, reps, i, m = [], [], 0, W
-        while i < L:
+        return A, choice
+
+    @staticmethod
+    def walk(choice: np.ndarray, first: int, end: int, m: int):
+        """(bounds, replicas) of the DP's choice for layers [first, end) on m ranks."""
+        bounds, reps, i = [], [], first
+        while i < end:
             j, r = choice[i, m]
             bounds.append((i, int(j)))
             reps.append(int(r))
             i, m = int(j), m - int(r)
-        return float(A[0, W]), bounds, reps
+        return bounds, reps
+
+    def solve(self) -> tuple[float, list[tuple[int, int]], list[int]]:
+        A, choice = self.table()
+        if not np.isfinite(A[0, self.W]):
+            raise PlanError(self._no_fit_message())
+        bounds, reps = self.walk(choice, 0, self.L, self.W)
+        return float(A[0, self.W]), bounds, reps
 
     def _no_fit_message(self) -> str:
         best_mem = self.memory.max()
@@ -206,8 +220,20 @@ class CostModel:
 
 def partition(profile: ModelProfile, topology: Topology, workers: int | None = None,
               micro_batch: int | None = None, microbatches: int = 4, optimizer_states: int = 1,
-              stash: bool = True, **plan_kw) -> PipelinePlan:
-    """The optimal plan (stage boundaries and replication) for `profile` on `topology`."""
+              stash: bool = True, method: str = "auto", **plan_kw) -> PipelinePlan:
+    """The optimal plan (stage boundaries and replication) for `profile` on `topology`.
+
+    method: 'flat' (one DP over all ranks), 'hierarchical' (PipeDream's level-by-level
+    DP: inside a host, then across hosts; see `weft.planner.hierarchy`) or 'auto'
+    (hierarchical when the workers span >= 2 hosts of equal size, else flat).
+    """
+    from weft.planner.hierarchy import is_hierarchical, partition_hierarchical
+
+    if method not in ("auto", "flat", "hierarchical"):
+        raise PlanError(f"partition method must be auto, flat or hierarchical, got {method!r}")
+    if method == "hierarchical" or (method == "auto" and is_hierarchical(topology, workers)):
+        return partition_hierarchical(profile, topology, workers, micro_batch, microbatches,
+                                      optimizer_states, stash, **plan_kw)
     cm = CostModel.build(profile, topology, workers, micro_batch, microbatches=microbatches,
                          optimizer_states=optimizer_states, stash=stash)
     _, bounds, reps = cm.solve()

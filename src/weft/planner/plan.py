@@ -9,8 +9,10 @@ Format ``weft.pipeline-plan/1`` (documented in docs/pipeline.md)::
                  "time_s": 0.01, "memory_bytes": 123.0}, ...],
      "bottleneck_s": 0.01, "predicted_samples_per_s": 12800.0}
 
-``layers`` is a half-open range [first, end). Ranks are consecutive and start
-at 0; stage s's replicas are its ``ranks`` in order.
+``layers`` is a half-open range [first, end). Every rank 0..W-1 is in exactly
+one stage; stage s's replicas are its ``ranks`` in order (micro-batch mb runs on
+replica ``mb % replicas``). The flat partitioner gives consecutive ranks; the
+hierarchical one interleaves a stage replicated across hosts host by host.
 """
 
 from __future__ import annotations
@@ -81,15 +83,19 @@ class PipelinePlan:
     def validate(self) -> "PipelinePlan":
         if not self.stages:
             raise PlanError("plan has no stages")
-        pos, rank = 0, 0
+        pos, seen = 0, set()
         for s, st in enumerate(self.stages):
             a, b = st.layers
             if a != pos or b <= a:
                 raise PlanError(f"stage {s}: layers {list(st.layers)} must start at {pos} and "
                                 "be non-empty (stages cover the layers in order)")
-            if st.ranks != list(range(rank, rank + len(st.ranks))) or not st.ranks:
-                raise PlanError(f"stage {s}: ranks {st.ranks} must be consecutive from {rank}")
-            pos, rank = b, rank + len(st.ranks)
+            if not st.ranks or len(set(st.ranks)) != len(st.ranks) or seen & set(st.ranks):
+                raise PlanError(f"stage {s}: ranks {st.ranks} must be non-empty and used by no "
+                                "other stage")
+            pos = b
+            seen |= set(st.ranks)
+        if seen != set(range(len(seen))):
+            raise PlanError(f"ranks {sorted(seen)} must be 0..{len(seen) - 1}, each in one stage")
         if pos != self.num_layers:
             raise PlanError(f"stages cover layers [0, {pos}) but the model has "
                             f"{self.num_layers} layers")
