@@ -7,13 +7,16 @@
 Every rank builds the same model (same seed) and keeps the chunks its stage
 owns. Activations and gradients travel with `isend`/`irecv` (shapes come from
 a shape pass on the first micro-batch); a receive is posted one compute action
-ahead and waited on by the action that needs it, bounded by the process
-group's timeout. Replicated stages sum (flush) or average (PipeDream) their
+ahead and waited on by the action that needs it, each wait bounded by its own
+``recv_timeout`` (a `TransferTimeout` names the stage, the peer rank, the
+micro-batch and the timeout), and so is the final wait for this step's
+sends. Replicated stages sum (flush) or average (PipeDream) their
 gradients with a `Communicator` all-reduce over the stage's group.
 """
 
 from __future__ import annotations
 
+import datetime
 import time
 from typing import Callable
 
@@ -22,7 +25,7 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from weft.collectives.communicator import TorchCommunicator
-from weft.errors import PlanError
+from weft.errors import PlanError, WeftError
 from weft.parallel.pipeline.schedule import COMPUTE, Action, build_schedule, simulate
 from weft.parallel.pipeline.stash import WeightStash
 from weft.planner.layers import as_sequential
@@ -33,12 +36,17 @@ def _sgd(params):
     return torch.optim.SGD(params, lr=0.05)
 
 
+class TransferTimeout(WeftError, RuntimeError):
+    """A pipeline receive did not complete within its timeout (or its peer failed)."""
+
+
 class Pipeline:
     def __init__(self, model: nn.Module, bounds: list[tuple[int, int]],
                  stage_ranks: list[list[int]], loss_fn: Callable, schedule: str = "1f1b",
                  microbatches: int = 4, optimizer: Callable = _sgd, vertical_sync: bool = False,
                  record: bool = False, keep_log: bool = False,
-                 example_input: torch.Tensor | None = None, trace: str = "auto"):
+                 example_input: torch.Tensor | None = None, trace: str = "auto",
+                 recv_timeout: float = 120.0):
         # example_input: a micro-batch, needed only for models torch.fx cannot trace
         # (they are captured with torch.export; the same cut as profile_model's)
         self.layers = as_sequential(model, example_input, trace)
@@ -49,6 +57,9 @@ class Pipeline:
         self.v = self.C // self.S
         self.kind, self.M, self.loss_fn = schedule, microbatches, loss_fn
         self.vertical_sync, self.record = vertical_sync, record
+        if not recv_timeout > 0:
+            raise PlanError(f"recv_timeout must be > 0 seconds, got {recv_timeout!r}")
+        self.recv_timeout = float(recv_timeout)
         if vertical_sync and any(len(r) > 1 for r in stage_ranks):
             raise PlanError("vertical sync needs a plan without replicated stages")
         self.rank = dist.get_rank()
@@ -104,17 +115,32 @@ class Pipeline:
             return
         shape, dtype = shapes[a.chunk - 1] if key[0] == "F" else shapes[a.chunk]
         buf = torch.empty(shape, dtype=dtype)
-        pending[key] = (dist.irecv(buf, a.peer, tag=self._tag(a, key[0], a.chunk)), buf)
+        pending[key] = (dist.irecv(buf, a.peer, tag=self._tag(a, key[0], a.chunk)), buf, a.peer)
 
     def _take(self, key, inbox, pending) -> torch.Tensor:
         if key in inbox:
             return inbox.pop(key)
-        work, buf = pending.pop(key)
+        work, buf, peer = pending.pop(key)
         t0 = time.time()
-        work.wait()
+        try:
+            done = work.wait(timeout=datetime.timedelta(seconds=self.recv_timeout))
+        except Exception as exc:  # noqa: BLE001 - gloo raises on timeout or a dead peer
+            raise self._timeout(key, peer, exc) from exc
+        if done is False:
+            raise self._timeout(key, peer, None)
         if self.record:
             self.events.append((self.rank, "wait", key[1], key[2], t0, time.time()))
         return buf
+
+    def _timeout(self, key, peer: int, exc) -> TransferTimeout:
+        what = "activation" if key[0] == "F" else "gradient"
+        cause = f": {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}" \
+            if exc is not None else ""
+        return TransferTimeout(
+            f"pipeline stage {self.stage} (rank {self.rank}): receiving the {what} of "
+            f"micro-batch {key[1]} (chunk {key[2]}) from rank {peer} failed or timed out "
+            f"(recv_timeout {self.recv_timeout:g} s); the peer may have died or stopped "
+            f"sending{cause}")
 
     def _sync_grads(self, op: str) -> None:
         if self.comm is None or not self.params:
@@ -189,7 +215,12 @@ class Pipeline:
                 self.events.append((self.rank, a.kind, mb, c, t0, time.time()))
             sends = [w for w in sends if not w.is_completed()]
         for w in sends:
-            w.wait()
+            try:
+                w.wait(timeout=datetime.timedelta(seconds=self.recv_timeout))
+            except Exception as exc:  # noqa: BLE001
+                raise TransferTimeout(
+                    f"pipeline stage {self.stage} (rank {self.rank}): a send did not complete "
+                    f"within {self.recv_timeout:g} s; a peer may have died: {exc}") from exc
         return losses
 
     def _send(self, t, a: Action, direction: str, chunk: int, inbox, sends) -> None:
