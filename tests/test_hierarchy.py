@@ -90,11 +90,11 @@ layer = st.tuples(st.floats(0.01, 5), st.floats(0.01, 5), st.floats(1, 1e4),
 @settings(max_examples=int(__import__("os").environ.get("HX", 30)), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(rows=st.lists(layer, min_size=1, max_size=5), shape=st.sampled_from([(2, 1), (2, 2), (3, 1)]),
        inter=st.floats(1e2, 1e5), mem=st.floats(1e5, 2e6), m=st.integers(1, 4),
-       stash=st.booleans())
-def test_hierarchical_dp_matches_brute_force(rows, shape, inter, mem, m, stash):
+       stash=st.booleans(), copy_bw=st.sampled_from([None, 1e5]))
+def test_hierarchical_dp_matches_brute_force(rows, shape, inter, mem, m, stash, copy_bw):
     H, n = shape
     topo = hosts(H, n, 1e6, inter, mem)
-    hier = Hierarchy(make_profile(rows), topo, microbatches=m, stash=stash)
+    hier = Hierarchy(make_profile(rows), topo, microbatches=m, stash=stash, cpu_copy_bw=copy_bw)
     # level 0 (every layer range at once) equals the flat DP of each prefix
     a0 = hier.level0()
     for j in range(1, hier.L + 1):

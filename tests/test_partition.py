@@ -57,11 +57,11 @@ layer = st.tuples(st.floats(0.01, 5), st.floats(0.01, 5), st.floats(1, 1e4),
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(rows=st.lists(layer, min_size=1, max_size=6), per_host=st.integers(1, 2),
        inter=st.floats(1e3, 1e6), mem=st.floats(2e5, 2e6), m=st.integers(1, 4),
-       stash=st.booleans())
-def test_dp_matches_brute_force(rows, per_host, inter, mem, m, stash):
+       stash=st.booleans(), copy_bw=st.sampled_from([None, 1e4, 1e6]))
+def test_dp_matches_brute_force(rows, per_host, inter, mem, m, stash, copy_bw):
     prof = make_profile(rows)
     topo = two_hosts(per_host, 1e6, inter, mem)
-    cm = CostModel.build(prof, topo, microbatches=m, stash=stash)
+    cm = CostModel.build(prof, topo, microbatches=m, stash=stash, cpu_copy_bw=copy_bw)
     expected = brute_force(cm)
     if not np.isfinite(expected):
         with pytest.raises(PlanError, match="does not fit"):
@@ -137,3 +137,33 @@ def test_200_layers_16_workers_is_fast():
 def test_too_many_workers():
     with pytest.raises(PlanError, match="has 2 compute devices; cannot use 3"):
         partition(make_profile([(1, 1, 1, 1, 1)]), ring(2), workers=3)
+
+
+def test_cpu_copy_charge_on_stage_time_and_prediction():
+    from weft.planner.plan import from_boundaries
+    from weft.planner.predict import predict
+
+    rows = [(1, 1, 100, 0, 0), (1, 1, 300, 0, 0), (1, 1, 7, 0, 0)]
+    prof = make_profile(rows)
+    topo = ring(3, bandwidth=1e9)
+    plain = CostModel.build(prof, topo, microbatches=2)
+    cm = CostModel.build(prof, topo, microbatches=2, cpu_copy_bw=100.0)
+    # the middle stage receives layer 0's output and sends layer 1's (and the gradients back)
+    assert cm.stage_time(1, 2, 1, 1) - plain.stage_time(1, 2, 1, 1) == \
+        pytest.approx(2 * 2 * (100 + 300) / 100.0)
+    # the model's ends move nothing: a single stage pays no copies
+    assert cm.stage_time(0, 3, 0, 1) == pytest.approx(plain.stage_time(0, 3, 0, 1))
+    assert cm.stage_time(0, 1, 0, 2) - plain.stage_time(0, 1, 0, 2) == \
+        pytest.approx(2 * 2 * 100 / (2 * 100.0))
+
+    # predict: 2 stages, no compute, one micro-batch, an (almost) free link: the step is the
+    # four copies on the critical path (send and receive of the activation, then of its gradient)
+    prof2 = make_profile([(0, 0, 1e6, 0, 0), (0, 0, 4, 0, 0)])
+    t = Topology("loop")
+    for d in ("a", "b"):
+        t.add_device(d, memory=1e12, host="h")
+    t.add_link("a", "b", 1e15, 1e-12)
+    plan = from_boundaries([(0, 1), (1, 2)], micro_batch=1, microbatches=1)
+    assert predict(plan, prof2, t, "1f1b")["step_s"] == pytest.approx(0.0, abs=1e-6)
+    got = predict(plan, prof2, t, "1f1b", cpu_copy_bw=1e6)["step_s"]
+    assert got == pytest.approx(4.0, rel=1e-6)

@@ -12,6 +12,9 @@ within the stage). Per mini-batch of M micro-batches (micro-batch size b):
   with a ring all-reduce ``2 (r-1)/r * bytes / bw`` over the group's slowest hop;
 * a boundary after layer j-1 costs ``M * 2 * act_bytes[j-1] / bw(rank, rank+1)``
   (activations forward, gradients back);
+* with ``cpu_copy_bw`` (loopback gloo: the ranks' CPUs copy every message) a stage
+  also pays ``M / r * 2 * (act_bytes[i-1] + act_bytes[j-1]) / cpu_copy_bw`` for the
+  activations and gradients it sends and receives (not at the model's ends);
 * the plan's time is the slowest stage or boundary (PipeDream's steady state).
 
 ``A[i][m]`` = best time for layers [i, L) on the last m ranks; the DP tries
@@ -56,6 +59,7 @@ class CostModel:
     microbatches: int = 4
     optimizer_states: int = 1
     stash: bool = True
+    cpu_copy_bw: float | None = None  # bytes/s a rank's CPU spends copying a message
 
     @classmethod
     def build(cls, profile: ModelProfile, topology: Topology, workers: int | None = None,
@@ -99,6 +103,11 @@ class CostModel:
     # -- primitive costs (shared by the DP, brute force and plan evaluation) --
     def stage_time(self, i, j, a: int, r: int):
         comp = self.microbatches * (self.c_compute[j] - self.c_compute[i] + self.overhead) / r
+        if self.cpu_copy_bw:
+            i_, j_ = np.asarray(i), np.asarray(j)
+            moved = np.where(i_ > 0, self.out_bytes[np.maximum(i_ - 1, 0)], 0.0) + \
+                np.where(j_ < self.L, self.out_bytes[np.maximum(j_ - 1, 0)], 0.0)
+            comp = comp + self.microbatches * 2 * moved / (r * self.cpu_copy_bw)
         if r == 1:
             return comp
         params = self.c_params[j] - self.c_params[i]
@@ -220,12 +229,14 @@ class CostModel:
 
 def partition(profile: ModelProfile, topology: Topology, workers: int | None = None,
               micro_batch: int | None = None, microbatches: int = 4, optimizer_states: int = 1,
-              stash: bool = True, method: str = "auto", **plan_kw) -> PipelinePlan:
+              stash: bool = True, method: str = "auto", cpu_copy_bw: float | None = None,
+              **plan_kw) -> PipelinePlan:
     """The optimal plan (stage boundaries and replication) for `profile` on `topology`.
 
     method: 'flat' (one DP over all ranks), 'hierarchical' (PipeDream's level-by-level
     DP: inside a host, then across hosts; see `weft.planner.hierarchy`) or 'auto'
     (hierarchical when the workers span >= 2 hosts of equal size, else flat).
+    cpu_copy_bw: charge message copies to the stages' time (see the module doc).
     """
     from weft.planner.hierarchy import is_hierarchical, partition_hierarchical
 
@@ -233,9 +244,9 @@ def partition(profile: ModelProfile, topology: Topology, workers: int | None = N
         raise PlanError(f"partition method must be auto, flat or hierarchical, got {method!r}")
     if method == "hierarchical" or (method == "auto" and is_hierarchical(topology, workers)):
         return partition_hierarchical(profile, topology, workers, micro_batch, microbatches,
-                                      optimizer_states, stash, **plan_kw)
+                                      optimizer_states, stash, cpu_copy_bw, **plan_kw)
     cm = CostModel.build(profile, topology, workers, micro_batch, microbatches=microbatches,
-                         optimizer_states=optimizer_states, stash=stash)
+                         optimizer_states=optimizer_states, stash=stash, cpu_copy_bw=cpu_copy_bw)
     _, bounds, reps = cm.solve()
     return cm.to_plan(bounds, reps, "optimal", topology=topology.name, **plan_kw)
 
@@ -246,9 +257,11 @@ def equal_bounds(num_layers: int, stages: int) -> list[tuple[int, int]]:
 
 
 def equal_layers(profile: ModelProfile, topology: Topology, workers: int | None = None,
-                 micro_batch: int | None = None, microbatches: int = 4, **plan_kw) -> PipelinePlan:
+                 micro_batch: int | None = None, microbatches: int = 4,
+                 cpu_copy_bw: float | None = None, **plan_kw) -> PipelinePlan:
     """The baseline: one stage per worker, each with (about) the same number of layers."""
-    cm = CostModel.build(profile, topology, workers, micro_batch, microbatches=microbatches)
+    cm = CostModel.build(profile, topology, workers, micro_batch, microbatches=microbatches,
+                         cpu_copy_bw=cpu_copy_bw)
     S = min(cm.W, cm.L)
     reps = [1] * S
     reps[-1] += cm.W - S  # more workers than layers: the last stage is replicated

@@ -3,7 +3,10 @@
 Each F/B takes the stage's profiled forward/backward time (profile rescaled to
 the plan's micro-batch), each transfer ``bytes / bandwidth + latency`` on the
 path between the two ranks' devices, each send ``send_overhead_s`` on the
-sender; a flush schedule then all-reduces replicated stages' gradients (ring
+sender; with ``cpu_copy_bw`` (bytes/s; loopback gloo, where the
+sender's and the receiver's CPUs copy every message) each send and each
+receive also occupies its rank for ``bytes / cpu_copy_bw``, on top of the
+link time; a flush schedule then all-reduces replicated stages' gradients (ring
 cost) before the next step. PipeDream is simulated over many micro-batches and
 reported at its steady rate.
 """
@@ -24,7 +27,7 @@ def _latency(topo: Topology, a: str, b: str) -> float:
 
 def predict(plan: PipelinePlan, profile: ModelProfile, topology: Topology,
             schedule: str = "1f1b", chunks_per_stage: int = 1, send_overhead_s: float = 0.0,
-            step_overhead_s: float = 0.0) -> dict:
+            step_overhead_s: float = 0.0, cpu_copy_bw: float | None = None) -> dict:
     """{'step_s', 'samples_per_s', 'bubble'} predicted for `plan` run with `schedule`."""
     prof = profile.scaled(plan.micro_batch)
     devs = workers_of(topology, plan.workers)
@@ -40,21 +43,28 @@ def predict(plan: PipelinePlan, profile: ModelProfile, topology: Topology,
     n = M if schedule != "pipedream" else max(4 * M, 4 * plan.num_stages)
     sched = build_schedule(schedule, ranks, n, chunks_per_stage)
 
+    def nbytes(a):
+        return out[a.chunk] if a.kind in ("SEND_F", "RECV_B") else out[a.chunk - 1]
+
+    def copy(rank, a):
+        return nbytes(a) / cpu_copy_bw if cpu_copy_bw and a.peer != rank else 0.0
+
     def duration(rank, a):
         if a.kind == "F":
             return fwd[a.chunk]
         if a.kind == "B":
             return bwd[a.chunk]
         if a.kind.startswith("SEND"):
-            return send_overhead_s
+            return send_overhead_s + copy(rank, a)
+        if a.kind.startswith("RECV"):
+            return copy(rank, a)
         return 0.0
 
     def transfer(rank, a):
         if a.peer == rank:
             return 0.0
         src, dst = devs[rank], devs[a.peer]
-        nbytes = out[a.chunk] if a.kind == "SEND_F" else out[a.chunk - 1]
-        return nbytes / topology.path_bandwidth(src, dst) + _latency(topology, src, dst)
+        return nbytes(a) / topology.path_bandwidth(src, dst) + _latency(topology, src, dst)
 
     res = simulate(sched, duration, transfer)
     sync = 0.0
