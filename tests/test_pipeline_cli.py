@@ -31,6 +31,9 @@ def test_plan_then_train(tmp_path, capsys):
 def test_plan_errors(tmp_path, capsys):
     assert main(["plan", "pipeline", "--topology", "ring:2"]) == 2
     assert "pass --model" in capsys.readouterr().err
+    assert main(["plan", "pipeline", "--profile", "x.json", "--topology", "ring:2",
+                 "--cpu-copy-bw", "fast"]) == 2
+    assert "--cpu-copy-bw: cannot parse 'fast'" in capsys.readouterr().err
     assert main(["plan", "pipeline", "--model", "nope.py", "--topology", "ring:2"]) == 2
     assert "nope.py does not exist" in capsys.readouterr().err
     bad = tmp_path / "p.json"

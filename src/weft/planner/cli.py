@@ -33,8 +33,12 @@ def _plan_pipeline(args) -> int:
     from weft.planner.profile import ModelProfile, profile_model
     from weft.planner.spec import load_model
     from weft.topology.io import resolve
-    from weft.units import fmt_bytes
+    from weft.units import fmt_bytes, parse_size
 
+    try:
+        copy_bw = parse_size(args.cpu_copy_bw, "--cpu-copy-bw") if args.cpu_copy_bw else None
+    except ValueError as exc:
+        raise PlanError(str(exc)) from None
     con = Console()
     topo = resolve(args.topology)
     if args.profile:
@@ -48,11 +52,11 @@ def _plan_pipeline(args) -> int:
         if args.save_profile:
             prof.save(args.save_profile)
     kw = dict(workers=args.workers, micro_batch=args.micro_batch, microbatches=args.microbatches,
-              model=args.model)
+              model=args.model, cpu_copy_bw=copy_bw)
     plan = (equal_layers(prof, topo, **kw) if args.equal else
             partition(prof, topo, optimizer_states=args.optimizer_states,
                       stash=args.schedule == "pipedream", method=args.partitioner, **kw))
-    pred = predict(plan, prof, topo, args.schedule)
+    pred = predict(plan, prof, topo, args.schedule, cpu_copy_bw=copy_bw)
     plan.extra["predicted"] = {args.schedule: pred}
     names = plan.layer_names
     t = Table(title=f"{plan.method} pipeline plan: {len(names)} layers on {plan.workers} workers "
@@ -93,6 +97,8 @@ def register(sub) -> None:
                    help="DP over all ranks (flat) or level by level: inside a host, then across "
                         "hosts (hierarchical); auto: hierarchical when the workers span >= 2 "
                         "equal hosts")
+    q.add_argument("--cpu-copy-bw", help="charge each message copy to its ranks at this rate "
+                   "(e.g. 2.5GB/s; loopback gloo, where the CPUs copy every message)")
     q.add_argument("--trace", default="auto", choices=("auto", "fx", "export"),
                    help="how a non-Sequential model is cut into layers (torch.fx, torch.export)")
     q.add_argument("--out", help="write the plan JSON here")
