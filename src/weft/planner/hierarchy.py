@@ -92,8 +92,6 @@ class Hierarchy:
         self._ch0 = np.zeros((L + 1, L + 1, n + 1, 2), dtype=np.int32)
         I, K = np.arange(L + 1)[:, None], np.arange(L + 1)[None, :]
         valid = K > I
-        bnd = np.concatenate([[np.inf], node.boundary_time(np.arange(1, L + 1), 1)]) \
-            if n > 1 else None
         block = max(1, 4_000_000 // (L + 1) ** 2)
         for m in range(1, n + 1):
             a = n - m
