@@ -7,15 +7,19 @@ rendezvousing under the store prefix `pg/<e>/`; the old group is destroyed,
 the processes stay. Keys:
 
     members/<e>       JSON list of wids (written by the launcher for e=0)
-    req/<k>, req_seq  scale-out requests to the launcher {"epoch", "count"}
-    granted/<e>       JSON list of the joiner wids the launcher handed out
+    standby_seq, standby/<k>  registry of warm standby workers (their wids)
     assign/<wid>      the epoch a standby joiner must join
-    hb/<wid>          heartbeat (unix time), dead/<wid> set by the launcher
+    spawn_req         count of standbys asked for when none was free; node agents
+                      with a free slot claim them (spawn_claimed) and start one
+    node_seq, node/<n>, nodehb/<n>, free/<n>  node agents, their heartbeats and
+                      process slots not running a member (see weft.adapt.agent)
+    hb/<wid>          heartbeat (unix time), dead/<wid> set by the node agent
     recover/<e>/<wid> a survivor of a failure in epoch e; decide/<e> counter
     job_done, shutdown
 
-Planned resize: rank 0 of epoch e writes members/<e+1> (asking the launcher
-for warm joiners first when growing); leavers are the highest ranks.
+Planned resize: rank 0 of epoch e writes members/<e+1>, taking live warm
+standbys from the registry when growing (asking the node agents for more if
+there are too few); leavers are the highest ranks.
 Failure: every survivor registers under recover/<e>/; the first to register
 decides: it waits until each member of e has registered or is known dead
 (launcher notice or stale heartbeat), bounded by a timeout, then writes
@@ -149,16 +153,57 @@ class Membership:
             new = list(self.members[:new_world])
             grow = new_world - self.world
             if grow > 0:
-                seq = self.store.add("req_seq", 1)
-                self._set(f"req/{seq}", {"epoch": e, "count": grow})
-                joiners = self._get(f"granted/{e}")
-                if len(joiners) != grow:
-                    raise MembershipError(f"asked for {grow} joiner(s), got {joiners}")
+                joiners = self._take_standbys(grow)
                 new += joiners
                 for w in joiners:
                     self._set(f"assign/{w}", e + 1)
             self._set(f"members/{e + 1}", new)
         return self.join(e + 1)
+
+    # -- standbys and capacity ----------------------------------------------
+    def register_standby(self) -> None:
+        """A warm standby announces itself (after its model is built)."""
+        self._set(f"standby/{self.store.add('standby_seq', 1)}", self.wid)
+
+    def available_standbys(self) -> list[int]:
+        """Registered standbys not yet assigned and alive, in registration order."""
+        out = []
+        for k in range(1, self.store.add("standby_seq", 0) + 1):
+            w = int(self._get(f"standby/{k}"))
+            if not self.store.check([f"assign/{w}"]) and not self._dead(w):
+                out.append(w)
+        return out
+
+    def _take_standbys(self, n: int) -> list[int]:
+        deadline = time.monotonic() + self.join_timeout
+        asked = 0
+        while True:
+            avail = self.available_standbys()
+            if len(avail) >= n:
+                return avail[:n]
+            if len(avail) + asked < n:  # ask node agents with a free slot to start more
+                self.store.add("spawn_req", n - len(avail) - asked)
+                asked = n - len(avail)
+            if time.monotonic() > deadline:
+                raise MembershipError(
+                    f"scale-out needs {n} more worker(s) but only {len(avail)} standby "
+                    f"worker(s) became available within {self.join_timeout:g} s (no free "
+                    "process slot on any live node?)")
+            time.sleep(0.05)
+
+    def _node_alive(self, n: int) -> bool:
+        if not self.store.check([f"nodehb/{n}"]) or self.store.check([f"nodegone/{n}"]):
+            return False
+        return time.time() - float(self.store.get(f"nodehb/{n}")) <= self.hb_timeout
+
+    def capacity(self, max_workers: int) -> int:
+        """Workers the cluster can host now: the members plus every process slot of a live
+        node agent that runs no member (warm, starting or empty), at most `max_workers`."""
+        free = 0
+        for n in range(1, self.store.add("node_seq", 0) + 1):
+            if self.store.check([f"free/{n}"]) and self._node_alive(n):
+                free += int(self.store.get(f"free/{n}"))
+        return min(max_workers, self.world + free)
 
     # -- failure -----------------------------------------------------------
     def _dead(self, wid: int) -> bool:

@@ -117,7 +117,7 @@ class Trainer:
     def context(self) -> Context:
         return Context(self.step, self.epoch, self.mem.world, self.batch_size, self.lr,
                        self.strategy.name, self.cfg.min_workers, self.cfg.max_workers,
-                       len(self.x), self.mem.epoch)
+                       len(self.x), self.mem.epoch, int(self.metrics.get("capacity", 0)))
 
     # -- one step --------------------------------------------------------
     def train_step(self) -> None:
@@ -135,7 +135,10 @@ class Trainer:
             loss_sum = float(loss.detach())
         measure = self.cfg.monitor and (self.strategy.name == "sgd"
                                         or self.step % self.cfg.noise_every == 0)
-        stats = pack(0.0, loss_sum, len(idx), self.last_step_time)
+        cap = 0.0
+        if rank == 0 and self.cfg.capacity_every and self.step % self.cfg.capacity_every == 0:
+            cap = float(self.mem.capacity(self.cfg.max_workers))
+        stats = pack(0.0, loss_sum, len(idx), self.last_step_time, cap)
         reduced, sq_big = self.strategy.apply(self.params, self.opt, self.comm, len(idx) / total,
                                               stats, measure)
         equal = total == world * self.batch_size
