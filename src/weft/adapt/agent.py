@@ -10,7 +10,8 @@ initial workers on them and, when the job is done, collects every worker's
 report. Every agent, the host's included:
 
 - registers (`node/<n>`), heart-beats (`nodehb/<n>`) and publishes its process
-  slots that run no member (`free/<n>`), which policies see as `capacity`;
+  slots that run no member and no still-starting standby (`free/<n>`), which
+  policies see as `capacity`;
 - starts its initial workers (`start/<n>`) and keeps its free slots filled with
   warm standbys (at most `standby` per node when that is set);
 - claims on-demand spawn requests (`spawn_req`) while it has a free slot;
@@ -131,6 +132,7 @@ class NodeAgent:
         self.procs: dict[int, Any] = {}
         self.active: set[int] = set()
         self.standby: set[int] = set()
+        self.ready: set[int] = set()  # standbys that are warm (model built, registered)
         self.dead: dict[int, int] = {}
         self.started = False
         self._beat = 0.0
@@ -142,7 +144,10 @@ class NodeAgent:
         if now - self._beat >= min(0.5, self.cfg.heartbeat):
             self.store.set(f"nodehb/{self.node}", repr(now))
             self._beat = now
-        free = max(0, self.slots - len(self.active))
+        starting = sum(1 for w in self.standby if w not in self.ready)
+        self.ready.update(w for w in self.standby if w not in self.ready
+                          and self.store.check([f"ready/{w}"]))
+        free = max(0, self.slots - len(self.active) - starting)
         if free != self._free:
             self.store.set(f"free/{self.node}", str(free))
             self._free = free

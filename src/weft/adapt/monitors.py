@@ -125,7 +125,8 @@ class Monitors:
             m["noise_scale"] = self.tr.get() / ema_g2
         for k, v in self.last.items():  # metrics not measured this step keep their last value
             m.setdefault(k, v)
-        self.last = {k: v for k, v in m.items() if isinstance(v, float) and math.isfinite(v)}
+        self.last = {k: v for k, v in m.items() if isinstance(v, float) and math.isfinite(v)
+                     and k != "capacity"}  # the trainer keeps capacity (it resets on resize)
         return m
 
     def state_dict(self) -> dict:

@@ -72,12 +72,14 @@ def plot_run(history: list[dict], events: list[dict], path: str | os.PathLike,
 
 def run_adaptive(config: AdaptConfig | dict | None = None, policy_path: str | None = None,
                  policy: Any = None, plot: str | os.PathLike | None = None,
-                 timeout: float = 600.0) -> dict:
+                 timeout: float = 600.0, nodes=None, store=None) -> dict:
     """Train with an adaptation policy on local elastic workers; return a report dict.
 
     `policy_path`: a YAML policy file (its `train:` section gives defaults that
     `config` entries override); `policy`: a policy object instead. With `plot`
     a PNG of the loss with resize / switch / failure events is written there.
+    `nodes` (weft.adapt.agent.Nodes) lets other machines join; `store`: an
+    already hosted store (see weft.adapt.agent.open_store).
     """
     settings: dict = {}
     if policy_path is not None:
@@ -87,7 +89,7 @@ def run_adaptive(config: AdaptConfig | dict | None = None, policy_path: str | No
     else:
         cfg = AdaptConfig.from_dict({**settings, **(config or {})},
                                     where=str(policy_path or "config"))
-    out = run_elastic(cfg, policy, timeout=timeout)
+    out = run_elastic(cfg, policy, timeout=timeout, nodes=nodes, store=store)
     history, events = merge(out["reports"])
     finals = [r for r in out["reports"].values()
               if r.get("role") != "standby" and not r.get("left") and "accuracy" in r]

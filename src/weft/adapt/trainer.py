@@ -63,6 +63,7 @@ class Trainer:
         self.samples: list[tuple[int, list[int]]] = []
         self.memberships: list[dict] = []
         self.metrics: dict = {}
+        self.capacity = 0  # workers the live nodes can host; 0 = unknown (after a resize)
         self.snap: dict | None = None
         self.resize_started: float | None = None
         self.left = False
@@ -102,6 +103,7 @@ class Trainer:
         self.load(copy.deepcopy(obj[0]) if self.mem.rank == src else obj[0])
 
     def _entered(self, why: str) -> None:
+        self.capacity = 0  # re-measured at the next step
         e, store = self.mem.epoch, self.mem.store
         self.comm = GuardedCommunicator(lambda: store.check([f"decide/{e}"]), self.cfg.pg_timeout)
         self.memberships.append({"epoch": self.mem.epoch, "rank": self.mem.rank,
@@ -117,7 +119,7 @@ class Trainer:
     def context(self) -> Context:
         return Context(self.step, self.epoch, self.mem.world, self.batch_size, self.lr,
                        self.strategy.name, self.cfg.min_workers, self.cfg.max_workers,
-                       len(self.x), self.mem.epoch, int(self.metrics.get("capacity", 0)))
+                       len(self.x), self.mem.epoch, self.capacity)
 
     # -- one step --------------------------------------------------------
     def train_step(self) -> None:
@@ -136,13 +138,17 @@ class Trainer:
         measure = self.cfg.monitor and (self.strategy.name == "sgd"
                                         or self.step % self.cfg.noise_every == 0)
         cap = 0.0
-        if rank == 0 and self.cfg.capacity_every and self.step % self.cfg.capacity_every == 0:
+        if rank == 0 and self.cfg.capacity_every and (
+                self.capacity == 0 or self.step % self.cfg.capacity_every == 0):
             cap = float(self.mem.capacity(self.cfg.max_workers))
         stats = pack(0.0, loss_sum, len(idx), self.last_step_time, cap)
         reduced, sq_big = self.strategy.apply(self.params, self.opt, self.comm, len(idx) / total,
                                               stats, measure)
         equal = total == world * self.batch_size
         self.metrics = self.monitors.update(reduced, sq_big, equal)
+        self.capacity = int(self.metrics.get("capacity", self.capacity))
+        if self.capacity:
+            self.metrics["capacity"] = float(self.capacity)
         if self.cfg.log_samples:
             self.samples.append((self.epoch, idx.tolist()))
         self.consumed += total
@@ -203,8 +209,9 @@ class Trainer:
             return
         self._entered("resize")
         self.broadcast_state(0)
-        self.event("resize", f"{old} -> {n} workers", old=old, new=n,
-                   resize_s=time.time() - t0)
+        got = self.mem.world
+        self.event("resize", f"{old} -> {got} workers" + (f" (asked {n})" if got != n else ""),
+                   old=old, new=got, asked=n, resize_s=time.time() - t0)
         self.resize_started = (t0, len(self.events) - 1)
 
     def recover(self, exc: BaseException) -> None:
