@@ -70,6 +70,8 @@ def _run(args, config: dict, **kw) -> int:
                   "its host prints the report")
             return 0
     report = run_adaptive(config, plot=args.plot, nodes=nodes, store=store, **kw)
+    if report is None:  # a torchrun worker that does not end as rank 0
+        return 0
     _print(report)
     if args.json:
         write_json(args.json, report, indent=1, default=str)

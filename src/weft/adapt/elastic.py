@@ -49,8 +49,9 @@ def accuracy(model, dataset) -> float:
 
 
 def worker_main(cfg: AdaptConfig, policy: Any, wid: int, host: str, port: int,
-                standby: bool) -> dict:
-    """One worker process: join (now or when assigned), train, report."""
+                standby: bool, prefix: str = "") -> dict:
+    """One worker process: join (now or when assigned), train, report. `prefix`: the job's
+    keys live under it in the store at host:port."""
     import torch
 
     from weft.adapt.membership import Heartbeat, Membership, connect
@@ -59,8 +60,8 @@ def worker_main(cfg: AdaptConfig, policy: Any, wid: int, host: str, port: int,
     from weft.parallel.data import seed_everything
 
     torch.set_num_threads(1)
-    store = connect(host, port, cfg.join_timeout)
-    hb = Heartbeat(host, port, wid, cfg.heartbeat)
+    store = connect(host, port, cfg.join_timeout, prefix)
+    hb = Heartbeat(host, port, wid, cfg.heartbeat, prefix)
     hb.start()
     seed_everything(cfg.seed)
     train, test = digits(flat=cfg.model == "mlp")

@@ -20,10 +20,12 @@ the processes stay. Keys:
 Planned resize: rank 0 of epoch e writes members/<e+1>, taking live warm
 standbys from the registry when growing (asking the node agents for more if
 there are too few); leavers are the highest ranks.
-Failure: every survivor registers under recover/<e>/; the first to register
-decides: it waits until each member of e has registered or is known dead
-(launcher notice or stale heartbeat), bounded by a timeout, then writes
-members/<e+1>.
+Failure: every survivor registers under recover/<e>/ (and bumps decide/<e>,
+which makes members still blocked in a collective give up); the lowest-ranked
+live survivor decides: it waits until each member of e has registered or is
+known dead (agent notice or stale heartbeat), bounded by a timeout, then
+writes members/<e+1> (compare-and-set: one decision). A decider that dies
+first is replaced by the next survivor once its heartbeat is stale.
 """
 
 from __future__ import annotations
@@ -45,20 +47,26 @@ class MembershipError(WeftError, RuntimeError):
     pass
 
 
+class MemberLost(MembershipError):
+    """A member of the epoch being formed died or never arrived: recover again."""
+
+
 def _td(s: float) -> datetime.timedelta:
     return datetime.timedelta(seconds=s)
 
 
-def connect(host: str, port: int, timeout: float) -> dist.TCPStore:
-    return dist.TCPStore(host, port, is_master=False, timeout=_td(timeout))
+def connect(host: str, port: int, timeout: float, prefix: str = "") -> dist.Store:
+    """A client of the job's store (under `prefix` when it is shared, e.g. torchrun's)."""
+    store = dist.TCPStore(host, port, is_master=False, timeout=_td(timeout))
+    return dist.PrefixStore(prefix, store) if prefix else store
 
 
 class Heartbeat(threading.Thread):
     """Writes hb/<wid> every `interval` s on its own store connection."""
 
-    def __init__(self, host: str, port: int, wid: int, interval: float):
+    def __init__(self, host: str, port: int, wid: int, interval: float, prefix: str = ""):
         super().__init__(daemon=True, name=f"weft-hb{wid}")
-        self.store = connect(host, port, 30.0)
+        self.store = connect(host, port, 30.0, prefix)
         self.wid, self.interval = wid, interval
         self.stop = threading.Event()
 
@@ -133,7 +141,14 @@ class Membership:
         # Rendezvous on the store first (bounded by join_timeout: starting processes can be
         # slow); the group itself then uses the short pg_timeout for every collective.
         self.store.set(f"arrived/{epoch}/{self.wid}", "1")
-        self.store.wait([f"arrived/{epoch}/{w}" for w in members], _td(self.join_timeout))
+        deadline = time.monotonic() + self.join_timeout
+        while missing := [w for w in members if not self.store.check([f"arrived/{epoch}/{w}"])]:
+            lost = [w for w in missing if self._dead(w)]
+            if lost or time.monotonic() > deadline:
+                raise MemberLost(f"member(s) {lost or missing} of membership epoch {epoch} "
+                                 + ("died before joining" if lost else
+                                    f"did not join within {self.join_timeout:g} s"))
+            time.sleep(0.01)
         dist.init_process_group("gloo", store=dist.PrefixStore(f"pg/{epoch}/", self.store),
                                 rank=self.rank, world_size=self.world,
                                 timeout=_td(self.pg_timeout))
@@ -203,12 +218,15 @@ class Membership:
         return time.time() - float(self.store.get(f"nodehb/{n}")) <= self.hb_timeout
 
     def capacity(self, max_workers: int) -> int:
-        """Workers the cluster can host now: the members plus every process slot of a live
-        node agent that runs no member (warm, starting or empty), at most `max_workers`."""
+        """Workers the cluster can host now, at most `max_workers`: the members plus every
+        process slot of a live node agent that runs no member nor a starting standby (or,
+        without node agents, as under torchrun, the live warm standbys)."""
         free = 0
         for n in range(1, self.store.add("node_seq", 0) + 1):
             if self.store.check([f"free/{n}"]) and self._node_alive(n):
                 free += int(self.store.get(f"free/{n}"))
+        if not free:
+            free = len(self.available_standbys())
         return min(max_workers, self.world + free)
 
     # -- failure -----------------------------------------------------------
@@ -221,17 +239,27 @@ class Membership:
 
     def recover(self) -> tuple[bool, list[int]]:
         """After a failed collective: agree on the survivors and build their group.
-        Returns (this worker stays, wids lost)."""
+        Returns (this worker stays, wids lost).
+
+        The lowest-ranked live survivor decides once every member of the epoch has
+        registered or is known dead (bounded by a deadline); if the decider itself dies
+        before writing, its heartbeat goes stale and the next survivor decides."""
         e, old = self.epoch, list(self.members)
         self.store.set(f"recover/{e}/{self.wid}", "1")
-        if self.store.add(f"decide/{e}", 1) == 1:
-            deadline = time.monotonic() + self.pg_timeout + self.hb_timeout + 2.0
-            while True:
-                alive = [w for w in old if self.store.check([f"recover/{e}/{w}"])]
-                pending = [w for w in old if w not in alive and not self._dead(w)]
-                if not pending or time.monotonic() > deadline:
-                    break
-                time.sleep(0.02)
-            self._set(f"members/{e + 1}", alive)
+        self.store.add(f"decide/{e}", 1)  # tells members still in a collective to give up
+        key = f"members/{e + 1}"
+        deadline = time.monotonic() + self.pg_timeout + self.hb_timeout + 2.0
+        hard = deadline + self.join_timeout
+        while not self.store.check([key]):
+            if time.monotonic() > hard:
+                raise MembershipError(f"no survivor decided membership epoch {e + 1} within "
+                                      f"{self.join_timeout:g} s of the deadline")
+            up = {w for w in old if self.store.check([f"recover/{e}/{w}"])}
+            alive = [w for w in old if w in up and not self._dead(w)]
+            pending = [w for w in old if w not in up and not self._dead(w)]
+            if (not pending or time.monotonic() > deadline) and alive and alive[0] == self.wid:
+                self.store.compare_set(key, "", json.dumps(alive))  # first decision wins
+                break
+            time.sleep(0.02)
         stays = self.join(e + 1, failed=True)
         return stays, [w for w in old if w not in self.members]

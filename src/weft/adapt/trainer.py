@@ -26,8 +26,9 @@ from weft.adapt import sync
 from weft.adapt.config import AdaptConfig
 from weft.adapt.monitors import Monitors, pack
 from weft.adapt.policy import Context, as_actions, to_policy
-from weft.adapt.sharding import EpochSharder
 from weft.adapt.guard import GuardedCommunicator, PeerFailure
+from weft.adapt.membership import MemberLost
+from weft.adapt.sharding import EpochSharder
 from weft.collectives.communicator import TorchCommunicator
 
 log = logging.getLogger("weft.adapt")
@@ -36,7 +37,7 @@ MAX_RECOVERIES = 8
 
 def is_comm_failure(exc: BaseException) -> bool:
     """A collective or store failed (a peer died or timed out), not a bug in the model."""
-    if isinstance(exc, (PeerFailure, getattr(dist, "DistError", PeerFailure))):
+    if isinstance(exc, (PeerFailure, MemberLost, getattr(dist, "DistError", PeerFailure))):
         return True
     msg = str(exc).lower()
     return isinstance(exc, RuntimeError) and any(
@@ -215,9 +216,17 @@ class Trainer:
         self.resize_started = (t0, len(self.events) - 1)
 
     def recover(self, exc: BaseException) -> None:
-        t0, old = time.time(), self.mem.world
+        t0, old, before = time.time(), self.mem.world, list(self.mem.members)
         self.strategy.reset()
-        stays, lost = self.mem.recover()
+        for attempt in range(MAX_RECOVERIES):  # a member may die while the group re-forms
+            try:
+                stays, _ = self.mem.recover()
+                break
+            except Exception as again:  # noqa: BLE001 - classified below
+                if not is_comm_failure(again) or attempt == MAX_RECOVERIES - 1:
+                    raise
+                log.warning("worker %d: recovery interrupted (%s); trying again", self.wid, again)
+        lost = [w for w in before if w not in self.mem.members]
         if not stays:
             raise RuntimeError(f"worker {self.wid} was dropped from the group after: {exc}")
         self._entered("failure")
