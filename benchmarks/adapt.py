@@ -58,6 +58,9 @@ class _StaticMembership:
     def world(self):
         return dist.get_world_size()
 
+    def capacity(self, max_workers: int) -> int:  # a fixed world: no other machine to use
+        return self.world
+
 
 def restart_latency(cfg: AdaptConfig, state: dict, new_world: int) -> float:
     from weft.parallel.checkpoint import save_checkpoint

@@ -39,30 +39,56 @@ def _overrides(args) -> dict:
     return {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
 
 
-def _train(args) -> int:
+def _nodes(args):
+    """Nodes from --nnodes / --nproc-per-node / --rdzv-endpoint (None: one machine)."""
+    from weft.adapt.agent import Nodes, parse_endpoint, parse_nnodes
+
+    if not (args.nnodes or args.rdzv_endpoint or args.nproc_per_node):
+        return None
+    lo, hi = parse_nnodes(args.nnodes or "1")
+    endpoint = parse_endpoint(args.rdzv_endpoint) if args.rdzv_endpoint else None
+    if hi > 1 and endpoint is None:
+        from weft.errors import LaunchError
+
+        raise LaunchError("--nnodes with more than one node needs --rdzv-endpoint HOST:PORT "
+                          "(the same on every machine)")
+    return Nodes(lo, hi, args.nproc_per_node, endpoint)
+
+
+def _run(args, config: dict, **kw) -> int:
+    """Host (or, with --rdzv-endpoint on another machine, join) an adaptive job."""
+    from weft.adapt.agent import join_elastic, open_store
     from weft.adapt.report import run_adaptive
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    report = run_adaptive(_overrides(args), policy_path=args.policy, plot=args.plot)
+    nodes, store = _nodes(args), None
+    if nodes is not None and nodes.endpoint is not None:
+        store, is_host = open_store(nodes.endpoint, args.rdzv_timeout)
+        if not is_host:
+            node = join_elastic(store, nodes.endpoint, nodes.nproc_per_node)
+            print(f"node {node}: the job at {nodes.endpoint[0]}:{nodes.endpoint[1]} ended; "
+                  "its host prints the report")
+            return 0
+    report = run_adaptive(config, plot=args.plot, nodes=nodes, store=store, **kw)
+    if report is None:  # a torchrun worker that does not end as rank 0
+        return 0
     _print(report)
     if args.json:
         write_json(args.json, report, indent=1, default=str)
     return 0
+
+
+def _train(args) -> int:
+    return _run(args, _overrides(args), policy_path=args.policy)
 
 
 def _demo(args) -> int:
-    from weft.adapt.report import run_adaptive
     from weft.adapt.rules import policy_from_dict
 
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
     cfg = {"workers": 2, "max_workers": 4, "epochs": 4, "strategy": "sma", **_overrides(args)}
     if args.kill:
         cfg["kill"] = [80, 1]
-    report = run_adaptive(cfg, policy=policy_from_dict(DEMO_POLICY), plot=args.plot)
-    _print(report)
-    if args.json:
-        write_json(args.json, report, indent=1, default=str)
-    return 0
+    return _run(args, cfg, policy=policy_from_dict(DEMO_POLICY))
 
 
 def add_arguments(p) -> None:
@@ -74,6 +100,14 @@ def add_arguments(p) -> None:
     p.add_argument("--batch-size", dest="batch_size", type=int, help="per worker")
     p.add_argument("--plot", default="adapt_loss.png", help="loss plot with events (PNG)")
     p.add_argument("--json", help="write the full report as JSON here")
+    p.add_argument("--nnodes", help="MIN:MAX machines (run the same command on each; "
+                                    "machines may join while the job runs)")
+    p.add_argument("--nproc-per-node", dest="nproc_per_node", type=int,
+                   help="worker process slots on this machine (default: max workers)")
+    p.add_argument("--rdzv-endpoint", dest="rdzv_endpoint",
+                   help="HOST:PORT of the job's c10d store; the machine that is HOST hosts it")
+    p.add_argument("--rdzv-timeout", dest="rdzv_timeout", type=float, default=60.0,
+                   help="seconds to wait for the store (default 60)")
 
 
 def _common(p, policy_required: bool) -> None:

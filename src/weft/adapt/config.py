@@ -39,6 +39,7 @@ class AdaptConfig:
     log_samples: bool = False   # record every sample index each rank trained on
     kill: list | None = None    # chaos testing: [step, wid] -> that worker SIGKILLs itself
     snapshot: bool = True       # keep an in-memory copy of the last completed step
+    capacity_every: int = 5     # rank 0 reads the cluster's capacity every N steps (0: never)
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -68,6 +69,8 @@ class AdaptConfig:
         need(self.model in ("mlp", "cnn"), "model", "must be 'mlp' or 'cnn'")
         need(self.standby is None or (isinstance(self.standby, int) and self.standby >= 0),
              "standby", "must be null or an integer >= 0")
+        need(isinstance(self.capacity_every, int) and self.capacity_every >= 0,
+             "capacity_every", "must be an integer >= 0")
         need(self.kill is None or (isinstance(self.kill, (list, tuple)) and len(self.kill) == 2),
              "kill", "must be [step, wid]")
 

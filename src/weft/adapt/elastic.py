@@ -1,22 +1,22 @@
-"""The elastic launcher: a coordinator process that hosts the c10d store.
+"""Elastic workers and the job host.
 
-`run_elastic(cfg, policy)` hosts a TCPStore, spawns `cfg.workers` workers
-and a pool of warm *standby* processes (interpreter started, torch imported,
-model built) that wait in the store. When a policy scales out, rank 0 asks
-the launcher for joiners; the launcher hands out standbys (spawning more if
-the pool is empty) and refills the pool. Leavers and finished workers send
-their report back and exit; no surviving process is ever restarted. A child
-that dies is announced in the store (`dead/<wid>`) so survivors need not
-wait for a timeout; survivors also detect it by themselves (gloo errors,
-heartbeats), which is what happens when workers run on other machines.
+`worker_main` is one worker process: it joins membership epoch 0 (or waits
+as a warm *standby*: interpreter started, torch imported, model built) and
+trains until the job ends or it leaves. `run_elastic(cfg, policy)` hosts the
+job: the c10d TCPStore, this machine's node agent (weft.adapt.agent) and,
+given `Nodes`, the agents of other machines that join. When a policy scales
+out, rank 0 takes warm standbys from the store's registry (asking the node
+agents for more when there are too few); agents refill their pools. Leavers
+and finished workers put their report in the store and exit; no surviving
+process is ever restarted. A worker that dies is announced in the store
+(`dead/<wid>`) by its agent; survivors also detect it by themselves (gloo
+errors, heartbeats), which is what happens when a whole machine is lost.
 """
 
 from __future__ import annotations
 
-import datetime
 import json
 import logging
-import multiprocessing as mp
 import os
 import pickle
 import signal
@@ -27,6 +27,7 @@ from typing import Any
 
 import torch.distributed as dist
 
+from weft.adapt.agent import NodeAgent, Nodes, open_store
 from weft.adapt.config import AdaptConfig
 from weft.errors import LaunchError
 
@@ -48,8 +49,9 @@ def accuracy(model, dataset) -> float:
 
 
 def worker_main(cfg: AdaptConfig, policy: Any, wid: int, host: str, port: int,
-                standby: bool) -> dict:
-    """One worker process: join (now or when assigned), train, report."""
+                standby: bool, prefix: str = "") -> dict:
+    """One worker process: join (now or when assigned), train, report. `prefix`: the job's
+    keys live under it in the store at host:port."""
     import torch
 
     from weft.adapt.membership import Heartbeat, Membership, connect
@@ -58,8 +60,8 @@ def worker_main(cfg: AdaptConfig, policy: Any, wid: int, host: str, port: int,
     from weft.parallel.data import seed_everything
 
     torch.set_num_threads(1)
-    store = connect(host, port, cfg.join_timeout)
-    hb = Heartbeat(host, port, wid, cfg.heartbeat)
+    store = connect(host, port, cfg.join_timeout, prefix)
+    hb = Heartbeat(host, port, wid, cfg.heartbeat, prefix)
     hb.start()
     seed_everything(cfg.seed)
     train, test = digits(flat=cfg.model == "mlp")
@@ -68,8 +70,10 @@ def worker_main(cfg: AdaptConfig, policy: Any, wid: int, host: str, port: int,
                      hb_timeout=max(3.0, 6 * cfg.heartbeat))
     trainer = Trainer(cfg, model, train, policy, mem, wid)
     report = {"wid": wid, "pid": os.getpid(), "role": "standby" if standby else "worker"}
+    store.set(f"pid/{wid}", str(os.getpid()))
     try:
         if standby:
+            mem.register_standby()
             epoch = mem.wait_assignment()
             if epoch is None:
                 return report
@@ -99,93 +103,117 @@ def worker_main(cfg: AdaptConfig, policy: Any, wid: int, host: str, port: int,
             dist.destroy_process_group()
 
 
-def _child(queue, *args) -> None:
+def _child(cfg, policy, wid, host, port, standby) -> None:
+    """A worker process: its report (or its error) goes to the job's store."""
+    from weft.adapt.membership import connect
     from weft.launch import _die_with_parent
 
     _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    wid = args[2]
     try:
-        queue.put((wid, "ok", pickle.dumps(worker_main(*args))))
-    except BaseException as exc:  # noqa: BLE001 - everything must reach the launcher
-        queue.put((wid, "error", f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"))
-        sys.exit(1)
+        payload = pickle.dumps(worker_main(cfg, policy, wid, host, port, standby))
+        connect(host, port, 30.0).set(f"report/{wid}", payload)
+    except BaseException as exc:  # noqa: BLE001 - everything must reach the host
+        msg = f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"
+        try:
+            connect(host, port, 10.0).set(f"error/{wid}", msg)
+        finally:
+            sys.stderr.write(f"weft adaptive worker {wid} failed:\n{msg}")
+            sys.exit(1)
 
 
-def run_elastic(cfg: AdaptConfig, policy: Any = None, timeout: float = 600.0) -> dict:
-    """Run an elastic job on local processes. Returns
-    {"reports": {wid: report}, "pids": {wid: pid}, "dead": {wid: exitcode}}."""
-    store = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False,
-                          timeout=datetime.timedelta(seconds=cfg.join_timeout))
-    ctx = mp.get_context("spawn")
-    queue = ctx.SimpleQueue()
-    procs: dict[int, Any] = {}
-    pool: list[int] = []
-    reports: dict[int, dict] = {}
-    dead: dict[int, int] = {}
+def _publish_job(store, cfg: AdaptConfig, policy: Any, nodes: Nodes) -> None:
+    store.set("max_nodes", str(nodes.max_nodes))
+    store.add("wid_seq", cfg.workers)  # wids 0..workers-1 are the initial workers
+    store.set("job", pickle.dumps((cfg, policy)))
 
-    def spawn(standby: bool) -> int:
-        wid = len(procs)
-        p = ctx.Process(target=_child, name=f"weft-adapt{wid}", daemon=False,
-                        args=(queue, cfg, policy, wid, "127.0.0.1", store.port, standby))
-        p.start()
-        procs[wid] = p
-        if standby:
-            pool.append(wid)
-        return wid
 
+def _place(store, cfg: AdaptConfig, n_nodes: int) -> None:
+    """Initial workers onto the registered nodes, filling each node's slots in order."""
+    wids, start = list(range(cfg.workers)), {}
+    for n in range(1, n_nodes + 1):
+        slots = json.loads(store.get(f"node/{n}"))["slots"]
+        start[n], wids = wids[:slots], wids[slots:]
+    if wids:
+        raise LaunchError(f"workers={cfg.workers} do not fit the {n_nodes} node(s) present "
+                          f"({cfg.workers - len(wids)} process slot(s))")
+    for n, w in start.items():
+        store.set(f"start/{n}", json.dumps(w))
     store.set("members/0", json.dumps(list(range(cfg.workers))))
-    handled = 0
+    store.set("started", "1")
+
+
+def _members_now(store, epoch: int) -> tuple[int, list[int]]:
+    while store.check([f"members/{epoch + 1}"]):
+        epoch += 1
+    return epoch, json.loads(store.get(f"members/{epoch}"))
+
+
+def _collect(store) -> dict:
+    n = store.add("wid_seq", 0)
+    out: dict = {"reports": {}, "pids": {}, "dead": {}}
+    for w in range(n):
+        if store.check([f"report/{w}"]):
+            out["reports"][w] = pickle.loads(store.get(f"report/{w}"))
+        if store.check([f"pid/{w}"]):
+            out["pids"][w] = int(store.get(f"pid/{w}"))
+        if store.check([f"dead/{w}"]):
+            out["dead"][w] = int(store.get(f"dead/{w}"))
+    return out
+
+
+def run_elastic(cfg: AdaptConfig, policy: Any = None, timeout: float = 600.0,
+                nodes: Nodes | None = None, store: dist.TCPStore | None = None) -> dict:
+    """Host an elastic job: the store, this machine's node agent and, with `nodes`, the
+    agents of other machines that join it (see weft.adapt.agent). Returns
+    {"reports": {wid: report}, "pids": {wid: pid}, "dead": {wid: exitcode}}."""
+    nodes = nodes or Nodes()
+    if store is None:
+        store, _ = open_store(nodes.endpoint, cfg.join_timeout)
+    host = nodes.endpoint[0] if nodes.endpoint else "127.0.0.1"
+    _publish_job(store, cfg, policy, nodes)
+    agent = NodeAgent(store, host, store.port, nodes.nproc_per_node)
     deadline = time.monotonic() + timeout
+    epoch = 0
     try:
-        for _ in range(cfg.workers):
-            spawn(False)
-        for _ in range(cfg.pool_size):
-            spawn(True)
-        while True:
-            while not queue.empty():
-                wid, status, payload = queue.get()
-                if status == "error":
-                    raise LaunchError(f"adaptive worker {wid} failed:\n{payload}", rank=wid,
-                                      traceback=payload)
-                reports[wid] = pickle.loads(payload)
-            seq = store.add("req_seq", 0)
-            while handled < seq:
-                handled += 1
-                req = json.loads(store.get(f"req/{handled}"))
-                while len(pool) < req["count"]:
-                    spawn(True)
-                given, pool[:] = pool[:req["count"]], pool[req["count"]:]
-                store.set(f"granted/{req['epoch']}", json.dumps(given))
-                workers = len([w for w in procs if w not in pool and w not in reports
-                               and w not in dead])
-                for _ in range(min(cfg.pool_size, cfg.max_workers - workers) - len(pool)):
-                    spawn(True)
-            for wid, p in procs.items():
-                if p.exitcode is not None and wid not in reports and wid not in dead:
-                    time.sleep(0.1)
-                    if not queue.empty():
-                        break
-                    dead[wid] = p.exitcode
-                    store.set(f"dead/{wid}", "1")
-                    log.warning("worker %d (pid %d) died with exit code %s", wid, p.pid, p.exitcode)
-            active = [w for w in procs if w not in pool and w not in reports and w not in dead]
-            if store.check(["job_done"]) and not active:
-                store.set("shutdown", "1")
-                if all(w in reports or w in dead for w in procs):
-                    break
-            elif not active and not store.check(["job_done"]):
-                raise LaunchError(f"every worker is gone before the end (dead: {dead})")
+        rdzv = time.monotonic() + cfg.join_timeout
+        while store.add("node_seq", 0) < nodes.min_nodes:
+            if time.monotonic() > rdzv:
+                raise LaunchError(f"only {store.add('node_seq', 0)} of the {nodes.min_nodes} "
+                                  f"node(s) needed joined within {cfg.join_timeout:g} s")
+            time.sleep(0.05)
+        _place(store, cfg, min(store.add("node_seq", 0), nodes.max_nodes))
+        while not store.check(["job_done"]):
+            agent.poll(stopping=False)
+            for w in range(store.add("wid_seq", 0)):
+                if store.check([f"error/{w}"]):
+                    store.set("abort", "1")
+                    msg = store.get(f"error/{w}").decode()
+                    raise LaunchError(f"adaptive worker {w} failed:\n{msg}", rank=w,
+                                      traceback=msg)
+            epoch, members = _members_now(store, epoch)
+            if all(store.check([f"dead/{w}"]) for w in members):
+                store.set("abort", "1")
+                raise LaunchError(f"every worker is gone before the end (dead: "
+                                  f"{_collect(store)['dead']})")
             if time.monotonic() > deadline:
+                store.set("abort", "1")
                 raise LaunchError(f"adaptive job did not finish within {timeout:.0f} s")
             time.sleep(0.01)
-        return {"reports": reports, "pids": {w: p.pid for w, p in procs.items()}, "dead": dead}
+        store.set("shutdown", "1")
+        agent.stop()
+        n = store.add("node_seq", 0)
+        wait_nodes = time.monotonic() + 30
+        while time.monotonic() < wait_nodes and not all(
+                store.check([f"agent_done/{k}"]) or not _alive(store, k, cfg)
+                for k in range(1, min(n, nodes.max_nodes) + 1)):
+            time.sleep(0.05)
+        return _collect(store)
     finally:
-        for p in procs.values():
-            if p.is_alive():
-                p.terminate()
-        for p in procs.values():
-            p.join(timeout=5)
-            if p.is_alive():
-                p.kill()
-                p.join(timeout=5)
+        agent.stop(kill=True)
+
+
+def _alive(store, node: int, cfg: AdaptConfig) -> bool:
+    if not store.check([f"nodehb/{node}"]):
+        return False
+    return time.time() - float(store.get(f"nodehb/{node}")) < max(3.0, 6 * cfg.heartbeat)

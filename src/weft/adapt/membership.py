@@ -7,25 +7,32 @@ rendezvousing under the store prefix `pg/<e>/`; the old group is destroyed,
 the processes stay. Keys:
 
     members/<e>       JSON list of wids (written by the launcher for e=0)
-    req/<k>, req_seq  scale-out requests to the launcher {"epoch", "count"}
-    granted/<e>       JSON list of the joiner wids the launcher handed out
+    standby_seq, standby/<k>  registry of warm standby workers (their wids)
     assign/<wid>      the epoch a standby joiner must join
-    hb/<wid>          heartbeat (unix time), dead/<wid> set by the launcher
+    spawn_req         count of standbys asked for when none was free; node agents
+                      with a free slot claim them (spawn_claimed) and start one
+    node_seq, node/<n>, nodehb/<n>, free/<n>  node agents, their heartbeats and
+                      process slots not running a member (see weft.adapt.agent)
+    hb/<wid>          heartbeat (unix time), dead/<wid> set by the node agent
     recover/<e>/<wid> a survivor of a failure in epoch e; decide/<e> counter
     job_done, shutdown
 
-Planned resize: rank 0 of epoch e writes members/<e+1> (asking the launcher
-for warm joiners first when growing); leavers are the highest ranks.
-Failure: every survivor registers under recover/<e>/; the first to register
-decides: it waits until each member of e has registered or is known dead
-(launcher notice or stale heartbeat), bounded by a timeout, then writes
-members/<e+1>.
+Planned resize: rank 0 of epoch e writes members/<e+1>, taking live warm
+standbys from the registry when growing (asking the node agents for more if
+there are too few); leavers are the highest ranks.
+Failure: every survivor registers under recover/<e>/ (and bumps decide/<e>,
+which makes members still blocked in a collective give up); the lowest-ranked
+live survivor decides: it waits until each member of e has registered or is
+known dead (agent notice or stale heartbeat), bounded by a timeout, then
+writes members/<e+1> (compare-and-set: one decision). A decider that dies
+first is replaced by the next survivor once its heartbeat is stale.
 """
 
 from __future__ import annotations
 
 import datetime
 import json
+import logging
 import threading
 import time
 
@@ -33,25 +40,33 @@ import torch.distributed as dist
 
 from weft.errors import WeftError
 
+log = logging.getLogger("weft.adapt")
+
 
 class MembershipError(WeftError, RuntimeError):
     pass
+
+
+class MemberLost(MembershipError):
+    """A member of the epoch being formed died or never arrived: recover again."""
 
 
 def _td(s: float) -> datetime.timedelta:
     return datetime.timedelta(seconds=s)
 
 
-def connect(host: str, port: int, timeout: float) -> dist.TCPStore:
-    return dist.TCPStore(host, port, is_master=False, timeout=_td(timeout))
+def connect(host: str, port: int, timeout: float, prefix: str = "") -> dist.Store:
+    """A client of the job's store (under `prefix` when it is shared, e.g. torchrun's)."""
+    store = dist.TCPStore(host, port, is_master=False, timeout=_td(timeout))
+    return dist.PrefixStore(prefix, store) if prefix else store
 
 
 class Heartbeat(threading.Thread):
     """Writes hb/<wid> every `interval` s on its own store connection."""
 
-    def __init__(self, host: str, port: int, wid: int, interval: float):
+    def __init__(self, host: str, port: int, wid: int, interval: float, prefix: str = ""):
         super().__init__(daemon=True, name=f"weft-hb{wid}")
-        self.store = connect(host, port, 30.0)
+        self.store = connect(host, port, 30.0, prefix)
         self.wid, self.interval = wid, interval
         self.stop = threading.Event()
 
@@ -94,6 +109,7 @@ class Membership:
                  hb_timeout: float = 3.0):
         self.store, self.wid = store, wid
         self.pg_timeout, self.join_timeout, self.hb_timeout = pg_timeout, join_timeout, hb_timeout
+        self.standby_timeout = join_timeout / 2  # scale-out's wait for standbys (< join's)
         self.epoch = -1
         self.members: list[int] = []
 
@@ -125,7 +141,14 @@ class Membership:
         # Rendezvous on the store first (bounded by join_timeout: starting processes can be
         # slow); the group itself then uses the short pg_timeout for every collective.
         self.store.set(f"arrived/{epoch}/{self.wid}", "1")
-        self.store.wait([f"arrived/{epoch}/{w}" for w in members], _td(self.join_timeout))
+        deadline = time.monotonic() + self.join_timeout
+        while missing := [w for w in members if not self.store.check([f"arrived/{epoch}/{w}"])]:
+            lost = [w for w in missing if self._dead(w)]
+            if lost or time.monotonic() > deadline:
+                raise MemberLost(f"member(s) {lost or missing} of membership epoch {epoch} "
+                                 + ("died before joining" if lost else
+                                    f"did not join within {self.join_timeout:g} s"))
+            time.sleep(0.01)
         dist.init_process_group("gloo", store=dist.PrefixStore(f"pg/{epoch}/", self.store),
                                 rank=self.rank, world_size=self.world,
                                 timeout=_td(self.pg_timeout))
@@ -149,16 +172,62 @@ class Membership:
             new = list(self.members[:new_world])
             grow = new_world - self.world
             if grow > 0:
-                seq = self.store.add("req_seq", 1)
-                self._set(f"req/{seq}", {"epoch": e, "count": grow})
-                joiners = self._get(f"granted/{e}")
-                if len(joiners) != grow:
-                    raise MembershipError(f"asked for {grow} joiner(s), got {joiners}")
+                joiners = self._take_standbys(grow)
                 new += joiners
                 for w in joiners:
                     self._set(f"assign/{w}", e + 1)
             self._set(f"members/{e + 1}", new)
         return self.join(e + 1)
+
+    # -- standbys and capacity ----------------------------------------------
+    def register_standby(self) -> None:
+        """A warm standby announces itself (after its model is built)."""
+        self._set(f"standby/{self.store.add('standby_seq', 1)}", self.wid)
+        self.store.set(f"ready/{self.wid}", "1")
+
+    def available_standbys(self) -> list[int]:
+        """Registered standbys not yet assigned and alive, in registration order."""
+        out = []
+        for k in range(1, self.store.add("standby_seq", 0) + 1):
+            w = int(self._get(f"standby/{k}"))
+            if not self.store.check([f"assign/{w}"]) and not self._dead(w):
+                out.append(w)
+        return out
+
+    def _take_standbys(self, n: int) -> list[int]:
+        """Up to `n` live standbys, waiting (bounded) for agents to start missing ones."""
+        deadline = time.monotonic() + self.standby_timeout
+        asked = 0
+        while True:
+            avail = self.available_standbys()
+            if len(avail) >= n:
+                return avail[:n]
+            if len(avail) + asked < n:  # ask node agents with a free slot to start more
+                self.store.add("spawn_req", n - len(avail) - asked)
+                asked = n - len(avail)
+            if time.monotonic() > deadline:  # grow by what there is (maybe nothing)
+                log.warning("scale-out wanted %d more worker(s) but only %d standby worker(s) "
+                            "became available within %g s (no free process slot on a live "
+                            "node?)", n, len(avail), self.join_timeout)
+                return avail
+            time.sleep(0.05)
+
+    def _node_alive(self, n: int) -> bool:
+        if not self.store.check([f"nodehb/{n}"]) or self.store.check([f"nodegone/{n}"]):
+            return False
+        return time.time() - float(self.store.get(f"nodehb/{n}")) <= self.hb_timeout
+
+    def capacity(self, max_workers: int) -> int:
+        """Workers the cluster can host now, at most `max_workers`: the members plus every
+        process slot of a live node agent that runs no member nor a starting standby (or,
+        without node agents, as under torchrun, the live warm standbys)."""
+        free = 0
+        for n in range(1, self.store.add("node_seq", 0) + 1):
+            if self.store.check([f"free/{n}"]) and self._node_alive(n):
+                free += int(self.store.get(f"free/{n}"))
+        if not free:
+            free = len(self.available_standbys())
+        return min(max_workers, self.world + free)
 
     # -- failure -----------------------------------------------------------
     def _dead(self, wid: int) -> bool:
@@ -170,17 +239,27 @@ class Membership:
 
     def recover(self) -> tuple[bool, list[int]]:
         """After a failed collective: agree on the survivors and build their group.
-        Returns (this worker stays, wids lost)."""
+        Returns (this worker stays, wids lost).
+
+        The lowest-ranked live survivor decides once every member of the epoch has
+        registered or is known dead (bounded by a deadline); if the decider itself dies
+        before writing, its heartbeat goes stale and the next survivor decides."""
         e, old = self.epoch, list(self.members)
         self.store.set(f"recover/{e}/{self.wid}", "1")
-        if self.store.add(f"decide/{e}", 1) == 1:
-            deadline = time.monotonic() + self.pg_timeout + self.hb_timeout + 2.0
-            while True:
-                alive = [w for w in old if self.store.check([f"recover/{e}/{w}"])]
-                pending = [w for w in old if w not in alive and not self._dead(w)]
-                if not pending or time.monotonic() > deadline:
-                    break
-                time.sleep(0.02)
-            self._set(f"members/{e + 1}", alive)
+        self.store.add(f"decide/{e}", 1)  # tells members still in a collective to give up
+        key = f"members/{e + 1}"
+        deadline = time.monotonic() + self.pg_timeout + self.hb_timeout + 2.0
+        hard = deadline + self.join_timeout
+        while not self.store.check([key]):
+            if time.monotonic() > hard:
+                raise MembershipError(f"no survivor decided membership epoch {e + 1} within "
+                                      f"{self.join_timeout:g} s of the deadline")
+            up = {w for w in old if self.store.check([f"recover/{e}/{w}"])}
+            alive = [w for w in old if w in up and not self._dead(w)]
+            pending = [w for w in old if w not in up and not self._dead(w)]
+            if (not pending or time.monotonic() > deadline) and alive and alive[0] == self.wid:
+                self.store.compare_set(key, "", json.dumps(alive))  # first decision wins
+                break
+            time.sleep(0.02)
         stays = self.join(e + 1, failed=True)
         return stays, [w for w in old if w not in self.members]

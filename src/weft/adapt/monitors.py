@@ -31,8 +31,8 @@ from dataclasses import dataclass, field
 import torch
 
 # Layout of the packed statistics tensor (all summed across ranks).
-N_STATS = 5
-_SQNORM, _LOSS_SUM, _COUNT, _STEP_TIME, _RANKS = range(N_STATS)
+N_STATS = 6
+_SQNORM, _LOSS_SUM, _COUNT, _STEP_TIME, _RANKS, _CAPACITY = range(N_STATS)
 
 
 def noise_scale_terms(sq_small: float, sq_big: float, b_small: float, b_big: float) -> tuple[float, float]:
@@ -73,9 +73,12 @@ def flat_grad(params) -> torch.Tensor:
                       for p in params])
 
 
-def pack(local_sq_norm: float, loss_sum: float, count: int, step_time: float) -> torch.Tensor:
-    """This rank's contribution to the summed statistics tensor."""
-    return torch.tensor([local_sq_norm, loss_sum, float(count), step_time, 1.0], dtype=torch.float64)
+def pack(local_sq_norm: float, loss_sum: float, count: int, step_time: float,
+         capacity: float = 0.0) -> torch.Tensor:
+    """This rank's contribution to the summed statistics tensor (`capacity`: the number of
+    workers the cluster can host now, contributed by rank 0 only, 0 elsewhere)."""
+    return torch.tensor([local_sq_norm, loss_sum, float(count), step_time, 1.0, capacity],
+                        dtype=torch.float64)
 
 
 @dataclass
@@ -106,6 +109,8 @@ class Monitors:
         m = {"loss": r[_LOSS_SUM] / count if count else float("nan"), "samples": count,
              "step_time": r[_STEP_TIME] / n}
         m["throughput"] = count / m["step_time"] if m["step_time"] > 0 else float("nan")
+        if r[_CAPACITY] > 0:
+            m["capacity"] = float(r[_CAPACITY])
         if self.enabled and sq_big is not None and equal_batches and n > 1 and count > n:
             b_small, b_big = count / n, count
             sq_small = r[_SQNORM] / n
@@ -120,7 +125,8 @@ class Monitors:
             m["noise_scale"] = self.tr.get() / ema_g2
         for k, v in self.last.items():  # metrics not measured this step keep their last value
             m.setdefault(k, v)
-        self.last = {k: v for k, v in m.items() if isinstance(v, float) and math.isfinite(v)}
+        self.last = {k: v for k, v in m.items() if isinstance(v, float) and math.isfinite(v)
+                     and k != "capacity"}  # the trainer keeps capacity (it resets on resize)
         return m
 
     def state_dict(self) -> dict:

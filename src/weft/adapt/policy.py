@@ -36,6 +36,7 @@ class Context:
     max_workers: int
     dataset_size: int
     membership: int = 0  # membership epoch (bumps on every resize or failure)
+    capacity: int = 0  # workers the live nodes can host now (0: not measured yet)
 
     @property
     def global_batch(self) -> int:
@@ -197,3 +198,24 @@ class ThroughputScaler(Policy):
             return None
         self.before = tp
         return Resize(ctx.world + 1)
+
+
+@dataclass
+class FollowCapacity(Policy):
+    """Use the machines that are there: when the cluster's capacity (free process slots on
+    live nodes, e.g. a node that just joined) differs from the world size for `patience`
+    consecutive steps, resize to it (within [min_workers, max_workers])."""
+
+    patience: int = 5
+    seen: int = 0
+
+    def on_step(self, metrics, ctx):
+        target = min(max(ctx.capacity, ctx.min_workers), ctx.max_workers)
+        if ctx.capacity <= 0 or target == ctx.world:
+            self.seen = 0
+            return None
+        self.seen += 1
+        if self.seen < self.patience:
+            return None
+        self.seen = 0
+        return Resize(target)

@@ -6,10 +6,13 @@ import os
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from weft.adapt.config import AdaptConfig
-from weft.atomic import save_figure
 from weft.adapt.elastic import run_elastic
 from weft.adapt.rules import load_policy_file
+from weft.adapt.torchrun import run_under_torchrun, under_torchrun
+from weft.atomic import save_figure
 
 _COLORS = {"resize": "tab:green", "switch": "tab:purple", "failure": "tab:red",
            "batch": "tab:orange", "lr": "tab:gray", "rejected": "black"}
@@ -72,12 +75,16 @@ def plot_run(history: list[dict], events: list[dict], path: str | os.PathLike,
 
 def run_adaptive(config: AdaptConfig | dict | None = None, policy_path: str | None = None,
                  policy: Any = None, plot: str | os.PathLike | None = None,
-                 timeout: float = 600.0) -> dict:
+                 timeout: float = 600.0, nodes=None, store=None) -> dict | None:
     """Train with an adaptation policy on local elastic workers; return a report dict.
 
     `policy_path`: a YAML policy file (its `train:` section gives defaults that
     `config` entries override); `policy`: a policy object instead. With `plot`
     a PNG of the loss with resize / switch / failure events is written there.
+    `nodes` (weft.adapt.agent.Nodes) lets other machines join; `store`: an
+    already hosted store (see weft.adapt.agent.open_store). Under torchrun
+    this process is one worker (weft.adapt.torchrun) and only the one that
+    ends as rank 0 returns the report; the others return None.
     """
     settings: dict = {}
     if policy_path is not None:
@@ -87,7 +94,12 @@ def run_adaptive(config: AdaptConfig | dict | None = None, policy_path: str | No
     else:
         cfg = AdaptConfig.from_dict({**settings, **(config or {})},
                                     where=str(policy_path or "config"))
-    out = run_elastic(cfg, policy, timeout=timeout)
+    if under_torchrun():  # this process is one of torchrun's workers
+        out = run_under_torchrun(cfg, policy)
+        if out is None:
+            return None  # only the process that ends as rank 0 reports
+    else:
+        out = run_elastic(cfg, policy, timeout=timeout, nodes=nodes, store=store)
     history, events = merge(out["reports"])
     finals = [r for r in out["reports"].values()
               if r.get("role") != "standby" and not r.get("left") and "accuracy" in r]
@@ -99,6 +111,13 @@ def run_adaptive(config: AdaptConfig | dict | None = None, policy_path: str | No
         "events": events, "history": history, "dead_workers": sorted(out["dead"]),
         "pids": out["pids"],
         "resize_latency_s": [e.get("latency_s") for e in events if e["kind"] == "resize"],
+        # Per process: its role and every membership epoch it was in (same pid = never
+        # restarted); whether the final replicas hold bit-identical parameters.
+        "workers": {w: {"role": r.get("role"), "pid_end": r.get("pid_end"),
+                        "memberships": r.get("memberships", []), "left": r.get("left")}
+                    for w, r in sorted(out["reports"].items())},
+        "replicas_identical": bool(finals) and all(
+            torch.equal(r["params"], finals[0]["params"]) for r in finals),
     }
     if plot is not None and history:
         report["plot"] = str(plot_run(history, events, plot))

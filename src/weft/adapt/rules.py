@@ -8,6 +8,7 @@
       - switch_on_noise: {threshold: 50, to: sgd}
       - adaptive_batch: {min_per_worker: 8, max_per_worker: 64}
       - schedule: {30: 4, 60: 3}
+      - follow_capacity: {patience: 5}   # scale onto nodes that join (weft train --nnodes)
     rules:                      # `when` is an expression over metrics and context
       - when: "step == 40"
         do: {lr: 0.02}
@@ -18,7 +19,7 @@
 Expressions may use numbers, strings, comparisons, and/or/not, + - * /,
 abs/min/max, the metric names (loss, noise_scale, throughput, grad_snr, ...)
 and the context (step, epoch, world, batch_size, global_batch, lr, strategy,
-min_workers, max_workers). A metric not measured yet makes the rule false.
+min_workers, max_workers, capacity). A metric not measured yet makes the rule false.
 """
 
 from __future__ import annotations
@@ -34,10 +35,11 @@ import yaml
 from weft.adapt import actions as A
 from weft.adapt.actions import PolicyError
 from weft.adapt.policy import (AdaptiveBatchSize, Compose, Context, Policy, ScheduleResize,
-                               SwitchOnNoise, ThroughputScaler)
+                               SwitchOnNoise, ThroughputScaler, FollowCapacity)
 
 BUILTINS = {"adaptive_batch": AdaptiveBatchSize, "switch_on_noise": SwitchOnNoise,
-            "schedule": ScheduleResize, "throughput": ThroughputScaler}
+            "schedule": ScheduleResize, "throughput": ThroughputScaler,
+            "follow_capacity": FollowCapacity}
 
 _BIN = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul,
         ast.Div: operator.truediv, ast.Mod: operator.mod}

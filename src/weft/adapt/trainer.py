@@ -26,8 +26,9 @@ from weft.adapt import sync
 from weft.adapt.config import AdaptConfig
 from weft.adapt.monitors import Monitors, pack
 from weft.adapt.policy import Context, as_actions, to_policy
-from weft.adapt.sharding import EpochSharder
 from weft.adapt.guard import GuardedCommunicator, PeerFailure
+from weft.adapt.membership import MemberLost
+from weft.adapt.sharding import EpochSharder
 from weft.collectives.communicator import TorchCommunicator
 
 log = logging.getLogger("weft.adapt")
@@ -36,7 +37,7 @@ MAX_RECOVERIES = 8
 
 def is_comm_failure(exc: BaseException) -> bool:
     """A collective or store failed (a peer died or timed out), not a bug in the model."""
-    if isinstance(exc, (PeerFailure, getattr(dist, "DistError", PeerFailure))):
+    if isinstance(exc, (PeerFailure, MemberLost, getattr(dist, "DistError", PeerFailure))):
         return True
     msg = str(exc).lower()
     return isinstance(exc, RuntimeError) and any(
@@ -63,6 +64,7 @@ class Trainer:
         self.samples: list[tuple[int, list[int]]] = []
         self.memberships: list[dict] = []
         self.metrics: dict = {}
+        self.capacity = 0  # workers the live nodes can host; 0 = unknown (after a resize)
         self.snap: dict | None = None
         self.resize_started: float | None = None
         self.left = False
@@ -102,6 +104,7 @@ class Trainer:
         self.load(copy.deepcopy(obj[0]) if self.mem.rank == src else obj[0])
 
     def _entered(self, why: str) -> None:
+        self.capacity = 0  # re-measured at the next step
         e, store = self.mem.epoch, self.mem.store
         self.comm = GuardedCommunicator(lambda: store.check([f"decide/{e}"]), self.cfg.pg_timeout)
         self.memberships.append({"epoch": self.mem.epoch, "rank": self.mem.rank,
@@ -117,7 +120,7 @@ class Trainer:
     def context(self) -> Context:
         return Context(self.step, self.epoch, self.mem.world, self.batch_size, self.lr,
                        self.strategy.name, self.cfg.min_workers, self.cfg.max_workers,
-                       len(self.x), self.mem.epoch)
+                       len(self.x), self.mem.epoch, self.capacity)
 
     # -- one step --------------------------------------------------------
     def train_step(self) -> None:
@@ -135,11 +138,18 @@ class Trainer:
             loss_sum = float(loss.detach())
         measure = self.cfg.monitor and (self.strategy.name == "sgd"
                                         or self.step % self.cfg.noise_every == 0)
-        stats = pack(0.0, loss_sum, len(idx), self.last_step_time)
+        cap = 0.0
+        if rank == 0 and self.cfg.capacity_every and (
+                self.capacity == 0 or self.step % self.cfg.capacity_every == 0):
+            cap = float(self.mem.capacity(self.cfg.max_workers))
+        stats = pack(0.0, loss_sum, len(idx), self.last_step_time, cap)
         reduced, sq_big = self.strategy.apply(self.params, self.opt, self.comm, len(idx) / total,
                                               stats, measure)
         equal = total == world * self.batch_size
         self.metrics = self.monitors.update(reduced, sq_big, equal)
+        self.capacity = int(self.metrics.get("capacity", self.capacity))
+        if self.capacity:
+            self.metrics["capacity"] = float(self.capacity)
         if self.cfg.log_samples:
             self.samples.append((self.epoch, idx.tolist()))
         self.consumed += total
@@ -200,14 +210,23 @@ class Trainer:
             return
         self._entered("resize")
         self.broadcast_state(0)
-        self.event("resize", f"{old} -> {n} workers", old=old, new=n,
-                   resize_s=time.time() - t0)
+        got = self.mem.world
+        self.event("resize", f"{old} -> {got} workers" + (f" (asked {n})" if got != n else ""),
+                   old=old, new=got, asked=n, resize_s=time.time() - t0)
         self.resize_started = (t0, len(self.events) - 1)
 
     def recover(self, exc: BaseException) -> None:
-        t0, old = time.time(), self.mem.world
+        t0, old, before = time.time(), self.mem.world, list(self.mem.members)
         self.strategy.reset()
-        stays, lost = self.mem.recover()
+        for attempt in range(MAX_RECOVERIES):  # a member may die while the group re-forms
+            try:
+                stays, _ = self.mem.recover()
+                break
+            except Exception as again:  # noqa: BLE001 - classified below
+                if not is_comm_failure(again) or attempt == MAX_RECOVERIES - 1:
+                    raise
+                log.warning("worker %d: recovery interrupted (%s); trying again", self.wid, again)
+        lost = [w for w in before if w not in self.mem.members]
         if not stays:
             raise RuntimeError(f"worker {self.wid} was dropped from the group after: {exc}")
         self._entered("failure")

@@ -1,0 +1,249 @@
+"""Node agents: one per machine, each starting that machine's workers and warm standbys.
+
+Every machine runs the same command (as with torchrun)::
+
+    weft train --policy P --nnodes MIN:MAX --nproc-per-node K --rdzv-endpoint HOST:PORT
+
+The agent that binds HOST:PORT hosts the c10d TCPStore and is the *host*: it
+publishes the job (config and policy), waits for MIN nodes, places the
+initial workers on them and, when the job is done, collects every worker's
+report. Every agent, the host's included:
+
+- registers (`node/<n>`), heart-beats (`nodehb/<n>`) and publishes its process
+  slots that run no member and no still-starting standby (`free/<n>`), which
+  policies see as `capacity`;
+- starts its initial workers (`start/<n>`) and keeps its free slots filled with
+  warm standbys (at most `standby` per node when that is set);
+- claims on-demand spawn requests (`spawn_req`) while it has a free slot;
+- announces a local worker that died (`dead/<wid>` = exit code);
+- stops when the job shuts down (or aborts), then sets `agent_done/<n>`.
+
+A node may join while the job runs (up to MAX nodes): its slots add capacity
+and a policy (e.g. `FollowCapacity`) scales out onto them; nobody restarts.
+A node that dies takes its workers with it (they die with their agent); the
+survivors detect it and re-form their group. The host node must stay: it
+holds the store, as torchrun's c10d rendezvous host does.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing as mp
+import pickle
+import socket
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch.distributed as dist
+
+from weft.errors import LaunchError
+
+log = logging.getLogger("weft.adapt")
+
+
+@dataclass(frozen=True)
+class Nodes:
+    """Multi-machine settings: MIN:MAX nodes, process slots per node, the store endpoint."""
+
+    min_nodes: int = 1
+    max_nodes: int = 1
+    nproc_per_node: int | None = None  # default: max_workers (one machine hosts them all)
+    endpoint: tuple[str, int] | None = None  # default: 127.0.0.1 and a free port
+
+    def __post_init__(self):
+        if not 1 <= self.min_nodes <= self.max_nodes:
+            raise LaunchError(f"--nnodes {self.min_nodes}:{self.max_nodes}: need 1 <= MIN <= MAX")
+        if self.nproc_per_node is not None and self.nproc_per_node < 1:
+            raise LaunchError(f"--nproc-per-node {self.nproc_per_node}: must be >= 1")
+
+
+def parse_nnodes(text: str) -> tuple[int, int]:
+    try:
+        lo, _, hi = text.partition(":")
+        lo_i, hi_i = int(lo), int(hi or lo)
+    except ValueError:
+        raise LaunchError(f"--nnodes {text!r}: expected N or MIN:MAX") from None
+    return lo_i, hi_i
+
+
+def parse_endpoint(text: str, default_port: int = 29400) -> tuple[str, int]:
+    host, _, port = text.rpartition(":") if ":" in text else (text, "", "")
+    try:
+        return host or "127.0.0.1", int(port) if port else default_port
+    except ValueError:
+        raise LaunchError(f"--rdzv-endpoint {text!r}: expected HOST:PORT") from None
+
+
+def _is_local(host: str) -> bool:
+    try:
+        addr = socket.gethostbyname(host)
+    except OSError:
+        return False
+    if addr.startswith("127.") or host in ("localhost", socket.gethostname()):
+        return True
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.bind((addr, 0))
+        return True
+    except OSError:
+        return False
+
+
+def open_store(endpoint: tuple[str, int] | None, timeout: float) -> tuple[dist.TCPStore, bool]:
+    """(store, is_host): host the store if the endpoint is this machine's and free."""
+    import datetime
+
+    td = datetime.timedelta(seconds=timeout)
+    if endpoint is None:
+        return dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False,
+                             timeout=td), True
+    host, port = endpoint
+    if _is_local(host):
+        try:
+            return dist.TCPStore(host, port, is_master=True, wait_for_workers=False,
+                                 timeout=td), True
+        except Exception:  # noqa: BLE001 - port taken: another agent hosts it
+            pass
+    try:
+        return dist.TCPStore(host, port, is_master=False, timeout=td), False
+    except Exception as exc:  # noqa: BLE001
+        raise LaunchError(f"cannot reach the job's store at {host}:{port} within "
+                          f"{timeout:g} s: {exc}") from None
+
+
+class NodeAgent:
+    """Starts and watches the worker processes of one machine."""
+
+    def __init__(self, store: dist.TCPStore, host: str, port: int, slots: int | None):
+        self.store, self.host, self.port = store, host, port
+        store.wait(["job"])
+        self.cfg, self.policy = pickle.loads(store.get("job"))
+        self.slots = slots or self.cfg.max_workers
+        self.max_nodes = int(store.get("max_nodes"))
+        self.node = store.add("node_seq", 1)
+        if self.node > self.max_nodes:
+            store.set(f"nodegone/{self.node}", "1")
+            raise LaunchError(f"the job already has its maximum of {self.max_nodes} node(s)")
+        store.set(f"node/{self.node}", json.dumps({"host": socket.gethostname(),
+                                                   "slots": self.slots}))
+        self.ctx = mp.get_context("spawn")
+        self.procs: dict[int, Any] = {}
+        self.active: set[int] = set()
+        self.standby: set[int] = set()
+        self.ready: set[int] = set()  # standbys that are warm (model built, registered)
+        self.dead: dict[int, int] = {}
+        self.started = False
+        self._beat = 0.0
+        self._free = None
+        self.beat()
+
+    def beat(self) -> None:
+        now = time.time()
+        if now - self._beat >= min(0.5, self.cfg.heartbeat):
+            self.store.set(f"nodehb/{self.node}", repr(now))
+            self._beat = now
+        starting = sum(1 for w in self.standby if w not in self.ready)
+        self.ready.update(w for w in self.standby if w not in self.ready
+                          and self.store.check([f"ready/{w}"]))
+        free = max(0, self.slots - len(self.active) - starting)
+        if free != self._free:
+            self.store.set(f"free/{self.node}", str(free))
+            self._free = free
+
+    def spawn(self, wid: int, standby: bool) -> None:
+        from weft.adapt.elastic import _child
+
+        p = self.ctx.Process(target=_child, name=f"weft-adapt{wid}", daemon=False,
+                             args=(self.cfg, self.policy, wid, self.host, self.port, standby))
+        p.start()
+        self.procs[wid] = p
+        (self.standby if standby else self.active).add(wid)
+
+    def new_standby(self) -> None:
+        self.spawn(self.store.add("wid_seq", 1) - 1, True)
+
+    def start(self) -> None:
+        key = f"start/{self.node}"
+        wids = json.loads(self.store.get(key)) if self.store.check([key]) else []
+        for w in wids:
+            self.spawn(w, False)
+        self.started = True
+
+    def poll(self, stopping: bool) -> None:
+        """One round of watching: deaths, assignments, pool refill, spawn requests."""
+        s = self.store
+        if not self.started and s.check(["started"]):
+            self.start()
+        for wid, p in list(self.procs.items()):
+            if p.exitcode is None:
+                continue
+            if p.exitcode != 0 and not s.check([f"report/{wid}"]):
+                self.dead[wid] = p.exitcode
+                s.set(f"dead/{wid}", str(p.exitcode))
+                log.warning("worker %d (pid %d) died with exit code %s", wid, p.pid, p.exitcode)
+            self.active.discard(wid)
+            self.standby.discard(wid)
+            del self.procs[wid]
+        for wid in [w for w in self.standby if s.check([f"assign/{w}"])]:
+            self.standby.discard(wid)
+            self.active.add(wid)
+        self.beat()
+        if stopping or not self.started:
+            return
+        free = self.slots - len(self.active) - len(self.standby)
+        cap = self.slots if self.cfg.standby is None else self.cfg.standby
+        for _ in range(min(free, cap - len(self.standby))):
+            self.new_standby()
+            free -= 1
+        while free > 0 and s.add("spawn_claimed", 0) < s.add("spawn_req", 0):
+            if s.add("spawn_claimed", 1) > s.add("spawn_req", 0):
+                s.add("spawn_claimed", -1)
+                break
+            self.new_standby()
+            free -= 1
+
+    def stop(self, kill: bool = False, wait: float = 30.0) -> None:
+        deadline = time.monotonic() + (0 if kill else wait)
+        for p in self.procs.values():
+            p.join(timeout=max(0.0, deadline - time.monotonic()))
+        for p in self.procs.values():
+            if p.is_alive():
+                p.terminate()
+        for p in self.procs.values():
+            p.join(timeout=5)
+            if p.is_alive():
+                p.kill()
+                p.join(timeout=5)
+        self.poll(stopping=True)
+        self.store.set(f"agent_done/{self.node}", "1")
+
+    def run_until_shutdown(self, poll: float = 0.02) -> None:
+        """Serve until the host says shutdown (then let children finish) or abort."""
+        try:
+            while True:
+                if self.store.check(["abort"]):
+                    self.stop(kill=True)
+                    raise LaunchError("the job was aborted by its host (a worker failed)")
+                if self.store.check(["shutdown"]):
+                    self.stop()
+                    return
+                self.poll(stopping=False)
+                time.sleep(poll)
+        except (RuntimeError, OSError) as exc:  # store gone: the host died or finished
+            if isinstance(exc, LaunchError):
+                raise
+            self.stop(kill=True)
+            raise LaunchError(f"node {self.node}: lost the job's store ({exc})") from None
+
+
+def join_elastic(store: dist.TCPStore, endpoint: tuple[str, int],
+                 nproc_per_node: int | None = None) -> int:
+    """A non-host machine: serve the job whose store is `store` (at `endpoint`) until it
+    ends. Returns this node's number."""
+    agent = NodeAgent(store, endpoint[0], endpoint[1], nproc_per_node)
+    log.info("node %d joined the job at %s:%d with %d slot(s)", agent.node, *endpoint,
+             agent.slots)
+    agent.run_until_shutdown()
+    return agent.node
