@@ -36,8 +36,12 @@ def test_resize_inside_torchrun_without_restarting(tmp_path):
     policy.write_text("train: {workers: 2, max_workers: 3, epochs: 1, hidden: 32}\n"
                       "policies:\n  - schedule: {10: 3, 25: 2}\n")
     out = tmp_path / "report.json"
+    port = _free_port()
+    # An elastic torchrun job (MIN:MAX nodes) that got one node: weft resizes inside it.
     proc = subprocess.run(
-        TORCHRUN + ["--standalone", "--nproc-per-node=3", "--max-restarts=0", "-m", "weft.cli",
+        TORCHRUN + ["--nnodes=1:2", "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}",
+                    f"--rdzv-id=weft{port}", "--rdzv-conf=last_call_timeout=1",
+                    "--nproc-per-node=3", "--max-restarts=0", "-m", "weft.cli",
                     "train", "--policy", str(policy), "--json", str(out),
                     "--plot", str(tmp_path / "loss.png")],
         env=_env(), capture_output=True, text=True, timeout=240)
