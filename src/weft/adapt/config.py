@@ -75,6 +75,11 @@ class AdaptConfig:
              "kill", "must be [step, wid]")
 
     @property
+    def hb_timeout(self) -> float:
+        """Seconds without a heartbeat after which a worker or node counts as dead."""
+        return max(3.0, 6 * self.heartbeat)
+
+    @property
     def pool_size(self) -> int:
         return self.max_workers - self.workers if self.standby is None else self.standby
 

@@ -67,7 +67,7 @@ def worker_main(cfg: AdaptConfig, policy: Any, wid: int, host: str, port: int,
     train, test = digits(flat=cfg.model == "mlp")
     model = build_model(cfg)
     mem = Membership(store, wid, cfg.pg_timeout, cfg.join_timeout,
-                     hb_timeout=max(3.0, 6 * cfg.heartbeat))
+                     hb_timeout=cfg.hb_timeout)
     trainer = Trainer(cfg, model, train, policy, mem, wid)
     report = {"wid": wid, "pid": os.getpid(), "role": "standby" if standby else "worker"}
     store.set(f"pid/{wid}", str(os.getpid()))
@@ -214,6 +214,7 @@ def run_elastic(cfg: AdaptConfig, policy: Any = None, timeout: float = 600.0,
 
 
 def _alive(store, node: int, cfg: AdaptConfig) -> bool:
-    if not store.check([f"nodehb/{node}"]):
-        return False
-    return time.time() - float(store.get(f"nodehb/{node}")) < max(3.0, 6 * cfg.heartbeat)
+    from weft.adapt.membership import beat_age
+
+    age = beat_age(store, f"nodehb/{node}")
+    return age is not None and age < cfg.hb_timeout

@@ -61,6 +61,13 @@ def connect(host: str, port: int, timeout: float, prefix: str = "") -> dist.Stor
     return dist.PrefixStore(prefix, store) if prefix else store
 
 
+def beat_age(store: dist.Store, key: str) -> float | None:
+    """Seconds since the heartbeat under `key` (None: it never beat)."""
+    if not store.check([key]):
+        return None
+    return time.time() - float(store.get(key))
+
+
 class Heartbeat(threading.Thread):
     """Writes hb/<wid> every `interval` s on its own store connection."""
 
@@ -213,9 +220,9 @@ class Membership:
             time.sleep(0.05)
 
     def _node_alive(self, n: int) -> bool:
-        if not self.store.check([f"nodehb/{n}"]) or self.store.check([f"nodegone/{n}"]):
-            return False
-        return time.time() - float(self.store.get(f"nodehb/{n}")) <= self.hb_timeout
+        age = beat_age(self.store, f"nodehb/{n}")
+        return age is not None and age <= self.hb_timeout and not self.store.check(
+            [f"nodegone/{n}"])
 
     def capacity(self, max_workers: int) -> int:
         """Workers the cluster can host now, at most `max_workers`: the members plus every
@@ -233,9 +240,8 @@ class Membership:
     def _dead(self, wid: int) -> bool:
         if self.store.check([f"dead/{wid}"]):
             return True
-        if not self.store.check([f"hb/{wid}"]):
-            return False
-        return time.time() - float(self.store.get(f"hb/{wid}")) > self.hb_timeout
+        age = beat_age(self.store, f"hb/{wid}")
+        return age is not None and age > self.hb_timeout
 
     def recover(self) -> tuple[bool, list[int]]:
         """After a failed collective: agree on the survivors and build their group.

@@ -58,6 +58,7 @@ def run_under_torchrun(cfg: AdaptConfig, policy: Any, finish_timeout: float = 60
 
 
 def _gone(store, wid: int, cfg: AdaptConfig) -> bool:
-    if not store.check([f"hb/{wid}"]):
-        return False
-    return time.time() - float(store.get(f"hb/{wid}")) > max(3.0, 6 * cfg.heartbeat)
+    from weft.adapt.membership import beat_age
+
+    age = beat_age(store, f"hb/{wid}")
+    return age is not None and age > cfg.hb_timeout
