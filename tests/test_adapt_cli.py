@@ -27,3 +27,15 @@ def test_merge_and_plot(tmp_path):
     assert [x["step"] for x in history] == list(range(1, 10)) and events == [ev]
     out = plot_run(history, events, tmp_path / "loss.png")
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bad_node_options_are_clear_cli_errors(tmp_path, capsys):
+    policy = tmp_path / "p.yaml"
+    policy.write_text("policies: []\n")
+    cases = [(["--nnodes", "1:2"], "needs --rdzv-endpoint HOST:PORT"),
+             (["--nnodes", "x"], "expected N or MIN:MAX"),
+             (["--nnodes", "3:2", "--rdzv-endpoint", "127.0.0.1:1"], "1 <= MIN <= MAX"),
+             (["--rdzv-endpoint", "127.0.0.1:abc"], "expected HOST:PORT")]
+    for extra, msg in cases:
+        assert main(["train", "--policy", str(policy), *extra]) == 2
+        assert msg in capsys.readouterr().err
