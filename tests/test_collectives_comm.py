@@ -59,6 +59,40 @@ def test_weft_communicator_ops():
     assert res[1]["reduce"] == [3] * 7
 
 
+def _background():
+    import time
+
+    from weft.collectives import WeftCommunicator
+
+    n, me = dist.get_world_size(), dist.get_rank()
+    comm = WeftCommunicator(f"ring:{n}", algorithm="packing", chunk_bytes=4096)
+    xs = [torch.arange(5000 * (i + 1), dtype=torch.float32) * (me + 1) + i for i in range(3)]
+    refs = [x.clone() for x in xs]
+    for r in refs:
+        dist.all_reduce(r)
+    works = [comm.all_reduce(x, async_op=True) for x in xs]
+    b = torch.full((3000,), float(me))
+    works.append(comm.broadcast(b, src=n - 1, async_op=True))
+    # never wait(): the communication thread alone must finish them (the deadline only
+    # keeps a broken implementation from hanging the test)
+    deadline = time.monotonic() + 60
+    while not all(w.is_completed() for w in works) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    done = [w.is_completed() for w in works]
+    equal = [torch.equal(x, r) for x, r in zip(xs, refs)] + [bool((b == n - 1).all())]
+    fut = comm.all_reduce(torch.ones(10), op="avg", async_op=True).get_future()
+    avg = fut.wait().tolist()
+    comm.close()
+    return done, equal, avg
+
+
+def test_async_collectives_progress_without_wait():
+    for done, equal, avg in launch(_background, 3, timeout=90):
+        assert done == [True] * 4
+        assert equal == [True] * 4
+        assert avg == [1.0] * 10
+
+
 def _ddp():
     from torch.nn.parallel import DistributedDataParallel as DDP
 
