@@ -93,6 +93,50 @@ def test_async_collectives_progress_without_wait():
         assert avg == [1.0] * 10
 
 
+def _measured():
+    from weft.collectives import WeftCommunicator, autotune
+    from weft.collectives.schedule import check
+
+    n, me = dist.get_world_size(), dist.get_rank()
+    comm = WeftCommunicator(f"ring:{n}", measure=True)
+    calls = []
+    make = comm._measure
+
+    def counting(*a):
+        timed = make(*a)
+        return lambda c: calls.append(c.algorithm) or timed(c)
+
+    comm._measure = counting
+    x = torch.arange(30000, dtype=torch.float32) * (me + 1)
+    ref = x.clone()
+    dist.all_reduce(ref)
+    comm.all_reduce(x)
+    first = len(calls)
+    y = torch.arange(30001, dtype=torch.float32) - me  # same size bucket: cached choice
+    ref2 = y.clone()
+    dist.all_reduce(ref2)
+    comm.all_reduce(y)
+    key = [k for k in autotune._CHOICES if k[1] == "allreduce" and k[-1] is False]
+    chosen = autotune._CHOICES[key[0]]
+    check(chosen.schedule)
+    model_top = autotune.ranked(comm.fabric, "allreduce", 30000 * 4, 0, comm.params)[:3]
+    return dict(equal=[torch.equal(x, ref), torch.equal(y, ref2)], first=first,
+                calls=len(calls), keys=len(key), history=[h[2:] for h in comm.history],
+                chosen=(chosen.algorithm, chosen.chunk_bytes),
+                in_top=(chosen.algorithm, chosen.chunk_bytes) in
+                [(c.algorithm, c.chunk_bytes) for c in model_top])
+
+
+def test_measured_autotune_choice_is_cached_valid_and_correct():
+    res = launch(_measured, 3, timeout=90)
+    for o in res:
+        assert o["equal"] == [True, True]
+        assert o["first"] == 3 and o["calls"] == 3  # the model's top 3 timed once, then cached
+        assert o["keys"] == 1 and o["in_top"]
+        assert o["history"] == [o["chosen"]] * 2  # both calls ran the measured choice
+    assert len({tuple(o["chosen"]) for o in res}) == 1  # every rank chose the same
+
+
 def _ddp():
     from torch.nn.parallel import DistributedDataParallel as DDP
 
