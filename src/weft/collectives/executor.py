@@ -97,6 +97,11 @@ class _Run:
                     stages.setdefault(s, []).append(((s * width + i) * p + piece, t))
                 self.streams[piece].append(((a, b), [(s, stages[s]) for s in sorted(stages)]))
         self.horizon = p + schedule.nsteps
+        self.free: dict[int, list] = {}  # scratch buffers by length, reused (no page faults)
+
+    def _scratch(self, numel: int) -> torch.Tensor:
+        bufs = self.free.get(numel)
+        return bufs.pop() if bufs else torch.empty(numel, dtype=self.flat.dtype)
 
     def _post(self, rng, stage):
         a, b = rng
@@ -109,7 +114,7 @@ class _Run:
                 works.append(dist.isend(_bytes(flat[a:b]), self.glob(t.dst), group=self.group,
                                         tag=tag))
             elif t.reduce or sends:
-                buf = torch.empty(b - a, dtype=flat.dtype)
+                buf = self._scratch(b - a)
                 works.append(dist.irecv(_bytes(buf), self.glob(t.src), group=self.group, tag=tag))
                 after.append((t.reduce, buf))
             else:
@@ -140,6 +145,7 @@ class _Run:
                         _add(self.flat[a:b], buf)
                     else:
                         self.flat[a:b].copy_(buf)
+                    self.free.setdefault(buf.numel(), []).append(buf)
                 if k + 1 < len(stages):
                     post(piece, rng, stages, k + 1)
             due[now] = []
