@@ -31,6 +31,10 @@ import torch.distributed as dist  # noqa: E402
 # against DGX-1-mesh runs with the jumbo-MTU fixture (see docs/collectives.md).
 CPU_PARAMS = dict(alpha=10e-6, reduce_bw=0.5e9, step_overhead=20e-6, cores=float(os.cpu_count()),
                   link_efficiency=0.97)
+# Loopback: every byte is copied through the kernel by the two cores, so the
+# "network" is a star (each rank's copy rate, ~2 GB/s) with a large per-message cost.
+LOOPBACK_PARAMS = dict(alpha=300e-6, reduce_bw=2e9, step_overhead=100e-6,
+                       cores=float(os.cpu_count()), link_efficiency=1.0)
 OPS = {"broadcast": "broadcast", "allreduce": "allreduce"}
 
 
@@ -46,12 +50,12 @@ def _time(fn, reps):
     return statistics.median(out)
 
 
-def plan(fabric, ops, sizes, algs) -> dict:
+def plan(fabric, ops, sizes, algs, params=None) -> dict:
     """Choose schedules and chunks once, in the parent (the ranks would all repeat it)."""
     from weft.collectives.autotune import ranked
     from weft.collectives.costmodel import CostParams, lower_bound
 
-    params = CostParams(**CPU_PARAMS)
+    params = CostParams(**(params or CPU_PARAMS))
     out = {}
     for op in ops:
         for size in sizes:
@@ -99,11 +103,11 @@ def rank_bench(plan_file: str, ops: list, sizes: list, reps: int, algs: list) ->
     return rows
 
 
-def _write_plan(fabric, args, algs, tmpdir) -> str:
+def _write_plan(fabric, args, algs, tmpdir, params=None) -> str:
     import pickle
 
     path = os.path.join(tmpdir, "plan.pkl")
-    Path(path).write_bytes(pickle.dumps(plan(fabric, args.ops, args.sizes, algs)))
+    Path(path).write_bytes(pickle.dumps(plan(fabric, args.ops, args.sizes, algs, params)))
     return path
 
 
@@ -128,7 +132,7 @@ def _netns_rows(shape: str, args) -> list[dict]:
 
 def _loopback_rows(args) -> list[dict]:
     from weft.launch import launch
-    from weft.topology import full_mesh
+    from weft.collectives.shapes import star_slow
 
     import tempfile
 
@@ -136,7 +140,8 @@ def _loopback_rows(args) -> list[dict]:
 
     n = args.loopback_ranks
     with tempfile.TemporaryDirectory() as tmp:
-        pf = _write_plan(Fabric(full_mesh(n, bandwidth=2e9)), args, ["auto"], tmp)
+        star = Fabric(star_slow(n, fast=2e9, slow=2e9), [f"h{i}" for i in range(n)])
+        pf = _write_plan(star, args, ["auto"], tmp, LOOPBACK_PARAMS)
         rows = launch(rank_bench, n, args=(pf, args.ops, args.sizes, args.reps, ["auto"]),
                       timeout=600)[0]
     for r in rows:

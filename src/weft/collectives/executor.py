@@ -13,6 +13,7 @@ bit-identical values.
 from __future__ import annotations
 
 import datetime
+import threading
 
 import torch
 import torch.distributed as dist
@@ -21,6 +22,17 @@ from weft.collectives.costmodel import pieces_for
 from weft.collectives.schedule import Schedule, segment_range, split_points
 
 DEFAULT_CHUNK = 1 << 20
+POOL_BYTES = 256 << 20  # scratch kept between calls, per thread
+_POOL = threading.local()
+
+
+def _pool(dtype) -> dict:
+    """This thread's reusable receive buffers for `dtype`, by length: fresh ones
+    cost page faults and zeroing on every call, as much as the copy itself."""
+    pools = getattr(_POOL, "by_dtype", None)
+    if pools is None:
+        pools = _POOL.by_dtype = {}
+    return pools.setdefault(dtype, {})
 
 
 def _bytes(t: torch.Tensor) -> torch.Tensor:
@@ -97,7 +109,7 @@ class _Run:
                     stages.setdefault(s, []).append(((s * width + i) * p + piece, t))
                 self.streams[piece].append(((a, b), [(s, stages[s]) for s in sorted(stages)]))
         self.horizon = p + schedule.nsteps
-        self.free: dict[int, list] = {}  # scratch buffers by length, reused (no page faults)
+        self.free: dict[int, list] = _pool(flat.dtype)  # scratch buffers by length
 
     def _scratch(self, numel: int) -> torch.Tensor:
         bufs = self.free.get(numel)
@@ -149,3 +161,6 @@ class _Run:
                 if k + 1 < len(stages):
                     post(piece, rng, stages, k + 1)
             due[now] = []
+        kept = sum(b.numel() * b.element_size() for bufs in self.free.values() for b in bufs)
+        if kept > POOL_BYTES:
+            self.free.clear()
