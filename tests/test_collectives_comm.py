@@ -120,11 +120,11 @@ def _measured():
     chosen = autotune._CHOICES[key[0]]
     check(chosen.schedule)
     model_top = autotune.ranked(comm.fabric, "allreduce", 30000 * 4, 0, comm.params)[:3]
-    return dict(equal=[torch.equal(x, ref), torch.equal(y, ref2)], first=first,
-                calls=len(calls), keys=len(key), history=[h[2:] for h in comm.history],
-                chosen=(chosen.algorithm, chosen.chunk_bytes),
-                in_top=(chosen.algorithm, chosen.chunk_bytes) in
-                [(c.algorithm, c.chunk_bytes) for c in model_top])
+    return {"equal": [torch.equal(x, ref), torch.equal(y, ref2)], "first": first,
+            "calls": len(calls), "keys": len(key), "history": [h[2:] for h in comm.history],
+            "chosen": (chosen.algorithm, chosen.chunk_bytes),
+            "in_top": (chosen.algorithm, chosen.chunk_bytes) in
+            [(c.algorithm, c.chunk_bytes) for c in model_top]}
 
 
 def test_measured_autotune_choice_is_cached_valid_and_correct():

@@ -108,7 +108,7 @@ def _columns(fabric: Fabric, root: int, mode: str, max_iter: int):
     cols = [_usage(fabric, trees[0], mode)]
     seen = {tuple(sorted(trees[0].items()))}
     for _ in range(max_iter):
-        x, y, val = _solve(cols, links, caps)
+        _, y, _ = _solve(cols, links, caps)
         price = {e: y[i] for i, e in enumerate(links)}
         t = _arborescence(fabric, root, price, mode)
         use = _usage(fabric, t, mode)
@@ -119,7 +119,7 @@ def _columns(fabric: Fabric, root: int, mode: str, max_iter: int):
         seen.add(key)
         trees.append(t)
         cols.append(use)
-    x, _, opt = _solve(cols, links, caps)
+    _, _, opt = _solve(cols, links, caps)
     shallow = _shallowest(fabric, root, mode, links, caps, trees, cols, opt)
     _POOLS[pool_key] = (links, caps, scale, tuple(trees), tuple(cols), shallow)
     return _POOLS[pool_key]
