@@ -187,7 +187,7 @@ def _milp_tree(fabric: Fabric, root: int, price: dict, mode: str, limit: int):
             a[i, j] = v
     res = milp(np.array([cost[p, c] for p, c, _ in var]),
                constraints=[LinearConstraint(a, lo, hi)], integrality=np.ones(len(var)),
-               bounds=Bounds(0, 1), options={"time_limit": 2.0})
+               bounds=Bounds(0, 1), options={"node_limit": 5000})  # deterministic
     if res.x is None:
         return None
     return {c: p for j, (p, c, _) in enumerate(var) if res.x[j] > 0.5}
