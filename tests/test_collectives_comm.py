@@ -59,6 +59,84 @@ def test_weft_communicator_ops():
     assert res[1]["reduce"] == [3] * 7
 
 
+def _background():
+    import time
+
+    from weft.collectives import WeftCommunicator
+
+    n, me = dist.get_world_size(), dist.get_rank()
+    comm = WeftCommunicator(f"ring:{n}", algorithm="packing", chunk_bytes=4096)
+    xs = [torch.arange(5000 * (i + 1), dtype=torch.float32) * (me + 1) + i for i in range(3)]
+    refs = [x.clone() for x in xs]
+    for r in refs:
+        dist.all_reduce(r)
+    works = [comm.all_reduce(x, async_op=True) for x in xs]
+    b = torch.full((3000,), float(me))
+    works.append(comm.broadcast(b, src=n - 1, async_op=True))
+    # never wait(): the communication thread alone must finish them (the deadline only
+    # keeps a broken implementation from hanging the test)
+    deadline = time.monotonic() + 60
+    while not all(w.is_completed() for w in works) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    done = [w.is_completed() for w in works]
+    equal = [torch.equal(x, r) for x, r in zip(xs, refs)] + [bool((b == n - 1).all())]
+    fut = comm.all_reduce(torch.ones(10), op="avg", async_op=True).get_future()
+    avg = fut.wait().tolist()
+    comm.close()
+    return done, equal, avg
+
+
+def test_async_collectives_progress_without_wait():
+    for done, equal, avg in launch(_background, 3, timeout=90):
+        assert done == [True] * 4
+        assert equal == [True] * 4
+        assert avg == [1.0] * 10
+
+
+def _measured():
+    from weft.collectives import WeftCommunicator, autotune
+    from weft.collectives.schedule import check
+
+    n, me = dist.get_world_size(), dist.get_rank()
+    comm = WeftCommunicator(f"ring:{n}", measure=True)
+    calls = []
+    make = comm._measure
+
+    def counting(*a):
+        timed = make(*a)
+        return lambda c: calls.append(c.algorithm) or timed(c)
+
+    comm._measure = counting
+    x = torch.arange(30000, dtype=torch.float32) * (me + 1)
+    ref = x.clone()
+    dist.all_reduce(ref)
+    comm.all_reduce(x)
+    first = len(calls)
+    y = torch.arange(30001, dtype=torch.float32) - me  # same size bucket: cached choice
+    ref2 = y.clone()
+    dist.all_reduce(ref2)
+    comm.all_reduce(y)
+    key = [k for k in autotune._CHOICES if k[1] == "allreduce" and k[-1] is False]
+    chosen = autotune._CHOICES[key[0]]
+    check(chosen.schedule)
+    model_top = autotune.ranked(comm.fabric, "allreduce", 30000 * 4, 0, comm.params)[:3]
+    return {"equal": [torch.equal(x, ref), torch.equal(y, ref2)], "first": first,
+            "calls": len(calls), "keys": len(key), "history": [h[2:] for h in comm.history],
+            "chosen": (chosen.algorithm, chosen.chunk_bytes),
+            "in_top": (chosen.algorithm, chosen.chunk_bytes) in
+            [(c.algorithm, c.chunk_bytes) for c in model_top]}
+
+
+def test_measured_autotune_choice_is_cached_valid_and_correct():
+    res = launch(_measured, 3, timeout=90)
+    for o in res:
+        assert o["equal"] == [True, True]
+        assert o["first"] == 3 and o["calls"] == 3  # the model's top 3 timed once, then cached
+        assert o["keys"] == 1 and o["in_top"]
+        assert o["history"] == [o["chosen"]] * 2  # both calls ran the measured choice
+    assert len({tuple(o["chosen"]) for o in res}) == 1  # every rank chose the same
+
+
 def _ddp():
     from torch.nn.parallel import DistributedDataParallel as DDP
 

@@ -186,3 +186,32 @@ def test_bad_fabrics_are_refused():
         Fabric(t, ["gpu0", "gpu0"])
     with pytest.raises(TopologyError, match="switch"):
         Fabric(dgx1(), ["gpu0", "pcie0"])
+
+
+def test_shallow_trees_keep_the_rate_and_do_not_get_deeper():
+    from weft.collectives.packing import _columns, _solve, tree_depth
+
+    f = Fabric(dgx1(pcie=False))
+    for mode, root in (("down", 0), ("both", 0), ("down", 3)):
+        links, caps, _, deep, deep_cols, (shallow, shallow_cols) = _columns(f, root, mode, 300)
+        _, _, opt = _solve(list(deep_cols), links, caps)
+        _, _, got = _solve(list(shallow_cols), links, caps)
+        assert got == pytest.approx(opt, rel=1e-6)  # the optimal rate is kept
+        d_deep = max(tree_depth(t, f.n, mode) for t in deep)
+        d_shallow = max(tree_depth(t, f.n, mode) for t in shallow)
+        assert d_shallow < d_deep  # the LP's first solution has chains; these are shallower
+        for k in (2, 4, 8, 16):
+            p = pack(f, root=root, mode=mode, max_trees=k)
+            _check_packing(f, p)
+            assert max(tree_depth(t, f.n, mode) for t, _ in p.trees) <= d_deep
+        if mode == "down":
+            assert pack(f, root=root, mode=mode).rate >= 0.95 * broadcast_bound(f, root)
+
+
+def test_trees_used_both_ways_are_hung_from_their_centre():
+    chain = {1: 0, 2: 1, 3: 2, 4: 3}  # 0-1-2-3-4, rooted at an end
+    s = schedule.from_trees("allreduce", 5, [(chain, 1.0)], "packing")
+    schedule.check(s)
+    assert s.nsteps == 4  # reduce to node 2 and back: 2 + 2 steps, not 4 + 4
+    b = schedule.from_trees("broadcast", 5, [(chain, 1.0)], "packing", root=0)
+    assert b.nsteps == 4  # broadcast keeps its root

@@ -14,12 +14,9 @@ from weft.collectives.weft_comm import WeftCommunicator
 
 
 def weft_allreduce_hook(comm, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
-    """DDP comm hook: average the bucket's flat gradient buffer over the group."""
-    buf = bucket.buffer()
-    comm.all_reduce(buf, op="avg")
-    fut = torch.futures.Future()
-    fut.set_result(buf)
-    return fut
+    """DDP comm hook: average the bucket's flat gradient buffer over the group, in the
+    background (DDP waits on the returned future at the end of backward)."""
+    return comm.all_reduce(bucket.buffer(), op="avg", async_op=True).get_future()
 
 
 def register(model, topology="auto", communicator=None, **kw):

@@ -13,6 +13,7 @@ bit-identical values.
 from __future__ import annotations
 
 import datetime
+import threading
 
 import torch
 import torch.distributed as dist
@@ -21,6 +22,17 @@ from weft.collectives.costmodel import pieces_for
 from weft.collectives.schedule import Schedule, segment_range, split_points
 
 DEFAULT_CHUNK = 1 << 20
+POOL_BYTES = 256 << 20  # scratch kept between calls, per thread
+_POOL = threading.local()
+
+
+def _pool(dtype) -> dict:
+    """This thread's reusable receive buffers for `dtype`, by length: fresh ones
+    cost page faults and zeroing on every call, as much as the copy itself."""
+    pools = getattr(_POOL, "by_dtype", None)
+    if pools is None:
+        pools = _POOL.by_dtype = {}
+    return pools.setdefault(dtype, {})
 
 
 def _bytes(t: torch.Tensor) -> torch.Tensor:
@@ -97,6 +109,11 @@ class _Run:
                     stages.setdefault(s, []).append(((s * width + i) * p + piece, t))
                 self.streams[piece].append(((a, b), [(s, stages[s]) for s in sorted(stages)]))
         self.horizon = p + schedule.nsteps
+        self.free: dict[int, list] = _pool(flat.dtype)  # scratch buffers by length
+
+    def _scratch(self, numel: int) -> torch.Tensor:
+        bufs = self.free.get(numel)
+        return bufs.pop() if bufs else torch.empty(numel, dtype=self.flat.dtype)
 
     def _post(self, rng, stage):
         a, b = rng
@@ -109,7 +126,7 @@ class _Run:
                 works.append(dist.isend(_bytes(flat[a:b]), self.glob(t.dst), group=self.group,
                                         tag=tag))
             elif t.reduce or sends:
-                buf = torch.empty(b - a, dtype=flat.dtype)
+                buf = self._scratch(b - a)
                 works.append(dist.irecv(_bytes(buf), self.glob(t.src), group=self.group, tag=tag))
                 after.append((t.reduce, buf))
             else:
@@ -140,6 +157,10 @@ class _Run:
                         _add(self.flat[a:b], buf)
                     else:
                         self.flat[a:b].copy_(buf)
+                    self.free.setdefault(buf.numel(), []).append(buf)
                 if k + 1 < len(stages):
                     post(piece, rng, stages, k + 1)
             due[now] = []
+        kept = sum(b.numel() * b.element_size() for bufs in self.free.values() for b in bufs)
+        if kept > POOL_BYTES:
+            self.free.clear()

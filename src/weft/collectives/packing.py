@@ -10,6 +10,15 @@ LP is optimal, which for broadcast is Edmonds' bound min_v maxflow(root, v).
 Trees of small weight are then dropped (the LP re-solved on the rest) to
 keep the number of trees, and so of messages, small.
 
+Shallow trees: the LP has many optimal solutions, and deep (chain-like) trees
+cost pipeline fill. After the optimum is known, the smallest depth limit D is
+sought at which column generation over trees of depth <= D (a depth-limited
+greedy Prim under the link prices as pricing heuristic) still reaches the
+optimal rate; those trees are preferred when pruning keeps the same rate.
+Trees used both ways (all-reduce) are measured by their radius: the schedule
+hangs them from their centre (`schedule.from_trees`), which halves a chain's
+depth without changing any link's load.
+
 A tree edge p -> c between ranks uses the links of the route p -> c (data
 going down, broadcast), c -> p (data going up, reduce), or both (all-reduce,
 which reduces up and broadcasts down the same tree at once).
@@ -24,6 +33,7 @@ import numpy as np
 from scipy.optimize import Bounds, LinearConstraint, linprog, milp
 
 from weft.collectives.fabric import Fabric
+from weft.collectives.schedule import center, heights, reroot
 
 MODES = ("down", "up", "both")
 
@@ -98,7 +108,7 @@ def _columns(fabric: Fabric, root: int, mode: str, max_iter: int):
     cols = [_usage(fabric, trees[0], mode)]
     seen = {tuple(sorted(trees[0].items()))}
     for _ in range(max_iter):
-        x, y, val = _solve(cols, links, caps)
+        _, y, _ = _solve(cols, links, caps)
         price = {e: y[i] for i, e in enumerate(links)}
         t = _arborescence(fabric, root, price, mode)
         use = _usage(fabric, t, mode)
@@ -109,8 +119,124 @@ def _columns(fabric: Fabric, root: int, mode: str, max_iter: int):
         seen.add(key)
         trees.append(t)
         cols.append(use)
-    _POOLS[pool_key] = (links, caps, scale, tuple(trees), tuple(cols))
+    _, _, opt = _solve(cols, links, caps)
+    shallow = _shallowest(fabric, root, mode, links, caps, trees, cols, opt)
+    _POOLS[pool_key] = (links, caps, scale, tuple(trees), tuple(cols), shallow)
     return _POOLS[pool_key]
+
+
+def tree_depth(parent: dict[int, int], nranks: int, mode: str = "down") -> int:
+    """Levels below the root; for trees used both ways, below the best root (radius)."""
+    if not parent:
+        return 0
+    if mode == "both":
+        parent = reroot(parent, nranks, center(parent, nranks))
+    return max(heights(parent, nranks).values())
+
+
+def _greedy_tree(fabric: Fabric, root: int, price: dict, mode: str, limit: int):
+    """Cheapest-edge-first (Prim) arborescence with every node at depth <= `limit`,
+    ties to shallower parents; None if the greedy gets stuck."""
+    depth, parent = {root: 0}, {}
+    pairs = {"down": lambda p, c: [(p, c)], "up": lambda p, c: [(c, p)],
+             "both": lambda p, c: [(p, c), (c, p)]}[mode]
+
+    def cost(p, c):
+        return sum(price.get(e, 0.0) for a, b in pairs(p, c) for e in fabric.route(a, b))
+
+    while len(depth) < fabric.n:
+        cands = [(cost(p, c), depth[p], p, c) for c in range(fabric.n) if c not in depth
+                 for p in depth if depth[p] < limit]
+        if not cands:
+            return None
+        _, d, p, c = min(cands)
+        depth[c], parent[c] = d + 1, p
+    return parent
+
+
+def _milp_tree(fabric: Fabric, root: int, price: dict, mode: str, limit: int):
+    """Cheapest arborescence of depth <= `limit`, exactly: a level-indexed MILP
+    (x[p, c, l] = 1: c hangs from p at level l; p must sit at level l-1), whose LP
+    relaxation is tight enough for HiGHS to solve it in milliseconds; or None."""
+    n = fabric.n
+    pairs = {"down": lambda p, c: [(p, c)], "up": lambda p, c: [(c, p)],
+             "both": lambda p, c: [(p, c), (c, p)]}[mode]
+    cost = {(p, c): sum(price.get(e, 0.0) for a, b in pairs(p, c) for e in fabric.route(a, b))
+            for p in range(n) for c in range(n) if p != c and c != root}
+    var = [(p, c, lv) for lv in range(1, limit + 1) for (p, c) in cost
+           if (lv == 1) == (p == root)]
+    col = {v: j for j, v in enumerate(var)}
+    rows, lo, hi = [], [], []
+    for c in range(n):  # every non-root node hangs from one parent at one level
+        if c != root:
+            rows.append({col[v]: 1.0 for v in var if v[1] == c})
+            lo.append(1)
+            hi.append(1)
+    for p, c, lv in var:  # p must itself sit at level lv - 1
+        if lv > 1:
+            r = {col[p, c, lv]: 1.0}
+            for q in range(n):
+                if (q, p, lv - 1) in col:
+                    r[col[q, p, lv - 1]] = -1.0
+            rows.append(r)
+            lo.append(-np.inf)
+            hi.append(0)
+    a = np.zeros((len(rows), len(var)))
+    for i, r in enumerate(rows):
+        for j, v in r.items():
+            a[i, j] = v
+    res = milp(np.array([cost[p, c] for p, c, _ in var]),
+               constraints=[LinearConstraint(a, lo, hi)], integrality=np.ones(len(var)),
+               bounds=Bounds(0, 1), options={"node_limit": 5000})  # deterministic
+    if res.x is None:
+        return None
+    return {c: p for j, (p, c, _) in enumerate(var) if res.x[j] > 0.5}
+
+
+def _shallowest(fabric, root, mode, links, caps, trees, cols, opt, iters: int = 80):
+    """(trees, cols) of the smallest depth limit at which column generation still
+    reaches `opt`; the original columns if no smaller limit does."""
+    best = (tuple(trees), tuple(cols))
+    limit = max(tree_depth(t, fabric.n, mode) for t in trees) - 1
+    while limit >= 1:  # down from the LP's depth: failures (the costly runs) happen once
+        depth = [tree_depth(t, fabric.n, mode) for t in best[0]]
+        got = _at_depth(fabric, root, mode, links, caps, *best, depth, opt, limit, iters)
+        if got is None:
+            break
+        best, limit = got, max(tree_depth(t, fabric.n, mode) for t in got[0]) - 1
+    return best
+
+
+def _at_depth(fabric, root, mode, links, caps, trees, cols, depth, opt, limit, iters):
+    """Column generation over trees of depth <= `limit` (seeded with those of `trees`);
+    (trees, cols) once it reaches `opt`, else None."""
+    ts = [t for t, d in zip(trees, depth) if d <= limit]
+    cs = [c for c, d in zip(cols, depth) if d <= limit]
+    seen = {tuple(sorted(t.items())) for t in ts}
+    exact = 0
+    for _ in range(iters):
+        price = {}
+        if cs:
+            _, y, val = _solve(cs, links, caps)
+            if val >= opt * (1 - 1e-6):
+                return tuple(ts), tuple(cs)
+            price = {e: y[i] for i, e in enumerate(links)}
+        t = _greedy_tree(fabric, root, price, mode, limit)
+        use = t and _usage(fabric, t, mode)
+        if cs and (t is None or sum(price[e] * k for e, k in use.items()) >= 1 - 1e-7):
+            exact += 1
+            if exact > 20 or fabric.n > 16:
+                return None
+            t = _milp_tree(fabric, root, price, mode, limit)
+            use = t and _usage(fabric, t, mode)
+            if t is None or sum(price[e] * k for e, k in use.items()) >= 1 - 1e-7:
+                break  # no improving tree of this depth
+        if t is None or tuple(sorted(t.items())) in seen:
+            break
+        seen.add(tuple(sorted(t.items())))
+        ts.append(t)
+        cs.append(use)
+    return None
 
 
 def pack(fabric: Fabric, root: int = 0, mode: str = "both", tol: float = 0.03,
@@ -123,12 +249,19 @@ def pack(fabric: Fabric, root: int = 0, mode: str = "both", tol: float = 0.03,
         raise ValueError(f"root {root} is not a rank of {fabric.n}")
     if fabric.n == 1:
         return Packing([({}, 1.0)], 1.0, 1.0, root, mode)
-    links, caps, scale, trees, cols = _columns(fabric, root, mode, max_iter)
-    trees, cols = list(trees), list(cols)
-    x, _, opt = _solve(cols, links, caps)
-    support = [j for j in np.argsort(-x) if x[j] > 1e-9 * max(x)]
-    keep, xk, vk = _sparse(support, cols, links, caps, opt, tol, max_trees)
-    chosen = [(trees[j], float(w) * scale) for j, w in zip(keep, xk) if w > 1e-6 * max(xk)]
+    links, caps, scale, deep_trees, deep_cols, shallow = _columns(fabric, root, mode, max_iter)
+    best = None
+    for trees, cols in (shallow, (deep_trees, deep_cols)):  # shallow first: kept on ties
+        trees, cols = list(trees), list(cols)
+        x, _, opt = _solve(cols, links, caps)
+        support = [j for j in np.argsort(-x) if x[j] > 1e-9 * max(x)]
+        keep, xk, vk = _sparse(support, cols, links, caps, opt, tol, max_trees)
+        chosen = [(trees[j], float(w) * scale) for j, w in zip(keep, xk) if w > 1e-6 * max(xk)]
+        if best is None or vk > best[1] * (1 + 1e-6):
+            best = (chosen, vk, opt)
+        if shallow[0] == deep_trees:
+            break
+    chosen, vk, opt = best
     return Packing(chosen, vk * scale, opt * scale, root, mode)
 
 

@@ -173,6 +173,17 @@ def reroot(parent: dict[int, int], nranks: int, root: int) -> dict[int, int]:
     return out
 
 
+def center(parent: dict[int, int], nranks: int) -> int:
+    """A node of least eccentricity in the undirected tree (the best root when the
+    tree's edges are used in both directions)."""
+    best = None
+    for r in range(nranks):
+        h = max(heights(reroot(parent, nranks, r), nranks).values())
+        if best is None or h < best[0]:
+            best = (h, r)
+    return best[1]
+
+
 def from_trees(collective: str, nranks: int, trees: list[tuple[dict[int, int], float]],
                algorithm: str, root: int | None = None) -> Schedule:
     """Compile weighted spanning trees into a schedule for any collective.
@@ -190,6 +201,8 @@ def from_trees(collective: str, nranks: int, trees: list[tuple[dict[int, int], f
         for k, (par, _) in enumerate(trees):
             if root is not None:
                 par = reroot(par, nranks, root)
+            elif par:  # all-reduce: edges carry data both ways, any root will do
+                par = reroot(par, nranks, center(par, nranks))
             if collective == "broadcast":
                 parts.append(broadcast_steps(par, nranks, k))
             elif collective == "reduce":

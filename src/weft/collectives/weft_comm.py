@@ -2,6 +2,12 @@
 
     comm = WeftCommunicator("dgx1", algorithm="auto")     # inside an initialised group
     comm.all_reduce(grad, op="avg")
+    work = comm.all_reduce(grad, async_op=True)           # runs in the background
+    ...; work.is_completed(); work.wait()
+
+Every collective runs on the communicator's own communication thread, in
+issue order (the same on every rank), so async ones progress while the caller
+computes; a synchronous call is an async one waited for at once.
 
 Ranks are placed on the topology's compute devices in order (or on `devices`);
 everything is checked when the communicator is made, before any byte is sent.
@@ -10,7 +16,6 @@ everything is checked when the communicator is made, before any byte is sent.
 from __future__ import annotations
 
 import time
-from collections import deque
 from typing import Sequence
 
 import torch
@@ -21,25 +26,9 @@ from weft.collectives.communicator import DONE
 from weft.collectives.costmodel import CostParams, lower_bound, predict
 from weft.collectives.executor import DEFAULT_CHUNK, execute
 from weft.collectives.fabric import Fabric
+from weft.collectives.progress import BackgroundWork, ProgressThread
 from weft.errors import TopologyError
 from weft.topology.io import resolve
-
-
-class _Lazy:
-    """A Work that runs its collective when waited on, after every earlier one
-    of the same communicator (so all ranks run them in the same order)."""
-
-    def __init__(self, comm: "WeftCommunicator", fn):
-        self.comm, self.fn, self.done = comm, fn, False
-
-    def wait(self) -> bool:
-        while not self.done:
-            self.comm._pending.popleft()._run()
-        return True
-
-    def _run(self) -> None:
-        self.fn()
-        self.done = True
 
 
 class WeftCommunicator:
@@ -73,7 +62,7 @@ class WeftCommunicator:
         self.params = params or CostParams()
         self.measure = measure
         self.timeout = timeout
-        self._pending: deque[_Lazy] = deque()
+        self._progress = ProgressThread(f"weft-comm-{dist.get_rank(group)}")
         self.history: list[tuple[str, int, str, int]] = []  # (collective, bytes, alg, chunk)
         if algorithm != "auto" and n > 1:
             schedule_for(self.fabric, "allreduce", algorithm)  # fail early on a bad name
@@ -116,7 +105,11 @@ class WeftCommunicator:
         if self.world_size == 1:
             if post:
                 post()
-            return DONE
+            if not async_op:
+                return DONE
+            work = BackgroundWork(lambda: tensor)
+            work._run()
+            return work
 
         def run():
             c = self.plan(collective, tensor.numel() * tensor.element_size(), root)
@@ -125,13 +118,17 @@ class WeftCommunicator:
             execute(c.schedule, tensor, self.group, c.chunk_bytes, timeout=self.timeout)
             if post:
                 post()
+            return tensor
 
-        work = _Lazy(self, run)
-        self._pending.append(work)
+        work = self._progress.submit(run)
         if async_op:
             return work
         work.wait()
         return DONE
+
+    def close(self) -> None:
+        """Finish the collectives already issued and stop the communication thread."""
+        self._progress.close()
 
     def _root(self, r: int) -> int:
         if not 0 <= r < self.world_size:
