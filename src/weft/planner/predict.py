@@ -6,7 +6,10 @@ path between the two ranks' devices, each send ``send_overhead_s`` on the
 sender; with ``cpu_copy_bw`` (bytes/s; loopback gloo, where the
 sender's and the receiver's CPUs copy every message) each send and each
 receive also occupies its rank for ``bytes / cpu_copy_bw``, on top of the
-link time; a flush schedule then all-reduces replicated stages' gradients (ring
+link time; with ``action_overhead_s`` (the runtime's own cost per action, measured
+by `weft.planner.overhead.calibrate`) every action of every rank (F, B, each send
+and receive, PipeDream's updates) takes that much longer, and ``step_overhead_s``
+is added once per step (optimizer step, flush); a flush schedule then all-reduces replicated stages' gradients (ring
 cost) before the next step. PipeDream is simulated over many micro-batches and
 reported at its steady rate.
 """
@@ -27,7 +30,8 @@ def _latency(topo: Topology, a: str, b: str) -> float:
 
 def predict(plan: PipelinePlan, profile: ModelProfile, topology: Topology,
             schedule: str = "1f1b", chunks_per_stage: int = 1, send_overhead_s: float = 0.0,
-            step_overhead_s: float = 0.0, cpu_copy_bw: float | None = None) -> dict:
+            step_overhead_s: float = 0.0, cpu_copy_bw: float | None = None,
+            action_overhead_s: float = 0.0) -> dict:
     """{'step_s', 'samples_per_s', 'bubble'} predicted for `plan` run with `schedule`."""
     prof = profile.scaled(plan.micro_batch)
     devs = workers_of(topology, plan.workers)
@@ -50,6 +54,9 @@ def predict(plan: PipelinePlan, profile: ModelProfile, topology: Topology,
         return nbytes(a) / cpu_copy_bw if cpu_copy_bw and a.peer != rank else 0.0
 
     def duration(rank, a):
+        return action_overhead_s + work(rank, a)
+
+    def work(rank, a):
         if a.kind == "F":
             return fwd[a.chunk]
         if a.kind == "B":
