@@ -4,7 +4,7 @@ import pytest
 
 from weft.errors import PlanError
 from weft.launch import launch
-from weft.planner.overhead import calibrate, fit_overhead, trivial_plan
+from weft.planner.overhead import calibrate, cpu_overhead, fit_latency, fit_line, trivial_plan
 from weft.planner.partition import CostModel, equal_layers, partition
 from weft.planner.plan import from_boundaries
 from weft.planner.predict import predict
@@ -54,6 +54,21 @@ def test_overhead_in_the_partitioner():
     assert eq.stages[0].time_s == pytest.approx(3.0 + 4 * 0.5)
 
 
+def test_allreduce_copies_charged_with_cpu_copy_bw():
+    # one stage of 1000 parameter bytes replicated on 2 ranks, no compute
+    prof = make_profile([(0, 0, 4, 1000, 0)])
+    topo = free_link(bw=1e4)
+    plain = CostModel.build(prof, topo, microbatches=2)
+    cm = CostModel.build(prof, topo, microbatches=2, cpu_copy_bw=100.0)
+    ring = 2 * (2 - 1) / 2 * 1000  # bytes each replica sends and receives
+    assert float(plain.stage_time(0, 1, 0, 2)) == pytest.approx(ring / 1e4)
+    assert float(cm.stage_time(0, 1, 0, 2)) == pytest.approx(ring / 1e4 + 2 * ring / 100.0)
+    plan = from_boundaries([(0, 1)], [2], micro_batch=1, microbatches=2)
+    assert predict(plan, prof, topo, "1f1b")["step_s"] == pytest.approx(ring / 1e4)
+    assert predict(plan, prof, topo, "1f1b", cpu_copy_bw=100.0)["step_s"] == \
+        pytest.approx(ring / 1e4 + 2 * ring / 100.0)
+
+
 def test_predict_adds_the_overhead_to_every_action():
     # one stage, one rank: 2 actions (F, B) per micro-batch, back to back
     prof = make_profile([(1.0, 2.0, 4, 0, 0)])
@@ -70,29 +85,44 @@ def test_predict_adds_the_overhead_to_every_action():
     assert got["step_s"] == pytest.approx(8 * 0.5 + 0.25, rel=1e-9)
 
 
-@pytest.mark.parametrize("o,c", [(0.0, 0.0), (3e-5, 0.0), (4e-5, 2e-4), (1e-3, 1e-2)])
-def test_fit_recovers_known_overheads(o, c):
+def test_predict_latency_override():
+    # two stages, no compute, one micro-batch: two messages on the critical path
+    prof = make_profile([(0, 0, 4, 0, 0), (0, 0, 4, 0, 0)])
+    plan = from_boundaries([(0, 1), (1, 2)], micro_batch=1, microbatches=1)
+    topo = ring(2, bandwidth=1e15, latency=1e-3)
+    assert predict(plan, prof, topo, "1f1b")["step_s"] == pytest.approx(2e-3, rel=1e-6)
+    got = predict(plan, prof, topo, "1f1b", latency_s=0.25, action_overhead_s=0.5)["step_s"]
+    assert got == pytest.approx(2 * 0.25 + 8 * 0.5, rel=1e-9)
+
+
+@pytest.mark.parametrize("lat", [0.0, 3e-5, 2e-4, 1e-2])
+def test_fit_latency_recovers_a_known_latency(lat):
     prof = make_profile([(1e-3, 2e-3, 400, 0, 0), (5e-4, 1e-3, 400, 0, 0)])
     topo = ring(2, bandwidth=1e8, latency=1e-4)
+    plan = trivial_plan([[0], [1]], 1, 8)
 
-    def step_of(M, x):
-        plan = trivial_plan([[0], [1]], 1, M)
-        return predict(plan, prof, topo, "1f1b", cpu_copy_bw=1e9, action_overhead_s=x)["step_s"]
+    def step_of(x):
+        return predict(plan, prof, topo, "1f1b", cpu_copy_bw=1e9, action_overhead_s=2e-5,
+                       latency_s=x)["step_s"]
 
-    t1, t2 = step_of(8, o) + c, step_of(16, o) + c
-    fo, fc = fit_overhead(step_of, 8, t1, 16, t2)
-    assert fo == pytest.approx(o, abs=1e-10)
-    assert fc == pytest.approx(c, abs=1e-9)
+    assert fit_latency(step_of, step_of(lat)) == pytest.approx(lat, abs=1e-10)
+    assert fit_latency(step_of, step_of(0.0) / 2) == 0.0  # faster than any latency: 0
 
 
-def test_fit_clamps_at_zero_and_checks_arguments():
-    step_of = lambda M, o: M * (1.0 + 2 * o)  # noqa: E731
-    # measured growth below what the model predicts without overhead: o = 0
-    assert fit_overhead(step_of, 2, 2.0, 4, 3.0) == (0.0, 0.0)
-    o, c = fit_overhead(step_of, 2, 3.0, 4, 6.0)  # 2 (1 + 2o) + c = 3, 4 (1 + 2o) + c = 6
-    assert o == pytest.approx(0.25) and c == pytest.approx(0.0, abs=1e-9)
-    with pytest.raises(PlanError, match="m2 > m1"):
-        fit_overhead(step_of, 4, 1.0, 4, 1.0)
+def test_fit_line_exact_and_clamped():
+    o, c = fit_line([(8, 8 * 3e-5 + 1e-4), (16, 16 * 3e-5 + 1e-4), (8, 8 * 3e-5 + 1e-4)])
+    assert o == pytest.approx(3e-5, rel=1e-9) and c == pytest.approx(1e-4, rel=1e-9)
+    o, c = fit_line([(1, 1.0), (2, 3.0)])  # intercept -1 < 0: refit through the origin
+    assert c == 0.0 and o == pytest.approx((1 + 6) / (1 + 4))
+    assert fit_line([(1, 2.0), (2, 1.0)]) == (0.0, 1.5)  # negative slope
+    with pytest.raises(PlanError, match="two or more"):
+        fit_line([(3, 1.0), (3, 2.0)])
+
+
+def test_cpu_overhead_subtracts_waits_and_compute():
+    events = [(0, "F", 0, 0, 0.0, 0.5), (0, "wait", 0, 0, 1.0, 1.75),
+              (0, "wait", 1, 0, 2.0, 2.25), (0, "B", 0, 0, 3.0, 3.5)]
+    assert cpu_overhead(4.0, events, compute_s=0.5) == pytest.approx(4.0 - 1.0 - 0.5)
 
 
 def _calibrate_rank():
@@ -104,9 +134,12 @@ def _calibrate_rank():
 def test_calibrate_on_gloo_ranks():
     a, b = launch(_calibrate_rank, 2, timeout=60)
     assert a == b  # rank 0's fit, broadcast
-    assert a["action_s"] >= 0 and a["step_s"] >= 0
+    assert a["action_s"] >= 0 and a["step_s"] >= 0 and a["latency_s"] >= 0
     assert set(a["measured"]) == {2, 4} and all(v > 0 for v in a["measured"].values())
-    assert set(a["predicted_no_overhead"]) == {2, 4}
+    assert set(a["predicted"]) == {2, 4}
+    # the fitted latency reproduces the measured step with 2 micro-batches (unless clamped)
+    if a["latency_s"] > 0:
+        assert a["predicted"][2] == pytest.approx(a["measured"][2], rel=1e-6)
 
 
 def test_calibrate_rejects_pipedream():

@@ -1,25 +1,28 @@
-"""The pipeline runtime's own cost, measured: per schedule action and per step.
+"""The pipeline runtime's own cost, measured: per schedule action, per step, per message.
 
     cal = calibrate([[0], [1]], microbatches=8, topology=topo, cpu_copy_bw=bw)  # on every rank
     predict(plan, prof, topo, "1f1b", action_overhead_s=cal["action_s"],
-            step_overhead_s=cal["step_s"] + optimizer_step_s)
+            step_overhead_s=cal["step_s"] + optimizer_step_s, latency_s=cal["latency_s"])
     partition(prof, topo, ..., action_overhead_s=cal["action_s"])
 
-The profile times layers; the executor also spends time on every action of
-its schedule (Python dispatch, posting and waiting on a receive, `isend`, the
-loss on the last stage, bookkeeping) and once per step (splitting the batch,
-waiting for the last sends, the optimizer call). These costs show when every
-rank is the bottleneck (a balanced plan), not when one rank idles.
+The profile times layers; the executor also spends CPU time on every action of
+its schedule (Python dispatch, posting a receive, `isend`, the loss on the last
+stage, bookkeeping) and once per step (splitting the batch, the optimizer call),
+and a message takes longer to arrive through `isend`/`irecv` and gloo's threads
+than the blocking ping-pong that measured the link says. These costs show when
+every rank is on the critical path (a balanced plan), not when one rank idles.
 
-`calibrate` runs the real `Pipeline` on a trivial model (one scalar-weight layer
-per chunk, micro-batches of ``micro_batch x 1`` floats) with the same stage
-ranks, schedule and micro-batch count, and also with twice the micro-batches.
-It profiles that model with `profile_model` and predicts both runs with
-`predict` (link latency and bandwidth, copies, the profiled layer and autograd
-times): what the prediction misses is the runtime's overhead. `fit_overhead`
-finds the per-action cost ``o`` (the same for every action of every rank) that
-makes the predicted difference between the two runs equal the measured one,
-then the per-step cost ``c`` that makes the first run match (both >= 0).
+`calibrate` runs the real `Pipeline` (recording its events) on a trivial model
+(one scalar-weight layer per chunk, micro-batches of ``micro_batch x 1``
+floats) with the same stage ranks, schedule and micro-batch count M, and with
+2M. On each rank and step, the CPU overhead is the step's wall time minus the
+time blocked waiting for receives minus the trivial layers' profiled compute
+(`profile_model` on the trivial model, what `predict` charges for F and B).
+`fit_line` fits ``overhead = o * actions + c`` through the (actions of the
+rank, overhead) points of both runs: ``o`` per action, ``c`` per step. Then
+`fit_latency` finds the one-way message latency that makes `predict` (with
+``o`` and ``c``, the profiled compute and the link bandwidth) reproduce the
+measured step time with M micro-batches; the 2M run is predicted as a check.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from __future__ import annotations
 import time
 from typing import Callable
 
+import numpy as np
 import torch
 import torch.nn as nn
 
@@ -46,28 +50,42 @@ class Scale(nn.Module):
         return x * self.w
 
 
-def fit_overhead(step_of: Callable[[int, float], float], m1: int, t1: float, m2: int,
-                 t2: float, tol: float = 1e-12) -> tuple[float, float]:
-    """(action_s, step_s) such that ``step_of(m2, o) - step_of(m1, o) == t2 - t1`` and
-    ``step_of(m1, o) + c == t1``, both clamped at 0.
+def fit_line(points: list[tuple[float, float]]) -> tuple[float, float]:
+    """(o, c) >= 0 of the least-squares line ``y = o * x + c`` through (x, y) points.
 
-    `step_of(M, o)` is the predicted step time with M micro-batches and per-action cost o
-    (non-decreasing in o, and growing faster for the larger M). Bisection on o.
-    """
-    if m2 <= m1:
-        raise PlanError(f"fit_overhead needs m2 > m1, got m1={m1}, m2={m2}")
-    gap = lambda o: (step_of(m2, o) - step_of(m1, o)) - (t2 - t1)  # noqa: E731
-    lo, hi = 0.0, max(t1, t2, 1e-9)
-    if gap(lo) >= 0:  # the model already predicts the measured growth: no per-action cost
-        o = 0.0
-    else:
-        while gap(hi) < 0:
-            hi *= 2
-        while hi - lo > tol * max(hi, 1e-30):
-            mid = (lo + hi) / 2
-            lo, hi = (mid, hi) if gap(mid) < 0 else (lo, mid)
-        o = (lo + hi) / 2
-    return o, max(t1 - step_of(m1, o), 0.0)
+    A negative intercept is set to 0 (o refitted through the origin); a negative slope
+    to 0 (c = mean y)."""
+    xs = np.array([p[0] for p in points], dtype=float)
+    ys = np.array([p[1] for p in points], dtype=float)
+    if len(points) < 2 or np.ptp(xs) == 0:
+        raise PlanError("fit_line needs points at two or more different x")
+    o, c = np.polyfit(xs, ys, 1)
+    if c < 0:
+        o, c = float(xs @ ys / (xs @ xs)), 0.0
+    if o < 0:
+        o, c = 0.0, float(ys.mean())
+    return max(float(o), 0.0), max(float(c), 0.0)
+
+
+def fit_latency(step_of: Callable[[float], float], measured: float,
+                tol: float = 1e-12) -> float:
+    """The latency >= 0 with ``step_of(latency) == measured`` (`step_of` non-decreasing),
+    by bisection; 0 when even a zero latency predicts at least `measured`."""
+    if step_of(0.0) >= measured:
+        return 0.0
+    lo, hi = 0.0, max(measured, 1e-9)
+    while step_of(hi) < measured:
+        hi *= 2
+    while hi - lo > tol * hi:
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if step_of(mid) < measured else (lo, mid)
+    return (lo + hi) / 2
+
+
+def cpu_overhead(step_s: float, events: list[tuple], compute_s: float) -> float:
+    """A rank's runtime overhead in one step: wall time minus time blocked on receives
+    (its 'wait' events) minus the compute the model charges (`compute_s`)."""
+    return step_s - sum(e[5] - e[4] for e in events if e[1] == "wait") - compute_s
 
 
 def trivial_plan(stage_ranks: list[list[int]], micro_batch: int, microbatches: int,
@@ -83,65 +101,83 @@ def trivial_plan(stage_ranks: list[list[int]], micro_batch: int, microbatches: i
     return PipelinePlan(stages, S * v, micro_batch, microbatches, "calibration").validate()
 
 
-def _time_steps(pipe, x, y, steps: int, reps: int) -> float:
-    """Best (over `reps`) mean seconds per `pipe.step` of `steps` steps, the slowest rank's."""
+def _run_steps(pipe, x, y, steps: int, reps: int) -> tuple[float, list[tuple]]:
+    """(best mean step seconds over `reps`, slowest rank's; this rank's (step_s, events)
+    for every step)."""
     import torch.distributed as dist
 
-    best = float("inf")
+    best, per_step = float("inf"), []
+    pipe.record = True
     for _ in range(reps):
         dist.barrier()
-        t0 = time.perf_counter()
+        total = 0.0
         for _ in range(steps):
+            pipe.events = []
+            t0 = time.perf_counter()
             pipe.step(x, y)
+            dt = time.perf_counter() - t0
+            total += dt
+            per_step.append((dt, pipe.events))
         dist.barrier()
-        dt = torch.tensor([(time.perf_counter() - t0) / steps], dtype=torch.float64)
-        dist.all_reduce(dt, op=dist.ReduceOp.MAX)
-        best = min(best, float(dt))
-    return best
+        t = torch.tensor([total / steps], dtype=torch.float64)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        best = min(best, float(t))
+    pipe.record = False
+    return best, per_step
 
 
 def calibrate(stage_ranks: list[list[int]], microbatches: int, topology,
               schedule: str = "1f1b", micro_batch: int = 32, chunks_per_stage: int = 1,
               cpu_copy_bw: float | None = None, steps: int = 20, reps: int = 5) -> dict:
-    """Measure the runtime's per-action and per-step cost (call on every rank of the group).
+    """Measure the runtime's cost per action, per step and per message (call on every rank).
 
-    `topology`, `cpu_copy_bw`: what the predictions will use (the link and copy terms are
-    predicted, not counted as overhead). Returns {'action_s', 'step_s', 'measured': {M: s},
-    'predicted_no_overhead': {M: s}} (the same on every rank: rank 0's fit, broadcast).
+    `topology`, `cpu_copy_bw`: what the predictions will use (bandwidth and copy terms
+    are predicted, not counted as overhead). Returns {'action_s', 'step_s', 'latency_s',
+    'measured': {M: s, 2M: s}, 'predicted': {M: s, 2M: s}} (the same on every rank).
     """
     import torch.distributed as dist
     import torch.nn.functional as F
 
     from weft.parallel.pipeline.runtime import Pipeline
+    from weft.parallel.pipeline.schedule import build_schedule
     from weft.planner.predict import predict
     from weft.planner.profile import profile_model
 
     if schedule not in FLUSH:
         raise PlanError(f"calibration runs flush schedules ({', '.join(FLUSH)}), not "
                         f"{schedule!r}; calibrate with 1f1b for pipedream")
-    C = len(stage_ranks) * chunks_per_stage
+    C, rank = len(stage_ranks) * chunks_per_stage, dist.get_rank()
     torch.manual_seed(0)
     model = nn.Sequential(*[Scale() for _ in range(C)])
-    loss = lambda out, y: F.mse_loss(out, y)  # noqa: E731
-    measured = {}
-    for M in (microbatches, 2 * microbatches):
-        plan = trivial_plan(stage_ranks, micro_batch, M, chunks_per_stage)
-        pipe = Pipeline.from_plan(model, plan, loss, schedule, chunks_per_stage,
-                                  optimizer=lambda p: torch.optim.SGD(p, lr=0.0))
-        x, y = torch.randn(M * micro_batch, 1), torch.randn(M * micro_batch, 1)
-        pipe.step(x, y)  # warm-up: shape pass, gloo pairs
-        measured[M] = _time_steps(pipe, x, y, steps, reps)
     prof = profile_model(model, torch.randn(micro_batch, 1), repeats=10, use_cache=False,
                          threads=None)
-
-    def step_of(M: int, o: float) -> float:
-        plan = trivial_plan(stage_ranks, micro_batch, M, chunks_per_stage)
-        return predict(plan, prof, topology, schedule, chunks_per_stage,
-                       cpu_copy_bw=cpu_copy_bw, action_overhead_s=o)["step_s"]
-
+    over = float(prof.meta.get("stage_overhead_s", 0.0))
     m1, m2 = microbatches, 2 * microbatches
-    o, c = fit_overhead(step_of, m1, measured[m1], m2, measured[m2])
-    out = [{"action_s": o, "step_s": c, "measured": measured,
-            "predicted_no_overhead": {m: step_of(m, 0.0) for m in (m1, m2)}}]
+    measured, points = {}, []
+    for M in (m1, m2):
+        plan = trivial_plan(stage_ranks, micro_batch, M, chunks_per_stage)
+        pipe = Pipeline.from_plan(model, plan, lambda out, y: F.mse_loss(out, y), schedule,
+                                  chunks_per_stage, optimizer=lambda p: torch.optim.SGD(p, lr=0))
+        x, y = torch.randn(M * micro_batch, 1), torch.randn(M * micro_batch, 1)
+        pipe.step(x, y)  # warm-up: shape pass, gloo pairs
+        measured[M], per_step = _run_steps(pipe, x, y, steps, reps)
+        acts = build_schedule(schedule, stage_ranks, M, chunks_per_stage)[rank]
+        lay = prof.layers
+        compute = sum(lay[a.chunk].forward_s if a.kind == "F" else lay[a.chunk].backward_s + over
+                      for a in acts if a.kind in ("F", "B"))
+        cpu = float(np.median([cpu_overhead(dt, ev, compute) for dt, ev in per_step]))
+        points.append((len(acts), cpu))
+    allpts = [None] * dist.get_world_size()
+    dist.all_gather_object(allpts, points)
+    o, c = fit_line([p for pts in allpts for p in pts])
+
+    def step_of(M: int, lat: float) -> float:
+        plan = trivial_plan(stage_ranks, micro_batch, M, chunks_per_stage)
+        return predict(plan, prof, topology, schedule, chunks_per_stage, step_overhead_s=c,
+                       cpu_copy_bw=cpu_copy_bw, action_overhead_s=o, latency_s=lat)["step_s"]
+
+    lat = fit_latency(lambda v: step_of(m1, v), measured[m1])
+    out = [{"action_s": o, "step_s": c, "latency_s": lat, "measured": measured,
+            "predicted": {m: step_of(m, lat) for m in (m1, m2)}}]
     dist.broadcast_object_list(out, src=0)
     return out[0]

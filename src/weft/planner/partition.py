@@ -14,7 +14,9 @@ within the stage). Per mini-batch of M micro-batches (micro-batch size b):
   (activations forward, gradients back);
 * with ``cpu_copy_bw`` (loopback gloo: the ranks' CPUs copy every message) a stage
   also pays ``M / r * 2 * (act_bytes[i-1] + act_bytes[j-1]) / cpu_copy_bw`` for the
-  activations and gradients it sends and receives (not at the model's ends);
+  activations and gradients it sends and receives (not at the model's ends), and a
+  replicated stage ``2 * ring / cpu_copy_bw`` for the all-reduce's bytes each replica
+  sends and receives (``ring = 2 (r-1)/r * params``);
 * with ``action_overhead_s`` (the runtime's own cost per schedule action, measured by
   `weft.planner.overhead.calibrate`) a stage pays it for each of its actions per
   micro-batch: F and B, plus a receive and a send for each neighbouring stage,
@@ -119,7 +121,9 @@ class CostModel:
         if r == 1:
             return comp
         params = self.c_params[j] - self.c_params[i]
-        return comp + 2 * (r - 1) / r * params / self.group_bw[a, r]
+        ring = 2 * (r - 1) / r * params  # bytes each replica sends (and receives)
+        copies = 2 * ring / self.cpu_copy_bw if self.cpu_copy_bw else 0.0
+        return comp + ring / self.group_bw[a, r] + copies
 
     def boundary_time(self, j, b: int):
         """Sending layer j-1's output from rank b-1 to rank b (and its gradient back)."""
