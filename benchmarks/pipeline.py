@@ -147,7 +147,8 @@ def rank_main(M, mb, steps, reps):
     # loopback: the ranks' CPUs copy every message (cpu_copy_bw = the measured bandwidth)
     cal = calibrate([[0], [1]], M, topo, "1f1b", mb, cpu_copy_bw=bw, steps=steps * 2, reps=reps)
     opt_plan = partition(prof, topo, workers=2, micro_batch=mb, microbatches=M, stash=False,
-                         cpu_copy_bw=bw, action_overhead_s=cal["action_s"])
+                         cpu_copy_bw=bw, action_overhead_s=cal["action_s"],
+                         allreduce_bw=cal["allreduce_bw"])
     eq_plan = equal_layers(prof, topo, workers=2, micro_batch=mb, microbatches=M)
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(M * mb, 64, generator=g), torch.randint(0, 10, (M * mb,), generator=g)
@@ -249,7 +250,8 @@ def main(argv=None) -> int:
         frac = max(sum(l.param_bytes for l in prof.layers[s.first:s.end])
                    for s in plan.stages) / total
         kw = dict(action_overhead_s=cal["action_s"], step_overhead_s=cal["step_s"],
-                  latency_s=cal["latency_s"]) if overhead else {}
+                  latency_s=cal["latency_s"], allreduce_bw=cal["allreduce_bw"]) \
+            if overhead else {}
         step = res["opt_step_s"] * frac + kw.pop("step_overhead_s", 0.0)
         return predict(plan, prof, topo, "1f1b", step_overhead_s=step,
                        cpu_copy_bw=copy if cpu_copy else None, **kw)["samples_per_s"]
@@ -264,7 +266,8 @@ def main(argv=None) -> int:
     ms = cal["measured"]
     con.print(f"runtime overhead (calibrated on a trivial model, 1f1b): "
               f"{cal['action_s'] * 1e6:.1f} us per action, {cal['step_s'] * 1e6:.0f} us per "
-              f"step, message latency {cal['latency_s'] * 1e6:.0f} us; trivial steps "
+              f"step, message latency {cal['latency_s'] * 1e6:.0f} us, gradient all-reduce "
+              f"{cal['allreduce_bw'] / 1e9:.2f} GB/s; trivial steps "
               "measured " + ", ".join(f"M={m}: {ms[m] * 1e3:.2f} ms (predicted "
                                       f"{cal['predicted'][m] * 1e3:.2f} ms)" for m in ms))
     t = Table(title=f"pipeline, 2 gloo ranks, {M} micro-batches of {mb}")
@@ -316,6 +319,7 @@ def main(argv=None) -> int:
         ("runtime_overhead_per_step_s", cal["step_s"], "s", None, "lower"),
         ("runtime_message_latency_s", cal["latency_s"], "s", None, "lower"),
         ("pingpong_latency_s", res["lat"], "s", None, "lower"),
+        ("runtime_allreduce_bw", cal["allreduce_bw"], "B/s", None, "higher"),
         ("predicted_optimal_vs_equal_layers", pred / pred_eq, "x", None, "higher"),
         ("weft_1f1b_samples_per_s", rate["weft_1f1b"], "samples/s", None, "higher"),
         ("partition_200_layers_16_workers_s", part_s, "s", 1.0, "lower"),

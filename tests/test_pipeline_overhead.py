@@ -67,6 +67,11 @@ def test_allreduce_copies_charged_with_cpu_copy_bw():
     assert predict(plan, prof, topo, "1f1b")["step_s"] == pytest.approx(ring / 1e4)
     assert predict(plan, prof, topo, "1f1b", cpu_copy_bw=100.0)["step_s"] == \
         pytest.approx(ring / 1e4 + 2 * ring / 100.0)
+    # a measured all-reduce bandwidth replaces the link and copy terms
+    cm = CostModel.build(prof, topo, microbatches=2, cpu_copy_bw=100.0, allreduce_bw=50.0)
+    assert float(cm.stage_time(0, 1, 0, 2)) == pytest.approx(ring / 50.0)
+    assert predict(plan, prof, topo, "1f1b", cpu_copy_bw=100.0, allreduce_bw=50.0)["step_s"] \
+        == pytest.approx(ring / 50.0)
 
 
 def test_predict_adds_the_overhead_to_every_action():
@@ -127,7 +132,8 @@ def test_cpu_overhead_subtracts_waits_and_compute():
 
 def _calibrate_rank():
     topo = ring(2, bandwidth=1e9, latency=5e-5)
-    return calibrate([[0], [1]], 2, topo, micro_batch=4, steps=3, reps=2)
+    return calibrate([[0], [1]], 2, topo, micro_batch=4, steps=3, reps=2,
+                     allreduce_bytes=2**16)
 
 
 @pytest.mark.slow
@@ -135,6 +141,7 @@ def test_calibrate_on_gloo_ranks():
     a, b = launch(_calibrate_rank, 2, timeout=60)
     assert a == b  # rank 0's fit, broadcast
     assert a["action_s"] >= 0 and a["step_s"] >= 0 and a["latency_s"] >= 0
+    assert 0 < a["allreduce_bw"] < float("inf")
     assert set(a["measured"]) == {2, 4} and all(v > 0 for v in a["measured"].values())
     assert set(a["predicted"]) == {2, 4}
     # the fitted latency reproduces the measured step with 2 micro-batches (unless clamped)

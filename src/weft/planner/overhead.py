@@ -23,6 +23,10 @@ rank, overhead) points of both runs: ``o`` per action, ``c`` per step. Then
 `fit_latency` finds the one-way message latency that makes `predict` (with
 ``o`` and ``c``, the profiled compute and the link bandwidth) reproduce the
 measured step time with M micro-batches; the 2M run is predicted as a check.
+`allreduce_bw` times the runtime's gradient sync (concatenate, all-reduce over
+all ranks, copy back) on ``allreduce_bytes`` of float32 and reports the ring
+bytes per second, ``2 (W-1)/W * bytes / time``, which the partitioner and
+`predict` use for replicated stages instead of the link and copy terms.
 """
 
 from __future__ import annotations
@@ -126,14 +130,41 @@ def _run_steps(pipe, x, y, steps: int, reps: int) -> tuple[float, list[tuple]]:
     return best, per_step
 
 
+def allreduce_bw(nbytes: int = 4 * 2**20, reps: int = 10) -> float:
+    """Ring bytes/s of the runtime's gradient all-reduce over all ranks (call on every rank;
+    median of `reps` after a warm-up, the slowest rank's)."""
+    import torch.distributed as dist
+
+    from weft.collectives.communicator import TorchCommunicator
+
+    W = dist.get_world_size()
+    if W < 2:
+        return float("inf")
+    comm, parts = TorchCommunicator(), [torch.ones(nbytes // 8), torch.ones(nbytes // 8)]
+    times = []
+    for k in range(reps + 1):
+        dist.barrier()
+        t0 = time.perf_counter()
+        flat = torch.cat([p.reshape(-1) for p in parts])  # as Pipeline._sync_grads
+        comm.all_reduce(flat, op="sum")
+        parts = [flat[:nbytes // 8].clone(), flat[nbytes // 8:].clone()]
+        if k:
+            times.append(time.perf_counter() - t0)
+    t = torch.tensor([float(np.median(times))], dtype=torch.float64)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return 2 * (W - 1) / W * (nbytes // 8) * 2 * 4 / float(t)
+
+
 def calibrate(stage_ranks: list[list[int]], microbatches: int, topology,
               schedule: str = "1f1b", micro_batch: int = 32, chunks_per_stage: int = 1,
-              cpu_copy_bw: float | None = None, steps: int = 20, reps: int = 5) -> dict:
+              cpu_copy_bw: float | None = None, steps: int = 20, reps: int = 5,
+              allreduce_bytes: int = 4 * 2**20) -> dict:
     """Measure the runtime's cost per action, per step and per message (call on every rank).
 
     `topology`, `cpu_copy_bw`: what the predictions will use (bandwidth and copy terms
     are predicted, not counted as overhead). Returns {'action_s', 'step_s', 'latency_s',
-    'measured': {M: s, 2M: s}, 'predicted': {M: s, 2M: s}} (the same on every rank).
+    'allreduce_bw', 'measured': {M: s, 2M: s}, 'predicted': {M: s, 2M: s}} (the same on
+    every rank).
     """
     import torch.distributed as dist
     import torch.nn.functional as F
@@ -177,7 +208,9 @@ def calibrate(stage_ranks: list[list[int]], microbatches: int, topology,
                        cpu_copy_bw=cpu_copy_bw, action_overhead_s=o, latency_s=lat)["step_s"]
 
     lat = fit_latency(lambda v: step_of(m1, v), measured[m1])
-    out = [{"action_s": o, "step_s": c, "latency_s": lat, "measured": measured,
+    ar = allreduce_bw(allreduce_bytes)
+    out = [{"action_s": o, "step_s": c, "latency_s": lat, "allreduce_bw": ar,
+            "measured": measured,
             "predicted": {m: step_of(m, lat) for m in (m1, m2)}}]
     dist.broadcast_object_list(out, src=0)
     return out[0]

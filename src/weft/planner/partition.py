@@ -16,7 +16,9 @@ within the stage). Per mini-batch of M micro-batches (micro-batch size b):
   also pays ``M / r * 2 * (act_bytes[i-1] + act_bytes[j-1]) / cpu_copy_bw`` for the
   activations and gradients it sends and receives (not at the model's ends), and a
   replicated stage ``2 * ring / cpu_copy_bw`` for the all-reduce's bytes each replica
-  sends and receives (``ring = 2 (r-1)/r * params``);
+  sends and receives (``ring = 2 (r-1)/r * params``); with ``allreduce_bw`` (measured
+  by `weft.planner.overhead.calibrate`) the all-reduce costs ``ring / allreduce_bw``
+  instead of the link and copy terms;
 * with ``action_overhead_s`` (the runtime's own cost per schedule action, measured by
   `weft.planner.overhead.calibrate`) a stage pays it for each of its actions per
   micro-batch: F and B, plus a receive and a send for each neighbouring stage,
@@ -67,6 +69,7 @@ class CostModel:
     stash: bool = True
     cpu_copy_bw: float | None = None  # bytes/s a rank's CPU spends copying a message
     action_overhead_s: float = 0.0  # runtime cost of one schedule action (F, B, send, recv)
+    allreduce_bw: float | None = None  # measured ring bytes/s of the runtime's gradient sync
 
     @classmethod
     def build(cls, profile: ModelProfile, topology: Topology, workers: int | None = None,
@@ -122,6 +125,8 @@ class CostModel:
             return comp
         params = self.c_params[j] - self.c_params[i]
         ring = 2 * (r - 1) / r * params  # bytes each replica sends (and receives)
+        if self.allreduce_bw:  # measured end to end (weft.planner.overhead.calibrate)
+            return comp + ring / self.allreduce_bw
         copies = 2 * ring / self.cpu_copy_bw if self.cpu_copy_bw else 0.0
         return comp + ring / self.group_bw[a, r] + copies
 
@@ -242,14 +247,16 @@ class CostModel:
 def partition(profile: ModelProfile, topology: Topology, workers: int | None = None,
               micro_batch: int | None = None, microbatches: int = 4, optimizer_states: int = 1,
               stash: bool = True, method: str = "auto", cpu_copy_bw: float | None = None,
-              action_overhead_s: float = 0.0, **plan_kw) -> PipelinePlan:
+              action_overhead_s: float = 0.0, allreduce_bw: float | None = None,
+              **plan_kw) -> PipelinePlan:
     """The optimal plan (stage boundaries and replication) for `profile` on `topology`.
 
     method: 'flat' (one DP over all ranks), 'hierarchical' (PipeDream's level-by-level
     DP: inside a host, then across hosts; see `weft.planner.hierarchy`) or 'auto'
     (hierarchical when the workers span >= 2 hosts of equal size, else flat).
     cpu_copy_bw: charge message copies to the stages' time (see the module doc).
-    action_overhead_s: the runtime's cost per schedule action (`weft.planner.overhead`).
+    action_overhead_s, allreduce_bw: the runtime's measured cost per schedule action and
+    gradient all-reduce bandwidth (`weft.planner.overhead.calibrate`).
     """
     from weft.planner.hierarchy import is_hierarchical, partition_hierarchical
 
@@ -258,10 +265,10 @@ def partition(profile: ModelProfile, topology: Topology, workers: int | None = N
     if method == "hierarchical" or (method == "auto" and is_hierarchical(topology, workers)):
         return partition_hierarchical(profile, topology, workers, micro_batch, microbatches,
                                       optimizer_states, stash, cpu_copy_bw, action_overhead_s,
-                                      **plan_kw)
+                                      allreduce_bw, **plan_kw)
     cm = CostModel.build(profile, topology, workers, micro_batch, microbatches=microbatches,
                          optimizer_states=optimizer_states, stash=stash, cpu_copy_bw=cpu_copy_bw,
-                         action_overhead_s=action_overhead_s)
+                         action_overhead_s=action_overhead_s, allreduce_bw=allreduce_bw)
     _, bounds, reps = cm.solve()
     return cm.to_plan(bounds, reps, "optimal", topology=topology.name, **plan_kw)
 
@@ -274,10 +281,11 @@ def equal_bounds(num_layers: int, stages: int) -> list[tuple[int, int]]:
 def equal_layers(profile: ModelProfile, topology: Topology, workers: int | None = None,
                  micro_batch: int | None = None, microbatches: int = 4,
                  cpu_copy_bw: float | None = None, action_overhead_s: float = 0.0,
-                 **plan_kw) -> PipelinePlan:
+                 allreduce_bw: float | None = None, **plan_kw) -> PipelinePlan:
     """The baseline: one stage per worker, each with (about) the same number of layers."""
     cm = CostModel.build(profile, topology, workers, micro_batch, microbatches=microbatches,
-                         cpu_copy_bw=cpu_copy_bw, action_overhead_s=action_overhead_s)
+                         cpu_copy_bw=cpu_copy_bw, action_overhead_s=action_overhead_s,
+                         allreduce_bw=allreduce_bw)
     S = min(cm.W, cm.L)
     reps = [1] * S
     reps[-1] += cm.W - S  # more workers than layers: the last stage is replicated

@@ -32,11 +32,14 @@ def _latency(topo: Topology, a: str, b: str) -> float:
 def predict(plan: PipelinePlan, profile: ModelProfile, topology: Topology,
             schedule: str = "1f1b", chunks_per_stage: int = 1, send_overhead_s: float = 0.0,
             step_overhead_s: float = 0.0, cpu_copy_bw: float | None = None,
-            action_overhead_s: float = 0.0, latency_s: float | None = None) -> dict:
+            action_overhead_s: float = 0.0, latency_s: float | None = None,
+            allreduce_bw: float | None = None) -> dict:
     """{'step_s', 'samples_per_s', 'bubble'} predicted for `plan` run with `schedule`.
 
     latency_s: the one-way latency of a message between two ranks as the runtime sees
-    it (`weft.planner.overhead.calibrate`), instead of the topology's link latency.
+    it (`weft.planner.overhead.calibrate`), instead of the topology's link latency;
+    allreduce_bw: the measured ring bytes/s of the runtime's gradient all-reduce, instead
+    of the link and copy terms.
     """
     prof = profile.scaled(plan.micro_batch)
     devs = workers_of(topology, plan.workers)
@@ -88,7 +91,9 @@ def predict(plan: PipelinePlan, profile: ModelProfile, topology: Topology,
             bw = min(topology.path_bandwidth(devs[a], devs[b])
                      for a, b in zip(st.ranks, st.ranks[1:] + st.ranks[:1]))
             ring = 2 * (r - 1) / r * params  # bytes each replica sends and receives
-            sync = max(sync, ring / bw + (2 * ring / cpu_copy_bw if cpu_copy_bw else 0.0))
+            t = ring / allreduce_bw if allreduce_bw else \
+                ring / bw + (2 * ring / cpu_copy_bw if cpu_copy_bw else 0.0)
+            sync = max(sync, t)
     if schedule == "pipedream":
         # steady state: the busiest rank's work per micro-batch (no flush, no bubble)
         per_mb = max(res["busy"].values()) / n
