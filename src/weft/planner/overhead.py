@@ -214,3 +214,18 @@ def calibrate(stage_ranks: list[list[int]], microbatches: int, topology,
             "predicted": {m: step_of(m, lat) for m in (m1, m2)}}]
     dist.broadcast_object_list(out, src=0)
     return out[0]
+
+
+def _calibrate_rank(stage_ranks, microbatches, topology, schedule, micro_batch, cpu_copy_bw):
+    return calibrate(stage_ranks, microbatches, topology, schedule, micro_batch,
+                     cpu_copy_bw=cpu_copy_bw)
+
+
+def calibrate_local(workers: int, microbatches: int, topology, schedule: str = "1f1b",
+                    micro_batch: int = 32, cpu_copy_bw: float | None = None) -> dict:
+    """`calibrate` on `workers` spawned local gloo ranks, one stage per rank."""
+    from weft.launch import launch
+
+    stages = [[r] for r in range(workers)]
+    return launch(_calibrate_rank, workers, args=(stages, microbatches, topology, schedule,
+                                                  micro_batch, cpu_copy_bw), timeout=120)[0]
