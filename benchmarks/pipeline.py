@@ -8,11 +8,16 @@ layers. Measures samples/s of:
     ranks, micro-batches; target >= 1.0x),
   * weft PipeDream async (weight stashing) vs weft 1F1B-flush,
   * the optimal partition vs equal layers (both 1F1B-flush),
-  * predicted (profile + measured link + schedule simulation) vs measured
-    throughput of the optimal plan (target within 15%),
+  * predicted (profile + measured link + measured runtime overhead + schedule
+    simulation) vs measured throughput of the optimal plan (target within 15%),
 and the time to partition a 200-layer profile on 16 workers (target < 1 s).
 The profile is taken on both ranks at once (PipeDream profiles on the
-deployment hardware), so it sees the contention of the run it predicts.
+deployment hardware), so it sees the contention of the run it predicts. The
+runtime's own cost per schedule action and per step is calibrated on the same
+ranks (`weft.planner.overhead.calibrate`: the real runtime on a trivial model,
+same schedule and micro-batches) and charged by the partitioner and `predict`.
+A recorded run of each plan compares every stage's measured forward/backward
+time per micro-batch with the profile's.
 Every throughput is the best of `reps` alternating repetitions (the machine is shared).
 """
 
@@ -100,7 +105,9 @@ def profile_on_ranks(mb):
 
     from weft.planner.profile import ModelProfile, profile_model
 
-    prof = profile_model(model(), torch.randn(mb, 64), repeats=10, use_cache=False, threads=1)
+    # 'min': the uncontended layer times, as the runs below report their best repetition
+    prof = profile_model(model(), torch.randn(mb, 64), repeats=10, use_cache=False, threads=1,
+                         statistic="min")
     allp = [None] * dist.get_world_size()
     dist.all_gather_object(allp, prof.to_dict())
     profs = [ModelProfile.from_dict(d) for d in allp]
@@ -111,24 +118,49 @@ def profile_on_ranks(mb):
                         prof.meta)
 
 
+def stage_times(pipe, x, y, steps):
+    """Median F and B seconds per micro-batch on this rank, from a recorded run, and the
+    median time per schedule action spent outside F, B and blocked receives."""
+    pipe.record, ev, other = True, [], []
+    n = len(pipe.schedule()[dist.get_rank()])
+    for _ in range(steps):
+        pipe.events = []
+        t0 = time.perf_counter()
+        pipe.step(x, y)
+        dt = time.perf_counter() - t0
+        ev += pipe.events
+        other.append((dt - sum(e[5] - e[4] for e in pipe.events if e[1] in ("F", "B", "wait")))
+                     / n)
+    pipe.record = False
+    med = lambda k: float(np.median([e[5] - e[4] for e in ev if e[1] == k]))  # noqa
+    return {"F": med("F"), "B": med("B"), "other": float(np.median(other))}
+
+
 def rank_main(M, mb, steps, reps):
     from torch.distributed.pipelining import PipelineStage, Schedule1F1B
 
     from weft.parallel.pipeline.runtime import Pipeline
+    from weft.planner.overhead import calibrate
     from weft.planner.partition import equal_layers, partition
     rank = dist.get_rank()
     bw, lat = pingpong()
     prof = profile_on_ranks(mb)
     topo = local_topology(bw, lat)
+    # loopback: the ranks' CPUs copy every message (cpu_copy_bw = the measured bandwidth)
+    cal = calibrate([[0], [1]], M, topo, "1f1b", mb, cpu_copy_bw=bw, steps=steps * 2, reps=reps)
     opt_plan = partition(prof, topo, workers=2, micro_batch=mb, microbatches=M, stash=False,
-                         cpu_copy_bw=bw)  # loopback: the ranks' CPUs copy every message
+                         cpu_copy_bw=bw, action_overhead_s=cal["action_s"],
+                         allreduce_bw=cal["allreduce_bw"])
     eq_plan = equal_layers(prof, topo, workers=2, micro_batch=mb, microbatches=M)
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(M * mb, 64, generator=g), torch.randint(0, 10, (M * mb,), generator=g)
     sgd = lambda p: torch.optim.SGD(p, lr=0.01)  # noqa: E731
 
+    pipes = {}
+
     def weft_runner(plan, kind):
-        pipe = Pipeline.from_plan(model(), plan, F.cross_entropy, kind, optimizer=sgd)
+        pipe = pipes[(plan.method, kind)] = Pipeline.from_plan(model(), plan, F.cross_entropy,
+                                                               kind, optimizer=sgd)
         if kind == "pipedream":
             return lambda k: pipe.train_async(list(x.split(mb)) * k, list(y.split(mb)) * k)
         return lambda k: [pipe.step(x, y) for _ in range(k)]
@@ -158,6 +190,8 @@ def rank_main(M, mb, steps, reps):
     for _ in range(reps):
         for name, fn in runs.items():
             best[name] = min(best[name], _timed(fn, steps))
+    recorded = {name: stage_times(pipes[(p.method, "1f1b")], x, y, steps)
+                for name, p in (("opt", opt_plan), ("eq", eq_plan))}
     m = model()
     for p in m.parameters():
         p.grad = torch.zeros_like(p)
@@ -167,8 +201,11 @@ def rank_main(M, mb, steps, reps):
         t0 = time.perf_counter()
         o.step()
         step_s[i] = time.perf_counter() - t0
-    return {"bw": bw, "lat": lat, "opt_step_s": float(np.median(step_s)), "times": best, "opt": opt_plan.to_dict(), "prof": prof.to_dict(),
-            "eq": eq_plan.to_dict()}
+    allrec = [None] * dist.get_world_size()
+    dist.all_gather_object(allrec, recorded)
+    return {"bw": bw, "lat": lat, "opt_step_s": float(np.median(step_s)), "times": best,
+            "opt": opt_plan.to_dict(), "prof": prof.to_dict(), "eq": eq_plan.to_dict(),
+            "cal": cal, "recorded": allrec}
 
 
 def partition_speed() -> float:
@@ -206,33 +243,66 @@ def main(argv=None) -> int:
     rate = {k: samples / t for k, t in res["times"].items()}
     topo = local_topology(res["bw"], res["lat"])
     opt, eq = PipelinePlan.from_dict(res["opt"]), PipelinePlan.from_dict(res["eq"])
-    # the optimizer step of the stage with the most parameters ends each flush step
+    cal = res["cal"]
     total = sum(l.param_bytes for l in prof.layers) or 1.0
-    frac = max(sum(l.param_bytes for l in prof.layers[s.first:s.end]) for s in opt.stages) / total
     copy = res["bw"]  # loopback gloo: sender's and receiver's CPUs copy each message
-    pred = predict(opt, prof, topo, "1f1b", step_overhead_s=res["opt_step_s"] * frac,
-                   cpu_copy_bw=copy)["samples_per_s"]
-    pred_nocopy = predict(opt, prof, topo, "1f1b",
-                          step_overhead_s=res["opt_step_s"] * frac)["samples_per_s"]
-    pred_eq = predict(eq, prof, topo, "1f1b", step_overhead_s=res["opt_step_s"] * max(
-        sum(l.param_bytes for l in prof.layers[s.first:s.end]) for s in eq.stages) / total,
-        cpu_copy_bw=copy)["samples_per_s"]
+
+    def pred_of(plan, overhead=True, cpu_copy=True):
+        # the optimizer step of the stage with the most parameters ends each flush step
+        frac = max(sum(l.param_bytes for l in prof.layers[s.first:s.end])
+                   for s in plan.stages) / total
+        kw = dict(action_overhead_s=cal["action_s"], step_overhead_s=cal["step_s"],
+                  latency_s=cal["latency_s"], allreduce_bw=cal["allreduce_bw"]) \
+            if overhead else {}
+        step = res["opt_step_s"] * frac + kw.pop("step_overhead_s", 0.0)
+        return predict(plan, prof, topo, "1f1b", step_overhead_s=step,
+                       cpu_copy_bw=copy if cpu_copy else None, **kw)["samples_per_s"]
+
+    pred, pred_eq = pred_of(opt), pred_of(eq)
+    pred_noover, pred_eq_noover = pred_of(opt, overhead=False), pred_of(eq, overhead=False)
+    pred_nocopy = pred_of(opt, cpu_copy=False)
     part_s = partition_speed()
     con.print(f"gloo loopback: {res['bw'] / 1e9:.2f} GB/s, latency {res['lat'] * 1e6:.0f} us; "
               f"optimal plan {[s['layers'] for s in res['opt']['stages']]} replicas "
               f"{[s['replicas'] for s in res['opt']['stages']]}; equal {eq.boundaries()}")
+    ms = cal["measured"]
+    con.print(f"runtime overhead (calibrated on a trivial model, 1f1b): "
+              f"{cal['action_s'] * 1e6:.1f} us per action, {cal['step_s'] * 1e6:.0f} us per "
+              f"step, message latency {cal['latency_s'] * 1e6:.0f} us, gradient all-reduce "
+              f"{cal['allreduce_bw'] / 1e9:.2f} GB/s; trivial steps "
+              "measured " + ", ".join(f"M={m}: {ms[m] * 1e3:.2f} ms (predicted "
+                                      f"{cal['predicted'][m] * 1e3:.2f} ms)" for m in ms))
     t = Table(title=f"pipeline, 2 gloo ranks, {M} micro-batches of {mb}")
     for col in ("run", "samples/s"):
         t.add_column(col)
     for k, v in rate.items():
         t.add_row(k, f"{v:,.0f}")
     t.add_row("predicted (optimal, 1f1b)", f"{pred:,.0f}")
+    t.add_row("predicted (optimal, 1f1b, no runtime overhead)", f"{pred_noover:,.0f}")
     t.add_row("predicted (optimal, 1f1b, no CPU copy charge)", f"{pred_nocopy:,.0f}")
     t.add_row("predicted (equal layers, 1f1b)", f"{pred_eq:,.0f}")
+    t.add_row("predicted (equal layers, 1f1b, no runtime overhead)", f"{pred_eq_noover:,.0f}")
     con.print(t)
+    sp = prof.scaled(mb)
+    st = Table(title="per micro-batch compute and per-action overhead: recorded run vs model (ms)")
+    for col in ("plan", "stage", "layers", "F run", "F profile", "B run", "B profile",
+                "other/action (run)", "o (calibrated)"):
+        st.add_column(col)
+    for name, plan in (("opt", opt), ("eq", eq)):
+        for k, s in enumerate(plan.stages):
+            rec = res["recorded"][s.ranks[0]][name]
+            f = sum(l.forward_s for l in sp.layers[s.first:s.end])
+            b = sum(l.backward_s for l in sp.layers[s.first:s.end]) + \
+                float(sp.meta.get("stage_overhead_s", 0.0))
+            st.add_row(name, str(k), f"{s.first}-{s.end - 1}", f"{rec['F'] * 1e3:.3f}",
+                       f"{f * 1e3:.3f}", f"{rec['B'] * 1e3:.3f}", f"{b * 1e3:.3f}",
+                       f"{rec['other'] * 1e3:.3f}", f"{cal['action_s'] * 1e3:.3f}")
+    con.print(st)
     err = abs(pred - rate["weft_1f1b_optimal"]) / rate["weft_1f1b_optimal"]
+    err_noover = abs(pred_noover - rate["weft_1f1b_optimal"]) / rate["weft_1f1b_optimal"]
     err_nocopy = abs(pred_nocopy - rate["weft_1f1b_optimal"]) / rate["weft_1f1b_optimal"]
     err_eq = abs(pred_eq - rate["weft_1f1b"]) / rate["weft_1f1b"]
+    err_eq_noover = abs(pred_eq_noover - rate["weft_1f1b"]) / rate["weft_1f1b"]
     rows = [
         ("weft_1f1b_vs_torch_pipelining_1f1b", rate["weft_1f1b"] / rate["torch_1f1b"], "x", 1.0,
          "higher"),
@@ -242,7 +312,16 @@ def main(argv=None) -> int:
          "higher"),
         ("predicted_vs_measured_error", err, "fraction", 0.15, "lower"),
         ("predicted_vs_measured_error_equal_layers", err_eq, "fraction", None, "lower"),
+        ("predicted_vs_measured_error_no_runtime_overhead", err_noover, "fraction", None,
+         "lower"),
+        ("predicted_vs_measured_error_equal_layers_no_runtime_overhead", err_eq_noover,
+         "fraction", None, "lower"),
         ("predicted_vs_measured_error_no_cpu_copy_charge", err_nocopy, "fraction", None, "lower"),
+        ("runtime_overhead_per_action_s", cal["action_s"], "s", None, "lower"),
+        ("runtime_overhead_per_step_s", cal["step_s"], "s", None, "lower"),
+        ("runtime_message_latency_s", cal["latency_s"], "s", None, "lower"),
+        ("pingpong_latency_s", res["lat"], "s", None, "lower"),
+        ("runtime_allreduce_bw", cal["allreduce_bw"], "B/s", None, "higher"),
         ("predicted_optimal_vs_equal_layers", pred / pred_eq, "x", None, "higher"),
         ("weft_1f1b_samples_per_s", rate["weft_1f1b"], "samples/s", None, "higher"),
         ("partition_200_layers_16_workers_s", part_s, "s", 1.0, "lower"),
@@ -252,7 +331,7 @@ def main(argv=None) -> int:
         r.add_column(col)
     for name, v, unit, target, better in rows:
         tgt = "" if target is None else f"{'>=' if better == 'higher' else '<='} {target}"
-        r.add_row(name, f"{v:.3f} {unit}", tgt)
+        r.add_row(name, f"{v:.4g} {unit}", tgt)
     con.print(r)
     if args.json:
         from weft.atomic import write_text

@@ -57,11 +57,13 @@ layer = st.tuples(st.floats(0.01, 5), st.floats(0.01, 5), st.floats(1, 1e4),
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(rows=st.lists(layer, min_size=1, max_size=6), per_host=st.integers(1, 2),
        inter=st.floats(1e3, 1e6), mem=st.floats(2e5, 2e6), m=st.integers(1, 4),
-       stash=st.booleans(), copy_bw=st.sampled_from([None, 1e4, 1e6]))
-def test_dp_matches_brute_force(rows, per_host, inter, mem, m, stash, copy_bw):
+       stash=st.booleans(), copy_bw=st.sampled_from([None, 1e4, 1e6]),
+       over=st.sampled_from([0.0, 0.3]))
+def test_dp_matches_brute_force(rows, per_host, inter, mem, m, stash, copy_bw, over):
     prof = make_profile(rows)
     topo = two_hosts(per_host, 1e6, inter, mem)
-    cm = CostModel.build(prof, topo, microbatches=m, stash=stash, cpu_copy_bw=copy_bw)
+    cm = CostModel.build(prof, topo, microbatches=m, stash=stash, cpu_copy_bw=copy_bw,
+                         action_overhead_s=over)
     expected = brute_force(cm)
     if not np.isfinite(expected):
         with pytest.raises(PlanError, match="does not fit"):

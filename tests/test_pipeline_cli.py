@@ -40,3 +40,15 @@ def test_plan_errors(tmp_path, capsys):
     bad.write_text("{}")
     assert main(["train", "--plan", str(bad)]) == 2
     assert "not a weft pipeline plan" in capsys.readouterr().err
+
+
+def test_plan_charges_action_overhead(tmp_path):
+    base = ["plan", "pipeline", "--model", EXAMPLE, "--topology", "multi_node:1x2",
+            "--workers", "2", "--equal", "--micro-batch", "8", "--microbatches", "2",
+            "--cache-dir", str(tmp_path)]
+    assert main(base + ["--out", str(tmp_path / "a.json")]) == 0
+    assert main(base + ["--action-overhead", "0.001", "--out", str(tmp_path / "b.json")]) == 0
+    a, b = (json.loads((tmp_path / n).read_text()) for n in ("a.json", "b.json"))
+    # equal layers, 2 stages of 4 actions per micro-batch, 2 micro-batches: + 8 ms each
+    for sa, sb in zip(a["stages"], b["stages"]):
+        assert sb["time_s"] - sa["time_s"] == pytest.approx(2 * 4 * 0.001, rel=1e-9)

@@ -106,6 +106,11 @@ def test_sequence_times_leave_model_untouched_and_time_every_layer():
     assert all(f > 0 for f in fwd) and all(b >= 0 for b in bwd)
     assert all(p.grad is None for p in m.parameters())  # accumulated grads are cleared
     assert all(torch.equal(a, b) for a, b in zip(before, m.parameters()))
+    fmin, bmin = sequence_times(list(m.children()), torch.randn(4, 8), repeats=2,
+                                statistic="min")
+    assert len(fmin) == 3 and all(f > 0 for f in fmin) and all(b >= 0 for b in bmin)
+    with pytest.raises(PlanError, match="statistic"):
+        sequence_times(list(m.children()), torch.randn(4, 8), statistic="mean")
 
 
 def test_stage_overhead_is_recorded_and_charged_once_per_stage():

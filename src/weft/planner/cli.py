@@ -51,12 +51,26 @@ def _plan_pipeline(args) -> int:
                              trace=args.trace)
         if args.save_profile:
             prof.save(args.save_profile)
+    over = {"action_overhead_s": args.action_overhead or 0.0}
+    pred_kw = dict(over, step_overhead_s=args.step_overhead or 0.0)
+    if args.calibrate:
+        from weft.planner.overhead import calibrate_local
+
+        cal = calibrate_local(args.workers or len(topo.compute_devices()), args.microbatches,
+                              topo, args.schedule if args.schedule != "pipedream" else "1f1b",
+                              args.micro_batch, copy_bw)
+        con.print(f"runtime overhead (local gloo ranks): {cal['action_s'] * 1e6:.1f} us per "
+                  f"action, {cal['step_s'] * 1e6:.0f} us per step, message latency "
+                  f"{cal['latency_s'] * 1e6:.0f} us, all-reduce {cal['allreduce_bw'] / 1e9:.2f} "
+                  "GB/s")
+        over = {"action_overhead_s": cal["action_s"], "allreduce_bw": cal["allreduce_bw"]}
+        pred_kw = dict(over, step_overhead_s=cal["step_s"], latency_s=cal["latency_s"])
     kw = dict(workers=args.workers, micro_batch=args.micro_batch, microbatches=args.microbatches,
-              model=args.model, cpu_copy_bw=copy_bw)
+              model=args.model, cpu_copy_bw=copy_bw, **over)
     plan = (equal_layers(prof, topo, **kw) if args.equal else
             partition(prof, topo, optimizer_states=args.optimizer_states,
                       stash=args.schedule == "pipedream", method=args.partitioner, **kw))
-    pred = predict(plan, prof, topo, args.schedule, cpu_copy_bw=copy_bw)
+    pred = predict(plan, prof, topo, args.schedule, cpu_copy_bw=copy_bw, **pred_kw)
     plan.extra["predicted"] = {args.schedule: pred}
     names = plan.layer_names
     t = Table(title=f"{plan.method} pipeline plan: {len(names)} layers on {plan.workers} workers "
@@ -99,6 +113,13 @@ def register(sub) -> None:
                         "equal hosts")
     q.add_argument("--cpu-copy-bw", help="charge each message copy to its ranks at this rate "
                    "(e.g. 2.5GB/s; loopback gloo, where the CPUs copy every message)")
+    q.add_argument("--action-overhead", type=float, metavar="SECONDS",
+                   help="runtime cost per schedule action (F, B, send, recv), e.g. 1.2e-4")
+    q.add_argument("--step-overhead", type=float, metavar="SECONDS",
+                   help="runtime cost per step (optimizer, flush), for the prediction")
+    q.add_argument("--calibrate", action="store_true",
+                   help="measure the runtime's overheads on local gloo ranks (one per worker) "
+                        "and plan and predict with them (weft.planner.overhead)")
     q.add_argument("--trace", default="auto", choices=("auto", "fx", "export"),
                    help="how a non-Sequential model is cut into layers (torch.fx, torch.export)")
     q.add_argument("--out", help="write the plan JSON here")

@@ -58,7 +58,8 @@ class Hierarchy:
     def __init__(self, profile: ModelProfile, topology: Topology, workers: int | None = None,
                  micro_batch: int | None = None, microbatches: int = 4,
                  optimizer_states: int = 1, stash: bool = True,
-                 cpu_copy_bw: float | None = None):
+                 cpu_copy_bw: float | None = None, action_overhead_s: float = 0.0,
+                 allreduce_bw: float | None = None):
         self.groups = host_groups(topology, workers)
         if not is_hierarchical(topology, workers):
             sizes = [len(g) for g in self.groups]
@@ -68,7 +69,9 @@ class Hierarchy:
         self.H, self.n = len(self.groups), len(self.groups[0])
         self.node = CostModel.build(profile, topology, self.n, micro_batch,
                                     microbatches=microbatches, optimizer_states=optimizer_states,
-                                    stash=stash, cpu_copy_bw=cpu_copy_bw)
+                                    stash=stash, cpu_copy_bw=cpu_copy_bw,
+                                    action_overhead_s=action_overhead_s,
+                                    allreduce_bw=allreduce_bw)
         self.inter = min(topology.path_bandwidth(self.groups[g][q], self.groups[(g + 1) % self.H][q])
                          or 1e-9 for g in range(self.H) for q in range(self.n))
         self.devices = [d for g in self.groups for d in g]
@@ -212,9 +215,10 @@ class Hierarchy:
 def partition_hierarchical(profile: ModelProfile, topology: Topology, workers: int | None = None,
                            micro_batch: int | None = None, microbatches: int = 4,
                            optimizer_states: int = 1, stash: bool = True,
-                           cpu_copy_bw: float | None = None, **plan_kw) -> PipelinePlan:
+                           cpu_copy_bw: float | None = None, action_overhead_s: float = 0.0,
+                           allreduce_bw: float | None = None, **plan_kw) -> PipelinePlan:
     """The optimal hierarchical plan (see module doc) for `profile` on `topology`."""
     hier = Hierarchy(profile, topology, workers, micro_batch, microbatches, optimizer_states, stash,
-                     cpu_copy_bw)
+                     cpu_copy_bw, action_overhead_s, allreduce_bw)
     t, top, inner = hier.solve()
     return hier.to_plan(top, inner, t, topology=topology.name, **plan_kw)

@@ -14,7 +14,15 @@ within the stage). Per mini-batch of M micro-batches (micro-batch size b):
   (activations forward, gradients back);
 * with ``cpu_copy_bw`` (loopback gloo: the ranks' CPUs copy every message) a stage
   also pays ``M / r * 2 * (act_bytes[i-1] + act_bytes[j-1]) / cpu_copy_bw`` for the
-  activations and gradients it sends and receives (not at the model's ends);
+  activations and gradients it sends and receives (not at the model's ends), and a
+  replicated stage ``2 * ring / cpu_copy_bw`` for the all-reduce's bytes each replica
+  sends and receives (``ring = 2 (r-1)/r * params``); with ``allreduce_bw`` (measured
+  by `weft.planner.overhead.calibrate`) the all-reduce costs ``ring / allreduce_bw``
+  instead of the link and copy terms;
+* with ``action_overhead_s`` (the runtime's own cost per schedule action, measured by
+  `weft.planner.overhead.calibrate`) a stage pays it for each of its actions per
+  micro-batch: F and B, plus a receive and a send for each neighbouring stage,
+  ``M / r * o * (2 + 2 [i > 0] + 2 [j < L])``;
 * the plan's time is the slowest stage or boundary (PipeDream's steady state).
 
 ``A[i][m]`` = best time for layers [i, L) on the last m ranks; the DP tries
@@ -60,6 +68,8 @@ class CostModel:
     optimizer_states: int = 1
     stash: bool = True
     cpu_copy_bw: float | None = None  # bytes/s a rank's CPU spends copying a message
+    action_overhead_s: float = 0.0  # runtime cost of one schedule action (F, B, send, recv)
+    allreduce_bw: float | None = None  # measured ring bytes/s of the runtime's gradient sync
 
     @classmethod
     def build(cls, profile: ModelProfile, topology: Topology, workers: int | None = None,
@@ -108,10 +118,17 @@ class CostModel:
             moved = np.where(i_ > 0, self.out_bytes[np.maximum(i_ - 1, 0)], 0.0) + \
                 np.where(j_ < self.L, self.out_bytes[np.maximum(j_ - 1, 0)], 0.0)
             comp = comp + self.microbatches * 2 * moved / (r * self.cpu_copy_bw)
+        if self.action_overhead_s:
+            n = 2 + 2 * (np.asarray(i) > 0) + 2 * (np.asarray(j) < self.L)
+            comp = comp + self.microbatches * self.action_overhead_s * n / r
         if r == 1:
             return comp
         params = self.c_params[j] - self.c_params[i]
-        return comp + 2 * (r - 1) / r * params / self.group_bw[a, r]
+        ring = 2 * (r - 1) / r * params  # bytes each replica sends (and receives)
+        if self.allreduce_bw:  # measured end to end (weft.planner.overhead.calibrate)
+            return comp + ring / self.allreduce_bw
+        copies = 2 * ring / self.cpu_copy_bw if self.cpu_copy_bw else 0.0
+        return comp + ring / self.group_bw[a, r] + copies
 
     def boundary_time(self, j, b: int):
         """Sending layer j-1's output from rank b-1 to rank b (and its gradient back)."""
@@ -230,6 +247,7 @@ class CostModel:
 def partition(profile: ModelProfile, topology: Topology, workers: int | None = None,
               micro_batch: int | None = None, microbatches: int = 4, optimizer_states: int = 1,
               stash: bool = True, method: str = "auto", cpu_copy_bw: float | None = None,
+              action_overhead_s: float = 0.0, allreduce_bw: float | None = None,
               **plan_kw) -> PipelinePlan:
     """The optimal plan (stage boundaries and replication) for `profile` on `topology`.
 
@@ -237,6 +255,8 @@ def partition(profile: ModelProfile, topology: Topology, workers: int | None = N
     DP: inside a host, then across hosts; see `weft.planner.hierarchy`) or 'auto'
     (hierarchical when the workers span >= 2 hosts of equal size, else flat).
     cpu_copy_bw: charge message copies to the stages' time (see the module doc).
+    action_overhead_s, allreduce_bw: the runtime's measured cost per schedule action and
+    gradient all-reduce bandwidth (`weft.planner.overhead.calibrate`).
     """
     from weft.planner.hierarchy import is_hierarchical, partition_hierarchical
 
@@ -244,9 +264,11 @@ def partition(profile: ModelProfile, topology: Topology, workers: int | None = N
         raise PlanError(f"partition method must be auto, flat or hierarchical, got {method!r}")
     if method == "hierarchical" or (method == "auto" and is_hierarchical(topology, workers)):
         return partition_hierarchical(profile, topology, workers, micro_batch, microbatches,
-                                      optimizer_states, stash, cpu_copy_bw, **plan_kw)
+                                      optimizer_states, stash, cpu_copy_bw, action_overhead_s,
+                                      allreduce_bw, **plan_kw)
     cm = CostModel.build(profile, topology, workers, micro_batch, microbatches=microbatches,
-                         optimizer_states=optimizer_states, stash=stash, cpu_copy_bw=cpu_copy_bw)
+                         optimizer_states=optimizer_states, stash=stash, cpu_copy_bw=cpu_copy_bw,
+                         action_overhead_s=action_overhead_s, allreduce_bw=allreduce_bw)
     _, bounds, reps = cm.solve()
     return cm.to_plan(bounds, reps, "optimal", topology=topology.name, **plan_kw)
 
@@ -258,10 +280,12 @@ def equal_bounds(num_layers: int, stages: int) -> list[tuple[int, int]]:
 
 def equal_layers(profile: ModelProfile, topology: Topology, workers: int | None = None,
                  micro_batch: int | None = None, microbatches: int = 4,
-                 cpu_copy_bw: float | None = None, **plan_kw) -> PipelinePlan:
+                 cpu_copy_bw: float | None = None, action_overhead_s: float = 0.0,
+                 allreduce_bw: float | None = None, **plan_kw) -> PipelinePlan:
     """The baseline: one stage per worker, each with (about) the same number of layers."""
     cm = CostModel.build(profile, topology, workers, micro_batch, microbatches=microbatches,
-                         cpu_copy_bw=cpu_copy_bw)
+                         cpu_copy_bw=cpu_copy_bw, action_overhead_s=action_overhead_s,
+                         allreduce_bw=allreduce_bw)
     S = min(cm.W, cm.L)
     reps = [1] * S
     reps[-1] += cm.W - S  # more workers than layers: the last stage is replicated

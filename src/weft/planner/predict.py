@@ -6,8 +6,12 @@ path between the two ranks' devices, each send ``send_overhead_s`` on the
 sender; with ``cpu_copy_bw`` (bytes/s; loopback gloo, where the
 sender's and the receiver's CPUs copy every message) each send and each
 receive also occupies its rank for ``bytes / cpu_copy_bw``, on top of the
-link time; a flush schedule then all-reduces replicated stages' gradients (ring
-cost) before the next step. PipeDream is simulated over many micro-batches and
+link time; with ``action_overhead_s`` (the runtime's own cost per action, measured
+by `weft.planner.overhead.calibrate`) every action of every rank (F, B, each send
+and receive, PipeDream's updates) takes that much longer, and ``step_overhead_s``
+is added once per step (optimizer step, flush); a flush schedule then all-reduces
+replicated stages' gradients (ring cost, plus with ``cpu_copy_bw`` the copies of the bytes each replica sends and
+receives) before the next step. PipeDream is simulated over many micro-batches and
 reported at its steady rate.
 """
 
@@ -27,8 +31,16 @@ def _latency(topo: Topology, a: str, b: str) -> float:
 
 def predict(plan: PipelinePlan, profile: ModelProfile, topology: Topology,
             schedule: str = "1f1b", chunks_per_stage: int = 1, send_overhead_s: float = 0.0,
-            step_overhead_s: float = 0.0, cpu_copy_bw: float | None = None) -> dict:
-    """{'step_s', 'samples_per_s', 'bubble'} predicted for `plan` run with `schedule`."""
+            step_overhead_s: float = 0.0, cpu_copy_bw: float | None = None,
+            action_overhead_s: float = 0.0, latency_s: float | None = None,
+            allreduce_bw: float | None = None) -> dict:
+    """{'step_s', 'samples_per_s', 'bubble'} predicted for `plan` run with `schedule`.
+
+    latency_s: the one-way latency of a message between two ranks as the runtime sees
+    it (`weft.planner.overhead.calibrate`), instead of the topology's link latency;
+    allreduce_bw: the measured ring bytes/s of the runtime's gradient all-reduce, instead
+    of the link and copy terms.
+    """
     prof = profile.scaled(plan.micro_batch)
     devs = workers_of(topology, plan.workers)
     ranks = [st.ranks for st in plan.stages]
@@ -50,6 +62,9 @@ def predict(plan: PipelinePlan, profile: ModelProfile, topology: Topology,
         return nbytes(a) / cpu_copy_bw if cpu_copy_bw and a.peer != rank else 0.0
 
     def duration(rank, a):
+        return action_overhead_s + work(rank, a)
+
+    def work(rank, a):
         if a.kind == "F":
             return fwd[a.chunk]
         if a.kind == "B":
@@ -64,7 +79,8 @@ def predict(plan: PipelinePlan, profile: ModelProfile, topology: Topology,
         if a.peer == rank:
             return 0.0
         src, dst = devs[rank], devs[a.peer]
-        return nbytes(a) / topology.path_bandwidth(src, dst) + _latency(topology, src, dst)
+        lat = _latency(topology, src, dst) if latency_s is None else latency_s
+        return nbytes(a) / topology.path_bandwidth(src, dst) + lat
 
     res = simulate(sched, duration, transfer)
     sync = 0.0
@@ -74,7 +90,10 @@ def predict(plan: PipelinePlan, profile: ModelProfile, topology: Topology,
             params = sum(l.param_bytes for l in prof.layers[st.first:st.end])
             bw = min(topology.path_bandwidth(devs[a], devs[b])
                      for a, b in zip(st.ranks, st.ranks[1:] + st.ranks[:1]))
-            sync = max(sync, 2 * (r - 1) / r * params / bw)
+            ring = 2 * (r - 1) / r * params  # bytes each replica sends and receives
+            t = ring / allreduce_bw if allreduce_bw else \
+                ring / bw + (2 * ring / cpu_copy_bw if cpu_copy_bw else 0.0)
+            sync = max(sync, t)
     if schedule == "pipedream":
         # steady state: the busiest rank's work per micro-batch (no flush, no bubble)
         per_mb = max(res["busy"].values()) / n

@@ -163,7 +163,8 @@ def _call_overhead(repeats: int) -> float:
     return statistics.median(times[1:])
 
 
-def sequence_times(layers: list[nn.Module], sample: torch.Tensor, repeats: int = 5):
+def sequence_times(layers: list[nn.Module], sample: torch.Tensor, repeats: int = 5,
+                   statistic: str = "median"):
     """Per-layer (forward_s, backward_s) timed inside whole forward+backward passes.
 
     Each layer runs on its predecessor's real output with its neighbours' weights
@@ -173,7 +174,12 @@ def sequence_times(layers: list[nn.Module], sample: torch.Tensor, repeats: int =
     keeps each layer's weights cache-hot (big layers look cheaper than they run
     next to each other) and charges tiny layers one autograd call each (a stage
     pays it once); the per-call overhead is therefore subtracted here.
+    `statistic`: 'median' of the repeats per layer, or 'min' (the uncontended time on a
+    shared machine, to compare with best-of-N measured runs).
     """
+    if statistic not in ("median", "min"):
+        raise PlanError(f"statistic must be 'median' or 'min', got {statistic!r}")
+    pick = statistics.median if statistic == "median" else min
     L, tick = len(layers), time.perf_counter
     runs_f, runs_b = [], []
     for rep in range(repeats + 1):  # the first pass is a warm-up
@@ -200,8 +206,8 @@ def sequence_times(layers: list[nn.Module], sample: torch.Tensor, repeats: int =
     for layer in layers:
         layer.zero_grad(set_to_none=True)
     over = _call_overhead(repeats)
-    fwd = [statistics.median(r[k] for r in runs_f) for k in range(L)]
-    bwd = [max(statistics.median(r[k] for r in runs_b) - over, 0.0) if runs_b[0][k] else 0.0
+    fwd = [pick([r[k] for r in runs_f]) for k in range(L)]
+    bwd = [max(pick([r[k] for r in runs_b]) - over, 0.0) if runs_b[0][k] else 0.0
            for k in range(L)]
     return fwd, bwd
 
@@ -218,27 +224,29 @@ def default_cache_dir() -> Path:
 
 def profile_model(model: nn.Module, sample: torch.Tensor, repeats: int = 5,
                   cache_dir: str | os.PathLike | None = None, use_cache: bool = True,
-                  threads: int | None = 1, trace: str = "auto") -> ModelProfile:
+                  threads: int | None = 1, trace: str = "auto",
+                  statistic: str = "median") -> ModelProfile:
     """Profile every layer of `model` on the batch `sample` (first dim = batch size).
 
     `threads` sets torch's intra-op threads while profiling (default 1, what each
     local rank uses); None keeps the current setting. `trace` picks how a
     non-Sequential model is cut into layers: 'fx', 'export' or 'auto' (fx, then
-    torch.export on `sample`; see `weft.planner.layers`).
+    torch.export on `sample`; see `weft.planner.layers`). `statistic`: per-layer 'median'
+    of the repeats (default) or 'min' (see `sequence_times`).
     """
     seq = as_sequential(model, sample, trace)
     old = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
     try:
-        return _profile(seq, model, sample, repeats, cache_dir, use_cache)
+        return _profile(seq, model, sample, repeats, cache_dir, use_cache, statistic)
     finally:
         torch.set_num_threads(old)
 
 
-def _profile(seq, model, sample, repeats, cache_dir, use_cache) -> ModelProfile:
+def _profile(seq, model, sample, repeats, cache_dir, use_cache, statistic) -> ModelProfile:
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    path = cache / f"{structure_key(seq, sample)}.json"
+    path = cache / f"{structure_key(seq, sample)}{'' if statistic == 'median' else '-min'}.json"
     if use_cache and path.exists():
         try:
             return ModelProfile.load(path)
@@ -249,13 +257,13 @@ def _profile(seq, model, sample, repeats, cache_dir, use_cache) -> ModelProfile:
         for name, layer in seq.named_children():
             prof, x = profile_layer(name, layer, x, 1)  # bytes, shapes; times are replaced
             layers.append(prof)
-        fwd, bwd = sequence_times(list(seq.children()), sample, repeats)
+        fwd, bwd = sequence_times(list(seq.children()), sample, repeats, statistic)
     layers = [replace(l, forward_s=f, backward_s=b) for l, f, b in zip(layers, fwd, bwd)]
     stage_overhead = _call_overhead(repeats)  # what the per-layer backward times exclude
     result = ModelProfile(layers, int(sample.shape[0]), _nbytes(sample), tuple(sample.shape),
                           str(sample.dtype).replace("torch.", ""),
                           {"model": type(model).__name__, "torch": torch.__version__,
-                           "threads": torch.get_num_threads(),
+                           "threads": torch.get_num_threads(), "statistic": statistic,
                            "stage_overhead_s": stage_overhead})
     if use_cache:
         result.save(path)
