@@ -7,7 +7,7 @@ import torch.distributed as dist
 from weft.launch import launch
 
 SIZES = [1, 7, 1000, 12345]  # elements; uneven splits included
-ALGS = ["ring", "dbtree", "packing", "packing:2"]
+ALGS = ["ring", "dbtree", "flat", "packing", "packing:2"]
 
 
 def _ranks(sizes, chunks, topology):

@@ -149,7 +149,7 @@ def test_packing_on_random_graphs_reaches_the_bound(topo, data):
 def test_packed_trees_compile_to_correct_schedules():
     f = Fabric(dgx1(pcie=False))
     for c in schedule.COLLECTIVES:
-        for alg in ("packing", "packing:2", "ring", "dbtree"):
+        for alg in ("packing", "packing:2", "ring", "dbtree", "flat"):
             schedule.check(schedule_for(f, c, alg, root=3))
 
 
@@ -215,3 +215,20 @@ def test_trees_used_both_ways_are_hung_from_their_centre():
     assert s.nsteps == 4  # reduce to node 2 and back: 2 + 2 steps, not 4 + 4
     b = schedule.from_trees("broadcast", 5, [(chain, 1.0)], "packing", root=0)
     assert b.nsteps == 4  # broadcast keeps its root
+
+
+def test_copy_cost_charges_every_byte_a_rank_sends_or_receives():
+    from weft.collectives.shapes import star_slow
+
+    f = Fabric(star_slow(4, fast=1e15, slow=1e15), [f"h{i}" for i in range(4)])
+    size = 64 << 20
+    p = costmodel.CostParams(alpha=0, reduce_bw=1e30, step_overhead=0, copy_bw=1e9)
+    flat = schedule_for(f, "broadcast", "flat", 0)
+    assert flat.nsteps == 1 and len(flat.steps[0]) == 3
+    # one step: the root copies the data out three times
+    assert costmodel.predict(flat, f, size, size, p) == pytest.approx(3 * size / 1e9, rel=1e-3)
+    # sharing 2 cores: 6 copies of the data (3 out, 3 in) over 2 cores
+    p2 = costmodel.CostParams(alpha=0, reduce_bw=1e30, step_overhead=0, copy_bw=1e9, cores=2)
+    assert costmodel.predict(flat, f, size, size, p2) == pytest.approx(3 * size / 1e9, rel=1e-3)
+    p1 = costmodel.CostParams(alpha=0, reduce_bw=1e30, step_overhead=0, copy_bw=1e9, cores=1)
+    assert costmodel.predict(flat, f, size, size, p1) == pytest.approx(6 * size / 1e9, rel=1e-3)

@@ -1,6 +1,8 @@
 """Choose algorithm and chunk size per (topology, collective, message size).
 
-Candidates are ring, double binary tree, and spanning-tree packing keeping at
+Candidates are ring, double binary tree, flat (one star tree: the root talks
+to every rank directly, the best tree when all ranks share one host's memory
+and there is no link to share), and spanning-tree packing keeping at
 most 1, 2, 4, 8 or 16 trees (fewer trees: fewer messages per step, a lower
 rate); chunk sizes 16 KiB .. 16 MiB. The cost model ranks them; `measure` can
 refine the model's best few by timing them on the live process group.
@@ -19,7 +21,7 @@ from weft.collectives.ring import ring_for
 from weft.collectives.schedule import Schedule, from_trees
 from weft.collectives.tree import dbtree
 
-ALGORITHMS = ("ring", "dbtree", "packing")
+ALGORITHMS = ("ring", "dbtree", "flat", "packing")
 TREE_COUNTS = (1, 2, 4, 8, 16)
 CHUNKS = tuple(1 << k for k in (14, 15, 16, 17, 18, 20, 22, 24))
 _MODE = {"broadcast": "down", "reduce": "up", "allreduce": "both", "reduce_scatter": "both",
@@ -52,13 +54,17 @@ def _schedule(key: str, collective: str, algorithm: str, root: int) -> Schedule:
         return ring_for(fabric, collective, root)
     if name == "dbtree":
         return dbtree(collective, fabric.n, root)
+    if name == "flat":
+        star = {r: root for r in range(fabric.n) if r != root}
+        return from_trees(collective, fabric.n, [(star, 1.0)], "flat", root=_rooted(collective, root))
     if name == "packing":
         mode = _MODE[collective]
         p = pack(fabric, root=root if mode != "both" else 0, mode=mode,
                  max_trees=int(k) if k else 16)
         s = from_trees(collective, fabric.n, p.trees, algorithm, root=_rooted(collective, root))
         return s
-    raise ValueError(f"unknown algorithm {algorithm!r}; one of ring, dbtree, packing[:K], auto")
+    raise ValueError(f"unknown algorithm {algorithm!r}; one of ring, dbtree, flat, packing[:K], "
+                     "auto")
 
 
 def schedule_for(fabric: Fabric, collective: str, algorithm: str, root: int = 0) -> Schedule:
@@ -69,7 +75,7 @@ def schedule_for(fabric: Fabric, collective: str, algorithm: str, root: int = 0)
 
 
 def candidates(fabric: Fabric, collective: str) -> list[str]:
-    out = ["ring", "dbtree"]
+    out = ["ring", "dbtree", "flat"]
     out += [f"packing:{k}" for k in TREE_COUNTS]
     return out
 

@@ -96,7 +96,7 @@ def register(sub) -> None:
     s.add_argument("--op", default="allreduce",
                    help="allreduce, broadcast, reduce, reduce_scatter, all_gather")
     s.add_argument("--size", default="256MB", help="message size, e.g. 256MB")
-    s.add_argument("--algorithm", default="auto", help="auto, ring, dbtree, packing, packing:K")
+    s.add_argument("--algorithm", default="auto", help="auto, ring, dbtree, flat, packing, packing:K")
     s.add_argument("--root", type=int, default=0, help="root rank (broadcast, reduce)")
     s.add_argument("--devices", help="comma-separated devices, one per rank (default: all compute)")
     s.add_argument("--alpha", type=float, default=5e-6, help="seconds of overhead per message")

@@ -27,6 +27,7 @@ class CostParams:
     step_overhead: float = 2e-6  # seconds per time step per rank (bookkeeping)
     cores: float = 0.0  # >0: all ranks share this many CPU cores (one-machine emulation)
     link_efficiency: float = 1.0  # fraction of a link's rate that transfers reach (TCP: ~0.93)
+    copy_bw: float = 0.0  # >0: bytes/s a rank copies to send or receive (one host: kernel copies)
 
 
 def pieces_for(schedule: Schedule, nbytes: int, chunk_bytes: int) -> int:
@@ -51,6 +52,7 @@ def _step_loads(schedule: Schedule, fabric: Fabric, numel: int, itemsize: int, l
         msgs = np.zeros(n)
         nmsg = 0
         red = np.zeros(n)
+        cp = np.zeros(n)
         lat = 0.0
         for t in step:
             b = seg_bytes[t.seg]
@@ -61,10 +63,13 @@ def _step_loads(schedule: Schedule, fabric: Fabric, numel: int, itemsize: int, l
             msgs[t.src] += 1
             msgs[t.dst] += 1
             nmsg += 2
+            cp[t.src] += b
+            cp[t.dst] += b
             if t.reduce:
                 red[t.dst] += b
             lat = max(lat, fabric.latency(t.src, t.dst))
-        out.append((load, msgs.max(initial=0), red.max(initial=0), lat, nmsg, red.sum()))
+        out.append((load, msgs.max(initial=0), red.max(initial=0), lat, nmsg, red.sum(),
+                    cp.max(initial=0), cp.sum()))
     return out
 
 
@@ -86,6 +91,10 @@ def predict(schedule: Schedule, fabric: Fabric, nbytes: int, chunk_bytes: int = 
     lat = np.array([x[3] for x in per])
     allmsg = np.array([x[4] for x in per], dtype=float)
     allred = np.array([x[5] for x in per]) / p
+    copy = 1.0 / params.copy_bw if params.copy_bw > 0 else 0.0
+    # per-byte CPU seconds: adding received data, and copying it (when copy_bw > 0)
+    red = red / params.reduce_bw + np.array([x[6] for x in per]) / p * copy
+    allred = allred / params.reduce_bw + np.array([x[7] for x in per]) / p * copy
     s = len(per)
     total = 0.0
     # Time step k runs schedule steps max(0, k-p+1) .. min(k, s-1), each for one piece.
@@ -95,9 +104,9 @@ def predict(schedule: Schedule, fabric: Fabric, nbytes: int, chunk_bytes: int = 
     for k in range(p + s - 1):
         lo, hi = max(0, k - p + 1), min(k, s - 1) + 1
         link_t = float(((cum[hi] - cum[lo]) / caps).max(initial=0.0))
-        cpu = (cm[hi] - cm[lo]) * params.alpha + (cr[hi] - cr[lo]) / params.reduce_bw
+        cpu = (cm[hi] - cm[lo]) * params.alpha + (cr[hi] - cr[lo])
         if params.cores > 0:  # ranks share cores: the whole step's CPU work, spread over them
-            cpu = max(cpu, ((ca[hi] - ca[lo]) * params.alpha + (car[hi] - car[lo]) / params.reduce_bw
+            cpu = max(cpu, ((ca[hi] - ca[lo]) * params.alpha + (car[hi] - car[lo])
                             + fabric.n * params.step_overhead) / params.cores)
         total += link_t + cpu + lat[lo:hi].max(initial=0.0) + params.step_overhead
     return total
