@@ -56,3 +56,18 @@ def test_sigkill_one_of_four_workers_survivors_finish():
         assert torch.equal(r["params"], survivors[0]["params"])
     h = survivors[0]["history"]
     assert h[-1]["loss"] < h[0]["loss"]
+
+
+class _Buggy:
+    def on_step(self, metrics, ctx):
+        if ctx.step == 2:
+            raise ZeroDivisionError("a bug in the user's policy")
+
+
+def test_a_worker_bug_stops_the_job_with_its_traceback():
+    from weft.errors import LaunchError
+
+    cfg = AdaptConfig(workers=1, max_workers=1, epochs=1, max_steps=5, hidden=16)
+    with pytest.raises(LaunchError, match="adaptive worker 0 failed") as info:
+        run_elastic(cfg, _Buggy(), timeout=120)
+    assert "ZeroDivisionError: a bug in the user's policy" in str(info.value)

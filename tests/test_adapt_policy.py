@@ -115,3 +115,15 @@ def test_config_validation():
         AdaptConfig.from_dict({"wrokers": 2})
     assert AdaptConfig(workers=2, max_workers=4).pool_size == 2
     assert isinstance(to_policy(None), Compose)
+
+
+def test_follow_capacity_waits_for_patience_and_stays_in_bounds():
+    from weft.adapt.policy import FollowCapacity
+
+    p = FollowCapacity(patience=3)
+    assert p.on_step({}, ctx(capacity=0)) is None  # not measured yet: never acts
+    assert [p.on_step({}, ctx(capacity=4)) for _ in range(3)] == [None, None, A.Resize(4)]
+    assert p.on_step({}, ctx(capacity=2)) is None  # matches the world: the count restarts
+    assert [p.on_step({}, ctx(capacity=9)) for _ in range(3)][-1] == A.Resize(4)  # max_workers
+    p = FollowCapacity(patience=1)
+    assert p.on_step({}, ctx(world=3, capacity=1, min_workers=2)) == A.Resize(2)  # min_workers

@@ -116,7 +116,9 @@ def _child(cfg, policy, wid, host, port, standby) -> None:
     except BaseException as exc:  # noqa: BLE001 - everything must reach the host
         msg = f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"
         try:
-            connect(host, port, 10.0).set(f"error/{wid}", msg)
+            store = connect(host, port, 10.0)
+            store.set(f"error/{wid}", msg)
+            store.add("errors", 1)  # the host scans error/<wid> only once this is non-zero
         finally:
             sys.stderr.write(f"weft adaptive worker {wid} failed:\n{msg}")
             sys.exit(1)
@@ -185,7 +187,7 @@ def run_elastic(cfg: AdaptConfig, policy: Any = None, timeout: float = 600.0,
         _place(store, cfg, min(store.add("node_seq", 0), nodes.max_nodes))
         while not store.check(["job_done"]):
             agent.poll(stopping=False)
-            for w in range(store.add("wid_seq", 0)):
+            for w in range(store.add("wid_seq", 0) if store.add("errors", 0) else 0):
                 if store.check([f"error/{w}"]):
                     store.set("abort", "1")
                     msg = store.get(f"error/{w}").decode()

@@ -228,12 +228,13 @@ class Membership:
         """Workers the cluster can host now, at most `max_workers`: the members plus every
         process slot of a live node agent that runs no member nor a starting standby (or,
         without node agents, as under torchrun, the live warm standbys)."""
+        nodes = self.store.add("node_seq", 0)
+        if not nodes:  # no node agents (torchrun): the warm standbys are the spare capacity
+            return min(max_workers, self.world + len(self.available_standbys()))
         free = 0
-        for n in range(1, self.store.add("node_seq", 0) + 1):
+        for n in range(1, nodes + 1):
             if self.store.check([f"free/{n}"]) and self._node_alive(n):
                 free += int(self.store.get(f"free/{n}"))
-        if not free:
-            free = len(self.available_standbys())
         return min(max_workers, self.world + free)
 
     # -- failure -----------------------------------------------------------

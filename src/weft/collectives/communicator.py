@@ -56,11 +56,10 @@ class _Avg:
         return True
 
 
-class TorchCommunicator:
-    """torch.distributed's built-in collectives (gloo ring/halving-doubling, NCCL rings/trees)."""
+class GroupMember:
+    """`rank` and `world_size` of a communicator working on `self.group`."""
 
-    def __init__(self, group: dist.ProcessGroup | None = None):
-        self.group = group
+    group: dist.ProcessGroup | None = None
 
     @property
     def rank(self) -> int:
@@ -69,6 +68,13 @@ class TorchCommunicator:
     @property
     def world_size(self) -> int:
         return dist.get_world_size(self.group)
+
+
+class TorchCommunicator(GroupMember):
+    """torch.distributed's built-in collectives (gloo ring/halving-doubling, NCCL rings/trees)."""
+
+    def __init__(self, group: dist.ProcessGroup | None = None):
+        self.group = group
 
     def all_reduce(self, tensor: torch.Tensor, op: str = "sum", async_op: bool = False) -> Work:
         if op not in ("sum", "avg"):

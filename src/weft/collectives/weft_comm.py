@@ -22,7 +22,7 @@ import torch
 import torch.distributed as dist
 
 from weft.collectives.autotune import Choice, choose, schedule_for
-from weft.collectives.communicator import DONE
+from weft.collectives.communicator import DONE, GroupMember
 from weft.collectives.costmodel import CostParams, lower_bound, predict
 from weft.collectives.executor import DEFAULT_CHUNK, execute
 from weft.collectives.fabric import Fabric
@@ -31,7 +31,7 @@ from weft.errors import TopologyError
 from weft.topology.io import resolve
 
 
-class WeftCommunicator:
+class WeftCommunicator(GroupMember):
     """Collectives scheduled on a topology (ring, double binary tree, tree packing)."""
 
     def __init__(self, topology="auto", devices: Sequence[str] | None = None,
@@ -66,14 +66,6 @@ class WeftCommunicator:
         self.history: list[tuple[str, int, str, int]] = []  # (collective, bytes, alg, chunk)
         if algorithm != "auto" and n > 1:
             schedule_for(self.fabric, "allreduce", algorithm)  # fail early on a bad name
-
-    @property
-    def rank(self) -> int:
-        return dist.get_rank(self.group)
-
-    @property
-    def world_size(self) -> int:
-        return dist.get_world_size(self.group)
 
     # -- choosing -------------------------------------------------------------
     def plan(self, collective: str, nbytes: int, root: int = 0) -> Choice:
