@@ -51,13 +51,17 @@ def _plan_pipeline(args) -> int:
                              trace=args.trace)
         if args.save_profile:
             prof.save(args.save_profile)
+    scale = 1.0 if args.compute_scale is None else args.compute_scale
+    if not scale > 0 or scale == float("inf"):
+        raise PlanError(f"--compute-scale must be a finite number > 0, got {scale}")
     over = {"action_overhead_s": args.action_overhead or 0.0}
     pred_kw = dict(over, step_overhead_s=args.step_overhead or 0.0)
     if args.calibrate:
         from weft.planner.overhead import calibrate_local
 
-        cal = calibrate_local(args.workers or len(topo.compute_devices()), args.microbatches,
-                              topo, args.schedule if args.schedule != "pipedream" else "1f1b",
+        workers = args.workers or len(topo.compute_devices())
+        cal = calibrate_local(workers, args.microbatches, topo,
+                              args.schedule if args.schedule != "pipedream" else "1f1b",
                               args.micro_batch, copy_bw)
         con.print(f"runtime overhead (local gloo ranks): {cal['action_s'] * 1e6:.1f} us per "
                   f"action, {cal['step_s'] * 1e6:.0f} us per step, message latency "
@@ -65,6 +69,21 @@ def _plan_pipeline(args) -> int:
                   "GB/s")
         over = {"action_overhead_s": cal["action_s"], "allreduce_bw": cal["allreduce_bw"]}
         pred_kw = dict(over, step_overhead_s=cal["step_s"], latency_s=cal["latency_s"])
+        if args.compute_scale is not None:
+            con.print(f"compute contention: not measured, --compute-scale {scale:g} given")
+        elif args.model:
+            from weft.planner.contention import contention_local
+
+            con_ = contention_local(workers, _sample(args.model, args), spec=args.model)
+            scale = con_["compute_scale"]
+            con.print(f"compute contention ({workers} local gloo ranks, forward+backward of the "
+                      f"whole model all at once vs one at a time): compute_scale {scale:.3f} "
+                      f"(per rank {', '.join(f'{f:.3f}' for f in con_['factors'])})")
+        else:
+            con.print("compute contention: not measured (needs --model, not only --profile); "
+                      "compute_scale 1")
+    over["compute_scale"] = scale
+    pred_kw["compute_scale"] = scale
     kw = dict(workers=args.workers, micro_batch=args.micro_batch, microbatches=args.microbatches,
               model=args.model, cpu_copy_bw=copy_bw, **over)
     plan = (equal_layers(prof, topo, **kw) if args.equal else
@@ -72,6 +91,7 @@ def _plan_pipeline(args) -> int:
                       stash=args.schedule == "pipedream", method=args.partitioner, **kw))
     pred = predict(plan, prof, topo, args.schedule, cpu_copy_bw=copy_bw, **pred_kw)
     plan.extra["predicted"] = {args.schedule: pred}
+    plan.extra["compute_scale"] = scale
     names = plan.layer_names
     t = Table(title=f"{plan.method} pipeline plan: {len(names)} layers on {plan.workers} workers "
                     f"of {topo.name}")
@@ -117,9 +137,13 @@ def register(sub) -> None:
                    help="runtime cost per schedule action (F, B, send, recv), e.g. 1.2e-4")
     q.add_argument("--step-overhead", type=float, metavar="SECONDS",
                    help="runtime cost per step (optimizer, flush), for the prediction")
+    q.add_argument("--compute-scale", type=float, metavar="FACTOR",
+                   help="multiply profiled compute by this (slowdown with every rank computing "
+                        "at once; --calibrate measures it)")
     q.add_argument("--calibrate", action="store_true",
-                   help="measure the runtime's overheads on local gloo ranks (one per worker) "
-                        "and plan and predict with them (weft.planner.overhead)")
+                   help="measure the runtime's overheads and the compute contention on local "
+                        "gloo ranks (one per worker) and plan and predict with them "
+                        "(weft.planner.overhead, weft.planner.contention)")
     q.add_argument("--trace", default="auto", choices=("auto", "fx", "export"),
                    help="how a non-Sequential model is cut into layers (torch.fx, torch.export)")
     q.add_argument("--out", help="write the plan JSON here")

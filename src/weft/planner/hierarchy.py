@@ -59,7 +59,7 @@ class Hierarchy:
                  micro_batch: int | None = None, microbatches: int = 4,
                  optimizer_states: int = 1, stash: bool = True,
                  cpu_copy_bw: float | None = None, action_overhead_s: float = 0.0,
-                 allreduce_bw: float | None = None):
+                 allreduce_bw: float | None = None, compute_scale: float = 1.0):
         self.groups = host_groups(topology, workers)
         if not is_hierarchical(topology, workers):
             sizes = [len(g) for g in self.groups]
@@ -71,7 +71,7 @@ class Hierarchy:
                                     microbatches=microbatches, optimizer_states=optimizer_states,
                                     stash=stash, cpu_copy_bw=cpu_copy_bw,
                                     action_overhead_s=action_overhead_s,
-                                    allreduce_bw=allreduce_bw)
+                                    allreduce_bw=allreduce_bw, compute_scale=compute_scale)
         self.inter = min(topology.path_bandwidth(self.groups[g][q], self.groups[(g + 1) % self.H][q])
                          or 1e-9 for g in range(self.H) for q in range(self.n))
         self.devices = [d for g in self.groups for d in g]
@@ -216,9 +216,10 @@ def partition_hierarchical(profile: ModelProfile, topology: Topology, workers: i
                            micro_batch: int | None = None, microbatches: int = 4,
                            optimizer_states: int = 1, stash: bool = True,
                            cpu_copy_bw: float | None = None, action_overhead_s: float = 0.0,
-                           allreduce_bw: float | None = None, **plan_kw) -> PipelinePlan:
+                           allreduce_bw: float | None = None, compute_scale: float = 1.0,
+                           **plan_kw) -> PipelinePlan:
     """The optimal hierarchical plan (see module doc) for `profile` on `topology`."""
     hier = Hierarchy(profile, topology, workers, micro_batch, microbatches, optimizer_states, stash,
-                     cpu_copy_bw, action_overhead_s, allreduce_bw)
+                     cpu_copy_bw, action_overhead_s, allreduce_bw, compute_scale)
     t, top, inner = hier.solve()
     return hier.to_plan(top, inner, t, topology=topology.name, **plan_kw)

@@ -23,6 +23,9 @@ within the stage). Per mini-batch of M micro-batches (micro-batch size b):
   `weft.planner.overhead.calibrate`) a stage pays it for each of its actions per
   micro-batch: F and B, plus a receive and a send for each neighbouring stage,
   ``M / r * o * (2 + 2 [i > 0] + 2 [j < L])``;
+* with ``compute_scale`` k (measured by `weft.planner.contention`: how much slower the
+  ranks compute when all compute at once) every profiled forward and backward time and
+  ``o`` are multiplied by k;
 * the plan's time is the slowest stage or boundary (PipeDream's steady state).
 
 ``A[i][m]`` = best time for layers [i, L) on the last m ranks; the DP tries
@@ -57,6 +60,14 @@ def workers_of(topology: Topology, n: int | None = None) -> list[str]:
     return devs[:n]
 
 
+def check_scale(compute_scale: float) -> float:
+    """`compute_scale` as a float, or PlanError unless it is finite and > 0."""
+    k = float(compute_scale)
+    if not math.isfinite(k) or k <= 0:
+        raise PlanError(f"compute_scale must be a finite number > 0, got {compute_scale!r}")
+    return k
+
+
 @dataclass
 class CostModel:
     """Stage, boundary and memory costs for a profile on given ranks (see module doc)."""
@@ -70,6 +81,7 @@ class CostModel:
     cpu_copy_bw: float | None = None  # bytes/s a rank's CPU spends copying a message
     action_overhead_s: float = 0.0  # runtime cost of one schedule action (F, B, send, recv)
     allreduce_bw: float | None = None  # measured ring bytes/s of the runtime's gradient sync
+    compute_scale: float = 1.0  # measured slowdown of compute with every rank busy
 
     @classmethod
     def build(cls, profile: ModelProfile, topology: Topology, workers: int | None = None,
@@ -91,9 +103,11 @@ class CostModel:
         L, W = len(self.profile), len(self.memory)
         self.W, self.L = W, L
         ls = self.profile.layers
+        k = check_scale(self.compute_scale)
         z = lambda v: np.concatenate([[0.0], np.cumsum(v)])  # noqa: E731
-        self.c_compute = z([l.compute_s for l in ls])
-        self.overhead = float(self.profile.meta.get("stage_overhead_s", 0.0))  # per micro-batch
+        self.c_compute = z([l.compute_s * k for l in ls])
+        # one autograd call per stage and micro-batch
+        self.overhead = float(self.profile.meta.get("stage_overhead_s", 0.0)) * k
         self.c_params = z([l.param_bytes for l in ls])
         self.c_act = z([l.saved_bytes + l.output_bytes for l in ls])
         self.out_bytes = np.array([l.output_bytes for l in ls], dtype=float)
@@ -248,7 +262,7 @@ def partition(profile: ModelProfile, topology: Topology, workers: int | None = N
               micro_batch: int | None = None, microbatches: int = 4, optimizer_states: int = 1,
               stash: bool = True, method: str = "auto", cpu_copy_bw: float | None = None,
               action_overhead_s: float = 0.0, allreduce_bw: float | None = None,
-              **plan_kw) -> PipelinePlan:
+              compute_scale: float = 1.0, **plan_kw) -> PipelinePlan:
     """The optimal plan (stage boundaries and replication) for `profile` on `topology`.
 
     method: 'flat' (one DP over all ranks), 'hierarchical' (PipeDream's level-by-level
@@ -257,6 +271,9 @@ def partition(profile: ModelProfile, topology: Topology, workers: int | None = N
     cpu_copy_bw: charge message copies to the stages' time (see the module doc).
     action_overhead_s, allreduce_bw: the runtime's measured cost per schedule action and
     gradient all-reduce bandwidth (`weft.planner.overhead.calibrate`).
+    compute_scale: multiplies every profiled forward/backward time (and the per-stage
+    autograd call): the measured slowdown with every rank computing at once
+    (`weft.planner.contention`).
     """
     from weft.planner.hierarchy import is_hierarchical, partition_hierarchical
 
@@ -265,10 +282,11 @@ def partition(profile: ModelProfile, topology: Topology, workers: int | None = N
     if method == "hierarchical" or (method == "auto" and is_hierarchical(topology, workers)):
         return partition_hierarchical(profile, topology, workers, micro_batch, microbatches,
                                       optimizer_states, stash, cpu_copy_bw, action_overhead_s,
-                                      allreduce_bw, **plan_kw)
+                                      allreduce_bw, compute_scale, **plan_kw)
     cm = CostModel.build(profile, topology, workers, micro_batch, microbatches=microbatches,
                          optimizer_states=optimizer_states, stash=stash, cpu_copy_bw=cpu_copy_bw,
-                         action_overhead_s=action_overhead_s, allreduce_bw=allreduce_bw)
+                         action_overhead_s=action_overhead_s, allreduce_bw=allreduce_bw,
+                         compute_scale=compute_scale)
     _, bounds, reps = cm.solve()
     return cm.to_plan(bounds, reps, "optimal", topology=topology.name, **plan_kw)
 
@@ -281,11 +299,12 @@ def equal_bounds(num_layers: int, stages: int) -> list[tuple[int, int]]:
 def equal_layers(profile: ModelProfile, topology: Topology, workers: int | None = None,
                  micro_batch: int | None = None, microbatches: int = 4,
                  cpu_copy_bw: float | None = None, action_overhead_s: float = 0.0,
-                 allreduce_bw: float | None = None, **plan_kw) -> PipelinePlan:
+                 allreduce_bw: float | None = None, compute_scale: float = 1.0,
+                 **plan_kw) -> PipelinePlan:
     """The baseline: one stage per worker, each with (about) the same number of layers."""
     cm = CostModel.build(profile, topology, workers, micro_batch, microbatches=microbatches,
                          cpu_copy_bw=cpu_copy_bw, action_overhead_s=action_overhead_s,
-                         allreduce_bw=allreduce_bw)
+                         allreduce_bw=allreduce_bw, compute_scale=compute_scale)
     S = min(cm.W, cm.L)
     reps = [1] * S
     reps[-1] += cm.W - S  # more workers than layers: the last stage is replicated

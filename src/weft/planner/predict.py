@@ -1,12 +1,13 @@
 """Predicted throughput of a plan under a schedule: simulate its action lists.
 
 Each F/B takes the stage's profiled forward/backward time (profile rescaled to
-the plan's micro-batch), each transfer ``bytes / bandwidth + latency`` on the
-path between the two ranks' devices, each send ``send_overhead_s`` on the
-sender; with ``cpu_copy_bw`` (bytes/s; loopback gloo, where the
-sender's and the receiver's CPUs copy every message) each send and each
-receive also occupies its rank for ``bytes / cpu_copy_bw``, on top of the
-link time; with ``action_overhead_s`` (the runtime's own cost per action, measured
+the plan's micro-batch) times ``compute_scale`` (the measured slowdown of compute
+when every rank computes at once, `weft.planner.contention`; 1 by default),
+each transfer ``bytes / bandwidth + latency`` on the path between the two
+ranks' devices, each send ``send_overhead_s`` on the sender; with
+``cpu_copy_bw`` (bytes/s; loopback gloo, where the sender's and the receiver's
+CPUs copy every message) each send and each receive also occupies its rank for
+``bytes / cpu_copy_bw``, on top of the link time; with ``action_overhead_s`` (the runtime's own cost per action, measured
 by `weft.planner.overhead.calibrate`) every action of every rank (F, B, each send
 and receive, PipeDream's updates) takes that much longer, and ``step_overhead_s``
 is added once per step (optimizer step, flush); a flush schedule then all-reduces
@@ -18,7 +19,7 @@ reported at its steady rate.
 from __future__ import annotations
 
 from weft.parallel.pipeline.schedule import build_schedule, simulate
-from weft.planner.partition import equal_bounds, workers_of
+from weft.planner.partition import check_scale, equal_bounds, workers_of
 from weft.planner.plan import PipelinePlan
 from weft.planner.profile import ModelProfile
 from weft.topology.model import Topology
@@ -33,13 +34,14 @@ def predict(plan: PipelinePlan, profile: ModelProfile, topology: Topology,
             schedule: str = "1f1b", chunks_per_stage: int = 1, send_overhead_s: float = 0.0,
             step_overhead_s: float = 0.0, cpu_copy_bw: float | None = None,
             action_overhead_s: float = 0.0, latency_s: float | None = None,
-            allreduce_bw: float | None = None) -> dict:
+            allreduce_bw: float | None = None, compute_scale: float = 1.0) -> dict:
     """{'step_s', 'samples_per_s', 'bubble'} predicted for `plan` run with `schedule`.
 
     latency_s: the one-way latency of a message between two ranks as the runtime sees
     it (`weft.planner.overhead.calibrate`), instead of the topology's link latency;
     allreduce_bw: the measured ring bytes/s of the runtime's gradient all-reduce, instead
-    of the link and copy terms.
+    of the link and copy terms; compute_scale: multiplies every profiled forward and
+    backward time and the per-stage autograd call (`weft.planner.contention`).
     """
     prof = profile.scaled(plan.micro_batch)
     devs = workers_of(topology, plan.workers)
@@ -47,9 +49,10 @@ def predict(plan: PipelinePlan, profile: ModelProfile, topology: Topology,
     bounds = plan.boundaries()
     if chunks_per_stage > 1:
         bounds = equal_bounds(plan.num_layers, plan.num_stages * chunks_per_stage)
-    fwd = [sum(l.forward_s for l in prof.layers[i:j]) for i, j in bounds]
+    k = check_scale(compute_scale)
+    fwd = [k * sum(l.forward_s for l in prof.layers[i:j]) for i, j in bounds]
     over = float(prof.meta.get("stage_overhead_s", 0.0))  # one backward call per stage
-    bwd = [sum(l.backward_s for l in prof.layers[i:j]) + over for i, j in bounds]
+    bwd = [k * (sum(l.backward_s for l in prof.layers[i:j]) + over) for i, j in bounds]
     out = [prof.layers[j - 1].output_bytes for i, j in bounds]
     M = plan.microbatches
     n = M if schedule != "pipedream" else max(4 * M, 4 * plan.num_stages)

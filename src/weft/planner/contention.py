@@ -1,0 +1,164 @@
+"""Compute contention between ranks, measured: how much slower they compute all at once.
+
+    c = contention(model, torch.randn(32, 64))  # on every rank of the process group
+    partition(prof, topo, ..., compute_scale=c["compute_scale"])
+    predict(plan, prof, topo, "1f1b", ..., compute_scale=c["compute_scale"])
+
+A profile times each layer in one process while nothing else of the job runs.
+In a pipeline every rank computes at the same time, and ranks that share
+cores, caches or memory bandwidth (local gloo ranks on a small CPU, other
+tenants, gloo's own threads) then compute slower than profiled; on a machine
+with one dedicated accelerator per rank they do not. `contention` measures it
+instead of assuming either: on the ranks the pipeline will use, every rank
+times the real model's forward + backward on one micro-batch (the whole model,
+or its own stage with ``layers=(first, end)``)
+
+* **solo**: one rank at a time computes while the others wait in a barrier
+  (ranks take turns), and
+* **concurrent**: every rank computes at once (started together after a barrier),
+
+in `rounds` interleaved rounds (solo turns and the concurrent trial alternate
+their order, so both see the same background load). A trial runs `passes`
+back-to-back passes and counts their mean; `statistic` ('min', as the
+benchmark's profile, or 'median') picks one value per rank and mode over the
+rounds. A rank's factor is concurrent / solo, and ``compute_scale`` is the
+mean of the ranks' factors: the partitioner and `predict` multiply every
+profiled forward and backward time (and the per-stage autograd call) by it.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import torch
+import torch.nn as nn
+
+from weft.errors import PlanError
+
+STATISTICS = ("min", "median")
+
+
+def stage_pass(model: nn.Module, sample: torch.Tensor, layers: tuple[int, int] | None = None,
+               trace: str = "auto"):
+    """A function running one training forward + backward of `model`'s layers
+    ``[first, end)`` (all by default) on `sample`, as a pipeline stage does: the stage's
+    input is the real output of the layers before it, it needs a gradient unless the
+    stage is first, parameter gradients accumulate."""
+    from weft.planner.layers import as_sequential
+
+    seq = as_sequential(model, sample, trace)
+    L = len(seq)
+    first, end = (0, L) if layers is None else (int(layers[0]), int(layers[1]))
+    if not 0 <= first < end <= L:
+        raise PlanError(f"contention: layers [{first}, {end}) is not a non-empty range of the "
+                        f"model's {L} layers")
+    with torch.no_grad():
+        x = seq[:first](sample) if first else sample
+    part = seq[first:end]
+    inp = x.detach().requires_grad_(first > 0 and x.is_floating_point())
+
+    def run():
+        out = part(inp)
+        torch.autograd.backward(out, torch.ones_like(out))
+
+    return run
+
+
+def _trial(work, passes: int) -> float:
+    t0 = time.perf_counter()
+    for _ in range(passes):
+        work()
+    return (time.perf_counter() - t0) / passes
+
+
+def measure(work, rounds: int = 10, passes: int = 4, statistic: str = "min",
+            group=None) -> dict:
+    """Solo and concurrent seconds per pass of `work` (a no-argument function) on every
+    rank of `group` (call on all of them; see the module doc).
+
+    Returns {'solo_s', 'concurrent_s', 'factors': per rank (in group order),
+    'compute_scale', 'ranks', 'rounds', 'passes', 'statistic'} (the same on every rank).
+    """
+    import torch.distributed as dist
+
+    if statistic not in STATISTICS:
+        raise PlanError(f"contention statistic must be 'min' or 'median', got {statistic!r}")
+    if rounds < 1 or passes < 1:
+        raise PlanError(f"contention needs rounds >= 1 and passes >= 1, got {rounds}, {passes}")
+    W = dist.get_world_size(group)
+    me = dist.get_rank(group) if group is not None else dist.get_rank()
+    work()  # warm-up: allocator, kernels
+    solo, conc = [], []
+
+    def solo_turns():
+        for r in range(W):
+            dist.barrier(group)
+            if r == me:
+                solo.append(_trial(work, passes))
+        dist.barrier(group)
+
+    def together():
+        dist.barrier(group)
+        conc.append(_trial(work, passes))
+        dist.barrier(group)
+
+    for k in range(rounds):
+        for phase in ((solo_turns, together) if k % 2 == 0 else (together, solo_turns)):
+            phase()
+    pick = min if statistic == "min" else statistics.median
+    mine = torch.tensor([pick(solo), pick(conc)], dtype=torch.float64)
+    every = [torch.zeros(2, dtype=torch.float64) for _ in range(W)]
+    dist.all_gather(every, mine, group=group)
+    s = [float(t[0]) for t in every]
+    c = [float(t[1]) for t in every]
+    factors = [ci / si if si > 0 else 1.0 for si, ci in zip(s, c)]
+    ranks = list(range(W)) if group is None else dist.get_process_group_ranks(group)
+    return {"compute_scale": sum(factors) / W, "factors": factors, "solo_s": s,
+            "concurrent_s": c, "ranks": ranks, "rounds": rounds, "passes": passes,
+            "statistic": statistic}
+
+
+def contention(model: nn.Module, sample: torch.Tensor, layers: tuple[int, int] | None = None,
+               rounds: int = 10, passes: int = 4, statistic: str = "min",
+               threads: int | None = 1, trace: str = "auto", group=None) -> dict:
+    """Measure how much slower `model`'s forward + backward on the micro-batch `sample`
+    runs when every rank computes at once than alone (call on every rank of `group`).
+
+    layers: this rank's stage ``(first, end)`` (each rank may pass its own); default the
+    whole model. threads: torch intra-op threads while measuring (1, as the profile and
+    `weft.launch` ranks; None keeps the setting). Returns `measure`'s dict.
+    """
+    old = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        torch.manual_seed(0)
+        with torch.enable_grad():
+            work = stage_pass(model, sample, layers, trace)
+            return measure(work, rounds, passes, statistic, group)
+    finally:
+        torch.set_num_threads(old)
+
+
+def _contention_rank(spec, model, sample, rounds, passes, statistic):
+    if spec is not None:
+        from weft.planner.spec import load_model
+
+        model = load_model(spec)
+    return contention(model, sample, rounds=rounds, passes=passes, statistic=statistic)
+
+
+def contention_local(workers: int, sample: torch.Tensor, model: nn.Module | None = None,
+                     spec: str | None = None, rounds: int = 10, passes: int = 4,
+                     statistic: str = "min") -> dict:
+    """`contention` of the whole model on `workers` spawned local gloo ranks. Give the
+    model itself (picklable) or its `spec` (``path.py[:attr]``, loaded in every rank)."""
+    from weft.launch import launch
+
+    if (model is None) == (spec is None):
+        raise PlanError("contention_local needs exactly one of model= or spec=")
+    if workers < 1:
+        raise PlanError(f"contention needs at least one worker, got {workers}")
+    return launch(_contention_rank, workers,
+                  args=(spec, model, sample, rounds, passes, statistic), timeout=120)[0]
