@@ -100,14 +100,19 @@ def _timed(fn, steps: int) -> float:
 
 
 def profile_on_ranks(mb):
-    """Profile on every rank at once (the contention the run will see), average the times."""
+    """Profile on every rank, one rank at a time (the others wait in a barrier), average the
+    times: each rank's solo layer times, what `contention` divides by."""
     from dataclasses import replace
 
     from weft.planner.profile import ModelProfile, profile_model
 
     # 'min': the uncontended layer times, as the runs below report their best repetition
-    prof = profile_model(model(), torch.randn(mb, 64), repeats=10, use_cache=False, threads=1,
-                         statistic="min")
+    for r in range(dist.get_world_size()):
+        dist.barrier()
+        if r == dist.get_rank():
+            prof = profile_model(model(), torch.randn(mb, 64), repeats=10, use_cache=False,
+                                 threads=1, statistic="min")
+    dist.barrier()
     allp = [None] * dist.get_world_size()
     dist.all_gather_object(allp, prof.to_dict())
     profs = [ModelProfile.from_dict(d) for d in allp]
@@ -140,6 +145,7 @@ def rank_main(M, mb, steps, reps):
     from torch.distributed.pipelining import PipelineStage, Schedule1F1B
 
     from weft.parallel.pipeline.runtime import Pipeline
+    from weft.planner.contention import contention
     from weft.planner.overhead import calibrate
     from weft.planner.partition import equal_layers, partition
     rank = dist.get_rank()
@@ -148,9 +154,11 @@ def rank_main(M, mb, steps, reps):
     topo = local_topology(bw, lat)
     # loopback: the ranks' CPUs copy every message (cpu_copy_bw = the measured bandwidth)
     cal = calibrate([[0], [1]], M, topo, "1f1b", mb, cpu_copy_bw=bw, steps=steps * 2, reps=reps)
+    # compute contention: the whole model's forward+backward on both ranks at once vs alone
+    con = contention(model(), torch.randn(mb, 64), rounds=2 * reps, passes=M, statistic="min")
     opt_plan = partition(prof, topo, workers=2, micro_batch=mb, microbatches=M, stash=False,
                          cpu_copy_bw=bw, action_overhead_s=cal["action_s"],
-                         allreduce_bw=cal["allreduce_bw"])
+                         allreduce_bw=cal["allreduce_bw"], compute_scale=con["compute_scale"])
     eq_plan = equal_layers(prof, topo, workers=2, micro_batch=mb, microbatches=M)
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(M * mb, 64, generator=g), torch.randint(0, 10, (M * mb,), generator=g)
@@ -201,11 +209,16 @@ def rank_main(M, mb, steps, reps):
         t0 = time.perf_counter()
         o.step()
         step_s[i] = time.perf_counter() - t0
+    # diagnostic: each plan's own stages' contention (every rank times its stage)
+    stage_con = {name: contention(model(), torch.randn(mb, 64),
+                                  layers=p.stages[p.stage_of_rank(rank)[0]].layers,
+                                  rounds=2 * reps, passes=M, statistic="min")["factors"]
+                 for name, p in (("opt", opt_plan), ("eq", eq_plan))}
     allrec = [None] * dist.get_world_size()
     dist.all_gather_object(allrec, recorded)
     return {"bw": bw, "lat": lat, "opt_step_s": float(np.median(step_s)), "times": best,
             "opt": opt_plan.to_dict(), "prof": prof.to_dict(), "eq": eq_plan.to_dict(),
-            "cal": cal, "recorded": allrec}
+            "cal": cal, "recorded": allrec, "contention": con, "stage_contention": stage_con}
 
 
 def partition_speed() -> float:
@@ -247,7 +260,9 @@ def main(argv=None) -> int:
     total = sum(l.param_bytes for l in prof.layers) or 1.0
     copy = res["bw"]  # loopback gloo: sender's and receiver's CPUs copy each message
 
-    def pred_of(plan, overhead=True, cpu_copy=True):
+    scale = res["contention"]["compute_scale"]
+
+    def pred_of(plan, overhead=True, cpu_copy=True, contention=True, mode="overlap"):
         # the optimizer step of the stage with the most parameters ends each flush step
         frac = max(sum(l.param_bytes for l in prof.layers[s.first:s.end])
                    for s in plan.stages) / total
@@ -256,9 +271,13 @@ def main(argv=None) -> int:
             if overhead else {}
         step = res["opt_step_s"] * frac + kw.pop("step_overhead_s", 0.0)
         return predict(plan, prof, topo, "1f1b", step_overhead_s=step,
-                       cpu_copy_bw=copy if cpu_copy else None, **kw)["samples_per_s"]
+                       cpu_copy_bw=copy if cpu_copy else None,
+                       compute_scale=scale if contention else 1.0, contention=mode,
+                       **kw)["samples_per_s"]
 
     pred, pred_eq = pred_of(opt), pred_of(eq)
+    pred_nocon, pred_eq_nocon = pred_of(opt, contention=False), pred_of(eq, contention=False)
+    pred_all, pred_eq_all = pred_of(opt, mode="all"), pred_of(eq, mode="all")
     pred_noover, pred_eq_noover = pred_of(opt, overhead=False), pred_of(eq, overhead=False)
     pred_nocopy = pred_of(opt, cpu_copy=False)
     part_s = partition_speed()
@@ -272,6 +291,12 @@ def main(argv=None) -> int:
               f"{cal['allreduce_bw'] / 1e9:.2f} GB/s; trivial steps "
               "measured " + ", ".join(f"M={m}: {ms[m] * 1e3:.2f} ms (predicted "
                                       f"{cal['predicted'][m] * 1e3:.2f} ms)" for m in ms))
+    cn = res["contention"]
+    con.print(f"compute contention (whole model forward+backward, both ranks at once vs one at "
+              f"a time, {cn['statistic']} of {cn['rounds']} rounds of {cn['passes']} passes): "
+              f"compute_scale {scale:.3f}; per rank " + ", ".join(
+                  f"{f:.3f} ({s * 1e3:.2f} -> {c * 1e3:.2f} ms)"
+                  for f, s, c in zip(cn["factors"], cn["solo_s"], cn["concurrent_s"])))
     t = Table(title=f"pipeline, 2 gloo ranks, {M} micro-batches of {mb}")
     for col in ("run", "samples/s"):
         t.add_column(col)
@@ -280,13 +305,18 @@ def main(argv=None) -> int:
     t.add_row("predicted (optimal, 1f1b)", f"{pred:,.0f}")
     t.add_row("predicted (optimal, 1f1b, no runtime overhead)", f"{pred_noover:,.0f}")
     t.add_row("predicted (optimal, 1f1b, no CPU copy charge)", f"{pred_nocopy:,.0f}")
+    t.add_row("predicted (optimal, 1f1b, no compute contention)", f"{pred_nocon:,.0f}")
+    t.add_row("predicted (optimal, 1f1b, contention charged to all compute)", f"{pred_all:,.0f}")
     t.add_row("predicted (equal layers, 1f1b)", f"{pred_eq:,.0f}")
     t.add_row("predicted (equal layers, 1f1b, no runtime overhead)", f"{pred_eq_noover:,.0f}")
+    t.add_row("predicted (equal layers, 1f1b, no compute contention)", f"{pred_eq_nocon:,.0f}")
+    t.add_row("predicted (equal layers, 1f1b, contention charged to all compute)",
+              f"{pred_eq_all:,.0f}")
     con.print(t)
     sp = prof.scaled(mb)
     st = Table(title="per micro-batch compute and per-action overhead: recorded run vs model (ms)")
     for col in ("plan", "stage", "layers", "F run", "F profile", "B run", "B profile",
-                "other/action (run)", "o (calibrated)"):
+                "(F+B) run/profile", "stage contention", "other/action (run)", "o (calibrated)"):
         st.add_column(col)
     for name, plan in (("opt", opt), ("eq", eq)):
         for k, s in enumerate(plan.stages):
@@ -296,13 +326,22 @@ def main(argv=None) -> int:
                 float(sp.meta.get("stage_overhead_s", 0.0))
             st.add_row(name, str(k), f"{s.first}-{s.end - 1}", f"{rec['F'] * 1e3:.3f}",
                        f"{f * 1e3:.3f}", f"{rec['B'] * 1e3:.3f}", f"{b * 1e3:.3f}",
+                       f"{(rec['F'] + rec['B']) / (f + b):.2f}",
+                       f"{res['stage_contention'][name][s.ranks[0]]:.2f}",
                        f"{rec['other'] * 1e3:.3f}", f"{cal['action_s'] * 1e3:.3f}")
     con.print(st)
+    con.print(f"(F+B run/profile: the recorded run's stage compute over the solo profile's; "
+              f"stage contention: that stage timed with both ranks computing their own stage "
+              f"at once vs alone; the prediction uses compute_scale {scale:.3f})")
     err = abs(pred - rate["weft_1f1b_optimal"]) / rate["weft_1f1b_optimal"]
     err_noover = abs(pred_noover - rate["weft_1f1b_optimal"]) / rate["weft_1f1b_optimal"]
     err_nocopy = abs(pred_nocopy - rate["weft_1f1b_optimal"]) / rate["weft_1f1b_optimal"]
     err_eq = abs(pred_eq - rate["weft_1f1b"]) / rate["weft_1f1b"]
     err_eq_noover = abs(pred_eq_noover - rate["weft_1f1b"]) / rate["weft_1f1b"]
+    err_nocon = abs(pred_nocon - rate["weft_1f1b_optimal"]) / rate["weft_1f1b_optimal"]
+    err_eq_nocon = abs(pred_eq_nocon - rate["weft_1f1b"]) / rate["weft_1f1b"]
+    err_all = abs(pred_all - rate["weft_1f1b_optimal"]) / rate["weft_1f1b_optimal"]
+    err_eq_all = abs(pred_eq_all - rate["weft_1f1b"]) / rate["weft_1f1b"]
     rows = [
         ("weft_1f1b_vs_torch_pipelining_1f1b", rate["weft_1f1b"] / rate["torch_1f1b"], "x", 1.0,
          "higher"),
@@ -317,6 +356,15 @@ def main(argv=None) -> int:
         ("predicted_vs_measured_error_equal_layers_no_runtime_overhead", err_eq_noover,
          "fraction", None, "lower"),
         ("predicted_vs_measured_error_no_cpu_copy_charge", err_nocopy, "fraction", None, "lower"),
+        ("predicted_vs_measured_error_no_compute_contention", err_nocon, "fraction", None,
+         "lower"),
+        ("predicted_vs_measured_error_equal_layers_no_compute_contention", err_eq_nocon,
+         "fraction", None, "lower"),
+        ("predicted_vs_measured_error_contention_on_all_compute", err_all, "fraction", None,
+         "lower"),
+        ("predicted_vs_measured_error_equal_layers_contention_on_all_compute", err_eq_all,
+         "fraction", None, "lower"),
+        ("compute_scale", scale, "x", None, "lower"),
         ("runtime_overhead_per_action_s", cal["action_s"], "s", None, "lower"),
         ("runtime_overhead_per_step_s", cal["step_s"], "s", None, "lower"),
         ("runtime_message_latency_s", cal["latency_s"], "s", None, "lower"),

@@ -195,3 +195,64 @@ def test_plan_cli_compute_scale(tmp_path, capsys):
         assert sb["time_s"] == pytest.approx(2 * sa["time_s"], rel=1e-9)
     assert main(base + ["--compute-scale", "0"]) == 2
     assert "--compute-scale must be a finite number > 0" in capsys.readouterr().err
+
+
+def test_overlap_fractions_exact():
+    from weft.parallel.pipeline.schedule import Action
+    from weft.planner.contention import overlap_fractions
+
+    F0, B0 = Action("F", 0, 0), Action("B", 0, 0)
+    S = Action("SEND_F", 0, 0, 1)
+    sched = {0: [F0, S, B0], 1: [F0, B0], 2: []}
+    times = {0: [(0.0, 2.0), (2.0, 3.0), (3.0, 5.0)],  # F/B time 4; the send is not compute
+             1: [(1.0, 2.5), (4.0, 6.0)], 2: []}
+    u = overlap_fractions(sched, times)
+    # rank 0 overlaps rank 1 for 1.0 + 1.0 of its 4.0, rank 2 not at all: mean (0.5 + 0) / 2
+    assert u[0] == pytest.approx(0.25)
+    assert u[1] == pytest.approx((2.0 / 3.5 + 0.0) / 2)  # 1.0 (of F) + 1.0 (of B) of 3.5
+    assert u[2] == 0.0
+
+
+def test_predict_overlap_mode():
+    prof = make_profile([(1, 2, 4, 0, 0), (1, 2, 4, 0, 0), (0.1, 0.2, 4, 0, 0)])
+    topo = free_link()
+    # one rank alone: nothing overlaps, so it runs at its profiled speed
+    one = from_boundaries([(0, 3)], micro_batch=1, microbatches=4)
+    got = predict(one, prof, free_link(1), "1f1b", compute_scale=1.5, contention="overlap")
+    assert got["step_s"] == pytest.approx(predict(one, prof, free_link(1), "1f1b")["step_s"])
+    assert got["compute_scales"] == {0: 1.0}
+    for bounds in ([(0, 1), (1, 3)], [(0, 2), (2, 3)]):
+        plan = from_boundaries(bounds, micro_batch=1, microbatches=8)
+        base = predict(plan, prof, topo, "1f1b")["step_s"]
+        full = predict(plan, prof, topo, "1f1b", compute_scale=1.5)
+        ov = predict(plan, prof, topo, "1f1b", compute_scale=1.5, contention="overlap")
+        assert full["compute_scales"] == {0: 1.5, 1: 1.5}
+        assert base < ov["step_s"] <= full["step_s"] + 1e-12
+        assert all(1.0 <= s <= 1.5 for s in ov["compute_scales"].values())
+        assert predict(plan, prof, topo, "1f1b", contention="overlap")["step_s"] == base
+    # the unbalanced split: the busy rank 0 mostly computes alone (little charged), the
+    # small rank 1 always next to rank 0 (about the full factor)
+    plan = from_boundaries([(0, 2), (2, 3)], micro_batch=1, microbatches=8)
+    sc = predict(plan, prof, topo, "1f1b", compute_scale=1.5, contention="overlap")
+    assert sc["compute_scales"][0] < 1.1 < 1.45 < sc["compute_scales"][1]
+    with pytest.raises(PlanError, match="contention must be 'all' or 'overlap'"):
+        predict(plan, prof, topo, contention="some")
+
+
+def test_settled_scales_are_a_fixed_point():
+    from weft.parallel.pipeline.schedule import build_schedule, simulate
+    from weft.planner.contention import overlap_fractions, settle_scales
+
+    sched = build_schedule("1f1b", [[0], [1], [2]], 6)
+    work = {0: (1.0, 2.0), 1: (0.5, 1.0), 2: (2.0, 3.0)}
+
+    def run(scales):
+        def duration(r, a):
+            return scales[r] * work[r][a.kind == "B"] if a.kind in ("F", "B") else 0.0
+        return simulate(sched, duration, lambda r, a: 0.1)
+
+    scales, res = settle_scales(sched, 2.0, run, iters=200, tol=1e-12)
+    u = overlap_fractions(sched, res["times"])
+    for r in sched:
+        assert scales[r] == pytest.approx(1.0 + u[r], abs=1e-6)
+    assert res == run(scales)  # the simulation returned is the one with those scales

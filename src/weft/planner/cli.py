@@ -83,7 +83,7 @@ def _plan_pipeline(args) -> int:
             con.print("compute contention: not measured (needs --model, not only --profile); "
                       "compute_scale 1")
     over["compute_scale"] = scale
-    pred_kw["compute_scale"] = scale
+    pred_kw.update(compute_scale=scale, contention="overlap")
     kw = dict(workers=args.workers, micro_batch=args.micro_batch, microbatches=args.microbatches,
               model=args.model, cpu_copy_bw=copy_bw, **over)
     plan = (equal_layers(prof, topo, **kw) if args.equal else

@@ -141,6 +141,42 @@ def contention(model: nn.Module, sample: torch.Tensor, layers: tuple[int, int] |
         torch.set_num_threads(old)
 
 
+def overlap_fractions(schedule: dict, times: dict) -> dict[int, float]:
+    """u_r for every rank of a simulated schedule (`weft.parallel.pipeline.schedule.simulate`'s
+    'times'): the fraction of rank r's F/B time during which another rank runs F/B too,
+    averaged over the other ranks (0 for a rank alone or without compute)."""
+    iv = {r: [(s, e) for a, (s, e) in zip(acts, times[r]) if a.kind in ("F", "B") and e > s]
+          for r, acts in schedule.items()}
+    out = {}
+    for r, mine in iv.items():
+        total = sum(e - s for s, e in mine)
+        others = [q for q in iv if q != r]
+        if total <= 0 or not others:
+            out[r] = 0.0
+            continue
+        # each rank's intervals are disjoint, so pairwise intersections add up
+        out[r] = sum(sum(max(0.0, min(e, e2) - max(s, s2)) for s, e in mine for s2, e2 in iv[q])
+                     for q in others) / (total * len(others))
+    return out
+
+
+def settle_scales(schedule: dict, k: float, run, iters: int = 30, tol: float = 1e-9):
+    """Per-rank compute factors ``1 + (k - 1) * u_r`` consistent with the overlaps u_r they
+    produce: `run(scales)` simulates with them; starts from k everywhere (all busy) and
+    re-simulates until no factor moves by more than ``tol * k`` (at most `iters` times).
+    Returns (scales, the simulation with exactly those scales)."""
+    scales = {r: k for r in schedule}
+    res = run(scales)
+    for _ in range(iters):
+        u = overlap_fractions(schedule, res["times"])
+        new = {r: 1.0 + (k - 1.0) * u[r] for r in schedule}
+        if max(abs(new[r] - scales[r]) for r in schedule) <= tol * k:
+            break
+        scales = new
+        res = run(scales)
+    return scales, res
+
+
 def _contention_rank(spec, model, sample, rounds, passes, statistic):
     if spec is not None:
         from weft.planner.spec import load_model

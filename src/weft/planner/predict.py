@@ -18,7 +18,9 @@ reported at its steady rate.
 
 from __future__ import annotations
 
+from weft.errors import PlanError
 from weft.parallel.pipeline.schedule import build_schedule, simulate
+from weft.planner.contention import settle_scales
 from weft.planner.partition import check_scale, equal_bounds, workers_of
 from weft.planner.plan import PipelinePlan
 from weft.planner.profile import ModelProfile
@@ -34,14 +36,20 @@ def predict(plan: PipelinePlan, profile: ModelProfile, topology: Topology,
             schedule: str = "1f1b", chunks_per_stage: int = 1, send_overhead_s: float = 0.0,
             step_overhead_s: float = 0.0, cpu_copy_bw: float | None = None,
             action_overhead_s: float = 0.0, latency_s: float | None = None,
-            allreduce_bw: float | None = None, compute_scale: float = 1.0) -> dict:
+            allreduce_bw: float | None = None, compute_scale: float = 1.0,
+            contention: str = "all") -> dict:
     """{'step_s', 'samples_per_s', 'bubble'} predicted for `plan` run with `schedule`.
 
     latency_s: the one-way latency of a message between two ranks as the runtime sees
     it (`weft.planner.overhead.calibrate`), instead of the topology's link latency;
     allreduce_bw: the measured ring bytes/s of the runtime's gradient all-reduce, instead
-    of the link and copy terms; compute_scale: multiplies every profiled forward and
-    backward time and the per-stage autograd call (`weft.planner.contention`).
+    of the link and copy terms; compute_scale: the measured slowdown k of compute with
+    every rank computing at once (`weft.planner.contention`). contention='all' multiplies
+    every profiled forward and backward time (and the per-stage autograd call) by k;
+    'overlap' charges rank r ``1 + (k - 1) * u_r``, with u_r the fraction of its F/B time
+    during which the other ranks run F/B too (mean over them), found by re-simulating
+    until it settles (`weft.planner.contention.settle_scales`): a rank computing while the
+    others idle runs at its profiled (solo) speed. The result has 'compute_scales' (per rank).
     """
     prof = profile.scaled(plan.micro_batch)
     devs = workers_of(topology, plan.workers)
@@ -50,9 +58,11 @@ def predict(plan: PipelinePlan, profile: ModelProfile, topology: Topology,
     if chunks_per_stage > 1:
         bounds = equal_bounds(plan.num_layers, plan.num_stages * chunks_per_stage)
     k = check_scale(compute_scale)
-    fwd = [k * sum(l.forward_s for l in prof.layers[i:j]) for i, j in bounds]
+    if contention not in ("all", "overlap"):
+        raise PlanError(f"contention must be 'all' or 'overlap', got {contention!r}")
+    fwd = [sum(l.forward_s for l in prof.layers[i:j]) for i, j in bounds]
     over = float(prof.meta.get("stage_overhead_s", 0.0))  # one backward call per stage
-    bwd = [k * (sum(l.backward_s for l in prof.layers[i:j]) + over) for i, j in bounds]
+    bwd = [sum(l.backward_s for l in prof.layers[i:j]) + over for i, j in bounds]
     out = [prof.layers[j - 1].output_bytes for i, j in bounds]
     M = plan.microbatches
     n = M if schedule != "pipedream" else max(4 * M, 4 * plan.num_stages)
@@ -69,9 +79,9 @@ def predict(plan: PipelinePlan, profile: ModelProfile, topology: Topology,
 
     def work(rank, a):
         if a.kind == "F":
-            return fwd[a.chunk]
+            return scales[rank] * fwd[a.chunk]
         if a.kind == "B":
-            return bwd[a.chunk]
+            return scales[rank] * bwd[a.chunk]
         if a.kind.startswith("SEND"):
             return send_overhead_s + copy(rank, a)
         if a.kind.startswith("RECV"):
@@ -85,7 +95,14 @@ def predict(plan: PipelinePlan, profile: ModelProfile, topology: Topology,
         lat = _latency(topology, src, dst) if latency_s is None else latency_s
         return nbytes(a) / topology.path_bandwidth(src, dst) + lat
 
+    scales = {r: k for r in sched}
     res = simulate(sched, duration, transfer)
+    if contention == "overlap" and k != 1.0:
+        def run(sc):
+            scales.update(sc)
+            return simulate(sched, duration, transfer)
+
+        scales, res = settle_scales(sched, k, run)
     sync = 0.0
     for st in plan.stages:
         r = st.replicas
@@ -101,7 +118,8 @@ def predict(plan: PipelinePlan, profile: ModelProfile, topology: Topology,
         # steady state: the busiest rank's work per micro-batch (no flush, no bubble)
         per_mb = max(res["busy"].values()) / n
         step = per_mb * M + sync + step_overhead_s
-        return {"step_s": step, "samples_per_s": M * plan.micro_batch / step, "bubble": 0.0}
+        return {"step_s": step, "samples_per_s": M * plan.micro_batch / step, "bubble": 0.0,
+                "compute_scales": dict(scales)}
     step = res["makespan"] + sync + step_overhead_s
     return {"step_s": step, "samples_per_s": M * plan.micro_batch / step,
-            "bubble": res["bubble"]}
+            "bubble": res["bubble"], "compute_scales": dict(scales)}
