@@ -11,13 +11,18 @@ layers. Measures samples/s of:
   * predicted (profile + measured link + measured runtime overhead + schedule
     simulation) vs measured throughput of the optimal plan (target within 15%),
 and the time to partition a 200-layer profile on 16 workers (target < 1 s).
-The profile is taken on both ranks at once (PipeDream profiles on the
-deployment hardware), so it sees the contention of the run it predicts. The
-runtime's own cost per schedule action and per step is calibrated on the same
-ranks (`weft.planner.overhead.calibrate`: the real runtime on a trivial model,
-same schedule and micro-batches) and charged by the partitioner and `predict`.
+The profile is taken on the benchmark's ranks one at a time (the other waits
+in a barrier): solo layer times. How much slower the ranks compute when both
+compute at once (2 cores, gloo's threads, other tenants) is measured on the
+same ranks (`weft.planner.contention`: the whole model's forward+backward at
+the micro-batch, both ranks at once vs one at a time, min of 2*reps rounds of
+M passes) and given to the partitioner (`compute_scale`) and to `predict`
+(`contention="overlap"`: charged in proportion to the other rank's concurrent
+compute). The runtime's own cost per schedule action and per step is calibrated
+on the same ranks (`weft.planner.overhead.calibrate`: the real runtime on a
+trivial model, same schedule and micro-batches) and charged by both too.
 A recorded run of each plan compares every stage's measured forward/backward
-time per micro-batch with the profile's.
+time per micro-batch with the profile's and with that stage's own contention.
 Every throughput is the best of `reps` alternating repetitions (the machine is shared).
 """
 
@@ -145,7 +150,7 @@ def rank_main(M, mb, steps, reps):
     from torch.distributed.pipelining import PipelineStage, Schedule1F1B
 
     from weft.parallel.pipeline.runtime import Pipeline
-    from weft.planner.contention import contention
+    from weft.planner.contention import balanced_bounds, contention
     from weft.planner.overhead import calibrate
     from weft.planner.partition import equal_layers, partition
     rank = dist.get_rank()
@@ -155,7 +160,15 @@ def rank_main(M, mb, steps, reps):
     # loopback: the ranks' CPUs copy every message (cpu_copy_bw = the measured bandwidth)
     cal = calibrate([[0], [1]], M, topo, "1f1b", mb, cpu_copy_bw=bw, steps=steps * 2, reps=reps)
     # compute contention: the whole model's forward+backward on both ranks at once vs alone
-    con = contention(model(), torch.randn(mb, 64), rounds=2 * reps, passes=M, statistic="min")
+    share = balanced_bounds(prof, dist.get_world_size())[rank]  # a balanced stage's layers
+    con = contention(model(), torch.randn(mb, 64), share, rounds=2 * reps, passes=M,
+                     statistic="min")
+    # diagnostics: the same with the concurrent passes back to back (no barrier before
+    # each), and with the whole model on every rank
+    con_plain = contention(model(), torch.randn(mb, 64), share, rounds=2 * reps, passes=M,
+                           statistic="min", handoff=False)
+    con_whole = contention(model(), torch.randn(mb, 64), rounds=2 * reps, passes=M,
+                           statistic="min")
     opt_plan = partition(prof, topo, workers=2, micro_batch=mb, microbatches=M, stash=False,
                          cpu_copy_bw=bw, action_overhead_s=cal["action_s"],
                          allreduce_bw=cal["allreduce_bw"], compute_scale=con["compute_scale"])
@@ -195,9 +208,15 @@ def rank_main(M, mb, steps, reps):
     for fn in runs.values():  # warm-up (shape pass, gloo pairs)
         fn(1)
     best = {k: float("inf") for k in runs}
+    during = []  # diagnostic: contention rounds between the timed repetitions
     for _ in range(reps):
         for name, fn in runs.items():
             best[name] = min(best[name], _timed(fn, steps))
+        during.append(contention(model(), torch.randn(mb, 64), share, rounds=2, passes=M))
+    # pooled like the calibration: min over every round, per rank and mode
+    solo = np.min([d["solo_s"] for d in during], axis=0)
+    conc = np.min([d["concurrent_s"] for d in during], axis=0)
+    con_during = float(np.mean(conc / solo))
     recorded = {name: stage_times(pipes[(p.method, "1f1b")], x, y, steps)
                 for name, p in (("opt", opt_plan), ("eq", eq_plan))}
     m = model()
@@ -218,7 +237,10 @@ def rank_main(M, mb, steps, reps):
     dist.all_gather_object(allrec, recorded)
     return {"bw": bw, "lat": lat, "opt_step_s": float(np.median(step_s)), "times": best,
             "opt": opt_plan.to_dict(), "prof": prof.to_dict(), "eq": eq_plan.to_dict(),
-            "cal": cal, "recorded": allrec, "contention": con, "stage_contention": stage_con}
+            "cal": cal, "recorded": allrec, "contention": con, "stage_contention": stage_con, "contention_plain": con_plain,
+            "contention_whole": con_whole,
+            "share": balanced_bounds(prof, dist.get_world_size()),
+            "contention_during": con_during}
 
 
 def partition_speed() -> float:
@@ -278,6 +300,13 @@ def main(argv=None) -> int:
     pred, pred_eq = pred_of(opt), pred_of(eq)
     pred_nocon, pred_eq_nocon = pred_of(opt, contention=False), pred_of(eq, contention=False)
     pred_all, pred_eq_all = pred_of(opt, mode="all"), pred_of(eq, mode="all")
+    scale_pre, scale = scale, res["contention_during"]  # diagnostic: the run's own period
+    pred_dur, pred_eq_dur = pred_of(opt), pred_of(eq)
+    scale = res["contention_plain"]["compute_scale"]  # diagnostic: no barrier before passes
+    pred_plain, pred_eq_plain = pred_of(opt), pred_of(eq)
+    scale = res["contention_whole"]["compute_scale"]  # diagnostic: whole model on each rank
+    pred_whole, pred_eq_whole = pred_of(opt), pred_of(eq)
+    scale = scale_pre
     pred_noover, pred_eq_noover = pred_of(opt, overhead=False), pred_of(eq, overhead=False)
     pred_nocopy = pred_of(opt, cpu_copy=False)
     part_s = partition_speed()
@@ -292,11 +321,17 @@ def main(argv=None) -> int:
               "measured " + ", ".join(f"M={m}: {ms[m] * 1e3:.2f} ms (predicted "
                                       f"{cal['predicted'][m] * 1e3:.2f} ms)" for m in ms))
     cn = res["contention"]
-    con.print(f"compute contention (whole model forward+backward, both ranks at once vs one at "
-              f"a time, {cn['statistic']} of {cn['rounds']} rounds of {cn['passes']} passes): "
+    con.print(f"compute contention (forward+backward of the layers of a balanced stage, "
+              f"{res['share']} on each rank, both ranks at once, each pass right after a "
+              f"barrier, vs one rank at a time back to back, {cn['statistic']} of "
+              f"{cn['rounds']} rounds of {cn['passes']} passes): "
               f"compute_scale {scale:.3f}; per rank " + ", ".join(
                   f"{f:.3f} ({s * 1e3:.2f} -> {c * 1e3:.2f} ms)"
-                  for f, s, c in zip(cn["factors"], cn["solo_s"], cn["concurrent_s"])))
+                  for f, s, c in zip(cn["factors"], cn["solo_s"], cn["concurrent_s"])) +
+              f"; diagnostics: without the barrier before each pass "
+              f"{res['contention_plain']['compute_scale']:.3f}, whole model on each rank "
+              f"{res['contention_whole']['compute_scale']:.3f}, measured between the timed "
+              f"reps {res['contention_during']:.3f}")
     t = Table(title=f"pipeline, 2 gloo ranks, {M} micro-batches of {mb}")
     for col in ("run", "samples/s"):
         t.add_column(col)
@@ -307,6 +342,12 @@ def main(argv=None) -> int:
     t.add_row("predicted (optimal, 1f1b, no CPU copy charge)", f"{pred_nocopy:,.0f}")
     t.add_row("predicted (optimal, 1f1b, no compute contention)", f"{pred_nocon:,.0f}")
     t.add_row("predicted (optimal, 1f1b, contention charged to all compute)", f"{pred_all:,.0f}")
+    t.add_row("predicted (optimal, 1f1b, contention measured between the timed reps)",
+              f"{pred_dur:,.0f}")
+    t.add_row("predicted (optimal, 1f1b, contention without a barrier before each pass)",
+              f"{pred_plain:,.0f}")
+    t.add_row("predicted (optimal, 1f1b, contention of the whole model on each rank)",
+              f"{pred_whole:,.0f}")
     t.add_row("predicted (equal layers, 1f1b)", f"{pred_eq:,.0f}")
     t.add_row("predicted (equal layers, 1f1b, no runtime overhead)", f"{pred_eq_noover:,.0f}")
     t.add_row("predicted (equal layers, 1f1b, no compute contention)", f"{pred_eq_nocon:,.0f}")
@@ -342,6 +383,12 @@ def main(argv=None) -> int:
     err_eq_nocon = abs(pred_eq_nocon - rate["weft_1f1b"]) / rate["weft_1f1b"]
     err_all = abs(pred_all - rate["weft_1f1b_optimal"]) / rate["weft_1f1b_optimal"]
     err_eq_all = abs(pred_eq_all - rate["weft_1f1b"]) / rate["weft_1f1b"]
+    err_plain = abs(pred_plain - rate["weft_1f1b_optimal"]) / rate["weft_1f1b_optimal"]
+    err_eq_plain = abs(pred_eq_plain - rate["weft_1f1b"]) / rate["weft_1f1b"]
+    err_whole = abs(pred_whole - rate["weft_1f1b_optimal"]) / rate["weft_1f1b_optimal"]
+    err_eq_whole = abs(pred_eq_whole - rate["weft_1f1b"]) / rate["weft_1f1b"]
+    err_dur = abs(pred_dur - rate["weft_1f1b_optimal"]) / rate["weft_1f1b_optimal"]
+    err_eq_dur = abs(pred_eq_dur - rate["weft_1f1b"]) / rate["weft_1f1b"]
     rows = [
         ("weft_1f1b_vs_torch_pipelining_1f1b", rate["weft_1f1b"] / rate["torch_1f1b"], "x", 1.0,
          "higher"),
@@ -365,6 +412,23 @@ def main(argv=None) -> int:
         ("predicted_vs_measured_error_equal_layers_contention_on_all_compute", err_eq_all,
          "fraction", None, "lower"),
         ("compute_scale", scale, "x", None, "lower"),
+        ("compute_scale_no_handoff", res["contention_plain"]["compute_scale"], "x", None,
+         "lower"),
+        ("predicted_vs_measured_error_contention_no_handoff", err_plain, "fraction", None,
+         "lower"),
+        ("predicted_vs_measured_error_equal_layers_contention_no_handoff", err_eq_plain,
+         "fraction", None, "lower"),
+        ("compute_scale_whole_model", res["contention_whole"]["compute_scale"], "x", None,
+         "lower"),
+        ("predicted_vs_measured_error_contention_whole_model", err_whole, "fraction", None,
+         "lower"),
+        ("predicted_vs_measured_error_equal_layers_contention_whole_model", err_eq_whole,
+         "fraction", None, "lower"),
+        ("compute_scale_between_timed_reps", res["contention_during"], "x", None, "lower"),
+        ("predicted_vs_measured_error_contention_between_timed_reps", err_dur, "fraction",
+         None, "lower"),
+        ("predicted_vs_measured_error_equal_layers_contention_between_timed_reps", err_eq_dur,
+         "fraction", None, "lower"),
         ("runtime_overhead_per_action_s", cal["action_s"], "s", None, "lower"),
         ("runtime_overhead_per_step_s", cal["step_s"], "s", None, "lower"),
         ("runtime_message_latency_s", cal["latency_s"], "s", None, "lower"),

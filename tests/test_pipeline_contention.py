@@ -256,3 +256,18 @@ def test_settled_scales_are_a_fixed_point():
     for r in sched:
         assert scales[r] == pytest.approx(1.0 + u[r], abs=1e-6)
     assert res == run(scales)  # the simulation returned is the one with those scales
+
+
+def test_balanced_bounds():
+    from weft.planner.contention import balanced_bounds
+
+    prof = make_profile([(1, 1, 1, 0, 0), (1, 1, 1, 0, 0), (2, 2, 1, 0, 0), (0, 0, 1, 0, 0)])
+    assert balanced_bounds(prof, 1) == [(0, 4)]
+    assert balanced_bounds(prof, 2) == [(0, 2), (2, 4)]  # compute 4 | 4
+    assert balanced_bounds(prof, 3) == [(0, 1), (1, 2), (2, 4)]
+    assert balanced_bounds(prof, 4) == [(0, 1), (1, 2), (2, 3), (3, 4)]
+    assert balanced_bounds(prof, 6) == [(0, 1), (1, 2), (2, 3), (3, 4), (0, 1), (1, 2)]
+    heavy_first = make_profile([(9, 9, 1, 0, 0)] + [(0.1, 0.1, 1, 0, 0)] * 3)
+    assert balanced_bounds(heavy_first, 3) == [(0, 1), (1, 2), (2, 4)]  # never empty
+    with pytest.raises(PlanError, match="balanced_bounds"):
+        balanced_bounds(prof, 0)

@@ -74,11 +74,13 @@ def _plan_pipeline(args) -> int:
         elif args.model:
             from weft.planner.contention import contention_local
 
-            con_ = contention_local(workers, _sample(args.model, args), spec=args.model)
+            con_ = contention_local(workers, _sample(args.model, args), spec=args.model,
+                                    profile=prof)
             scale = con_["compute_scale"]
-            con.print(f"compute contention ({workers} local gloo ranks, forward+backward of the "
-                      f"whole model all at once vs one at a time): compute_scale {scale:.3f} "
-                      f"(per rank {', '.join(f'{f:.3f}' for f in con_['factors'])})")
+            con.print(f"compute contention ({workers} local gloo ranks, forward+backward of "
+                      "equal-compute slices of the model, all ranks at once vs one at a time): "
+                      f"compute_scale {scale:.3f} (per rank "
+                      f"{', '.join(f'{f:.3f}' for f in con_['factors'])})")
         else:
             con.print("compute contention: not measured (needs --model, not only --profile); "
                       "compute_scale 1")

@@ -31,6 +31,7 @@ from __future__ import annotations
 import statistics
 import time
 
+import numpy as np
 import torch
 import torch.nn as nn
 
@@ -65,20 +66,51 @@ def stage_pass(model: nn.Module, sample: torch.Tensor, layers: tuple[int, int] |
     return run
 
 
-def _trial(work, passes: int) -> float:
-    t0 = time.perf_counter()
+def balanced_bounds(profile, workers: int) -> list[tuple[int, int]]:
+    """`workers` contiguous non-empty layer ranges of about equal profiled compute (the
+    stages of a balanced pipeline); with fewer layers than workers, one range per layer,
+    repeated round robin."""
+    L = len(profile.layers)
+    if workers < 1 or L < 1:
+        raise PlanError(f"balanced_bounds needs >= 1 worker and layer, got {workers}, {L}")
+    S = min(workers, L)
+    c = np.concatenate([[0.0], np.cumsum([l.compute_s for l in profile.layers])])
+    cuts = [0]
+    for k in range(1, S):  # the cut nearest k/S of the compute, leaving a layer per stage
+        lo, hi = cuts[-1] + 1, L - (S - k)
+        cuts.append(lo + int(np.argmin(np.abs(c[lo:hi + 1] - c[-1] * k / S))))
+    cuts.append(L)
+    stages = list(zip(cuts[:-1], cuts[1:]))
+    return [stages[r % S] for r in range(workers)]
+
+
+def _trial(work, passes: int, sync=None) -> float:
+    """Mean seconds per pass of `passes` passes; with `sync`, each pass starts right after
+    `sync()` returns (not timed)."""
+    if sync is None:
+        t0 = time.perf_counter()
+        for _ in range(passes):
+            work()
+        return (time.perf_counter() - t0) / passes
+    total = 0.0
     for _ in range(passes):
+        sync()
+        t0 = time.perf_counter()
         work()
-    return (time.perf_counter() - t0) / passes
+        total += time.perf_counter() - t0
+    return total / passes
 
 
 def measure(work, rounds: int = 10, passes: int = 4, statistic: str = "min",
-            group=None) -> dict:
+            group=None, handoff: bool = True) -> dict:
     """Solo and concurrent seconds per pass of `work` (a no-argument function) on every
     rank of `group` (call on all of them; see the module doc).
 
+    handoff: every concurrent pass starts right after a barrier with the other ranks (as
+    a stage's compute starts right after a blocking receive); False: back to back.
     Returns {'solo_s', 'concurrent_s', 'factors': per rank (in group order),
-    'compute_scale', 'ranks', 'rounds', 'passes', 'statistic'} (the same on every rank).
+    'compute_scale', 'ranks', 'rounds', 'passes', 'statistic', 'handoff'} (the same on
+    every rank).
     """
     import torch.distributed as dist
 
@@ -100,7 +132,7 @@ def measure(work, rounds: int = 10, passes: int = 4, statistic: str = "min",
 
     def together():
         dist.barrier(group)
-        conc.append(_trial(work, passes))
+        conc.append(_trial(work, passes, (lambda: dist.barrier(group)) if handoff else None))
         dist.barrier(group)
 
     for k in range(rounds):
@@ -116,12 +148,13 @@ def measure(work, rounds: int = 10, passes: int = 4, statistic: str = "min",
     ranks = list(range(W)) if group is None else dist.get_process_group_ranks(group)
     return {"compute_scale": sum(factors) / W, "factors": factors, "solo_s": s,
             "concurrent_s": c, "ranks": ranks, "rounds": rounds, "passes": passes,
-            "statistic": statistic}
+            "statistic": statistic, "handoff": handoff}
 
 
 def contention(model: nn.Module, sample: torch.Tensor, layers: tuple[int, int] | None = None,
                rounds: int = 10, passes: int = 4, statistic: str = "min",
-               threads: int | None = 1, trace: str = "auto", group=None) -> dict:
+               threads: int | None = 1, trace: str = "auto", group=None,
+               handoff: bool = True) -> dict:
     """Measure how much slower `model`'s forward + backward on the micro-batch `sample`
     runs when every rank computes at once than alone (call on every rank of `group`).
 
@@ -136,7 +169,7 @@ def contention(model: nn.Module, sample: torch.Tensor, layers: tuple[int, int] |
         torch.manual_seed(0)
         with torch.enable_grad():
             work = stage_pass(model, sample, layers, trace)
-            return measure(work, rounds, passes, statistic, group)
+            return measure(work, rounds, passes, statistic, group, handoff)
     finally:
         torch.set_num_threads(old)
 
@@ -177,24 +210,30 @@ def settle_scales(schedule: dict, k: float, run, iters: int = 30, tol: float = 1
     return scales, res
 
 
-def _contention_rank(spec, model, sample, rounds, passes, statistic):
+def _contention_rank(spec, model, sample, bounds, rounds, passes, statistic):
+    import torch.distributed as dist
+
     if spec is not None:
         from weft.planner.spec import load_model
 
         model = load_model(spec)
-    return contention(model, sample, rounds=rounds, passes=passes, statistic=statistic)
+    layers = bounds[dist.get_rank()] if bounds else None
+    return contention(model, sample, layers, rounds=rounds, passes=passes, statistic=statistic)
 
 
 def contention_local(workers: int, sample: torch.Tensor, model: nn.Module | None = None,
-                     spec: str | None = None, rounds: int = 10, passes: int = 4,
-                     statistic: str = "min") -> dict:
-    """`contention` of the whole model on `workers` spawned local gloo ranks. Give the
-    model itself (picklable) or its `spec` (``path.py[:attr]``, loaded in every rank)."""
+                     spec: str | None = None, profile=None, rounds: int = 10,
+                     passes: int = 4, statistic: str = "min") -> dict:
+    """`contention` on `workers` spawned local gloo ranks. Give the model itself
+    (picklable) or its `spec` (``path.py[:attr]``, loaded in every rank). With its
+    `profile`, rank r times the r-th of `balanced_bounds` (stage-sized passes, different
+    layers on every rank as in a pipeline); else every rank times the whole model."""
     from weft.launch import launch
 
     if (model is None) == (spec is None):
         raise PlanError("contention_local needs exactly one of model= or spec=")
     if workers < 1:
         raise PlanError(f"contention needs at least one worker, got {workers}")
+    bounds = balanced_bounds(profile, workers) if profile is not None else None
     return launch(_contention_rank, workers,
-                  args=(spec, model, sample, rounds, passes, statistic), timeout=120)[0]
+                  args=(spec, model, sample, bounds, rounds, passes, statistic), timeout=120)[0]
