@@ -271,7 +271,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     M, mb = 8, 32
     steps, reps = (4, 3) if args.quick else (6, 8)
-    con = Console()
+    con = Console(width=150)  # wide tables also when piped to a file
     res = launch(rank_main, 2, args=(M, mb, steps, reps), timeout=120)[0]
     prof = ModelProfile.from_dict(res["prof"])
     samples = steps * M * mb
