@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 
@@ -272,7 +273,9 @@ def main(argv=None) -> int:
     M, mb = 8, 32
     steps, reps = (4, 3) if args.quick else (6, 8)
     con = Console(width=150)  # wide tables also when piped to a file
+    load0 = os.getloadavg()[0]  # the machine is shared: how busy it was around the run
     res = launch(rank_main, 2, args=(M, mb, steps, reps), timeout=120)[0]
+    load1 = os.getloadavg()[0]
     prof = ModelProfile.from_dict(res["prof"])
     samples = steps * M * mb
     rate = {k: samples / t for k, t in res["times"].items()}
@@ -437,6 +440,8 @@ def main(argv=None) -> int:
         ("predicted_optimal_vs_equal_layers", pred / pred_eq, "x", None, "higher"),
         ("weft_1f1b_samples_per_s", rate["weft_1f1b"], "samples/s", None, "higher"),
         ("partition_200_layers_16_workers_s", part_s, "s", 1.0, "lower"),
+        ("load_average_1min_before", load0, "", None, "lower"),
+        ("load_average_1min_after", load1, "", None, "lower"),
     ]
     r = Table(title="ratios (measured in this run)")
     for col in ("metric", "value", "target"):

@@ -1,29 +1,36 @@
 """Compute contention between ranks, measured: how much slower they compute all at once.
 
-    c = contention(model, torch.randn(32, 64))  # on every rank of the process group
-    partition(prof, topo, ..., compute_scale=c["compute_scale"])
-    predict(plan, prof, topo, "1f1b", ..., compute_scale=c["compute_scale"])
+    c = contention(model, torch.randn(32, 64), layers=balanced_bounds(prof, W)[rank])
+    partition(prof, topo, ..., compute_scale=c["compute_scale"])  # c is the same on every rank
+    predict(plan, prof, topo, "1f1b", ..., compute_scale=c["compute_scale"],
+            contention="overlap")
 
 A profile times each layer in one process while nothing else of the job runs.
 In a pipeline every rank computes at the same time, and ranks that share
 cores, caches or memory bandwidth (local gloo ranks on a small CPU, other
 tenants, gloo's own threads) then compute slower than profiled; on a machine
-with one dedicated accelerator per rank they do not. `contention` measures it
-instead of assuming either: on the ranks the pipeline will use, every rank
+with one dedicated accelerator per rank they should not. `contention` measures
+it instead of assuming either: on the ranks the pipeline will use, every rank
 times the real model's forward + backward on one micro-batch (the whole model,
-or its own stage with ``layers=(first, end)``)
+or the layers ``layers=(first, end)``: each rank may pass its own, e.g. the
+r-th of `balanced_bounds`, stage-sized slices as in a balanced pipeline)
 
-* **solo**: one rank at a time computes while the others wait in a barrier
-  (ranks take turns), and
-* **concurrent**: every rank computes at once (started together after a barrier),
+* **solo**: one rank at a time runs `passes` passes back to back (as the
+  profile) while the others wait in a barrier (ranks take turns), and
+* **concurrent**: every rank at once; with ``handoff`` (default) each pass
+  starts right after a barrier with the other ranks, as a stage's compute
+  starts right after a blocking receive (compute right after a blocking wait
+  was measurably slower than back-to-back compute on the 2-core test machine,
+  likely cold caches or a rescheduled thread), else back to back,
 
 in `rounds` interleaved rounds (solo turns and the concurrent trial alternate
-their order, so both see the same background load). A trial runs `passes`
-back-to-back passes and counts their mean; `statistic` ('min', as the
-benchmark's profile, or 'median') picks one value per rank and mode over the
-rounds. A rank's factor is concurrent / solo, and ``compute_scale`` is the
-mean of the ranks' factors: the partitioner and `predict` multiply every
-profiled forward and backward time (and the per-stage autograd call) by it.
+their order, so both see the same background load). A trial counts its mean
+per pass; `statistic` ('min', as the benchmark's profile, or 'median') picks
+one value per rank and mode over the rounds. A rank's factor is concurrent /
+solo, and ``compute_scale`` is the mean of the ranks' factors: the partitioner
+multiplies every profiled forward and backward time (and the per-stage autograd
+call) by it; `predict` does too, or with ``contention="overlap"`` charges each
+rank in proportion to the other ranks' concurrent compute (`settle_scales`).
 """
 
 from __future__ import annotations
