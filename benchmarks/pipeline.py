@@ -287,7 +287,7 @@ def main(argv=None) -> int:
 
     scale = res["contention"]["compute_scale"]
 
-    def pred_of(plan, overhead=True, cpu_copy=True, contention=True, mode="overlap"):
+    def pred_of(plan, overhead=True, cpu_copy=True, scale=scale, mode="overlap"):
         # the optimizer step of the stage with the most parameters ends each flush step
         frac = max(sum(l.param_bytes for l in prof.layers[s.first:s.end])
                    for s in plan.stages) / total
@@ -296,22 +296,28 @@ def main(argv=None) -> int:
             if overhead else {}
         step = res["opt_step_s"] * frac + kw.pop("step_overhead_s", 0.0)
         return predict(plan, prof, topo, "1f1b", step_overhead_s=step,
-                       cpu_copy_bw=copy if cpu_copy else None,
-                       compute_scale=scale if contention else 1.0, contention=mode,
-                       **kw)["samples_per_s"]
+                       cpu_copy_bw=copy if cpu_copy else None, compute_scale=scale,
+                       contention=mode, **kw)["samples_per_s"]
 
-    pred, pred_eq = pred_of(opt), pred_of(eq)
-    pred_nocon, pred_eq_nocon = pred_of(opt, contention=False), pred_of(eq, contention=False)
-    pred_all, pred_eq_all = pred_of(opt, mode="all"), pred_of(eq, mode="all")
-    scale_pre, scale = scale, res["contention_during"]  # diagnostic: the run's own period
-    pred_dur, pred_eq_dur = pred_of(opt), pred_of(eq)
-    scale = res["contention_plain"]["compute_scale"]  # diagnostic: no barrier before passes
-    pred_plain, pred_eq_plain = pred_of(opt), pred_of(eq)
-    scale = res["contention_whole"]["compute_scale"]  # diagnostic: whole model on each rank
-    pred_whole, pred_eq_whole = pred_of(opt), pred_of(eq)
-    scale = scale_pre
-    pred_noover, pred_eq_noover = pred_of(opt, overhead=False), pred_of(eq, overhead=False)
-    pred_nocopy = pred_of(opt, cpu_copy=False)
+    # the model, then the model without one of its terms or with a diagnostic factor
+    variants = {
+        "": ("", {}),
+        "no_runtime_overhead": ("no runtime overhead", dict(overhead=False)),
+        "no_cpu_copy_charge": ("no CPU copy charge", dict(cpu_copy=False)),
+        "no_compute_contention": ("no compute contention", dict(scale=1.0)),
+        "contention_on_all_compute": ("contention charged to all compute", dict(mode="all")),
+        "contention_between_timed_reps": ("contention measured between the timed reps",
+                                          dict(scale=res["contention_during"])),
+        "contention_no_handoff": ("contention without a barrier before each pass",
+                                  dict(scale=res["contention_plain"]["compute_scale"])),
+        "contention_whole_model": ("contention of the whole model on each rank",
+                                   dict(scale=res["contention_whole"]["compute_scale"])),
+    }
+    preds = {(v, which): pred_of(plan, **kw) for v, (_, kw) in variants.items()
+             for which, plan in (("optimal", opt), ("equal layers", eq))}
+    measured = {"optimal": rate["weft_1f1b_optimal"], "equal layers": rate["weft_1f1b"]}
+    errs = {k: abs(p - measured[k[1]]) / measured[k[1]] for k, p in preds.items()}
+    pred, pred_eq = preds["", "optimal"], preds["", "equal layers"]
     part_s = partition_speed()
     con.print(f"gloo loopback: {res['bw'] / 1e9:.2f} GB/s, latency {res['lat'] * 1e6:.0f} us; "
               f"optimal plan {[s['layers'] for s in res['opt']['stages']]} replicas "
@@ -340,22 +346,9 @@ def main(argv=None) -> int:
         t.add_column(col)
     for k, v in rate.items():
         t.add_row(k, f"{v:,.0f}")
-    t.add_row("predicted (optimal, 1f1b)", f"{pred:,.0f}")
-    t.add_row("predicted (optimal, 1f1b, no runtime overhead)", f"{pred_noover:,.0f}")
-    t.add_row("predicted (optimal, 1f1b, no CPU copy charge)", f"{pred_nocopy:,.0f}")
-    t.add_row("predicted (optimal, 1f1b, no compute contention)", f"{pred_nocon:,.0f}")
-    t.add_row("predicted (optimal, 1f1b, contention charged to all compute)", f"{pred_all:,.0f}")
-    t.add_row("predicted (optimal, 1f1b, contention measured between the timed reps)",
-              f"{pred_dur:,.0f}")
-    t.add_row("predicted (optimal, 1f1b, contention without a barrier before each pass)",
-              f"{pred_plain:,.0f}")
-    t.add_row("predicted (optimal, 1f1b, contention of the whole model on each rank)",
-              f"{pred_whole:,.0f}")
-    t.add_row("predicted (equal layers, 1f1b)", f"{pred_eq:,.0f}")
-    t.add_row("predicted (equal layers, 1f1b, no runtime overhead)", f"{pred_eq_noover:,.0f}")
-    t.add_row("predicted (equal layers, 1f1b, no compute contention)", f"{pred_eq_nocon:,.0f}")
-    t.add_row("predicted (equal layers, 1f1b, contention charged to all compute)",
-              f"{pred_eq_all:,.0f}")
+    for (v, which), p in preds.items():
+        desc = variants[v][0]
+        t.add_row(f"predicted ({which}, 1f1b{', ' + desc if desc else ''})", f"{p:,.0f}")
     con.print(t)
     sp = prof.scaled(mb)
     st = Table(title="per micro-batch compute and per-action overhead: recorded run vs model (ms)")
@@ -377,21 +370,6 @@ def main(argv=None) -> int:
     con.print(f"(F+B run/profile: the recorded run's stage compute over the solo profile's; "
               f"stage contention: that stage timed with both ranks computing their own stage "
               f"at once vs alone; the prediction uses compute_scale {scale:.3f})")
-    err = abs(pred - rate["weft_1f1b_optimal"]) / rate["weft_1f1b_optimal"]
-    err_noover = abs(pred_noover - rate["weft_1f1b_optimal"]) / rate["weft_1f1b_optimal"]
-    err_nocopy = abs(pred_nocopy - rate["weft_1f1b_optimal"]) / rate["weft_1f1b_optimal"]
-    err_eq = abs(pred_eq - rate["weft_1f1b"]) / rate["weft_1f1b"]
-    err_eq_noover = abs(pred_eq_noover - rate["weft_1f1b"]) / rate["weft_1f1b"]
-    err_nocon = abs(pred_nocon - rate["weft_1f1b_optimal"]) / rate["weft_1f1b_optimal"]
-    err_eq_nocon = abs(pred_eq_nocon - rate["weft_1f1b"]) / rate["weft_1f1b"]
-    err_all = abs(pred_all - rate["weft_1f1b_optimal"]) / rate["weft_1f1b_optimal"]
-    err_eq_all = abs(pred_eq_all - rate["weft_1f1b"]) / rate["weft_1f1b"]
-    err_plain = abs(pred_plain - rate["weft_1f1b_optimal"]) / rate["weft_1f1b_optimal"]
-    err_eq_plain = abs(pred_eq_plain - rate["weft_1f1b"]) / rate["weft_1f1b"]
-    err_whole = abs(pred_whole - rate["weft_1f1b_optimal"]) / rate["weft_1f1b_optimal"]
-    err_eq_whole = abs(pred_eq_whole - rate["weft_1f1b"]) / rate["weft_1f1b"]
-    err_dur = abs(pred_dur - rate["weft_1f1b_optimal"]) / rate["weft_1f1b_optimal"]
-    err_eq_dur = abs(pred_eq_dur - rate["weft_1f1b"]) / rate["weft_1f1b"]
     rows = [
         ("weft_1f1b_vs_torch_pipelining_1f1b", rate["weft_1f1b"] / rate["torch_1f1b"], "x", 1.0,
          "higher"),
@@ -399,39 +377,16 @@ def main(argv=None) -> int:
          "higher"),
         ("optimal_vs_equal_layers", rate["weft_1f1b_optimal"] / rate["weft_1f1b"], "x", None,
          "higher"),
-        ("predicted_vs_measured_error", err, "fraction", 0.15, "lower"),
-        ("predicted_vs_measured_error_equal_layers", err_eq, "fraction", None, "lower"),
-        ("predicted_vs_measured_error_no_runtime_overhead", err_noover, "fraction", None,
-         "lower"),
-        ("predicted_vs_measured_error_equal_layers_no_runtime_overhead", err_eq_noover,
-         "fraction", None, "lower"),
-        ("predicted_vs_measured_error_no_cpu_copy_charge", err_nocopy, "fraction", None, "lower"),
-        ("predicted_vs_measured_error_no_compute_contention", err_nocon, "fraction", None,
-         "lower"),
-        ("predicted_vs_measured_error_equal_layers_no_compute_contention", err_eq_nocon,
-         "fraction", None, "lower"),
-        ("predicted_vs_measured_error_contention_on_all_compute", err_all, "fraction", None,
-         "lower"),
-        ("predicted_vs_measured_error_equal_layers_contention_on_all_compute", err_eq_all,
-         "fraction", None, "lower"),
+        ("predicted_vs_measured_error", errs["", "optimal"], "fraction", 0.15, "lower"),
+        *[(f"predicted_vs_measured_error{'_equal_layers' if which != 'optimal' else ''}"
+           f"{'_' + v if v else ''}", e, "fraction", None, "lower")
+          for (v, which), e in errs.items() if (v, which) != ("", "optimal")],
         ("compute_scale", scale, "x", None, "lower"),
         ("compute_scale_no_handoff", res["contention_plain"]["compute_scale"], "x", None,
          "lower"),
-        ("predicted_vs_measured_error_contention_no_handoff", err_plain, "fraction", None,
-         "lower"),
-        ("predicted_vs_measured_error_equal_layers_contention_no_handoff", err_eq_plain,
-         "fraction", None, "lower"),
         ("compute_scale_whole_model", res["contention_whole"]["compute_scale"], "x", None,
          "lower"),
-        ("predicted_vs_measured_error_contention_whole_model", err_whole, "fraction", None,
-         "lower"),
-        ("predicted_vs_measured_error_equal_layers_contention_whole_model", err_eq_whole,
-         "fraction", None, "lower"),
         ("compute_scale_between_timed_reps", res["contention_during"], "x", None, "lower"),
-        ("predicted_vs_measured_error_contention_between_timed_reps", err_dur, "fraction",
-         None, "lower"),
-        ("predicted_vs_measured_error_equal_layers_contention_between_timed_reps", err_eq_dur,
-         "fraction", None, "lower"),
         ("runtime_overhead_per_action_s", cal["action_s"], "s", None, "lower"),
         ("runtime_overhead_per_step_s", cal["step_s"], "s", None, "lower"),
         ("runtime_message_latency_s", cal["latency_s"], "s", None, "lower"),
