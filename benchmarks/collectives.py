@@ -36,9 +36,12 @@ CPU_PARAMS = dict(alpha=10e-6, reduce_bw=0.5e9, step_overhead=20e-6, cores=float
 # per-message cost. The fabric is a star with links too fast to matter.
 LOOPBACK_PARAMS = dict(alpha=150e-6, reduce_bw=8e9, step_overhead=100e-6,
                        cores=float(os.cpu_count()), link_efficiency=1.0, copy_bw=2.5e9)
-# "auto" (loopback) times the model's best schedule of each of its top algorithms
-# once on the live ranks and keeps the fastest (as WeftCommunicator(measure=True)).
+# "auto" (loopback) and "packing" (emulated) time the model's best few candidates
+# once on the live ranks and keep the fastest (as WeftCommunicator(measure=True)):
+# "auto" its best schedule of each of its top algorithms, "packing" its top
+# (trees, piece size) pairs.
 MEASURED = 3
+MEASURE_REPS = 2
 OPS = {"broadcast": "broadcast", "allreduce": "allreduce"}
 
 
@@ -69,8 +72,9 @@ def plan(fabric, ops, sizes, algs, params=None) -> dict:
                         else None if alg == "auto" else [alg])
                 cands, seen = [], set()
                 for b in ranked(fabric, op, size, 0, params, algorithms=only):
-                    if b.algorithm not in seen and len(cands) < (MEASURED if alg == "auto" else 1):
-                        seen.add(b.algorithm)
+                    key = b.algorithm if alg == "auto" else (b.algorithm, b.chunk_bytes)
+                    if key not in seen and len(cands) < (1 if alg == "ring" else MEASURED):
+                        seen.add(key)
                         cands.append((b.schedule, b.chunk_bytes, b.predicted, b.algorithm))
                 out[op, size, alg] = cands
     return out
@@ -105,7 +109,7 @@ def rank_bench(plan_file: str, ops: list, sizes: list, reps: int, algs: list) ->
                     def run(sched=sched, chunk=chunk):
                         execute(sched, y, chunk_bytes=chunk, timeout=300)
                     run()
-                    timed.append((_time(run, 3) if len(plans[op, size, alg]) > 1 else 0.0,
+                    timed.append((_time(run, MEASURE_REPS) if len(plans[op, size, alg]) > 1 else 0.0,
                                   (sched, chunk, predicted, choice), run))
                 _, (sched, chunk, predicted, choice), run = min(timed, key=lambda c: c[0])
                 y.copy_(x0)
@@ -165,7 +169,7 @@ def _loopback_rows(args) -> list[dict]:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="4 MiB, DGX-1 mesh and loopback only (< 1 minute)")
+    p.add_argument("--quick", action="store_true", help="2 MiB, DGX-1 mesh and loopback only (< 1 minute)")
     p.add_argument("--shapes", default=None, help="comma list of dgx1-mesh,star4-slow,two-node")
     p.add_argument("--mbit-per-gbs", type=float, default=None,
                    help="emulated Mbit/s per GB/s of topology bandwidth (default: per shape, "
@@ -179,7 +183,7 @@ def main(argv=None) -> int:
     p.add_argument("--no-netns", action="store_true", help="loopback only")
     args = p.parse_args(argv)
     args.ops = list(OPS)
-    args.sizes = [4 << 20] if args.quick else [16 << 20, 64 << 20]
+    args.sizes = [2 << 20] if args.quick else [16 << 20, 64 << 20]
     if args.size_list:
         from weft.units import parse_size
 
@@ -226,7 +230,8 @@ def report(rows, args, elapsed) -> int:
         err = r["predicted"] / r["measured"] - 1 if eff is not None else None
         t.add_row(shape, op, fmt_bytes(size), f"{g['measured']:.3f}",
                   f"{ring['measured']:.3f}" if ring else "-", f"{r['measured']:.3f}",
-                  r["choice"], f"{vs_ring:.2f}x" if vs_ring else "-", f"{vs_gloo:.2f}x",
+                  f"{r['choice']}/{fmt_bytes(r['chunk'])}" if r["chunk"] else r["choice"],
+                  f"{vs_ring:.2f}x" if vs_ring else "-", f"{vs_gloo:.2f}x",
                   f"{eff:.0%}" if eff is not None else "-",
                   f"{r['predicted']:.3f}" if eff is not None else "-",
                   f"{err:+.0%}" if err is not None else "-",
