@@ -42,6 +42,7 @@ LOOPBACK_PARAMS = dict(alpha=150e-6, reduce_bw=8e9, step_overhead=100e-6,
 # (trees, piece size) pairs.
 MEASURED = 3
 MEASURE_REPS = 2
+LOOPBACK_REPS = 15
 OPS = {"broadcast": "broadcast", "allreduce": "allreduce"}
 
 
@@ -68,7 +69,8 @@ def plan(fabric, ops, sizes, algs, params=None) -> dict:
         for size in sizes:
             out[op, size, "bound"] = lower_bound(op, fabric, size)
             for alg in algs:
-                only = (["packing:1", "packing:2", "packing:4", "packing:8"] if alg == "packing"
+                only = (["packing:1", "packing:2", "packing:4", "packing:8", "packing:16"]
+                        if alg == "packing"
                         else None if alg == "auto" else [alg])
                 cands, seen = [], set()
                 for b in ranked(fabric, op, size, 0, params, algorithms=only):
@@ -96,17 +98,16 @@ def rank_bench(plan_file: str, ops: list, sizes: list, reps: int, algs: list) ->
             bound = plans[op, size, "bound"]
             ref = x0.clone()
             gfn = (lambda: dist.all_reduce(ref)) if op == "allreduce" else (lambda: dist.broadcast(ref, 0))
-            rows.append(dict(op=op, size=size, alg="gloo", measured=_time(gfn, reps), bound=bound,
-                             predicted=None, chunk=None, ok=True))
-            ref = x0.clone()
-            gfn()  # the reference result
+            gfn()
+            want = ref.clone()  # the reference result
+            runs, info = {"gloo": gfn}, {"gloo": dict(predicted=None, chunk=None, ok=True)}
             for alg in algs:
                 y = x0.clone()
                 timed = []
                 for sched, chunk, predicted, choice in plans[op, size, alg]:
                     # Timed like gloo's: repeated in place, the input is not reset
                     # inside the timed region (all-reduce values grow, as gloo's do).
-                    def run(sched=sched, chunk=chunk):
+                    def run(sched=sched, chunk=chunk, y=y):
                         execute(sched, y, chunk_bytes=chunk, timeout=300)
                     run()
                     timed.append((_time(run, MEASURE_REPS) if len(plans[op, size, alg]) > 1 else 0.0,
@@ -114,10 +115,18 @@ def rank_bench(plan_file: str, ops: list, sizes: list, reps: int, algs: list) ->
                 _, (sched, chunk, predicted, choice), run = min(timed, key=lambda c: c[0])
                 y.copy_(x0)
                 run()
-                ok = torch.equal(y, ref)
-                t = _time(run, reps)
-                rows.append(dict(op=op, size=size, alg=alg, measured=t, bound=bound, ok=ok,
-                                 predicted=predicted, chunk=chunk, choice=choice))
+                runs[alg] = run
+                info[alg] = dict(ok=torch.equal(y, want), predicted=predicted, chunk=chunk,
+                                 choice=choice)
+            # interleaved rounds: each contender once per round, so a change in the
+            # machine's load hits all of them alike; the median round counts
+            times: dict[str, list] = {k: [] for k in runs}
+            for _ in range(reps):
+                for k, fn in runs.items():
+                    times[k].append(_time(fn, 1))
+            for k in runs:
+                rows.append(dict(op=op, size=size, alg=k, measured=statistics.median(times[k]),
+                                 bound=bound, **info[k]))
     return rows
 
 
@@ -160,7 +169,9 @@ def _loopback_rows(args) -> list[dict]:
     with tempfile.TemporaryDirectory() as tmp:
         star = Fabric(star_slow(n, fast=1e12, slow=1e12), [f"h{i}" for i in range(n)])
         pf = _write_plan(star, args, ["auto"], tmp, LOOPBACK_PARAMS)
-        rows = launch(rank_bench, n, args=(pf, args.ops, args.sizes, args.reps, ["auto"]),
+        # loopback collectives take milliseconds: more rounds cost little and tame noise
+        rows = launch(rank_bench, n, args=(pf, args.ops, args.sizes, max(args.reps, LOOPBACK_REPS),
+                                           ["auto"]),
                       timeout=600)[0]
     for r in rows:
         r["shape"] = f"loopback{n}"
