@@ -14,7 +14,6 @@ fraction of the max-flow bound reached. Needs root for the namespace part
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -150,7 +149,7 @@ def _netns_rows(shape: str, args) -> list[dict]:
         algs = ["ring", "packing"]
         spec = dict(plan_file=_write_plan(c.fabric(), args, algs, tmp), ops=args.ops,
                     sizes=args.sizes, reps=args.reps, algs=algs)
-        rows = c.run(f"{Path(__file__).resolve()}:rank_bench", spec, timeout=900,
+        rows = c.run(f"{Path(__file__).resolve()}:rank_bench", spec, timeout=4 * 3600,
                      op_timeout=600)[0]
     for r in rows:
         r["shape"], r["scale"] = shape, scale
@@ -190,10 +189,13 @@ def main(argv=None) -> int:
     p.add_argument("--json", help="write results as a JSON list to this path")
     p.add_argument("--raw", help="write every measured row (all algorithms) as JSON here")
     p.add_argument("--sizes", dest="size_list", help="comma list of sizes (e.g. 4MB,16MB)")
+    p.add_argument("--ops", dest="op_list", help="comma list of broadcast,allreduce (default both)")
     p.add_argument("--no-loopback", action="store_true")
     p.add_argument("--no-netns", action="store_true", help="loopback only")
     args = p.parse_args(argv)
-    args.ops = list(OPS)
+    args.ops = args.op_list.split(",") if args.op_list else list(OPS)
+    if any(o not in OPS for o in args.ops):
+        p.error(f"--ops: choose from {','.join(OPS)}")
     args.sizes = [2 << 20] if args.quick else [16 << 20, 64 << 20]
     if args.size_list:
         from weft.units import parse_size
@@ -201,6 +203,7 @@ def main(argv=None) -> int:
         args.sizes = [int(parse_size(x)) for x in args.size_list.split(",")]
     shapes = (args.shapes.split(",") if args.shapes else
               ["dgx1-mesh"] if args.quick else ["dgx1-mesh", "star4-slow", "two-node"])
+    from weft.atomic import write_json
     from weft.collectives.netns import available
 
     rows, t0 = [], time.time()
@@ -210,12 +213,14 @@ def main(argv=None) -> int:
     if ok:
         for s in shapes:
             rows += _netns_rows(s, args)
+            if args.raw:  # a later shape failing keeps what is done
+                write_json(args.raw, rows, indent=1)
     else:
         print(f"skipping emulated clusters: {why}")
     if not args.no_loopback:
         rows += _loopback_rows(args)
     if args.raw:
-        Path(args.raw).write_text(json.dumps(rows, indent=1))
+        write_json(args.raw, rows, indent=1)
     return report(rows, args, time.time() - t0)
 
 
