@@ -14,7 +14,6 @@ fraction of the max-flow bound reached. Needs root for the namespace part
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -36,9 +35,13 @@ CPU_PARAMS = dict(alpha=10e-6, reduce_bw=0.5e9, step_overhead=20e-6, cores=float
 # per-message cost. The fabric is a star with links too fast to matter.
 LOOPBACK_PARAMS = dict(alpha=150e-6, reduce_bw=8e9, step_overhead=100e-6,
                        cores=float(os.cpu_count()), link_efficiency=1.0, copy_bw=2.5e9)
-# "auto" (loopback) times the model's best schedule of each of its top algorithms
-# once on the live ranks and keeps the fastest (as WeftCommunicator(measure=True)).
+# "auto" (loopback) and "packing" (emulated) time the model's best few candidates
+# once on the live ranks and keep the fastest (as WeftCommunicator(measure=True)):
+# "auto" its best schedule of each of its top algorithms, "packing" its top
+# (trees, piece size) pairs.
 MEASURED = 3
+MEASURE_REPS = 2
+LOOPBACK_REPS = 15
 OPS = {"broadcast": "broadcast", "allreduce": "allreduce"}
 
 
@@ -65,12 +68,14 @@ def plan(fabric, ops, sizes, algs, params=None) -> dict:
         for size in sizes:
             out[op, size, "bound"] = lower_bound(op, fabric, size)
             for alg in algs:
-                only = (["packing:1", "packing:2", "packing:4", "packing:8"] if alg == "packing"
+                only = (["packing:1", "packing:2", "packing:4", "packing:8", "packing:16"]
+                        if alg == "packing"
                         else None if alg == "auto" else [alg])
                 cands, seen = [], set()
                 for b in ranked(fabric, op, size, 0, params, algorithms=only):
-                    if b.algorithm not in seen and len(cands) < (MEASURED if alg == "auto" else 1):
-                        seen.add(b.algorithm)
+                    key = b.algorithm if alg == "auto" else (b.algorithm, b.chunk_bytes)
+                    if key not in seen and len(cands) < (1 if alg == "ring" else MEASURED):
+                        seen.add(key)
                         cands.append((b.schedule, b.chunk_bytes, b.predicted, b.algorithm))
                 out[op, size, alg] = cands
     return out
@@ -92,28 +97,35 @@ def rank_bench(plan_file: str, ops: list, sizes: list, reps: int, algs: list) ->
             bound = plans[op, size, "bound"]
             ref = x0.clone()
             gfn = (lambda: dist.all_reduce(ref)) if op == "allreduce" else (lambda: dist.broadcast(ref, 0))
-            rows.append(dict(op=op, size=size, alg="gloo", measured=_time(gfn, reps), bound=bound,
-                             predicted=None, chunk=None, ok=True))
-            ref = x0.clone()
-            gfn()  # the reference result
+            gfn()
+            want = ref.clone()  # the reference result
+            runs, info = {"gloo": gfn}, {"gloo": dict(predicted=None, chunk=None, ok=True)}
             for alg in algs:
                 y = x0.clone()
                 timed = []
                 for sched, chunk, predicted, choice in plans[op, size, alg]:
                     # Timed like gloo's: repeated in place, the input is not reset
                     # inside the timed region (all-reduce values grow, as gloo's do).
-                    def run(sched=sched, chunk=chunk):
+                    def run(sched=sched, chunk=chunk, y=y):
                         execute(sched, y, chunk_bytes=chunk, timeout=300)
                     run()
-                    timed.append((_time(run, 3) if len(plans[op, size, alg]) > 1 else 0.0,
+                    timed.append((_time(run, MEASURE_REPS) if len(plans[op, size, alg]) > 1 else 0.0,
                                   (sched, chunk, predicted, choice), run))
                 _, (sched, chunk, predicted, choice), run = min(timed, key=lambda c: c[0])
                 y.copy_(x0)
                 run()
-                ok = torch.equal(y, ref)
-                t = _time(run, reps)
-                rows.append(dict(op=op, size=size, alg=alg, measured=t, bound=bound, ok=ok,
-                                 predicted=predicted, chunk=chunk, choice=choice))
+                runs[alg] = run
+                info[alg] = dict(ok=torch.equal(y, want), predicted=predicted, chunk=chunk,
+                                 choice=choice)
+            # interleaved rounds: each contender once per round, so a change in the
+            # machine's load hits all of them alike; the median round counts
+            times: dict[str, list] = {k: [] for k in runs}
+            for _ in range(reps):
+                for k, fn in runs.items():
+                    times[k].append(_time(fn, 1))
+            for k in runs:
+                rows.append(dict(op=op, size=size, alg=k, measured=statistics.median(times[k]),
+                                 bound=bound, **info[k]))
     return rows
 
 
@@ -137,7 +149,7 @@ def _netns_rows(shape: str, args) -> list[dict]:
         algs = ["ring", "packing"]
         spec = dict(plan_file=_write_plan(c.fabric(), args, algs, tmp), ops=args.ops,
                     sizes=args.sizes, reps=args.reps, algs=algs)
-        rows = c.run(f"{Path(__file__).resolve()}:rank_bench", spec, timeout=900,
+        rows = c.run(f"{Path(__file__).resolve()}:rank_bench", spec, timeout=4 * 3600,
                      op_timeout=600)[0]
     for r in rows:
         r["shape"], r["scale"] = shape, scale
@@ -156,7 +168,9 @@ def _loopback_rows(args) -> list[dict]:
     with tempfile.TemporaryDirectory() as tmp:
         star = Fabric(star_slow(n, fast=1e12, slow=1e12), [f"h{i}" for i in range(n)])
         pf = _write_plan(star, args, ["auto"], tmp, LOOPBACK_PARAMS)
-        rows = launch(rank_bench, n, args=(pf, args.ops, args.sizes, args.reps, ["auto"]),
+        # loopback collectives take milliseconds: more rounds cost little and tame noise
+        rows = launch(rank_bench, n, args=(pf, args.ops, args.sizes, max(args.reps, LOOPBACK_REPS),
+                                           ["auto"]),
                       timeout=600)[0]
     for r in rows:
         r["shape"] = f"loopback{n}"
@@ -165,7 +179,7 @@ def _loopback_rows(args) -> list[dict]:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="4 MiB, DGX-1 mesh and loopback only (< 1 minute)")
+    p.add_argument("--quick", action="store_true", help="2 MiB, DGX-1 mesh and loopback only (< 1 minute)")
     p.add_argument("--shapes", default=None, help="comma list of dgx1-mesh,star4-slow,two-node")
     p.add_argument("--mbit-per-gbs", type=float, default=None,
                    help="emulated Mbit/s per GB/s of topology bandwidth (default: per shape, "
@@ -175,17 +189,21 @@ def main(argv=None) -> int:
     p.add_argument("--json", help="write results as a JSON list to this path")
     p.add_argument("--raw", help="write every measured row (all algorithms) as JSON here")
     p.add_argument("--sizes", dest="size_list", help="comma list of sizes (e.g. 4MB,16MB)")
+    p.add_argument("--ops", dest="op_list", help="comma list of broadcast,allreduce (default both)")
     p.add_argument("--no-loopback", action="store_true")
     p.add_argument("--no-netns", action="store_true", help="loopback only")
     args = p.parse_args(argv)
-    args.ops = list(OPS)
-    args.sizes = [4 << 20] if args.quick else [16 << 20, 64 << 20]
+    args.ops = args.op_list.split(",") if args.op_list else list(OPS)
+    if any(o not in OPS for o in args.ops):
+        p.error(f"--ops: choose from {','.join(OPS)}")
+    args.sizes = [2 << 20] if args.quick else [16 << 20, 64 << 20]
     if args.size_list:
         from weft.units import parse_size
 
         args.sizes = [int(parse_size(x)) for x in args.size_list.split(",")]
     shapes = (args.shapes.split(",") if args.shapes else
               ["dgx1-mesh"] if args.quick else ["dgx1-mesh", "star4-slow", "two-node"])
+    from weft.atomic import write_json
     from weft.collectives.netns import available
 
     rows, t0 = [], time.time()
@@ -195,12 +213,14 @@ def main(argv=None) -> int:
     if ok:
         for s in shapes:
             rows += _netns_rows(s, args)
+            if args.raw:  # a later shape failing keeps what is done
+                write_json(args.raw, rows, indent=1)
     else:
         print(f"skipping emulated clusters: {why}")
     if not args.no_loopback:
         rows += _loopback_rows(args)
     if args.raw:
-        Path(args.raw).write_text(json.dumps(rows, indent=1))
+        write_json(args.raw, rows, indent=1)
     return report(rows, args, time.time() - t0)
 
 
@@ -226,7 +246,8 @@ def report(rows, args, elapsed) -> int:
         err = r["predicted"] / r["measured"] - 1 if eff is not None else None
         t.add_row(shape, op, fmt_bytes(size), f"{g['measured']:.3f}",
                   f"{ring['measured']:.3f}" if ring else "-", f"{r['measured']:.3f}",
-                  r["choice"], f"{vs_ring:.2f}x" if vs_ring else "-", f"{vs_gloo:.2f}x",
+                  f"{r['choice']}/{fmt_bytes(r['chunk'])}" if r["chunk"] else r["choice"],
+                  f"{vs_ring:.2f}x" if vs_ring else "-", f"{vs_gloo:.2f}x",
                   f"{eff:.0%}" if eff is not None else "-",
                   f"{r['predicted']:.3f}" if eff is not None else "-",
                   f"{err:+.0%}" if err is not None else "-",

@@ -232,3 +232,17 @@ def test_copy_cost_charges_every_byte_a_rank_sends_or_receives():
     assert costmodel.predict(flat, f, size, size, p2) == pytest.approx(3 * size / 1e9, rel=1e-3)
     p1 = costmodel.CostParams(alpha=0, reduce_bw=1e30, step_overhead=0, copy_bw=1e9, cores=1)
     assert costmodel.predict(flat, f, size, size, p1) == pytest.approx(6 * size / 1e9, rel=1e-3)
+
+
+def test_allreduce_trees_are_as_shallow_as_the_graph():
+    """Trees used both ways may hang from any rank: on the DGX-1 mesh (radius 2)
+    the optimal all-reduce packing is found with trees of radius 2, so the
+    compiled schedule has 2 + 2 steps (a search rooted at rank 0 only finds 3 + 3)."""
+    from weft.collectives.packing import tree_depth
+
+    f = Fabric(dgx1(pcie=False))
+    p = pack(f, mode="both", max_trees=16)
+    assert p.rate == pytest.approx(p.optimum, rel=1e-6)
+    assert all(tree_depth(t, f.n, "both") == 2 for t, _ in p.trees)
+    assert all(set(t) == set(range(f.n)) - {p.root} for t, _ in p.trees)  # hung from root
+    assert schedule.from_trees("allreduce", f.n, p.trees, "packing").nsteps == 4

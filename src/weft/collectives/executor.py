@@ -1,7 +1,9 @@
 """Run a schedule over torch.distributed point-to-point (isend/irecv).
 
 Every segment is cut into `pieces` equal pieces; piece p's schedule step s runs
-at time step p + s, so consecutive pieces pipeline down trees and around rings.
+at time step p + s, so consecutive pieces pipeline down trees and around rings
+(a tree of half the weight sends pieces of half the size: every time step then
+loads the links as the packing's rates do).
 Execution is dataflow, not lock-step: each (segment, piece) advances through
 its steps as soon as its own previous transfers on this rank are done (a
 receive that reduces lands in a scratch buffer and is added afterwards).
@@ -67,8 +69,7 @@ def execute(schedule: Schedule, tensor: torch.Tensor, group=None,
     flat = tensor.view(-1) if tensor.is_contiguous() else tensor.contiguous().view(-1)
     numel, item = flat.numel(), flat.element_size()
     p = pieces or pieces_for(schedule, numel * item, chunk_bytes)
-    glob = (lambda r: r) if group is None else (lambda r: dist.get_global_rank(group, r))
-    run = _Run(schedule, flat, me, p, glob, group)
+    run = _Run(schedule, flat, me, p, group if group is not None else dist.group.WORLD)
     run.go(window or 2 * schedule.nsteps + 2, timeout)
     if flat.data_ptr() != tensor.data_ptr():
         tensor.copy_(flat.view_as(tensor))
@@ -83,8 +84,11 @@ class _Run:
     is done, not when the whole time step is, and pieces' first stages are posted
     up to `window` time steps ahead, so links stay busy."""
 
-    def __init__(self, schedule, flat, me, p, glob, group):
-        self.flat, self.glob, self.group, self.p, self._me = flat, glob, group, p, me
+    def __init__(self, schedule, flat, me, p, pg):
+        # the process group's own send/recv (group ranks): torch.distributed's
+        # isend/irecv wrappers cost more Python per message than the rest of a stage
+        self.flat, self.pg, self.p, self._me = flat, pg, p, me
+        self.u8, self.item = _bytes(flat), flat.element_size()
         n = schedule.nranks
         width = max(len(st) for st in schedule.steps) or 1
         ranges = []
@@ -115,40 +119,50 @@ class _Run:
         bufs = self.free.get(numel)
         return bufs.pop() if bufs else torch.empty(numel, dtype=self.flat.dtype)
 
-    def _post(self, rng, stage):
+    def _recvs(self, rng, stage):
+        """Post this stage's receives: into a scratch buffer when the data is added
+        (reduce) or when this rank also sends from the range in the stage."""
         a, b = rng
-        flat = self.flat
-        sends = any(t.src == self._me for _, t in stage)  # then receives must not overwrite
+        me, recv = self._me, self.pg.recv
+        sends = any(t.src == me for _, t in stage)  # then receives must not overwrite
         works, after = [], []
         for tag, t in stage:
+            if t.src == me:
+                continue
             tag %= 2**31 - 1
-            if t.src == self._me:
-                works.append(dist.isend(_bytes(flat[a:b]), self.glob(t.dst), group=self.group,
-                                        tag=tag))
-            elif t.reduce or sends:
+            if t.reduce or sends:
                 buf = self._scratch(b - a)
-                works.append(dist.irecv(_bytes(buf), self.glob(t.src), group=self.group, tag=tag))
+                works.append(recv([_bytes(buf)], t.src, tag))
                 after.append((t.reduce, buf))
             else:
-                works.append(dist.irecv(_bytes(flat[a:b]), self.glob(t.src), group=self.group,
-                                        tag=tag))
+                works.append(recv([self.u8[a * self.item:b * self.item]], t.src, tag))
         return works, after
+
+    def _sends(self, rng, stage):
+        a, b = rng
+        me, send, data = self._me, self.pg.send, self.u8[a * self.item:b * self.item]
+        return [send([data], t.dst, tag % (2**31 - 1)) for tag, t in stage if t.src == me]
 
     def go(self, window: int, timeout: float | None) -> None:
         due: list[list] = [[] for _ in range(self.horizon)]  # time -> posted stages
         wait_kw = {"timeout": datetime.timedelta(seconds=timeout)} if timeout else {}
 
-        def post(piece, rng, stages, k):
-            works, after = self._post(rng, stages[k][1])
-            due[piece + stages[k][0]].append((piece, rng, stages, k, works, after))
+        def post(piece, rng, stages, k, recvs):
+            works, after = recvs[k]
+            due[piece + stages[k][0]].append(
+                (piece, rng, stages, k, recvs, self._sends(rng, stages[k][1]) + works, after))
 
         started = 0
         for now in range(self.horizon):
             while started < self.p and started <= now + window:
                 for rng, stages in self.streams[started]:
-                    post(started, rng, stages, 0)
+                    # every receive of the piece is posted now: gloo sends only once the
+                    # peer has announced the receive, so a receive posted late would add
+                    # a round trip (behind queued data) to every hop
+                    recvs = [self._recvs(rng, st) for _, st in stages]
+                    post(started, rng, stages, 0, recvs)
                 started += 1
-            for piece, rng, stages, k, works, after in due[now]:
+            for piece, rng, stages, k, recvs, works, after in due[now]:
                 for w in works:
                     w.wait(**wait_kw)
                 a, b = rng
@@ -159,7 +173,7 @@ class _Run:
                         self.flat[a:b].copy_(buf)
                     self.free.setdefault(buf.numel(), []).append(buf)
                 if k + 1 < len(stages):
-                    post(piece, rng, stages, k + 1)
+                    post(piece, rng, stages, k + 1, recvs)
             due[now] = []
         kept = sum(b.numel() * b.element_size() for bufs in self.free.values() for b in bufs)
         if kept > POOL_BYTES:

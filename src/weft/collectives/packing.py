@@ -17,7 +17,8 @@ greedy Prim under the link prices as pricing heuristic) still reaches the
 optimal rate; those trees are preferred when pruning keeps the same rate.
 Trees used both ways (all-reduce) are measured by their radius: the schedule
 hangs them from their centre (`schedule.from_trees`), which halves a chain's
-depth without changing any link's load.
+depth without changing any link's load, and the depth-limited search prices
+trees hung from every rank, not only from `root`.
 
 A tree edge p -> c between ranks uses the links of the route p -> c (data
 going down, broadcast), c -> p (data going up, reduce), or both (all-reduce,
@@ -193,6 +194,18 @@ def _milp_tree(fabric: Fabric, root: int, price: dict, mode: str, limit: int):
     return {c: p for j, (p, c, _) in enumerate(var) if res.x[j] > 0.5}
 
 
+def _cheapest(find, fabric: Fabric, root: int, price: dict, mode: str, limit: int):
+    """`find`'s tree of depth <= `limit`; for trees used both ways the root is free
+    (the schedule hangs each tree from its centre), so the cheapest over every root
+    -- a radius limit, not a depth limit below `root` -- returned hung from `root`."""
+    if mode != "both":
+        return find(fabric, root, price, mode, limit)
+    found = [t for t in (find(fabric, r, price, mode, limit) for r in range(fabric.n)) if t]
+    best = min(found, key=lambda t: sum(price.get(e, 0.0) * k for e, k in
+                                        _usage(fabric, t, mode).items()), default=None)
+    return best and reroot(best, fabric.n, root)  # same links both ways: same usage
+
+
 def _shallowest(fabric, root, mode, links, caps, trees, cols, opt, iters: int = 80):
     """(trees, cols) of the smallest depth limit at which column generation still
     reaches `opt`; the original columns if no smaller limit does."""
@@ -221,13 +234,13 @@ def _at_depth(fabric, root, mode, links, caps, trees, cols, depth, opt, limit, i
             if val >= opt * (1 - 1e-6):
                 return tuple(ts), tuple(cs)
             price = {e: y[i] for i, e in enumerate(links)}
-        t = _greedy_tree(fabric, root, price, mode, limit)
+        t = _cheapest(_greedy_tree, fabric, root, price, mode, limit)
         use = t and _usage(fabric, t, mode)
         if cs and (t is None or sum(price[e] * k for e, k in use.items()) >= 1 - 1e-7):
             exact += 1
             if exact > 20 or fabric.n > 16:
                 return None
-            t = _milp_tree(fabric, root, price, mode, limit)
+            t = _cheapest(_milp_tree, fabric, root, price, mode, limit)
             use = t and _usage(fabric, t, mode)
             if t is None or sum(price[e] * k for e, k in use.items()) >= 1 - 1e-7:
                 break  # no improving tree of this depth
@@ -287,7 +300,7 @@ def _sparse(support, cols, links, caps, opt, tol, max_trees):
             LinearConstraint(np.concatenate([np.zeros(k), np.ones(k)])[None, :], 0, max_trees)]
     res = milp(c, constraints=cons, integrality=np.concatenate([np.zeros(k), np.ones(k)]),
                bounds=Bounds(0, np.concatenate([np.full(k, big), np.ones(k)])),
-               options={"time_limit": 2.0, "mip_rel_gap": tol / 2})
+               options={"node_limit": 2000, "mip_rel_gap": tol / 2})  # deterministic
     top = support[:max_trees]
     xt, _, vt = _solve([cols[j] for j in top], links, caps)
     if res.x is not None and -res.fun > vt:
