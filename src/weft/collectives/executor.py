@@ -121,7 +121,11 @@ class _Run:
 
     def _recvs(self, rng, stage):
         """Post this stage's receives: into a scratch buffer when the data is added
-        (reduce) or when this rank also sends from the range in the stage."""
+        (reduce) or when this rank also sends from the range in the stage, else
+        straight into the tensor. Posted before this rank's earlier stages of the
+        piece are done; a direct receive cannot land too early, because in a
+        collective the value it brings (a broadcast or a final sum) is only sent
+        once it includes what those earlier stages sent from the same range."""
         a, b = rng
         me, recv = self._me, self.pg.recv
         sends = any(t.src == me for _, t in stage)  # then receives must not overwrite
