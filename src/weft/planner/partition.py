@@ -25,7 +25,7 @@ within the stage). Per mini-batch of M micro-batches (micro-batch size b):
   ``M / r * o * (2 + 2 [i > 0] + 2 [j < L])``;
 * with ``compute_scale`` k (measured by `weft.planner.contention`: how much slower the
   ranks compute when all compute at once) every profiled forward and backward time and
-  ``o`` are multiplied by k;
+  the per-stage autograd call are multiplied by k (``o``, measured on the runtime, is not);
 * the plan's time is the slowest stage or boundary (PipeDream's steady state).
 
 ``A[i][m]`` = best time for layers [i, L) on the last m ranks; the DP tries
