@@ -87,7 +87,10 @@ def _sleep_forever(pid_dir):
 
 def _start_parent(tmp_path):
     code = _PARENT.format(tests=str(Path(__file__).parent), d=str(tmp_path))
-    proc = subprocess.Popen([sys.executable, "-c", code], start_new_session=True)
+    # as from a terminal: SIGINT at its default in the child (an ignored SIGINT is
+    # inherited through exec, and Python then installs no KeyboardInterrupt handler)
+    proc = subprocess.Popen([sys.executable, "-c", code], start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     end = time.monotonic() + 60
     while len(list(tmp_path.iterdir())) < 2:
         assert time.monotonic() < end and proc.poll() is None, "ranks never started"
