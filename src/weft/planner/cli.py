@@ -28,7 +28,7 @@ def _plan_pipeline(args) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from weft.planner.partition import equal_layers, partition
+    from weft.planner.partition import check_scale, equal_layers, partition
     from weft.planner.predict import predict
     from weft.planner.profile import ModelProfile, profile_model
     from weft.planner.spec import load_model
@@ -51,9 +51,8 @@ def _plan_pipeline(args) -> int:
                              trace=args.trace)
         if args.save_profile:
             prof.save(args.save_profile)
-    scale = 1.0 if args.compute_scale is None else args.compute_scale
-    if not scale > 0 or scale == float("inf"):
-        raise PlanError(f"--compute-scale must be a finite number > 0, got {scale}")
+    scale = 1.0 if args.compute_scale is None else check_scale(args.compute_scale,
+                                                                "--compute-scale")
     over = {"action_overhead_s": args.action_overhead or 0.0}
     pred_kw = dict(over, step_overhead_s=args.step_overhead or 0.0)
     if args.calibrate:

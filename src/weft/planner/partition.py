@@ -60,11 +60,11 @@ def workers_of(topology: Topology, n: int | None = None) -> list[str]:
     return devs[:n]
 
 
-def check_scale(compute_scale: float) -> float:
-    """`compute_scale` as a float, or PlanError unless it is finite and > 0."""
+def check_scale(compute_scale: float, name: str = "compute_scale") -> float:
+    """`compute_scale` as a float, or PlanError (naming `name`) unless it is finite and > 0."""
     k = float(compute_scale)
     if not math.isfinite(k) or k <= 0:
-        raise PlanError(f"compute_scale must be a finite number > 0, got {compute_scale!r}")
+        raise PlanError(f"{name} must be a finite number > 0, got {compute_scale!r}")
     return k
 
 
