@@ -170,6 +170,8 @@ def rank_main(M, mb, steps, reps):
                            statistic="min", handoff=False)
     con_whole = contention(model(), torch.randn(mb, 64), rounds=2 * reps, passes=M,
                            statistic="min")
+    con_action = contention(model(), torch.randn(mb, 64), share, rounds=2 * reps, passes=M,
+                            statistic="min", handoff="action")
     opt_plan = partition(prof, topo, workers=2, micro_batch=mb, microbatches=M, stash=False,
                          cpu_copy_bw=bw, action_overhead_s=cal["action_s"],
                          allreduce_bw=cal["allreduce_bw"], compute_scale=con["compute_scale"])
@@ -239,7 +241,7 @@ def rank_main(M, mb, steps, reps):
     return {"bw": bw, "lat": lat, "opt_step_s": float(np.median(step_s)), "times": best,
             "opt": opt_plan.to_dict(), "prof": prof.to_dict(), "eq": eq_plan.to_dict(),
             "cal": cal, "recorded": allrec, "contention": con, "stage_contention": stage_con, "contention_plain": con_plain,
-            "contention_whole": con_whole,
+            "contention_whole": con_whole, "contention_action": con_action,
             "share": balanced_bounds(prof, dist.get_world_size()),
             "contention_during": con_during}
 
@@ -312,6 +314,8 @@ def main(argv=None) -> int:
                                   dict(scale=res["contention_plain"]["compute_scale"])),
         "contention_whole_model": ("contention of the whole model on each rank",
                                    dict(scale=res["contention_whole"]["compute_scale"])),
+        "contention_per_action": ("contention with a barrier before each F and B",
+                                  dict(scale=res["contention_action"]["compute_scale"])),
     }
     preds = {(v, which): pred_of(plan, **kw) for v, (_, kw) in variants.items()
              for which, plan in (("optimal", opt), ("equal layers", eq))}
@@ -385,6 +389,8 @@ def main(argv=None) -> int:
         ("compute_scale_no_handoff", res["contention_plain"]["compute_scale"], "x", None,
          "lower"),
         ("compute_scale_whole_model", res["contention_whole"]["compute_scale"], "x", None,
+         "lower"),
+        ("compute_scale_per_action", res["contention_action"]["compute_scale"], "x", None,
          "lower"),
         ("compute_scale_between_timed_reps", res["contention_during"], "x", None, "lower"),
         ("runtime_overhead_per_action_s", cal["action_s"], "s", None, "lower"),

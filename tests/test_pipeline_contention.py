@@ -123,6 +123,23 @@ def test_stage_pass_runs_the_stage_and_checks_the_range():
         stage_pass(m, torch.randn(5, 4), layers=(2, 5))
 
 
+def test_split_stage_pass_is_the_same_forward_and_backward():
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
+    x = torch.randn(5, 4)
+    stage_pass(m, x, layers=(0, 3))()
+    want = [p.grad.clone() for p in m.parameters()]
+    m.zero_grad(set_to_none=True)
+    fwd, bwd = stage_pass(m, x, layers=(0, 3), split=True)
+    fwd()
+    assert all(p.grad is None for p in m.parameters())  # forward alone: no gradient yet
+    bwd()
+    for p, w in zip(m.parameters(), want):
+        assert torch.equal(p.grad, w)
+    with pytest.raises(PlanError, match="handoff must be True, False or 'action'"):
+        contention(m, x, handoff="pass")
+
+
 def _measure_rank():
     torch.set_num_threads(1)
     spans = []
@@ -137,13 +154,18 @@ def _measure_rank():
     dist.all_gather_object(every, spans)
     stage = contention(nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2)),
                        torch.randn(4, 8), layers=(dist.get_rank(), 3), rounds=2, passes=1)
-    return res, every, stage
+    calls = []
+    pair = measure((lambda: calls.append("F"), lambda: calls.append("B")), rounds=2, passes=3)
+    return res, every, stage, (pair, calls)
 
 
 @pytest.mark.slow
 def test_measure_on_two_gloo_ranks():
-    (a, spans, sa), (b, _, sb) = launch(_measure_rank, 2, timeout=60)
+    (a, spans, sa, (pair, calls)), (b, _, sb, _) = launch(_measure_rank, 2, timeout=60)
     assert a == b and sa == sb  # gathered from both ranks, identical on both
+    # a pair of work functions (forward, backward) is called in turn: warm-up, then per
+    # round `passes` solo and `passes` concurrent passes
+    assert calls == ["F", "B"] * (1 + 2 * 3 * 2) and pair["compute_scale"] > 0
     assert a["ranks"] == [0, 1] and len(a["factors"]) == 2 and len(a["solo_s"]) == 2
     for v in a["solo_s"] + a["concurrent_s"] + a["factors"]:
         assert math.isfinite(v) and v > 0

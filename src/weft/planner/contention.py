@@ -48,11 +48,12 @@ STATISTICS = ("min", "median")
 
 
 def stage_pass(model: nn.Module, sample: torch.Tensor, layers: tuple[int, int] | None = None,
-               trace: str = "auto"):
+               trace: str = "auto", split: bool = False):
     """A function running one training forward + backward of `model`'s layers
     ``[first, end)`` (all by default) on `sample`, as a pipeline stage does: the stage's
     input is the real output of the layers before it, it needs a gradient unless the
-    stage is first, parameter gradients accumulate."""
+    stage is first, parameter gradients accumulate. With `split`, a pair of functions
+    (forward, backward of that forward's output), to be called alternately."""
     from weft.planner.layers import as_sequential
 
     seq = as_sequential(model, sample, trace)
@@ -70,7 +71,18 @@ def stage_pass(model: nn.Module, sample: torch.Tensor, layers: tuple[int, int] |
         out = part(inp)
         torch.autograd.backward(out, torch.ones_like(out))
 
-    return run
+    if not split:
+        return run
+    held = []
+
+    def forward():
+        held.append(part(inp))
+
+    def backward():
+        out = held.pop()
+        torch.autograd.backward(out, torch.ones_like(out))
+
+    return forward, backward
 
 
 def balanced_bounds(profile, workers: int) -> list[tuple[int, int]]:
@@ -91,30 +103,34 @@ def balanced_bounds(profile, workers: int) -> list[tuple[int, int]]:
     return [stages[r % S] for r in range(workers)]
 
 
-def _trial(work, passes: int, sync=None) -> float:
-    """Mean seconds per pass of `passes` passes; with `sync`, each pass starts right after
-    `sync()` returns (not timed)."""
+def _trial(works, passes: int, sync=None) -> float:
+    """Mean seconds per pass of `passes` passes, a pass calling each of `works` in turn;
+    with `sync`, each call starts right after `sync()` returns (not timed)."""
     if sync is None:
         t0 = time.perf_counter()
         for _ in range(passes):
-            work()
+            for w in works:
+                w()
         return (time.perf_counter() - t0) / passes
     total = 0.0
     for _ in range(passes):
-        sync()
-        t0 = time.perf_counter()
-        work()
-        total += time.perf_counter() - t0
+        for w in works:
+            sync()
+            t0 = time.perf_counter()
+            w()
+            total += time.perf_counter() - t0
     return total / passes
 
 
 def measure(work, rounds: int = 10, passes: int = 4, statistic: str = "min",
             group=None, handoff: bool = True) -> dict:
-    """Solo and concurrent seconds per pass of `work` (a no-argument function) on every
-    rank of `group` (call on all of them; see the module doc).
+    """Solo and concurrent seconds per pass of `work` (a no-argument function, or a tuple of
+    them called in turn, e.g. `stage_pass(split=True)`'s) on every rank of `group` (call
+    on all of them; see the module doc).
 
-    handoff: every concurrent pass starts right after a barrier with the other ranks (as
-    a stage's compute starts right after a blocking receive); False: back to back.
+    handoff: every concurrent call of a work function starts right after a barrier with
+    the other ranks (as a stage's compute starts right after a blocking receive); False:
+    back to back.
     Returns {'solo_s', 'concurrent_s', 'factors': per rank (in group order),
     'compute_scale', 'ranks', 'rounds', 'passes', 'statistic', 'handoff'} (the same on
     every rank).
@@ -127,19 +143,21 @@ def measure(work, rounds: int = 10, passes: int = 4, statistic: str = "min",
         raise PlanError(f"contention needs rounds >= 1 and passes >= 1, got {rounds}, {passes}")
     W = dist.get_world_size(group)
     me = dist.get_rank(group) if group is not None else dist.get_rank()
-    work()  # warm-up: allocator, kernels
+    works = tuple(work) if isinstance(work, (tuple, list)) else (work,)
+    for w in works:  # warm-up: allocator, kernels
+        w()
     solo, conc = [], []
 
     def solo_turns():
         for r in range(W):
             dist.barrier(group)
             if r == me:
-                solo.append(_trial(work, passes))
+                solo.append(_trial(works, passes))
         dist.barrier(group)
 
     def together():
         dist.barrier(group)
-        conc.append(_trial(work, passes, (lambda: dist.barrier(group)) if handoff else None))
+        conc.append(_trial(works, passes, (lambda: dist.barrier(group)) if handoff else None))
         dist.barrier(group)
 
     for k in range(rounds):
@@ -161,22 +179,27 @@ def measure(work, rounds: int = 10, passes: int = 4, statistic: str = "min",
 def contention(model: nn.Module, sample: torch.Tensor, layers: tuple[int, int] | None = None,
                rounds: int = 10, passes: int = 4, statistic: str = "min",
                threads: int | None = 1, trace: str = "auto", group=None,
-               handoff: bool = True) -> dict:
+               handoff: bool | str = True) -> dict:
     """Measure how much slower `model`'s forward + backward on the micro-batch `sample`
     runs when every rank computes at once than alone (call on every rank of `group`).
 
     layers: this rank's stage ``(first, end)`` (each rank may pass its own); default the
     whole model. threads: torch intra-op threads while measuring (1, as the profile and
-    `weft.launch` ranks; None keeps the setting). Returns `measure`'s dict.
+    `weft.launch` ranks; None keeps the setting). handoff: True, a barrier before each
+    concurrent pass; "action", before its forward and before its backward (as in 1F1B,
+    where either may follow a blocking receive); False, none. Returns `measure`'s dict.
     """
+    if handoff not in (True, False, "action"):
+        raise PlanError(f"contention handoff must be True, False or 'action', got {handoff!r}")
     old = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
     try:
         torch.manual_seed(0)
         with torch.enable_grad():
-            work = stage_pass(model, sample, layers, trace)
-            return measure(work, rounds, passes, statistic, group, handoff)
+            work = stage_pass(model, sample, layers, trace, split=handoff == "action")
+            return {**measure(work, rounds, passes, statistic, group, bool(handoff)),
+                    "handoff": handoff}
     finally:
         torch.set_num_threads(old)
 
