@@ -14,9 +14,9 @@ and the time to partition a 200-layer profile on 16 workers (target < 1 s).
 The profile is taken on the benchmark's ranks one at a time (the other waits
 in a barrier): solo layer times. How much slower the ranks compute when both
 compute at once (2 cores, gloo's threads, other tenants) is measured on the
-same ranks (`weft.planner.contention`: the whole model's forward+backward at
-the micro-batch, both ranks at once vs one at a time, min of 2*reps rounds of
-M passes) and given to the partitioner (`compute_scale`) and to `predict`
+same ranks (`weft.planner.contention`: each rank's slice of a balanced split,
+forward+backward at the micro-batch, both ranks at once vs one at a time, min of
+2*reps rounds of M passes) and given to the partitioner (`compute_scale`) and to `predict`
 (`contention="overlap"`: charged in proportion to the other rank's concurrent
 compute). The runtime's own cost per schedule action and per step is calibrated
 on the same ranks (`weft.planner.overhead.calibrate`: the real runtime on a
