@@ -67,7 +67,8 @@ def pingpong(rounds: int = 5, reps: int = 15, warmup: int = 3) -> tuple[float, f
     return float(res[1]), float(res[0])
 
 
-def _timed(fn, steps: int) -> float:
+def timed(fn, steps: int) -> float:
+    """Seconds for `fn(steps)` on every rank, between two barriers."""
     dist.barrier()
     t0 = time.perf_counter()
     fn(steps)

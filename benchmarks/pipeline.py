@@ -40,7 +40,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from _pipeline_probes import _timed, local_topology, model, pingpong, profile_on_ranks, stage_times
+from _pipeline_probes import local_topology, model, pingpong, profile_on_ranks, stage_times, timed
 
 
 def rank_main(M, mb, steps, reps):
@@ -110,10 +110,10 @@ def rank_main(M, mb, steps, reps):
     during = []  # diagnostic: contention rounds between the timed repetitions
     names = list(runs)
     for i in range(reps):
-        # each repetition starts with the next contender, so none always runs right after
-        # the contention rounds below or right before/after the same neighbour
+        # each repetition starts with the next contender (a rotation), so none always runs
+        # right after the contention rounds below
         for name in names[i % len(names):] + names[:i % len(names)]:
-            times[name].append(_timed(runs[name], steps))
+            times[name].append(timed(runs[name], steps))
         during.append(contention(model(), torch.randn(mb, 64), share, rounds=2, passes=M))
     # pooled like the calibration: min over every round, per rank and mode
     solo = np.min([d["solo_s"] for d in during], axis=0)
