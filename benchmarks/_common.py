@@ -8,7 +8,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from weft.report import write_json  # noqa: E402
+from weft.runs import write_json  # noqa: E402
 
 
 def parser(description: str) -> argparse.ArgumentParser:

@@ -142,8 +142,8 @@ def _write_plan(fabric, args, algs, tmpdir, params=None) -> str:
 
 
 def _netns_rows(shape: str, args) -> list[dict]:
-    from weft.collectives.netns import NetnsCluster
-    from weft.collectives.shapes import SCALE, SHAPES
+    from weft.collectives.emulate.netns import NetnsCluster
+    from weft.collectives.emulate.shapes import SCALE, SHAPES
 
     import tempfile
 
@@ -164,7 +164,7 @@ def _netns_rows(shape: str, args) -> list[dict]:
 
 def _loopback_rows(args) -> list[dict]:
     from weft.launch import launch
-    from weft.collectives.shapes import star_slow
+    from weft.collectives.emulate.shapes import star_slow
 
     import tempfile
 
@@ -189,7 +189,7 @@ def main(argv=None) -> int:
     p.add_argument("--shapes", default=None, help="comma list of dgx1-mesh,star4-slow,two-node")
     p.add_argument("--mbit-per-gbs", type=float, default=None,
                    help="emulated Mbit/s per GB/s of topology bandwidth (default: per shape, "
-                        "weft.collectives.shapes.SCALE)")
+                        "weft.collectives.emulate.shapes.SCALE)")
     p.add_argument("--reps", type=int, default=1)
     p.add_argument("--loopback-ranks", type=int, default=4)
     p.add_argument("--json", help="write results as a JSON list to this path")
@@ -212,7 +212,7 @@ def main(argv=None) -> int:
     shapes = (args.shapes.split(",") if args.shapes else
               ["dgx1-mesh"] if args.quick else ["dgx1-mesh", "star4-slow", "two-node"])
     from weft.atomic import write_json
-    from weft.collectives.netns import available
+    from weft.collectives.emulate.netns import available
 
     rows, t0 = [], time.time()
     ok, why = available()

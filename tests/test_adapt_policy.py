@@ -98,11 +98,11 @@ def test_bad_policy_files_name_the_problem(doc, needle):
 
 
 def test_missing_and_malformed_files(tmp_path):
-    with pytest.raises(PolicyError, match="does not exist"):
+    with pytest.raises(PolicyError, match="policy file not found"):
         load_policy_file(tmp_path / "nope.yaml")
     bad = tmp_path / "bad.yaml"
     bad.write_text("rules: [\n")
-    with pytest.raises(PolicyError, match="invalid YAML"):
+    with pytest.raises(PolicyError, match="not valid YAML"):
         load_policy_file(bad)
 
 

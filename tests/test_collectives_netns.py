@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from weft.collectives.netns import NetnsCluster, NetnsError, available, destination_paths
-from weft.collectives.shapes import SHAPES, star_slow
+from weft.collectives.emulate.netns import NetnsCluster, NetnsError, available, destination_paths
+from weft.collectives.emulate.shapes import SHAPES, star_slow
 
 
 @pytest.mark.parametrize("shape", sorted(SHAPES))

@@ -218,7 +218,7 @@ def test_trees_used_both_ways_are_hung_from_their_centre():
 
 
 def test_copy_cost_charges_every_byte_a_rank_sends_or_receives():
-    from weft.collectives.shapes import star_slow
+    from weft.collectives.emulate.shapes import star_slow
 
     f = Fabric(star_slow(4, fast=1e15, slow=1e15), [f"h{i}" for i in range(4)])
     size = 64 << 20

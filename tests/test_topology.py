@@ -94,7 +94,7 @@ def test_malformed_topologies_name_file_field_value(tmp_path, mutate, message):
 def test_not_yaml(tmp_path):
     with pytest.raises(TopologyError, match="not valid YAML"):
         load(_write(tmp_path, "devices: [a, b\n"))
-    with pytest.raises(TopologyError, match="cannot read topology file"):
+    with pytest.raises(TopologyError, match="topology file not found"):
         load(tmp_path / "missing.yaml")
 
 

@@ -92,7 +92,7 @@ def train_worker(cfg: DemoConfig) -> dict:
 
 def run_demo(cfg: DemoConfig) -> dict:
     from weft.launch import launch
-    from weft.report import plot_loss, run_dir, write_json
+    from weft.runs import plot_loss, run_dir, write_json
 
     t0 = time.perf_counter()
     results = launch(train_worker, cfg.ranks, args=(cfg,), timeout=120)

@@ -35,7 +35,7 @@ def _adaptive(args) -> int:
     import argparse
 
     from weft.adapt.cli import _demo as adaptive_demo
-    from weft.report import run_dir
+    from weft.runs import run_dir
 
     out = run_dir(args.out)
     ns = argparse.Namespace(workers=None, max_workers=None, epochs=None, max_steps=None,

@@ -46,9 +46,15 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def under_torchrun() -> bool:
-    """True when started by torchrun / torchelastic (env:// rendezvous variables set)."""
-    return "TORCHELASTIC_RUN_ID" in os.environ or (
-        "RANK" in os.environ and "WORLD_SIZE" in os.environ and "MASTER_ADDR" in os.environ)
+    """True in a worker that torchrun (torchelastic) started: its agent sets both variables."""
+    return "TORCHELASTIC_RUN_ID" in os.environ and "RANK" in os.environ
+
+
+def env_rendezvous() -> bool:
+    """True when this process is one rank of an env:// job: torchrun's workers, a launcher
+    that sets RANK / WORLD_SIZE / MASTER_ADDR itself (mpirun, Slurm scripts), or one of
+    `launch`'s own children."""
+    return under_torchrun() or all(v in os.environ for v in ("RANK", "WORLD_SIZE", "MASTER_ADDR"))
 
 
 def default_backend() -> str:
@@ -200,11 +206,12 @@ def _reap(procs) -> None:
 
 def run(fn: Callable[..., Any], nprocs: int = 1, args: tuple = (), backend: str | None = None,
         timeout: float = DEFAULT_TIMEOUT, **kw) -> Any:
-    """Run `fn` in every rank: in-process under torchrun, else spawn `nprocs` local ranks.
+    """Run `fn` in every rank: in-process under torchrun (or any env:// launcher), else spawn
+    `nprocs` local ranks.
 
     Under torchrun returns this rank's result; otherwise the list of all ranks' results.
     """
-    if under_torchrun():
+    if env_rendezvous():
         import torch.distributed as dist
 
         init_process_group(backend, timeout)

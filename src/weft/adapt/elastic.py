@@ -30,6 +30,7 @@ import torch.distributed as dist
 from weft.adapt.agent import NodeAgent, Nodes, open_store
 from weft.adapt.config import AdaptConfig
 from weft.errors import LaunchError
+from weft.tensors import flatten
 
 log = logging.getLogger("weft.adapt")
 
@@ -93,7 +94,7 @@ def worker_main(cfg: AdaptConfig, policy: Any, wid: int, host: str, port: int,
             left=trainer.left, rank=None if trainer.left else mem.rank, step=trainer.step,
             history=trainer.history, events=trainer.events, samples=trainer.samples,
             memberships=trainer.memberships, pid_end=os.getpid(),
-            params=torch.cat([p.detach().reshape(-1) for p in model.parameters()]),
+            params=flatten(model.parameters()),
             accuracy=None if trainer.left else accuracy(model, test),
             train_accuracy=None if trainer.left else accuracy(model, train))
         return report

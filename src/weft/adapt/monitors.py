@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from weft.tensors import flatten
+
 # Layout of the packed statistics tensor (all summed across ranks).
 N_STATS = 6
 _SQNORM, _LOSS_SUM, _COUNT, _STEP_TIME, _RANKS, _CAPACITY = range(N_STATS)
@@ -69,8 +71,7 @@ class EMA:
 
 def flat_grad(params) -> torch.Tensor:
     """All gradients of `params` as one flat tensor (zeros for a missing grad)."""
-    return torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1)
-                      for p in params])
+    return flatten(p.grad if p.grad is not None else torch.zeros_like(p) for p in params)
 
 
 def pack(local_sq_norm: float, loss_sum: float, count: int, step_time: float,

@@ -11,7 +11,8 @@ import torch
 from weft.adapt.config import AdaptConfig
 from weft.adapt.elastic import run_elastic
 from weft.adapt.rules import load_policy_file
-from weft.adapt.torchrun import run_under_torchrun, under_torchrun
+from weft.adapt.torchrun import run_under_torchrun
+from weft.launch import under_torchrun
 from weft.atomic import save_figure
 
 _COLORS = {"resize": "tab:green", "switch": "tab:purple", "failure": "tab:red",

@@ -30,7 +30,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 
 from weft.adapt import actions as A
 from weft.adapt.actions import PolicyError
@@ -177,13 +176,10 @@ def policy_from_dict(doc: Any, where: str = "policy") -> Compose:
 
 def load_policy_file(path: str | Path) -> tuple[Compose, dict]:
     """(policy, train settings) from a YAML file; PolicyError names the file and field."""
+    from weft.files import read_yaml
+
     path = Path(path)
-    if not path.is_file():
-        raise PolicyError(f"policy file {path} does not exist")
-    try:
-        doc = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise PolicyError(f"{path}: invalid YAML: {exc}") from None
+    doc = read_yaml(path, PolicyError, "policy")
     policy = policy_from_dict(doc, str(path))
     train = (doc or {}).get("train") or {}
     if not isinstance(train, dict):

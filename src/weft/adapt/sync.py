@@ -23,30 +23,15 @@ import torch
 import torch.distributed as dist
 
 from weft.adapt.monitors import N_STATS, flat_grad
+from weft.tensors import copy_from_flat, flatten, unflatten
 
 
 def _set_grads(params, flat: torch.Tensor) -> None:
-    off = 0
-    for p in params:
-        n = p.numel()
-        g = flat[off:off + n].view_as(p)
+    for p, g in zip(params, unflatten(flat, params)):
         if p.grad is None:
             p.grad = g.clone()
         else:
             p.grad.copy_(g)
-        off += n
-
-
-def _flat_params(params) -> torch.Tensor:
-    return torch.cat([p.data.reshape(-1) for p in params])
-
-
-def _set_params(params, flat: torch.Tensor) -> None:
-    off = 0
-    for p in params:
-        n = p.numel()
-        p.data.copy_(flat[off:off + n].view_as(p))
-        off += n
 
 
 def pair_peer(rank: int, world: int, rnd: int) -> int | None:
@@ -117,9 +102,9 @@ class SMA(_LocalStep):
 
     def apply(self, params, optimizer, comm, weight, stats, measure_noise):
         out = self._stats_and_step(params, optimizer, comm, weight, stats, measure_noise)
-        flat = _flat_params(params)
+        flat = flatten(params)
         comm.all_reduce(flat, op="avg", async_op=True).wait()
-        _set_params(params, flat)
+        copy_from_flat(params, flat)
         return out
 
 
@@ -137,7 +122,7 @@ class PairAveraging(_LocalStep):
         self.pending = None
         for w in works:
             w.wait()
-        _set_params(params, (_flat_params(params) + buf) / 2)
+        copy_from_flat(params, (flatten(params) + buf) / 2)
 
     def apply(self, params, optimizer, comm, weight, stats, measure_noise):
         # Gradient was computed while last step's exchange was in flight; average now.
@@ -146,7 +131,7 @@ class PairAveraging(_LocalStep):
         peer = pair_peer(comm.rank, comm.world_size, self.round)
         self.round += 1
         if peer is not None:
-            send = _flat_params(params)
+            send = flatten(params)
             recv = torch.empty_like(send)
             exchange = getattr(comm, "exchange", None)
             works = exchange(send, recv, peer) if exchange else \
@@ -173,11 +158,6 @@ def consensus(model, optimizer, comm) -> None:
         tensors += [v for v in st.values() if torch.is_tensor(v) and v.is_floating_point()]
     if comm.world_size == 1 or not tensors:
         return
-    flat = torch.cat([t.detach().reshape(-1).to(torch.float64) for t in tensors])
+    flat = flatten(tensors, torch.float64)
     comm.all_reduce(flat, op="avg")
-    off = 0
-    with torch.no_grad():
-        for t in tensors:
-            n = t.numel()
-            t.copy_(flat[off:off + n].view_as(t))
-            off += n
+    copy_from_flat(tensors, flat)

@@ -24,10 +24,6 @@ from typing import Any
 from weft.adapt.config import AdaptConfig, ConfigError
 
 
-def under_torchrun() -> bool:
-    return "TORCHELASTIC_RUN_ID" in os.environ and "RANK" in os.environ
-
-
 def run_under_torchrun(cfg: AdaptConfig, policy: Any, finish_timeout: float = 60.0) -> dict | None:
     """This process's part of the job. On the process that ends as rank 0 returns
     {"reports", "pids", "dead"} like `run_elastic`; elsewhere None."""

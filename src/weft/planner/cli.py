@@ -8,7 +8,7 @@ from weft.errors import PlanError
 def _sample(spec: str, args):
     import torch
 
-    from weft.planner.spec import extra
+    from weft.model_spec import extra
 
     make = extra(spec, "example_input")
     if make is not None:
@@ -31,7 +31,7 @@ def _plan_pipeline(args) -> int:
     from weft.planner.partition import check_scale, equal_layers, partition
     from weft.planner.predict import predict
     from weft.planner.profile import ModelProfile, profile_model
-    from weft.planner.spec import load_model
+    from weft.model_spec import load_model
     from weft.topology.io import resolve
     from weft.units import fmt_bytes, parse_size
 

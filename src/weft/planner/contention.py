@@ -244,7 +244,7 @@ def _contention_rank(spec, model, sample, bounds, rounds, passes, statistic):
     import torch.distributed as dist
 
     if spec is not None:
-        from weft.planner.spec import load_model
+        from weft.model_spec import load_model
 
         model = load_model(spec)
     layers = bounds[dist.get_rank()] if bounds else None

@@ -39,6 +39,7 @@ import torch
 import torch.nn as nn
 
 from weft.errors import PlanError
+from weft.tensors import flatten
 
 FLUSH = ("gpipe", "1f1b", "interleaved")
 
@@ -145,7 +146,7 @@ def allreduce_bw(nbytes: int = 4 * 2**20, reps: int = 10) -> float:
     for k in range(reps + 1):
         dist.barrier()
         t0 = time.perf_counter()
-        flat = torch.cat([p.reshape(-1) for p in parts])  # as Pipeline._sync_grads
+        flat = flatten(parts)  # as Pipeline._sync_grads
         comm.all_reduce(flat, op="sum")
         parts = [flat[:nbytes // 8].clone(), flat[nbytes // 8:].clone()]
         if k:

@@ -154,11 +154,9 @@ class PipelinePlan:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "PipelinePlan":
-        try:
-            data = json.loads(Path(path).read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise PlanError(f"cannot read plan {path}: {exc}") from None
-        return cls.from_dict(data, str(path))
+        from weft.files import read_json
+
+        return cls.from_dict(read_json(path, PlanError, "plan"), str(path))
 
 
 def from_boundaries(bounds: list[tuple[int, int]], replicas: list[int] | None = None,

@@ -30,6 +30,7 @@ import torch.nn as nn
 
 from weft.atomic import write_text
 from weft.errors import PlanError
+from weft.files import read_json
 from weft.planner.layers import as_sequential
 
 FORMAT = "weft.profile/1"
@@ -98,11 +99,7 @@ class ModelProfile:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "ModelProfile":
-        try:
-            data = json.loads(Path(path).read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise PlanError(f"cannot read profile {path}: {exc}") from None
-        return cls.from_dict(data, str(path))
+        return cls.from_dict(read_json(path, PlanError, "profile"), str(path))
 
 
 def _nbytes(t) -> float:

@@ -20,8 +20,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
 
+from weft.files import read_yaml
 from weft.schedule.model import Cluster, Job, ScheduleError
 from weft.schedule.throughputs import ThroughputTable
 
@@ -34,21 +34,9 @@ class ClusterSpec:
     extra: dict | None = None
 
 
-def _load_yaml(path: Path) -> dict:
-    try:
-        data = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ScheduleError(f"{path}: file not found") from None
-    except yaml.YAMLError as exc:
-        raise ScheduleError(f"{path}: not valid YAML ({exc})") from None
-    if not isinstance(data, dict):
-        raise ScheduleError(f"{path}: expected a mapping at the top level")
-    return data
-
-
 def load_cluster(path: str | Path) -> ClusterSpec:
     path = Path(path)
-    data = _load_yaml(path)
+    data = read_yaml(path, ScheduleError, "cluster", mapping=True)
     acc = data.get("accelerators")
     if not isinstance(acc, dict) or not acc:
         raise ScheduleError(f"{path}: field 'accelerators' must map accelerator types to counts")
@@ -86,7 +74,7 @@ def load_cluster(path: str | Path) -> ClusterSpec:
 def load_jobs(path: str | Path, table: ThroughputTable | None = None) -> list[Job]:
     """Jobs from a YAML spec; all are validated before any is returned."""
     path = Path(path)
-    data = _load_yaml(path)
+    data = read_yaml(path, ScheduleError, "jobs", mapping=True)
     items = data.get("jobs")
     if not isinstance(items, list) or not items:
         raise ScheduleError(f"{path}: field 'jobs' must be a non-empty list")

@@ -8,11 +8,11 @@ Reads Gavel's ``simulation_throughputs.json`` layout (keys spelling
 from __future__ import annotations
 
 import ast
-import json
 from pathlib import Path
 
 import numpy as np
 
+from weft.files import read_json
 from weft.schedule.model import ScheduleError
 
 Key = tuple[str, int]
@@ -77,12 +77,7 @@ class ThroughputTable:
     def load(cls, path: str | Path, types: list[str] | None = None) -> "ThroughputTable":
         """Read a Gavel throughput JSON. ``types`` defaults to the consolidated ones."""
         path = Path(path)
-        try:
-            raw = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise ScheduleError(f"{path}: throughput file not found") from None
-        except json.JSONDecodeError as exc:
-            raise ScheduleError(f"{path}: not valid JSON ({exc})") from None
+        raw = read_json(path, ScheduleError, "throughput")
         if not isinstance(raw, dict) or not raw:
             raise ScheduleError(f"{path}: expected an object keyed by accelerator type")
         if types is None:

@@ -108,16 +108,9 @@ def from_dict(data: Any, source: str = "<dict>") -> Topology:
 
 
 def load(path: str | os.PathLike) -> Topology:
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise TopologyError(f"{path}: cannot read topology file: {exc.strerror}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise TopologyError(f"{path}: not valid YAML: {exc}") from None
-    return from_dict(data, source=str(path))
+    from weft.files import read_yaml
+
+    return from_dict(read_yaml(path, TopologyError, "topology"), source=str(path))
 
 
 def dumps(topo: Topology) -> str:

@@ -30,6 +30,7 @@ from weft.parallel.pipeline.schedule import COMPUTE, Action, build_schedule, sim
 from weft.parallel.pipeline.stash import WeightStash
 from weft.planner.layers import as_sequential
 from weft.planner.partition import equal_bounds
+from weft.tensors import flatten, unflatten
 
 
 def _sgd(params):
@@ -146,13 +147,10 @@ class Pipeline:
         if self.comm is None or not self.params:
             return
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
-        flat = torch.cat([g.reshape(-1) for g in grads])
+        flat = flatten(grads)
         self.comm.all_reduce(flat, op=op)
-        off = 0
-        for p in self.params:
-            n = p.numel()
-            p.grad = flat[off:off + n].view_as(p).clone()
-            off += n
+        for p, g in zip(self.params, unflatten(flat, self.params)):
+            p.grad = g.clone()
 
     # -- the executor ------------------------------------------------------------
     def _run(self, actions: list[Action], xs, ys, shapes, versions=None) -> list[float]:

@@ -9,7 +9,7 @@ import torch.distributed as dist
 
 from weft.parallel.pipeline.runtime import Pipeline
 from weft.planner.plan import PipelinePlan
-from weft.planner.spec import extra, load_model
+from weft.model_spec import extra, load_model
 
 
 def default_dataset():

@@ -236,7 +236,7 @@ class NetnsCluster:
                             "init": f"tcp://{master}:{PORT}", "out": f"{tmp}/r{r}.pkl",
                             "timeout": op_timeout}
                     cmd = ["ip", "netns", "exec", self.ns[dev], sys.executable, "-m",
-                           "weft.collectives.netns_rank", json.dumps(spec)]
+                           "weft.collectives.emulate.rank", json.dumps(spec)]
                     procs.append(subprocess.Popen(cmd, env=dict(env, GLOO_SOCKET_IFNAME=ifname),
                                                   start_new_session=True))
                 deadline = time.monotonic() + timeout

@@ -1,4 +1,4 @@
-"""Run directories, JSON reports (atomic) and loss-curve plots."""
+"""Run folders, JSON reports (atomic) and loss-curve plots: what every long command writes."""
 
 from __future__ import annotations
 
