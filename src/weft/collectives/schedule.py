@@ -223,7 +223,7 @@ def from_trees(collective: str, nranks: int, trees: list[tuple[dict[int, int], f
 
 
 # -- checking ------------------------------------------------------------------
-def simulate(s: Schedule) -> list[list[frozenset]]:
+def contributions(s: Schedule) -> list[list[frozenset]]:
     """Run the schedule symbolically: which ranks' contributions each rank's copy
     of each segment holds at the end (a multiset is not needed: a contribution
     counted twice raises)."""
@@ -248,7 +248,7 @@ def simulate(s: Schedule) -> list[list[frozenset]]:
 
 def check(s: Schedule) -> None:
     """Raise ValueError unless the schedule computes its collective."""
-    have = simulate(s)
+    have = contributions(s)
     n, full = s.nranks, frozenset(range(s.nranks))
     for k, seg in enumerate(s.segments):
         for r in range(n):
