@@ -21,7 +21,6 @@ from weft.collectives.ring import ring_for
 from weft.collectives.schedule import Schedule, from_trees
 from weft.collectives.tree import dbtree
 
-ALGORITHMS = ("ring", "dbtree", "flat", "packing")
 TREE_COUNTS = (1, 2, 4, 8, 16)
 CHUNKS = tuple(1 << k for k in (14, 15, 16, 17, 18, 20, 22, 24))
 _MODE = {"broadcast": "down", "reduce": "up", "allreduce": "both", "reduce_scatter": "both",

@@ -114,9 +114,3 @@ class Fabric:
         h.update(",".join(self.devices).encode())
         h.update(repr(sorted(self._paths.items())).encode())
         return h.hexdigest()[:16]
-
-
-def fabric_for(topology, devices=None) -> Fabric:
-    from weft.topology.io import resolve
-
-    return Fabric(resolve(topology), devices)

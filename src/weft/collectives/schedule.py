@@ -50,11 +50,6 @@ class Schedule:
     def nsteps(self) -> int:
         return len(self.steps)
 
-    def describe(self) -> str:
-        msgs = sum(len(s) for s in self.steps)
-        return (f"{self.algorithm} {self.collective}: {self.nranks} ranks, {len(self.segments)} "
-                f"segments, {self.nsteps} steps, {msgs} transfers")
-
 
 def split_points(n: int, parts: int) -> list[int]:
     """Boundaries of an even split of n items into `parts` (numpy.array_split's)."""
