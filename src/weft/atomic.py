@@ -10,8 +10,24 @@ import contextlib
 import json
 import os
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any, Iterator
+
+
+_UMASK_LOCK = threading.Lock()
+
+
+def _file_mode(path: Path) -> int:
+    """The mode a plain `open(path, "w")` would give: the existing file's, else 0666 & ~umask
+    (mkstemp's own 0600 would make every file weft writes private)."""
+    try:
+        return path.stat().st_mode & 0o7777
+    except OSError:
+        with _UMASK_LOCK:  # os.umask can only be read by setting it
+            mask = os.umask(0o22)
+            os.umask(mask)
+        return 0o666 & ~mask
 
 
 @contextlib.contextmanager
@@ -23,6 +39,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, _file_mode(path))
         os.replace(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)
