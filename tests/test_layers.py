@@ -21,7 +21,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 
 LAYERS = [
     ["errors", "units", "atomic", "tensors"],
-    ["files", "launch", "model_spec", "runs"],
+    ["args", "files", "launch", "model_spec", "runs"],
     ["topology"],
     ["collectives"],
     ["plan"],

@@ -131,3 +131,67 @@ def test_yaml_round_trip_is_lossless(t):
     assert back.to_dict() == t.to_dict()
     assert {(l.src, l.dst): l for l in back.links} == {(l.src, l.dst): l for l in t.links}
     assert back.devices == t.devices
+
+
+# -- issue 14 regressions: units in files, builder arguments, readable drawings -----------------
+def test_units_for_time_and_flops_in_files(tmp_path):
+    p = tmp_path / "t.yaml"
+    p.write_text("devices:\n  - {name: a, flops: 10TFLOPS, memory: 16GiB}\n  - {name: b}\n"
+                 "links:\n  - {src: a, dst: b, bandwidth: 25GB/s, latency: 1us}\n")
+    t = load(p)
+    assert t.device("a").flops == 10e12 and t.device("a").memory == 16 * 2**30
+    assert t.link("a", "b").latency == 1e-6
+    p.write_text("devices: [{name: a, flops: 10 apples}, {name: b}]\nlinks: []\n")
+    with pytest.raises(TopologyError, match=r"devices\[0\]\.flops.*'15.7TFLOPS'"):
+        load(p)
+
+
+def test_saved_yaml_uses_units_and_loads_back_equal(tmp_path):
+    from weft.topology import multi_node, save
+
+    t = multi_node(2, 2)
+    text = save(t, tmp_path / "c.yaml").read_text()
+    assert "memory: 16GiB" in text and "bandwidth: 50GB/s" in text and "latency: 1us" in text
+    assert "17179869184" not in text
+    back = load(tmp_path / "c.yaml")
+    assert back.to_dict() == t.to_dict()
+
+
+@pytest.mark.parametrize("spec", ["multi_node:2x", "multi_node:x4", "ring:", "ring:8x"])
+def test_incomplete_builder_arguments_are_refused(spec):
+    from weft.topology import build
+
+    with pytest.raises(TopologyError, match="bad arguments"):
+        build(spec)
+
+
+@pytest.mark.parametrize("spec", ["multi_node:2x4", "multi_node:3x3", "fat_tree:4", "dgx1",
+                                  "nvswitch:8", "ring:6"])
+def test_drawing_shows_every_link(spec):
+    """No two devices share a place, and no link is drawn through a device it does not join
+    (before: intra-node links of multi_node:2x4 lay on one line, fat_tree:4's hosts on top of
+    each other)."""
+    import math
+
+    from weft.topology import resolve
+    from weft.topology.draw import layout
+
+    t = resolve(spec)
+    pos = layout(t)
+    pts = list(pos.values())
+    span = max(max(x for x, _ in pts) - min(x for x, _ in pts),
+               max(y for _, y in pts) - min(y for _, y in pts))
+    eps = 0.015 * span  # about a drawn device's radius
+    names = list(pos)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            assert math.dist(pos[a], pos[b]) > eps, (a, b)
+    for u, v in t.graph.to_undirected().edges:
+        (x1, y1), (x2, y2) = pos[u], pos[v]
+        for w in names:
+            if w in (u, v):
+                continue
+            px, py = pos[w]
+            dx, dy = x2 - x1, y2 - y1
+            s = max(0.0, min(1.0, ((px - x1) * dx + (py - y1) * dy) / (dx * dx + dy * dy)))
+            assert math.dist((px, py), (x1 + s * dx, y1 + s * dy)) > eps, (u, v, "through", w)

@@ -7,11 +7,11 @@ the command grows without one file owning every feature.
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import sys
 
 from weft import __version__
+from weft.args import ArgumentParser
 from weft.errors import WeftError
 
 # Modules that provide `register(subparsers)`. A missing one is skipped so a
@@ -28,11 +28,12 @@ _COMMAND_MODULES = [
 ]
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(
         prog="weft",
         description="Adaptive, topology-aware distributed training of ordinary PyTorch models.",
     )
+    parser.add_argument("--version", action="version", version=f"weft {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     v = sub.add_parser("version", help="print weft's version")
     v.set_defaults(func=lambda args: print(f"weft {__version__}") or 0)

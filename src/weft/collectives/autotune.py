@@ -62,12 +62,25 @@ def _schedule(key: str, collective: str, algorithm: str, root: int) -> Schedule:
                  max_trees=int(k) if k else 16)
         s = from_trees(collective, fabric.n, p.trees, algorithm, root=_rooted(collective, root))
         return s
-    raise ValueError(f"unknown algorithm {algorithm!r}; one of ring, dbtree, flat, packing[:K], "
-                     "auto")
+    raise ValueError(f"unknown algorithm {algorithm!r}; one of {ALGORITHM_NAMES}")
+
+
+ALGORITHM_NAMES = "ring, dbtree, flat, packing, packing:K (K >= 1 trees)"
+
+
+def check_algorithm(algorithm: str) -> str:
+    """`algorithm` if it names one (ValueError saying which ones exist otherwise)."""
+    name, colon, k = algorithm.partition(":")
+    if name in ("ring", "dbtree", "flat") and not colon:
+        return algorithm
+    if name == "packing" and (not colon or (k.isdigit() and int(k) >= 1)):
+        return algorithm
+    raise ValueError(f"unknown algorithm {algorithm!r}; one of {ALGORITHM_NAMES}")
 
 
 def schedule_for(fabric: Fabric, collective: str, algorithm: str, root: int = 0) -> Schedule:
     """The (cached) schedule of `algorithm` for `collective` on `fabric`."""
+    check_algorithm(algorithm)
     _FABRICS.setdefault(fabric.key, fabric)
     return _schedule(fabric.key, collective, algorithm, root if _rooted(collective, root) is not None
                      else 0)

@@ -8,7 +8,8 @@ from rich.console import Console
 from rich.table import Table
 
 from weft.errors import WeftError
-from weft.units import fmt_bytes, fmt_rate, fmt_seconds, parse_size
+from weft.args import nonneg_float, nonneg_int, output_file, size
+from weft.units import fmt_bytes, fmt_rate, fmt_seconds
 
 _OPS = {"allreduce": "allreduce", "all_reduce": "allreduce", "broadcast": "broadcast",
         "reduce": "reduce", "reduce_scatter": "reduce_scatter", "reducescatter": "reduce_scatter",
@@ -19,24 +20,41 @@ class PlanInputError(WeftError, ValueError):
     pass
 
 
+def _algorithm(text: str) -> str:
+    import argparse
+
+    from weft.collectives.autotune import check_algorithm
+
+    if text == "auto":
+        return text
+    try:
+        return check_algorithm(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{exc}, or auto") from None
+
+
+def _op(text: str) -> str:
+    import argparse
+
+    op = _OPS.get(text.lower())
+    if op is None:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected one of {sorted(set(_OPS.values()))}")
+    return op
+
+
 def _plan(args) -> int:
     from weft.collectives.autotune import ranked
     from weft.collectives.costmodel import CostParams
     from weft.collectives.fabric import Fabric
     from weft.topology.io import resolve
 
-    op = _OPS.get(args.op.lower())
-    if op is None:
-        raise PlanInputError(f"--op {args.op!r}: expected one of {sorted(set(_OPS.values()))}")
-    size = int(parse_size(args.size))
-    if size <= 0:
-        raise PlanInputError(f"--size {args.size!r}: must be > 0 bytes")
+    op, size = args.op, int(args.size)
     topo = resolve(args.topology)
     devices = args.devices.split(",") if args.devices else None
     fabric = Fabric(topo, devices)
     if not 0 <= args.root < fabric.n:
         raise PlanInputError(f"--root {args.root}: not a rank of {fabric.n}")
-    params = CostParams(alpha=args.alpha, reduce_bw=parse_size(args.reduce_bw))
+    params = CostParams(alpha=args.alpha, reduce_bw=args.reduce_bw)
     algs = None if args.algorithm == "auto" else [args.algorithm]
     try:
         r = ranked(fabric, op, size, args.root, params, algs)
@@ -93,14 +111,16 @@ def register(sub) -> None:
     csub = p.add_subparsers(dest="collectives_command", metavar="ACTION", required=True)
     s = csub.add_parser("plan", help="choose trees/ring and chunk size; predict time and bound")
     s.add_argument("--topology", default="dgx1", help="YAML file or builder (dgx1, ring:8, ...)")
-    s.add_argument("--op", default="allreduce",
+    s.add_argument("--op", type=_op, default="allreduce",
                    help="allreduce, broadcast, reduce, reduce_scatter, all_gather")
-    s.add_argument("--size", default="256MB", help="message size, e.g. 256MB")
-    s.add_argument("--algorithm", default="auto", help="auto, ring, dbtree, flat, packing, packing:K")
-    s.add_argument("--root", type=int, default=0, help="root rank (broadcast, reduce)")
+    s.add_argument("--size", type=size, default="256MB", help="message size, e.g. 256MB")
+    s.add_argument("--algorithm", type=_algorithm, default="auto",
+                   help="auto, ring, dbtree, flat, packing, packing:K")
+    s.add_argument("--root", type=nonneg_int, default=0, help="root rank (broadcast, reduce)")
     s.add_argument("--devices", help="comma-separated devices, one per rank (default: all compute)")
-    s.add_argument("--alpha", type=float, default=5e-6, help="seconds of overhead per message")
-    s.add_argument("--reduce-bw", default="200GB/s", help="rate of local reduction")
-    s.add_argument("--out", help="draw the chosen trees to this PNG")
+    s.add_argument("--alpha", type=nonneg_float, default=5e-6,
+                   help="seconds of overhead per message")
+    s.add_argument("--reduce-bw", type=size, default="200GB/s", help="rate of local reduction")
+    s.add_argument("--out", type=output_file, help="draw the chosen trees to this PNG")
     s.add_argument("--json", action="store_true", help="print JSON instead of tables")
     s.set_defaults(func=_plan)

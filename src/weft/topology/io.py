@@ -4,10 +4,10 @@ Format::
 
     name: my-cluster
     devices:
-      - {name: gpu0, kind: gpu, memory: 16GiB, flops: 15.7e12, host: node0}
+      - {name: gpu0, kind: gpu, memory: 16GiB, flops: 15.7TFLOPS, host: node0}
       - {name: gpu1, host: node0}
     links:            # bidirectional unless `bidirectional: false`
-      - {src: gpu0, dst: gpu1, bandwidth: 25GB/s, latency: 1e-6, kind: nvlink}
+      - {src: gpu0, dst: gpu1, bandwidth: 25GB/s, latency: 1us, kind: nvlink}
 
 A topology can also be named by a builder spec: `dgx1`, `ring:8`,
 `full_mesh:4`, `nvswitch:8`, `multi_node:2x4`, `fat_tree:4`.
@@ -26,7 +26,8 @@ from weft.atomic import write_text
 from weft.errors import TopologyError
 from weft.topology.builders import BUILDERS
 from weft.topology.model import DEVICE_KINDS, Topology
-from weft.units import parse_size
+from weft.units import (fmt_bytes_exact, fmt_flops_exact, fmt_seconds_exact, parse_flops,
+                         parse_seconds, parse_size)
 
 _DEVICE_FIELDS = {"name", "kind", "memory", "flops", "host"}
 _LINK_FIELDS = {"src", "dst", "bandwidth", "latency", "kind", "bidirectional"}
@@ -50,9 +51,9 @@ def from_dict(data: Any, source: str = "<dict>") -> Topology:
         raise fail("links", f"must be a list, got {type(links).__name__}")
     topo = Topology(name=str(data.get("name", Path(source).stem)))
 
-    def number(where: str, value: Any, positive: bool, allow_zero: bool = True) -> float:
+    def number(where: str, value: Any, parse=parse_size, allow_zero: bool = True) -> float:
         try:
-            x = parse_size(value, where)
+            x = parse(value, where)
         except ValueError as exc:
             raise fail(where, str(exc).split(": ", 1)[-1]) from None
         if x != x or x < 0 or (not allow_zero and x == 0):
@@ -73,9 +74,9 @@ def from_dict(data: Any, source: str = "<dict>") -> Topology:
         if name in topo:
             raise fail(f"{where}.name", f"device {name!r} is defined twice")
         kw = {}
-        for f in ("memory", "flops"):
+        for f, parse in (("memory", parse_size), ("flops", parse_flops)):
             if f in d:
-                kw[f] = number(f"{where}.{f}", d[f], True)
+                kw[f] = number(f"{where}.{f}", d[f], parse)
         topo.add_device(name, kind=kind, host=str(d.get("host", "host0")), **kw)
 
     for i, ln in enumerate(links):
@@ -93,8 +94,8 @@ def from_dict(data: Any, source: str = "<dict>") -> Topology:
                 raise fail(f"{where}.{f}", f"unknown device {ln[f]!r} (not in devices)")
         if str(ln["src"]) == str(ln["dst"]):
             raise fail(where, f"a link cannot join {ln['src']!r} to itself")
-        bw = number(f"{where}.bandwidth", ln["bandwidth"], True, allow_zero=False)
-        lat = number(f"{where}.latency", ln.get("latency", 1e-6), True)
+        bw = number(f"{where}.bandwidth", ln["bandwidth"], allow_zero=False)
+        lat = number(f"{where}.latency", ln.get("latency", 1e-6), parse_seconds)
         bidir = ln.get("bidirectional", True)
         if not isinstance(bidir, bool):
             raise fail(f"{where}.bidirectional", f"must be true or false, got {bidir!r}")
@@ -114,7 +115,15 @@ def load(path: str | os.PathLike) -> Topology:
 
 
 def dumps(topo: Topology) -> str:
-    return yaml.safe_dump(topo.to_dict(), sort_keys=False)
+    """YAML with units (16GiB, 25GB/s, 1us, 15.7TFLOPS), in the form `load` reads."""
+    d = topo.to_dict()
+    for dev in d["devices"]:
+        dev["memory"] = fmt_bytes_exact(dev["memory"])
+        dev["flops"] = fmt_flops_exact(dev["flops"])
+    for ln in d["links"]:
+        ln["bandwidth"] = fmt_bytes_exact(ln["bandwidth"], rate=True)
+        ln["latency"] = fmt_seconds_exact(ln["latency"])
+    return yaml.safe_dump(d, sort_keys=False, default_flow_style=None, width=100)
 
 
 def save(topo: Topology, path: str | os.PathLike) -> Path:
@@ -129,8 +138,10 @@ def build(spec: str) -> Topology:
         raise TopologyError(f"unknown topology builder {name!r}; known: {sorted(BUILDERS)} "
                             "(or give a path to a YAML file)")
     fn = BUILDERS[name]
-    args = [a for a in argstr.replace("x", ",").split(",") if a] if argstr else []
+    args = argstr.replace("x", ",").split(",") if argstr else []
     try:
+        if any(not a.strip() for a in args):  # 'multi_node:2x' is not 'multi_node:2x4'
+            raise ValueError(argstr)
         ints = [int(a) for a in args]
         inspect.signature(fn).bind(*ints)
     except (ValueError, TypeError):
