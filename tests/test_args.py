@@ -11,10 +11,8 @@ from weft.cli import main
 
 
 def run(capsys, *argv):
-    with pytest.raises(SystemExit) as info:
-        main(list(argv))
-    err = capsys.readouterr().err
-    return info.value.code, err
+    code = main(list(argv))
+    return code, capsys.readouterr().err
 
 
 @pytest.mark.parametrize("argv, needle", [

@@ -26,7 +26,7 @@ def test_plan_json_is_consistent(capsys):
 
 def test_plan_bad_input(capsys):
     assert main(["collectives", "plan", "--op", "scatter"]) == 2
-    assert "--op 'scatter'" in capsys.readouterr().err
+    assert "--op: 'scatter'" in capsys.readouterr().err
     assert main(["collectives", "plan", "--topology", "ring:4", "--devices", "gpu0,gpu9"]) == 2
     assert "gpu9" in capsys.readouterr().err
     assert main(["collectives", "plan", "--topology", "ring:4", "--size", "0"]) == 2

@@ -5,12 +5,15 @@ back (`fmt_*_exact` gives a string that parses to the very same float, for files
 from __future__ import annotations
 
 import re
+from decimal import Decimal
 
+# unit -> (power of ten, power-of-two factor): '5us' is float('5e-6') exactly, not 5 * 1e-6
 _SIZE = {
-    "": 1, "b": 1,
-    "k": 1e3, "kb": 1e3, "m": 1e6, "mb": 1e6, "g": 1e9, "gb": 1e9, "t": 1e12, "tb": 1e12,
-    "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40,
-    "kbit": 1e3 / 8, "mbit": 1e6 / 8, "gbit": 1e9 / 8, "bit": 1 / 8,
+    "": (0, 1), "b": (0, 1),
+    "k": (3, 1), "kb": (3, 1), "m": (6, 1), "mb": (6, 1), "g": (9, 1), "gb": (9, 1),
+    "t": (12, 1), "tb": (12, 1),
+    "kib": (0, 2**10), "mib": (0, 2**20), "gib": (0, 2**30), "tib": (0, 2**40),
+    "kbit": (3, 1 / 8), "mbit": (6, 1 / 8), "gbit": (9, 1 / 8), "bit": (0, 1 / 8),
 }
 _NUM = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*([a-zA-Z]*)\s*(/s)?\s*$")
 
@@ -28,12 +31,17 @@ def parse_size(value: str | int | float, what: str = "size") -> float:
     m = _NUM.match(str(value))
     if not m or m.group(2).lower() not in _SIZE:
         raise ValueError(f"{what}: cannot parse {value!r}; use a number of bytes or e.g. '256MB', '16GiB', '25GB/s'")
-    return float(m.group(1)) * _SIZE[m.group(2).lower()]
+    return _scaled(m.group(1), _SIZE[m.group(2).lower()])
 
 
-_TIME = {"": 1.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9}
-_FLOPS = {"": 1.0, "flops": 1.0, "kflops": 1e3, "mflops": 1e6, "gflops": 1e9, "tflops": 1e12,
-          "pflops": 1e15}
+def _scaled(number: str, unit: tuple[int, float]) -> float:
+    """`number` times 10**unit[0] times unit[1] (a power of two), rounded once."""
+    return float(Decimal(number).scaleb(unit[0])) * unit[1]
+
+
+_TIME = {"": (0, 1), "s": (0, 1), "ms": (-3, 1), "us": (-6, 1), "µs": (-6, 1), "ns": (-9, 1)}
+_FLOPS = {"": (0, 1), "flops": (0, 1), "kflops": (3, 1), "mflops": (6, 1), "gflops": (9, 1),
+          "tflops": (12, 1), "pflops": (15, 1)}
 _QTY = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*([a-zA-Zµ]*)\s*$")
 
 
@@ -46,7 +54,7 @@ def _quantity(value, table: dict, what: str, examples: str) -> float:
     m = _QTY.match(text)
     if not m or m.group(2).lower() not in table:
         raise ValueError(f"{what}: cannot parse {value!r}; use a number or e.g. {examples}")
-    return float(m.group(1)) * table[m.group(2).lower()]
+    return _scaled(m.group(1), table[m.group(2).lower()])
 
 
 def parse_seconds(value: str | int | float, what: str = "time") -> float:
@@ -60,12 +68,12 @@ def parse_flops(value: str | int | float, what: str = "flops") -> float:
 
 
 def _exact(x: float, scales: list[tuple[str, float]], parse) -> str | float:
-    """The shortest '<number><unit>' that parses back to `x` (within 1e-12), else `x` itself."""
+    """The shortest '<number><unit>' that parses back to exactly `x`, else `x` itself."""
     best = None
     for unit, scale in scales:
         if x and abs(x) >= scale:
             text = f"{x / scale:.12g}{unit}"
-            if abs(parse(text) - x) <= 1e-12 * abs(x) and (best is None or len(text) < len(best)):
+            if parse(text) == x and (best is None or len(text) < len(best)):
                 best = text
     return best if best is not None else x
 
