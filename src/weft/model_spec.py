@@ -1,13 +1,20 @@
 """Load a user's model from a spec: ``path/to/file.py[:attr]`` or ``package.module[:attr]``.
 
-``attr`` (default ``model``) is an `nn.Module` or a callable returning one.
-The file may also define ``example_input(batch_size)`` (a sample batch for
-profiling), ``loss_fn`` and ``dataset()`` returning ``(train, test)`` torch
-datasets; `weft train` uses them when present (digits and cross-entropy otherwise).
+This is the one contract every part of weft loads a model through (pipeline plans,
+`weft.parallelize` plans, cluster jobs, adaptive training). ``attr`` (default ``model``) is an
+`nn.Module` or a callable returning one. The file may also define ``example_input(batch_size)``
+(a sample batch for profiling), ``loss_fn``, ``dataset()`` returning ``(train, test)`` torch
+datasets and ``optimizer(params)``; the caller says which it needs.
+
+A file is imported under a name derived from its absolute path, with its own folder on
+``sys.path`` (so it can import a module that sits next to it); spawned ranks import it the same
+way. `resolve` turns a spec into its absolute form, which is what plans record, and
+`fingerprint` hashes the file's content so that a plan can warn when the file changed.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import importlib.util
 import sys
@@ -19,46 +26,101 @@ import torch.nn as nn
 from weft.errors import PlanError
 
 
-def load_module(spec: str) -> tuple[ModuleType, str]:
+class SpecError(PlanError):
+    """A model spec that cannot be loaded: missing file, import error, missing attribute."""
+
+
+def _split(spec: str) -> tuple[str, str]:
+    if not isinstance(spec, str) or not spec.strip():
+        raise SpecError(f"model spec {spec!r}: expected path/to/file.py[:attr] or "
+                        "package.module[:attr]")
     target, _, attr = spec.partition(":")
-    attr = attr or "model"
-    if target.endswith(".py") or "/" in target:
-        path = Path(target)
+    return target, attr or "model"
+
+
+def _is_path(target: str) -> bool:
+    return target.endswith(".py") or "/" in target or "\\" in target
+
+
+def resolve(spec: str) -> str:
+    """The spec with its file made absolute (module specs are returned unchanged)."""
+    target, attr = _split(spec)
+    if not _is_path(target):
+        return spec
+    path = Path(target).expanduser()
+    if not path.is_file():
+        raise SpecError(f"model spec {spec!r}: file {target} does not exist")
+    return f"{path.resolve()}:{attr}"
+
+
+def fingerprint(spec: str) -> str | None:
+    """A short hash of the spec's file content (None for a module spec)."""
+    target, _ = _split(spec)
+    if not _is_path(target):
+        return None
+    try:
+        return hashlib.sha256(Path(target).expanduser().read_bytes()).hexdigest()[:16]
+    except OSError:
+        return None
+
+
+def load_module(spec: str) -> tuple[ModuleType, str]:
+    target, attr = _split(spec)
+    if _is_path(target):
+        path = Path(target).expanduser()
         if not path.is_file():
-            raise PlanError(f"model spec {spec!r}: file {target} does not exist")
-        name = f"weft_user_{abs(hash(str(path.resolve())))}"
+            raise SpecError(f"model spec {spec!r}: file {target} does not exist")
+        path = path.resolve()
+        name = f"weft_user_{path.stem}_{hashlib.sha1(str(path).encode()).hexdigest()[:10]}"
         if name in sys.modules:
             return sys.modules[name], attr
+        folder = str(path.parent)
+        if folder not in sys.path:  # the file may import a module that sits next to it
+            sys.path.insert(0, folder)
         mspec = importlib.util.spec_from_file_location(name, path)
         mod = importlib.util.module_from_spec(mspec)
+        mod.__weft_source__ = str(path)
         sys.modules[name] = mod
         try:
             mspec.loader.exec_module(mod)
         except Exception as exc:
             del sys.modules[name]
-            raise PlanError(f"model spec {spec!r}: importing {target} failed: "
+            raise SpecError(f"model spec {spec!r}: importing {target} failed: "
                             f"{type(exc).__name__}: {exc}") from exc
         return mod, attr
     try:
-        return importlib.import_module(target), attr
-    except ImportError as exc:
-        raise PlanError(f"model spec {spec!r}: cannot import {target}: {exc}") from None
+        mod = importlib.import_module(target)
+    except Exception as exc:  # noqa: BLE001 - any import failure is the spec's problem
+        raise SpecError(f"model spec {spec!r}: cannot import {target}: "
+                        f"{type(exc).__name__}: {exc}") from None
+    mod.__weft_source__ = target
+    return mod, attr
 
 
 def load_model(spec: str) -> nn.Module:
     mod, attr = load_module(spec)
+    source = getattr(mod, "__weft_source__", mod.__name__)
     obj = getattr(mod, attr, None)
     if obj is None:
-        raise PlanError(f"model spec {spec!r}: {mod.__name__} has no attribute {attr!r}")
+        found = sorted(k for k, v in vars(mod).items()
+                       if not k.startswith("_") and (isinstance(v, nn.Module) or (
+                           isinstance(v, type) and issubclass(v, nn.Module))))
+        hint = f"; it defines {', '.join(found)} (name one as {spec.partition(':')[0]}:NAME)" \
+            if found else ""
+        raise SpecError(f"model spec {spec!r}: {source} defines no {attr!r}{hint}")
     if not isinstance(obj, nn.Module) and callable(obj):
-        obj = obj()
+        try:
+            obj = obj()
+        except Exception as exc:  # noqa: BLE001 - the user's constructor failed
+            raise SpecError(f"model spec {spec!r}: calling {attr}() failed: "
+                            f"{type(exc).__name__}: {exc}") from exc
     if not isinstance(obj, nn.Module):
-        raise PlanError(f"model spec {spec!r}: {attr} is {type(obj).__name__}, not an nn.Module "
+        raise SpecError(f"model spec {spec!r}: {attr} is {type(obj).__name__}, not an nn.Module "
                         "or a function returning one")
     return obj
 
 
 def extra(spec: str, name: str, default=None):
-    """An optional helper (example_input, loss_fn, dataset) from the spec's module."""
+    """An optional helper (example_input, loss_fn, dataset, optimizer) from the spec's module."""
     mod, _ = load_module(spec)
     return getattr(mod, name, default)
