@@ -30,14 +30,14 @@ sys.path.insert(0, str(ROOT / "src"))
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from weft.schedule.generate import generate_jobs  # noqa: E402
-from weft.schedule.model import Cluster  # noqa: E402
-from weft.schedule.policies import get_policy  # noqa: E402
-from weft.schedule.policies.max_min_fairness import MaxMinFairness  # noqa: E402
-from weft.schedule.policies.pop import Pop  # noqa: E402
-from weft.schedule.problem import build_problem  # noqa: E402
-from weft.schedule.simulator import simulate  # noqa: E402
-from weft.schedule.throughputs import ThroughputTable  # noqa: E402
+from weft.cluster.generate import generate_jobs  # noqa: E402
+from weft.cluster.model import Cluster  # noqa: E402
+from weft.cluster.policies import get_policy  # noqa: E402
+from weft.cluster.policies.max_min_fairness import MaxMinFairness  # noqa: E402
+from weft.cluster.policies.pop import Pop  # noqa: E402
+from weft.cluster.problem import build_problem  # noqa: E402
+from weft.cluster.simulator import simulate  # noqa: E402
+from weft.cluster.throughputs import ThroughputTable  # noqa: E402
 
 GAVEL = ROOT.parent / "shared" / "data" / "gavel"
 PAPER = {"max_min_fairness_agnostic": 96.0, "max_min_fairness": 29.0, "max_min_fairness_packed": 19.6}
