@@ -1,6 +1,5 @@
 """Round-based mechanism and simulator."""
 
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,8 +10,6 @@ from weft.cluster.policies import get_policy
 from weft.cluster.simulator import simulate
 from weft.cluster.throughputs import ThroughputTable
 from weft.cluster.trace import read_trace
-
-GAVEL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "gavel"
 
 
 def test_time_fractions_follow_allocation():
@@ -117,10 +114,9 @@ def test_simulator_rejects_job_that_cannot_run():
         simulate([Job(0, "big", 2, 10.0)], Cluster({"a": 1, "b": 1}), table, get_policy("fifo"))
 
 
-@pytest.mark.skipif(not GAVEL.exists(), reason=f"Gavel data not found at {GAVEL}")
-def test_replay_physical_trace_completes_every_job():
-    table = ThroughputTable.load(GAVEL / "physical_cluster_throughputs.json", ["v100", "p100", "k80"])
-    jobs = read_trace(GAVEL / "traces/physical_cluster/max_min_fairness.trace", table)
+def test_replay_physical_trace_completes_every_job(gavel_dir):
+    table = ThroughputTable.load(gavel_dir / "physical_cluster_throughputs.json", ["v100", "p100", "k80"])
+    jobs = read_trace(gavel_dir / "traces/physical_cluster/max_min_fairness.trace", table)
     cl = Cluster({"v100": 8, "p100": 16, "k80": 24})      # Gavel's 48-GPU physical cluster
     res = simulate(jobs, cl, table, get_policy("max_min_fairness"))
     assert set(res.jct) == {j.job_id for j in jobs}

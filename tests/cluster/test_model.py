@@ -1,6 +1,5 @@
 """Throughput tables, traces, YAML specs and their errors."""
 
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,48 +10,40 @@ from weft.cluster.spec import load_cluster, load_jobs
 from weft.cluster.throughputs import ThroughputTable
 from weft.cluster.trace import read_trace, write_trace
 
-GAVEL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "gavel"
-needs_gavel = pytest.mark.skipif(not GAVEL.exists(), reason=f"Gavel data not found at {GAVEL}")
-
 
 @pytest.fixture(scope="module")
-def table():
-    if not GAVEL.exists():
-        pytest.skip(f"Gavel data not found at {GAVEL}")
-    return ThroughputTable.load(GAVEL / "simulation_throughputs.json", ["v100", "p100", "k80"])
+def table(gavel_dir):
+    return ThroughputTable.load(gavel_dir / "simulation_throughputs.json", ["v100", "p100", "k80"])
 
 
-@needs_gavel
-def test_gavel_table(table):
+def test_gavel_table(table, gavel_dir):
     assert len(table.keys) == 83
     assert table.iso[("ResNet-50 (batch size 16)", 1)][0] == pytest.approx(11.4, abs=0.05)
     assert table.iso[("ResNet-50 (batch size 128)", 2)][2] == 0.0  # cannot run on K80
     assert all(ka[1] == kb[1] for ka, kb in table.pair)
-    old = ThroughputTable.load(GAVEL / "oracle_throughputs.json", ["v100", "p100", "k80"])
+    old = ThroughputTable.load(gavel_dir / "oracle_throughputs.json", ["v100", "p100", "k80"])
     assert old.iso[("ResNet-50 (batch size 16)", 1)][0] == pytest.approx(17.4, abs=0.05)
 
 
-@needs_gavel
-def test_read_traces(table):
-    jobs = read_trace(GAVEL / "traces/physical_cluster/max_min_fairness.trace", table)
+def test_read_traces(table, gavel_dir):
+    jobs = read_trace(gavel_dir / "traces/physical_cluster/max_min_fairness.trace", table)
     assert len(jobs) == 96 and jobs[0].scale_factor == 4 and jobs[0].total_steps == 925982
     assert max(j.arrival_time for j in jobs) / 3600 == pytest.approx(12.9, abs=0.1)
-    static = read_trace(GAVEL / "traces/physical_cluster/minimize_makespan.trace", table)
+    static = read_trace(gavel_dir / "traces/physical_cluster/minimize_makespan.trace", table)
     assert len(static) == 100 and all(j.arrival_time == 0 for j in static)
-    msr = read_trace(GAVEL / "traces/msr/seed=0/2869ce.trace", table, skip_unknown=True)
+    msr = read_trace(gavel_dir / "traces/msr/seed=0/2869ce.trace", table, skip_unknown=True)
     assert len(msr) == 533 - 179
     with pytest.raises(ClusterError, match="2869ce.trace:"):
-        read_trace(GAVEL / "traces/msr/seed=0/2869ce.trace", table)
+        read_trace(gavel_dir / "traces/msr/seed=0/2869ce.trace", table)
 
 
-def _bad_trace(tmp_path, table, bad_line):
-    good = (GAVEL / "traces/physical_cluster/max_min_fairness.trace").read_text().splitlines()
+def _bad_trace(tmp_path, gavel_dir, bad_line):
+    good = (gavel_dir / "traces/physical_cluster/max_min_fairness.trace").read_text().splitlines()
     p = tmp_path / "bad.trace"
     p.write_text("\n".join(good[:3] + [bad_line] + good[3:6]) + "\n")
     return p
 
 
-@needs_gavel
 @pytest.mark.parametrize("mutate,match", [
     (lambda c: ["NoSuchNet (batch size 1)"] + c[1:], "unknown job type 'NoSuchNet"),
     (lambda c: c[:9], "missing field"),
@@ -60,15 +51,14 @@ def _bad_trace(tmp_path, table, bad_line):
     (lambda c: c[:5] + [""] + c[6:], "total_steps' is empty"),
     (lambda c: c[:6] + ["x"] + c[7:], "scale_factor' must be a number"),
 ])
-def test_bad_trace_line_names_file_and_line(tmp_path, table, mutate, match):
-    good = (GAVEL / "traces/physical_cluster/max_min_fairness.trace").read_text().splitlines()[0]
-    p = _bad_trace(tmp_path, table, "\t".join(mutate(good.split("\t"))))
+def test_bad_trace_line_names_file_and_line(tmp_path, table, mutate, match, gavel_dir):
+    good = (gavel_dir / "traces/physical_cluster/max_min_fairness.trace").read_text().splitlines()[0]
+    p = _bad_trace(tmp_path, gavel_dir, "\t".join(mutate(good.split("\t"))))
     with pytest.raises(ClusterError, match=match) as info:
         read_trace(p, table)
     assert f"{p}:4:" in str(info.value)
 
 
-@needs_gavel
 def test_write_then_read_roundtrip(tmp_path, table):
     jobs = generate_jobs(table, 50, rate=5.6, seed=3, multi_gpu=True, priorities=True)
     write_trace(tmp_path / "g.trace", jobs)
@@ -78,7 +68,6 @@ def test_write_then_read_roundtrip(tmp_path, table):
     assert {j.priority_weight for j in jobs} == {1.0, 5.0}
 
 
-@needs_gavel
 def test_generator_matches_paper_distribution(table):
     jobs = generate_jobs(table, 4000, rate=6.0, seed=0, multi_gpu=True)
     gaps = np.diff([j.arrival_time for j in jobs])
