@@ -42,6 +42,10 @@ def test_scale_factor_lease_extension_and_packing():
     assert sorted(all_workers) == list(range(8))
     second = mech.schedule_round(1.0, units, A, scale, A > 0)
     assert {u: l.workers for u, l in second.items()} == {u: l.workers for u, l in first.items()}
+    # Where jobs really run (the executor's `holding`) wins over last round's leases.
+    swapped = {1: first[1], 2: first[3], 3: first[2]}
+    third = mech.schedule_round(2.0, units, A, scale, A > 0, holding=swapped)
+    assert {u: l.workers for u, l in third.items()} == {u: l.workers for u, l in swapped.items()}
 
 
 def test_job_never_in_two_units_and_scale_respected():

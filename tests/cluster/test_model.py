@@ -97,3 +97,38 @@ def test_yaml_specs(tmp_path):
         load_jobs(tmp_path / "neg.yaml", spec.table)
     with pytest.raises(ClusterError, match="count"):
         Cluster({"v100": -1})
+
+
+def test_jobs_name_a_model_spec_or_a_command(tmp_path):
+    from weft.cluster.tasks import (
+        DEFAULT_DATASET,
+        DEFAULT_MODEL,
+        CommandTask,
+        ModelTask,
+    )
+
+    (tmp_path / "c.yaml").write_text("accelerators: {x: 1}\nthroughputs: {m: {x: 1}}\n")
+    table = load_cluster(tmp_path / "c.yaml").table
+    (tmp_path / "j.yaml").write_text(
+        "jobs:\n"
+        "  - {type: m, steps: 5, model: models/net.py:build, dataset: data.py, batch: 8, lr: 0.1}\n"
+        "  - {type: m, steps: 5, model: 'pkg.mod'}\n"
+        "  - {type: m, steps: 5, command: \"python train.py --ckpt '{checkpoint}' -n {total_steps}\"}\n"
+        "  - {type: m, steps: 5}\n")
+    a, b, c, d = (j.task for j in load_jobs(tmp_path / "j.yaml", table))
+    assert a == ModelTask(f"{tmp_path}/models/net.py:build", f"{tmp_path}/data.py", 8, 0.1, a.where)
+    assert b.model == "pkg.mod" and b.dataset is None
+    assert isinstance(c, CommandTask) and c.cwd == str(tmp_path)
+    assert c.args == ("python", "train.py", "--ckpt", "{checkpoint}", "-n", "{total_steps}")
+    assert (d.model, d.dataset) == (DEFAULT_MODEL, DEFAULT_DATASET)
+    assert "jobs[0]" in a.where and "j.yaml" in a.where
+    for item, match in [("{type: m, steps: 5, model: a.py, command: x}", r"'command' cannot be combined with \['model'\]"),
+                        ("{type: m, steps: 5, command: []}", "command: empty"),
+                        ("{type: m, steps: 5, command: {a: 1}}", "command: expected a string or a list"),
+                        ("{type: m, steps: 5, model: 3}", "model: expected a spec"),
+                        ("{type: m, steps: 5, batch: 0}", "batch: expected an integer >= 1"),
+                        ("{type: m, steps: 5, lr: -1}", "lr: expected a number > 0"),
+                        ("{type: m, steps: 5, modle: a.py}", r"unknown field\(s\) \['modle'\]")]:
+        (tmp_path / "bad.yaml").write_text(f"jobs:\n  - {item}\n")
+        with pytest.raises(ClusterError, match=r"bad.yaml: jobs\[0\]: .*" + match):
+            load_jobs(tmp_path / "bad.yaml", table)

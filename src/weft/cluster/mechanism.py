@@ -58,12 +58,17 @@ class RoundMechanism:
         return u if isinstance(u, tuple) else (u,)
 
     def schedule_round(self, now: float, units: list[Unit], alloc: np.ndarray, scale: np.ndarray,
-                       runnable: np.ndarray) -> dict[Unit, Lease]:
+                       runnable: np.ndarray, holding: dict[int, Lease] | None = None) -> dict[Unit, Lease]:
         """Choose the leases for the round starting at ``now``.
 
         ``alloc[u, j]`` is unit u's allocation on type j, ``scale[u]`` its
         accelerators, ``runnable[u, j]`` whether it can run on j at all.
+        ``holding`` (job id -> lease) is where jobs actually run when that differs
+        from last round's leases (the executor's jobs keep their slots until they
+        stop); lease extension keeps them there.
         """
+        if holding is not None:
+            self.last = dict(holding)
         U, k = alloc.shape
         for u in units:
             if u not in self.received:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 from weft.errors import WeftError
 
@@ -23,7 +24,10 @@ class Job:
     ``job_type`` names a row of the throughput table (Gavel's model name);
     ``scale_factor`` is the number of accelerators it needs at once;
     ``total_steps`` its length; ``arrival_time`` in seconds; ``slo`` is a
-    deadline in seconds after arrival (``None`` for none).
+    deadline in seconds after arrival (``None`` for none). ``task`` is what the
+    executor runs (a ``tasks.ModelTask`` or ``tasks.CommandTask``; None: the
+    default model); ``trace_command`` is a Gavel trace's command column, kept
+    only to write the trace back.
     """
 
     job_id: int
@@ -33,7 +37,9 @@ class Job:
     arrival_time: float = 0.0
     priority_weight: float = 1.0
     slo: float | None = None
-    command: str = ""
+    trace_command: str = ""
+    name: str = ""
+    task: Any = None
 
     @property
     def key(self) -> tuple[str, int]:
@@ -73,7 +79,7 @@ class Cluster:
         return list(self.counts)
 
     @classmethod
-    def parse(cls, text: str) -> "Cluster":
+    def parse(cls, text: str) -> Cluster:
         """Parse Gavel's ``"36:36:36"`` (V100:P100:K80) or ``"v100=4,k80=2"``."""
         try:
             if "=" in text:

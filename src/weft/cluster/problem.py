@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from weft.cluster.model import Cluster, Job
+from weft.cluster.model import Cluster, ClusterError, Job
 from weft.cluster.throughputs import ThroughputTable
 
 TOL = 1e-6
@@ -64,7 +64,7 @@ class Problem:
         share = self.counts / max(self.counts.sum(), TOL)
         return np.maximum(self.T @ share, TOL)
 
-    def subset(self, idx: np.ndarray, fraction: float) -> "Problem":
+    def subset(self, idx: np.ndarray, fraction: float) -> Problem:
         """The sub-problem of jobs ``idx`` on ``fraction`` of every type (POP)."""
         idx = np.asarray(idx, int)
         pos = -np.ones(self.n, int)
@@ -123,6 +123,24 @@ class Allocation:
         if (over > tol * max(1.0, prob.counts.max())).any():
             errs.append(f"capacity exceeded: used {used} of {prob.counts}")
         return errs
+
+
+def check_runnable(jobs: list[Job], cluster: Cluster, table: ThroughputTable) -> None:
+    """Raise ClusterError unless every job can run on some accelerator type of the
+    cluster: a positive throughput there and at least ``scale_factor`` of that type."""
+    types = cluster.types
+    for job in jobs:
+        where = getattr(job.task, "where", None) or f"job {job.job_id}"
+        row = table.row(job.key, types) if table.has(job.key) else None
+        usable = [t for t, v in zip(types, row if row is not None else []) if v > 0]
+        if not usable:
+            raise ClusterError(f"{where}: type {job.job_type!r} (scale factor {job.scale_factor}) "
+                               f"has no throughput on any accelerator type of the cluster {types}")
+        most = max(usable, key=lambda t: cluster.counts[t])
+        if job.scale_factor > cluster.counts[most]:
+            raise ClusterError(f"{where}: scale_factor {job.scale_factor}: needs {job.scale_factor} accelerators "
+                               f"at once, but the cluster has at most {cluster.counts[most]} of a type it can "
+                               f"use ({most}); it could never run")
 
 
 def build_problem(jobs: list[Job], cluster: Cluster, table: ThroughputTable, now: float = 0.0,

@@ -22,7 +22,7 @@ import numpy as np
 from weft.cluster.mechanism import RoundMechanism
 from weft.cluster.model import Cluster, ClusterError, Job
 from weft.cluster.policies.base import SchedulingPolicy
-from weft.cluster.problem import build_problem
+from weft.cluster.problem import build_problem, check_runnable
 from weft.cluster.throughputs import ThroughputTable
 
 
@@ -61,13 +61,7 @@ def simulate(jobs: list[Job], cluster: Cluster, table: ThroughputTable, policy: 
     waits 1920 s between allocation resets); until then, new jobs have no
     allocation and wait, and finished jobs are dropped from the old one."""
     types = cluster.types
-    for job in jobs:
-        row = table.row(job.key, types) if table.has(job.key) else None
-        if row is None or not (row > 0).any():
-            raise ClusterError(f"job {job.job_id} ({job.job_type!r}, scale {job.scale_factor}) "
-                                f"cannot run on any accelerator type of the cluster {types}")
-        if job.scale_factor > max(cluster.counts[t] for t, v in zip(types, row) if v > 0):
-            raise ClusterError(f"job {job.job_id} needs {job.scale_factor} accelerators; no usable type has that many")
+    check_runnable(jobs, cluster, table)
     order = sorted(range(len(jobs)), key=lambda i: jobs[i].arrival_time)
     window_idx = range(*measure) if measure else range(len(jobs))
     if measure and not (0 <= measure[0] < measure[1] <= len(jobs)):

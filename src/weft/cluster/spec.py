@@ -9,10 +9,11 @@ cluster.yaml::
       mlp: {fast: 20.0, slow: 5.0}      # steps/s of each job type on each type
     round_seconds: 360       # optional
 
-jobs.yaml::
+jobs.yaml (what each job runs: ``tasks.py``)::
 
     jobs:
-      - {type: mlp, scale_factor: 2, steps: 40, arrival: 0, weight: 1, slo: null}
+      - {type: mlp, scale_factor: 2, steps: 40, arrival: 0, weight: 1, slo: null, model: my_model.py}
+      - {type: sim, steps: 100, command: "python sim.py --checkpoint {checkpoint}"}
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from weft.cluster.model import Cluster, ClusterError, Job
+from weft.cluster.tasks import FIELDS as TASK_FIELDS
+from weft.cluster.tasks import parse_task
 from weft.cluster.throughputs import ThroughputTable
 from weft.files import read_yaml
 
@@ -85,13 +88,14 @@ def load_jobs(path: str | Path, table: ThroughputTable | None = None) -> list[Jo
         for req in ("type", "steps"):
             if req not in item:
                 raise ClusterError(f"{where}: missing field '{req}'")
-        unknown = set(item) - {"type", "scale_factor", "steps", "arrival", "weight", "slo", "name"}
+        unknown = set(item) - {"type", "scale_factor", "steps", "arrival", "weight", "slo", "name", *TASK_FIELDS}
         if unknown:
             raise ClusterError(f"{where}: unknown field(s) {sorted(unknown)}")
+        task = parse_task(item, where, path.parent)
         try:
             job = Job(i, str(item["type"]), int(item.get("scale_factor", 1)), float(item["steps"]),
                       float(item.get("arrival", 0.0)), float(item.get("weight", 1.0)),
-                      None if item.get("slo") is None else float(item["slo"]), str(item.get("name", "")))
+                      None if item.get("slo") is None else float(item["slo"]), name=str(item.get("name", "")), task=task)
         except ClusterError as exc:
             raise ClusterError(f"{where}: {exc}") from None
         except (TypeError, ValueError) as exc:

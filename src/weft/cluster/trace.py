@@ -104,7 +104,7 @@ def write_trace(path: str | Path, jobs: list[Job]) -> None:
     rows = []
     for j in jobs:
         slo = j.slo if j.slo is not None else -1.0
-        rows.append("\t".join([j.job_type, j.command or "-", "-", "--num_steps", "0",
+        rows.append("\t".join([j.job_type, j.trace_command or "-", "-", "--num_steps", "0",
                                str(int(round(j.total_steps))), str(j.scale_factor),
                                str(j.priority_weight), f"{slo:.6f}", str(j.arrival_time)]))
     write_text(path, "\n".join(rows) + "\n")
