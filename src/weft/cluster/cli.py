@@ -1,21 +1,36 @@
-"""`weft schedule policies | simulate | run`."""
+"""`weft cluster policies | simulate | run` (`weft schedule ...`: a deprecated alias)."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from weft.cluster.model import Cluster, ClusterError
 
-GAVEL_DIR = Path(__file__).resolve().parents[3].parent / "shared" / "data" / "gavel"
+DEPRECATED = "weft: warning: `weft schedule` is deprecated and will be removed in the next release; use `weft cluster`"
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("schedule", help="heterogeneity-aware cluster scheduling (Gavel)")
-    sub = p.add_subparsers(dest="schedule_command", metavar="SUBCOMMAND")
-    p.set_defaults(func=lambda a: p.print_help() or 0)
+    _add(subparsers, "cluster", "heterogeneity-aware cluster scheduling (Gavel)")
+    _add(subparsers, "schedule", "deprecated alias of `weft cluster`", deprecated=True)
+
+
+def _add(subparsers, name: str, help: str, deprecated: bool = False) -> None:
+    def cmd(func):
+        if not deprecated:
+            return func
+
+        def warned(args):
+            print(DEPRECATED, file=sys.stderr)
+            return func(args)
+        return warned
+
+    p = subparsers.add_parser(name, help=help)
+    sub = p.add_subparsers(dest="cluster_command", metavar="SUBCOMMAND")
+    p.set_defaults(func=cmd(lambda a: p.print_help() or 0))
 
     pol = sub.add_parser("policies", help="list scheduling policies")
-    pol.set_defaults(func=_policies)
+    pol.set_defaults(func=cmd(_policies))
 
     sim = sub.add_parser("simulate", help="simulate policies on a trace or generated jobs")
     src = sim.add_mutually_exclusive_group()
@@ -26,7 +41,10 @@ def register(subparsers) -> None:
     sim.add_argument("--seed", type=int, default=0)
     sim.add_argument("--multi-gpu", action="store_true", help="scale factors 1/2/4/8 (p=.7/.1/.15/.05)")
     sim.add_argument("--priorities", action="store_true", help="20%% of jobs get weight 5")
-    sim.add_argument("--throughputs", help="Gavel throughput JSON (default: simulation_throughputs.json)")
+    sim.add_argument("--throughputs",
+                     help="Gavel throughput JSON (default: simulation_throughputs.json in the Gavel data)")
+    sim.add_argument("--gavel-dir", help="Gavel data directory (default: $WEFT_GAVEL_DIR, else the "
+                     "shared/data/gavel found above the current directory or weft's sources)")
     sim.add_argument("--cluster", default="36:36:36", help="V100:P100:K80 counts or type=count,... (default 36:36:36)")
     sim.add_argument("--cluster-spec", help="weft cluster.yaml (overrides --cluster/--throughputs)")
     sim.add_argument("--policy", action="append", help="policy name (repeatable; default max_min_fairness)")
@@ -37,16 +55,16 @@ def register(subparsers) -> None:
                      help="re-solve the policy at most every this many seconds (Gavel: 1920; default 0: on every change)")
     sim.add_argument("--out", help="directory for results.json and jct_cdf.png")
     sim.add_argument("--no-progress", action="store_true")
-    sim.set_defaults(func=_simulate)
+    sim.set_defaults(func=cmd(_simulate))
 
-    run = sub.add_parser("run", help="run real weft training jobs on local accelerator slots")
+    run = sub.add_parser("run", help="run jobs (model specs or commands) on local accelerator slots")
     run.add_argument("cluster", help="cluster.yaml (slots per type, throughputs used to emulate speed)")
-    run.add_argument("jobs", help="jobs.yaml")
+    run.add_argument("jobs", help="jobs.yaml (each job a model spec or a command; see docs/cluster.md)")
     run.add_argument("--policy", default="max_min_fairness")
     run.add_argument("--round", type=float, default=None, help="round length in seconds (default from cluster.yaml)")
-    run.add_argument("--workdir", default="runs/schedule", help="checkpoints and logs (default runs/schedule)")
-    run.add_argument("--out", help="write results JSON here")
-    run.set_defaults(func=_run)
+    run.add_argument("--workdir", help="checkpoints and logs (default: a fresh runs/cluster/<time>)")
+    run.add_argument("--out", help="results JSON (default: <workdir>/results.json)")
+    run.set_defaults(func=cmd(_run))
 
 
 def _policies(args) -> int:
@@ -54,7 +72,7 @@ def _policies(args) -> int:
     from rich.table import Table
 
     from weft.cluster.policies import POLICIES
-    t = Table(title="weft schedule policies (each accepts --pop K)")
+    t = Table(title="weft cluster policies (each accepts --pop K)")
     t.add_column("name")
     t.add_column("objective")
     t.add_column("description")
@@ -96,7 +114,11 @@ def _simulate(args) -> int:
         round_s = round_s or spec.round_seconds
     else:
         cluster = Cluster.parse(args.cluster)
-        tp = Path(args.throughputs) if args.throughputs else GAVEL_DIR / "simulation_throughputs.json"
+        if args.throughputs:
+            tp = Path(args.throughputs)
+        else:
+            from weft.cluster.gavel import gavel_dir
+            tp = gavel_dir(args.gavel_dir) / "simulation_throughputs.json"
         table = ThroughputTable.load(tp, cluster.types)
     round_s = round_s or 360.0
     if args.trace:
@@ -131,13 +153,19 @@ def _simulate(args) -> int:
 
 
 def _run(args) -> int:
-    from weft.cluster.executor import run_jobs
+    from weft.cluster.executor import check_jobs, run_jobs
     from weft.cluster.spec import load_cluster, load_jobs
+    from weft.runs import run_dir
 
     spec = load_cluster(args.cluster)
     jobs = load_jobs(args.jobs, spec.table)
-    res = run_jobs(jobs, spec, args.policy, workdir=args.workdir,
-                   round_seconds=args.round or spec.round_seconds, out=args.out, verbose=True)
+    if args.round is not None and not args.round > 0:
+        raise ClusterError(f"--round {args.round:g}: must be > 0")
+    check_jobs(jobs, spec, args.policy, Path(args.workdir) if args.workdir else None)
+    workdir = Path(args.workdir) if args.workdir else run_dir("runs/cluster")
+    out = args.out or workdir / "results.json"
+    res = run_jobs(jobs, spec, args.policy, workdir=workdir,
+                   round_seconds=args.round or spec.round_seconds, out=out, verbose=True)
     print(f"all {len(res['jct'])} jobs finished; average JCT {sum(res['jct'].values()) / len(res['jct']):.1f} s, "
-          f"{res['preemptions']} preemptions")
+          f"{res['preemptions']} preemptions; wrote {out}")
     return 0
