@@ -1,5 +1,5 @@
 """weft.cluster: heterogeneity-aware cluster scheduling (Gavel-style policies,
-round-based mechanism, simulator and a real executor). See docs/schedule.md."""
+round-based mechanism, simulator and a real executor). See docs/cluster.md."""
 
 from weft.cluster.model import Cluster, ClusterError, Job
 from weft.cluster.policies import get_policy, policy_names
@@ -8,5 +8,18 @@ from weft.cluster.simulator import SimResult, simulate
 from weft.cluster.throughputs import ThroughputTable
 from weft.cluster.trace import read_trace, write_trace
 
-__all__ = ["Allocation", "Cluster", "Job", "Problem", "ClusterError", "SimResult", "ThroughputTable",
-           "build_problem", "get_policy", "policy_names", "read_trace", "simulate", "write_trace"]
+__all__ = [
+           "Allocation",
+           "Cluster",
+           "ClusterError",
+           "Job",
+           "Problem",
+           "SimResult",
+           "ThroughputTable",
+           "build_problem",
+           "get_policy",
+           "policy_names",
+           "read_trace",
+           "simulate",
+           "write_trace",
+]

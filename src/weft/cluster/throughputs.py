@@ -68,13 +68,8 @@ class ThroughputTable:
     def job_types(self, scale: int | None = None) -> list[str]:
         return sorted({k[0] for k in self.keys if scale is None or k[1] == scale})
 
-    def restrict(self, types: list[str]) -> "ThroughputTable":
-        iso = {k: self.row(k, types) for k in self.keys}
-        pair = {p: self.pair_row(*p, types) for p in self.pair}
-        return ThroughputTable(types, iso, pair)
-
     @classmethod
-    def load(cls, path: str | Path, types: list[str] | None = None) -> "ThroughputTable":
+    def load(cls, path: str | Path, types: list[str] | None = None) -> ThroughputTable:
         """Read a Gavel throughput JSON. ``types`` defaults to the consolidated ones."""
         path = Path(path)
         raw = read_json(path, ClusterError, "throughput")
@@ -106,7 +101,7 @@ class ThroughputTable:
         return cls(types, iso, pair)
 
     @classmethod
-    def from_mapping(cls, data: dict, types: list[str], where: str = "spec") -> "ThroughputTable":
+    def from_mapping(cls, data: dict, types: list[str], where: str = "spec") -> ThroughputTable:
         """Build from ``{job_type: {accel_type: steps_per_s}}`` (scale factor 1)
         or ``{job_type: {scale: {accel_type: steps_per_s}}}``."""
         iso: dict[Key, np.ndarray] = {}

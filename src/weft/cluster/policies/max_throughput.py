@@ -24,7 +24,7 @@ class MaxThroughput(SchedulingPolicy):
         blocks = LPBlocks(prob, packed=self.packed)
         A, b = blocks.base_constraints()
         norm = prob.equal_share_throughput()
-        c = -np.asarray((blocks.eff.T @ (1.0 / norm))).ravel()
+        c = -np.asarray(blocks.eff.T @ (1.0 / norm)).ravel()
         v = solve_lp(c, A, b, blocks.bounds(), self.name)
         alloc = blocks.allocation(v, 0.0)
         alloc.objective = self.evaluate(prob, alloc)
