@@ -27,19 +27,19 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from rich.console import Console  # noqa: E402
-from rich.table import Table  # noqa: E402
+from rich.console import Console
+from rich.table import Table
 
-from weft.schedule.generate import generate_jobs  # noqa: E402
-from weft.schedule.model import Cluster  # noqa: E402
-from weft.schedule.policies import get_policy  # noqa: E402
-from weft.schedule.policies.max_min_fairness import MaxMinFairness  # noqa: E402
-from weft.schedule.policies.pop import Pop  # noqa: E402
-from weft.schedule.problem import build_problem  # noqa: E402
-from weft.schedule.simulator import simulate  # noqa: E402
-from weft.schedule.throughputs import ThroughputTable  # noqa: E402
+from weft.cluster.gavel import gavel_dir
+from weft.cluster.generate import generate_jobs
+from weft.cluster.model import Cluster, ClusterError
+from weft.cluster.policies import get_policy
+from weft.cluster.policies.max_min_fairness import MaxMinFairness
+from weft.cluster.policies.pop import Pop
+from weft.cluster.problem import build_problem
+from weft.cluster.simulator import simulate
+from weft.cluster.throughputs import ThroughputTable
 
-GAVEL = ROOT.parent / "shared" / "data" / "gavel"
 PAPER = {"max_min_fairness_agnostic": 96.0, "max_min_fairness": 29.0, "max_min_fairness_packed": 19.6}
 
 
@@ -116,16 +116,20 @@ def main(argv=None) -> int:
     ap.add_argument("--sizes", help="comma-separated active-job counts for solve time (default 1024,2048,8192)")
     ap.add_argument("--skip-jct", action="store_true")
     ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--gavel-dir", help="Gavel data directory (default: $WEFT_GAVEL_DIR, else the "
+                    "shared/data/gavel found above the current directory or weft's sources)")
     args = ap.parse_args(argv)
-    if not GAVEL.exists():
-        print(f"Gavel data not found at {GAVEL}", file=sys.stderr)
+    try:
+        gavel = gavel_dir(args.gavel_dir)
+    except ClusterError as exc:
+        print(f"scheduler.py: error: {exc}", file=sys.stderr)
         return 2
     win = args.window or ("150:250" if args.quick else "1500:2500")
     args.window = tuple(int(x) for x in win.split(":"))
     args.jobs = args.jobs or 2 * args.window[1]
     sizes = args.sizes or ("1024,2048" if args.quick else "1024,2048,8192")
     args.sizes = [int(x) for x in sizes.split(",")]
-    table = ThroughputTable.load(GAVEL / "simulation_throughputs.json", ["v100", "p100", "k80"])
+    table = ThroughputTable.load(gavel / "simulation_throughputs.json", ["v100", "p100", "k80"])
     cluster = Cluster({"v100": 36, "p100": 36, "k80": 36})
     console, metrics = Console(width=max(Console().width, 110)), []
     if not args.skip_jct:

@@ -23,7 +23,7 @@ _COMMAND_MODULES = [
     "weft.planner.cli",
     "weft.train_cli",
     "weft.adapt.cli",
-    "weft.schedule.cli",
+    "weft.cluster.cli",
     "weft.serve.cli",
 ]
 

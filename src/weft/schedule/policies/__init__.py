@@ -1,5 +1,0 @@
-"""Scheduling policies over the allocation matrix X; see ``registry``."""
-
-from weft.schedule.policies.registry import POLICIES, get_policy, policy_names
-
-__all__ = ["POLICIES", "get_policy", "policy_names"]

@@ -1,0 +1,81 @@
+"""`weft cluster ...` commands (and the deprecated `weft schedule` alias)."""
+
+import json
+
+import pytest
+
+from weft.cli import main
+from weft.cluster.model import ClusterError
+from weft.cluster.policies import policy_names
+
+
+def test_policies_lists_every_policy(capsys):
+    assert main(["cluster", "policies"]) == 0
+    out, err = capsys.readouterr()
+    for name in policy_names():
+        assert name in out
+    assert err == ""
+
+
+def test_schedule_is_a_deprecated_alias_that_still_works(capsys):
+    assert main(["schedule", "policies"]) == 0
+    out, err = capsys.readouterr()
+    assert all(name in out for name in policy_names())
+    assert err.count("\n") == 1 and "`weft schedule` is deprecated" in err and "weft cluster" in err
+
+
+def test_simulate_writes_results_and_plot(tmp_path, capsys, gavel_dir):
+    rc = main(["cluster", "simulate", "--jobs", "40", "--rate", "20", "--cluster", "4:4:4",
+               "--gavel-dir", str(gavel_dir), "--policy", "fifo",
+               "--policy", "max_min_fairness", "--policy", "max_min_fairness_packed", "--pop", "2",
+               "--window", "10:30", "--out", str(tmp_path), "--no-progress"])
+    assert rc == 0
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert [r["policy"] for r in data["results"]] == ["fifo+pop2", "max_min_fairness+pop2",
+                                                      "max_min_fairness_packed+pop2"]
+    for r in data["results"]:
+        assert r["jobs_measured"] == 20 and r["avg_jct_hours"] > 0
+        assert {str(i) for i in range(10, 30)} <= set(r["jct_seconds"])
+    assert (tmp_path / "jct_cdf.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_simulate_bad_trace_is_a_clear_error(tmp_path, capsys, gavel_dir):
+    lines = (gavel_dir / "traces/physical_cluster/max_min_fairness.trace").read_text().splitlines()
+    cols = lines[1].split("\t")
+    cols[-1] = "-3"
+    bad = tmp_path / "bad.trace"
+    bad.write_text("\n".join([lines[0], "\t".join(cols)] + lines[2:]) + "\n")
+    rc = main(["cluster", "simulate", "--trace", str(bad), "--throughputs",
+               str(gavel_dir / "physical_cluster_throughputs.json"), "--out", str(tmp_path / "o"), "--no-progress"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert f"{bad}:2: field 'arrival_time' must be >= 0" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_run_rejects_unknown_job_type(tmp_path, capsys):
+    (tmp_path / "c.yaml").write_text("accelerators: {fast: 2}\nthroughputs: {mlp: {fast: 10}}\n")
+    (tmp_path / "j.yaml").write_text("jobs:\n  - {type: cnn, steps: 5}\n")
+    assert main(["cluster", "run", str(tmp_path / "c.yaml"), str(tmp_path / "j.yaml")]) == 2
+    assert "jobs[0]: unknown job type 'cnn'" in capsys.readouterr().err
+
+
+def test_gavel_dir_is_an_option_or_an_environment_variable(tmp_path, monkeypatch, capsys):
+    from weft.cluster import gavel
+
+    assert gavel.gavel_dir(tmp_path) == tmp_path
+    monkeypatch.setenv("WEFT_GAVEL_DIR", str(tmp_path))
+    assert gavel.gavel_dir() == tmp_path
+    monkeypatch.setenv("WEFT_GAVEL_DIR", str(tmp_path / "nope"))
+    with pytest.raises(ClusterError, match="WEFT_GAVEL_DIR .*nope: not a directory"):
+        gavel.gavel_dir()
+    monkeypatch.delenv("WEFT_GAVEL_DIR")
+    (tmp_path / "repo" / "src").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "repo" / "src")
+    monkeypatch.setattr(gavel, "__file__", str(tmp_path / "site-packages" / "weft" / "cluster" / "gavel.py"))
+    with pytest.raises(ClusterError, match="pass --gavel-dir DIR or set WEFT_GAVEL_DIR=DIR"):
+        gavel.gavel_dir()
+    (tmp_path / "shared" / "data" / "gavel").mkdir(parents=True)     # ../shared beside the checkout
+    assert gavel.gavel_dir() == tmp_path / "shared" / "data" / "gavel"
+    assert main(["cluster", "simulate", "--gavel-dir", str(tmp_path / "nope"), "--no-progress"]) == 2
+    assert "--gavel-dir" in capsys.readouterr().err
