@@ -34,7 +34,7 @@ from weft.launch import launch
 def _restart_rank(ckpt: str, t0: float, cfg: AdaptConfig) -> float:
     """A freshly started rank: load the checkpoint, do one step; returns completion time."""
     from weft.adapt.trainer import Trainer
-    from weft.data import digits
+    from weft.demo.data import digits
     from weft.parallel.checkpoint import load_checkpoint
 
     state = load_checkpoint(ckpt)
@@ -93,7 +93,7 @@ def resize_latency(quick: bool) -> tuple[dict, dict]:
 
 def _overhead_rank(steps: int) -> dict:
     from weft.adapt.trainer import Trainer
-    from weft.data import digits
+    from weft.demo.data import digits
 
     torch.manual_seed(0)
     cfg = AdaptConfig(workers=2, epochs=10**6, hidden=64)

@@ -17,7 +17,7 @@ from weft.errors import WeftError
 # Modules that provide `register(subparsers)`. A missing one is skipped so a
 # partial install still gives a working command.
 _COMMAND_MODULES = [
-    "weft.demo_cli",
+    "weft.demo.cli",
     "weft.topology.cli",
     "weft.collectives.cli",
     "weft.planner.cli",

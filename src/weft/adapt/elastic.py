@@ -36,7 +36,7 @@ log = logging.getLogger("weft.adapt")
 
 
 def build_model(cfg: AdaptConfig):
-    from weft.models import digits_cnn, digits_mlp
+    from weft.demo.models import digits_cnn, digits_mlp
 
     return digits_mlp(cfg.hidden, 2) if cfg.model == "mlp" else digits_cnn(max(4, cfg.hidden // 8))
 
@@ -57,7 +57,7 @@ def worker_main(cfg: AdaptConfig, policy: Any, wid: int, host: str, port: int,
 
     from weft.adapt.membership import Heartbeat, Membership, connect
     from weft.adapt.trainer import Trainer
-    from weft.data import digits
+    from weft.demo.data import digits
     from weft.parallel.data import seed_everything
 
     torch.set_num_threads(1)

@@ -8,7 +8,7 @@ from weft.errors import WeftError
 def _demo(args) -> int:
     from rich.console import Console
 
-    from weft.demo import DemoConfig, run_demo
+    from weft.demo.run import DemoConfig, run_demo
 
     if args.ranks < 1:
         raise WeftError(f"--ranks must be >= 1, got {args.ranks}")
