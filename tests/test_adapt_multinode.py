@@ -19,7 +19,7 @@ import torch.distributed as dist
 
 from weft.adapt.agent import Nodes, parse_endpoint, parse_nnodes
 from weft.adapt.config import AdaptConfig
-from weft.adapt.elastic import run_elastic
+from weft.adapt.host import run_elastic
 from weft.adapt.policy import Compose, FollowCapacity, Policy
 from weft.errors import LaunchError
 
@@ -141,12 +141,12 @@ def test_cli_node_options_are_checked():
 
 def test_a_node_beyond_max_nodes_is_refused():
     from weft.adapt.agent import NodeAgent, open_store
-    from weft.adapt.elastic import _publish_job
+    from weft.adapt.host import publish_job
 
     cfg = AdaptConfig(workers=1, max_workers=1)
     store, is_host = open_store(None, 5.0)
     assert is_host
-    _publish_job(store, cfg, None, Nodes(1, 1))
+    publish_job(store, cfg, None, Nodes(1, 1))
     NodeAgent(store, "127.0.0.1", store.port, 1)  # the one node the job may have
     with pytest.raises(LaunchError, match="maximum of 1 node"):
         NodeAgent(store, "127.0.0.1", store.port, 1)

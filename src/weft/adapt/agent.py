@@ -38,6 +38,7 @@ from typing import Any
 
 import torch.distributed as dist
 
+from weft.adapt.worker import child_main
 from weft.errors import LaunchError
 
 log = logging.getLogger("weft.adapt")
@@ -153,9 +154,7 @@ class NodeAgent:
             self._free = free
 
     def spawn(self, wid: int, standby: bool) -> None:
-        from weft.adapt.elastic import _child
-
-        p = self.ctx.Process(target=_child, name=f"weft-adapt{wid}", daemon=False,
+        p = self.ctx.Process(target=child_main, name=f"weft-adapt{wid}", daemon=False,
                              args=(self.cfg, self.policy, wid, self.host, self.port, standby))
         p.start()
         self.procs[wid] = p

@@ -58,7 +58,7 @@ def _nodes(args):
 def _run(args, config: dict, **kw) -> int:
     """Host (or, with --rdzv-endpoint on another machine, join) an adaptive job."""
     from weft.adapt.agent import join_elastic, open_store
-    from weft.adapt.report import run_adaptive
+    from weft.adapt.run import run_adaptive
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     nodes, store = _nodes(args), None
