@@ -22,7 +22,6 @@ _COMMAND_MODULES = [
     "weft.collectives.cli",
     "weft.planner.cli",
     "weft.train_cli",
-    "weft.adapt.cli",
     "weft.schedule.cli",
     "weft.serve.cli",
 ]

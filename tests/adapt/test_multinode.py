@@ -23,7 +23,7 @@ from weft.adapt.host import run_elastic
 from weft.adapt.policy import Compose, FollowCapacity, Policy
 from weft.errors import LaunchError
 
-SRC = Path(__file__).resolve().parents[1] / "src"
+SRC = Path(__file__).resolve().parents[2] / "src"
 
 
 class Pace(Policy):
@@ -72,8 +72,10 @@ def test_node_joins_scale_out_then_whole_node_dies(tmp_path):
     t.start()
     policy = tmp_path / "p.yaml"
     policy.write_text("policies: []\n")  # a joining machine uses the host's job, not its own
-    # The policy object travels pickled: its class (Pace, here) must be importable there too.
-    path = os.pathsep.join([str(SRC), str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])
+    # The policy object travels pickled: its class (Pace, here) must be importable there too,
+    # by the module name pytest gave this file (e.g. adapt.test_multinode).
+    tests_root = Path(__file__).resolve().parents[Pace.__module__.count(".")]
+    path = os.pathsep.join([str(SRC), str(tests_root), os.environ.get("PYTHONPATH", "")])
     env = {**os.environ, "PYTHONPATH": path}
     node2 = subprocess.Popen([sys.executable, "-m", "weft.cli", "train", "--policy", str(policy),
                               "--nnodes", "1:2", "--nproc-per-node", "2",
