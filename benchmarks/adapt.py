@@ -26,7 +26,8 @@ import torch
 import torch.distributed as dist
 
 from weft.adapt.config import AdaptConfig
-from weft.adapt.elastic import build_model, run_elastic
+from weft.adapt.host import run_elastic
+from weft.adapt.worker import build_model, datasets
 from weft.adapt.policy import ScheduleResize
 from weft.launch import launch
 
@@ -34,12 +35,11 @@ from weft.launch import launch
 def _restart_rank(ckpt: str, t0: float, cfg: AdaptConfig) -> float:
     """A freshly started rank: load the checkpoint, do one step; returns completion time."""
     from weft.adapt.trainer import Trainer
-    from weft.data import digits
     from weft.parallel.checkpoint import load_checkpoint
 
     state = load_checkpoint(ckpt)
     model = build_model(cfg)
-    tr = Trainer(cfg, model, digits(flat=True)[0], None, _StaticMembership(), 0)
+    tr = Trainer(cfg, model, datasets(cfg)[0], None, _StaticMembership(), 0)
     tr.load(state)
     tr.train_step()
     return time.time()
@@ -93,11 +93,10 @@ def resize_latency(quick: bool) -> tuple[dict, dict]:
 
 def _overhead_rank(steps: int) -> dict:
     from weft.adapt.trainer import Trainer
-    from weft.data import digits
 
     torch.manual_seed(0)
     cfg = AdaptConfig(workers=2, epochs=10**6, hidden=64)
-    tr = Trainer(cfg, build_model(cfg), digits(flat=True)[0], None, _StaticMembership(), 0)
+    tr = Trainer(cfg, build_model(cfg), datasets(cfg)[0], None, _StaticMembership(), 0)
     times = {True: [], False: []}
     for s in range(2 * steps):  # alternate every step: both modes see the same machine load
         on = s % 2 == 0

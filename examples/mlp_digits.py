@@ -26,6 +26,6 @@ loss_fn = nn.functional.cross_entropy
 
 
 def dataset():
-    from weft.data import digits
+    from weft.demo.data import digits
 
     return digits(flat=True)

@@ -6,8 +6,8 @@ import torch.distributed as dist
 from torch import nn
 
 import weft.launch
-from weft.data import digits
-from weft.models import digits_cnn
+from weft.demo.data import digits
+from weft.demo.models import digits_cnn
 from weft.parallel import data_parallel, distributed_loader, seed_everything
 
 

@@ -7,7 +7,7 @@ from torch import nn
 
 from weft.collectives.communicator import TorchCommunicator
 from weft.launch import launch
-from weft.models import digits_cnn
+from weft.demo.models import digits_cnn
 from weft.parallel import data_parallel, unwrap
 
 STEPS, GLOBAL_BATCH, SEED = 4, 32, 7

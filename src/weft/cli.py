@@ -17,12 +17,11 @@ from weft.errors import WeftError
 # Modules that provide `register(subparsers)`. A missing one is skipped so a
 # partial install still gives a working command.
 _COMMAND_MODULES = [
-    "weft.demo_cli",
+    "weft.demo.cli",
     "weft.topology.cli",
     "weft.collectives.cli",
     "weft.planner.cli",
     "weft.train_cli",
-    "weft.adapt.cli",
     "weft.cluster.cli",
     "weft.serve.cli",
 ]

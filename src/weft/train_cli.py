@@ -12,9 +12,9 @@ def _train(args) -> int:
         from weft.parallel.cli import train
 
         return train(args)
-    from weft.adapt.cli import _train as adaptive_train
+    from weft.adapt.cli import train
 
-    return adaptive_train(args)
+    return train(args)
 
 
 def register(sub) -> None:
@@ -29,6 +29,9 @@ def register(sub) -> None:
     p.add_argument("--epochs", type=int)
     p.add_argument("--max-steps", dest="max_steps", type=int, help="stop after this many steps")
     p.add_argument("--lr", type=float)
+    p.add_argument("--out", default="runs",
+                   help="folder for run directories (default runs/); --policy writes "
+                        "<out>/<timestamp>/report.json and loss.png")
     g = p.add_argument_group("pipeline (--plan)")
     pipeline_arguments(g)
     g = p.add_argument_group("adaptive (--policy)")

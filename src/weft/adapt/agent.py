@@ -38,6 +38,7 @@ from typing import Any
 
 import torch.distributed as dist
 
+from weft.adapt.worker import child_main
 from weft.errors import LaunchError
 
 log = logging.getLogger("weft.adapt")
@@ -134,6 +135,7 @@ class NodeAgent:
         self.standby: set[int] = set()
         self.ready: set[int] = set()  # standbys that are warm (model built, registered)
         self.dead: dict[int, int] = {}
+        self.stopped: set[int] = set()  # terminated by this agent at shutdown: not deaths
         self.started = False
         self._beat = 0.0
         self._free = None
@@ -153,9 +155,7 @@ class NodeAgent:
             self._free = free
 
     def spawn(self, wid: int, standby: bool) -> None:
-        from weft.adapt.elastic import _child
-
-        p = self.ctx.Process(target=_child, name=f"weft-adapt{wid}", daemon=False,
+        p = self.ctx.Process(target=child_main, name=f"weft-adapt{wid}", daemon=False,
                              args=(self.cfg, self.policy, wid, self.host, self.port, standby))
         p.start()
         self.procs[wid] = p
@@ -179,7 +179,7 @@ class NodeAgent:
         for wid, p in list(self.procs.items()):
             if p.exitcode is None:
                 continue
-            if p.exitcode != 0 and not s.check([f"report/{wid}"]):
+            if p.exitcode != 0 and wid not in self.stopped and not s.check([f"report/{wid}"]):
                 self.dead[wid] = p.exitcode
                 s.set(f"dead/{wid}", str(p.exitcode))
                 log.warning("worker %d (pid %d) died with exit code %s", wid, p.pid, p.exitcode)
@@ -208,8 +208,9 @@ class NodeAgent:
         deadline = time.monotonic() + (0 if kill else wait)
         for p in self.procs.values():
             p.join(timeout=max(0.0, deadline - time.monotonic()))
-        for p in self.procs.values():
-            if p.is_alive():
+        for wid, p in self.procs.items():
+            if p.is_alive():  # e.g. a standby still starting up on a loaded machine
+                self.stopped.add(wid)
                 p.terminate()
         for p in self.procs.values():
             p.join(timeout=5)

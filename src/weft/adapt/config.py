@@ -35,7 +35,7 @@ class AdaptConfig:
     pg_timeout: float = 10.0    # seconds: bounds every collective -> failure detection
     join_timeout: float = 60.0  # seconds: bounds every membership wait
     heartbeat: float = 0.5      # seconds between heartbeats in the store
-    standby: int | None = None  # warm joiner processes kept ready (default max - workers)
+    standby: int | None = None  # warm joiners kept per node (default: every free slot)
     log_samples: bool = False   # record every sample index each rank trained on
     kill: list | None = None    # chaos testing: [step, wid] -> that worker SIGKILLs itself
     snapshot: bool = True       # keep an in-memory copy of the last completed step
@@ -78,10 +78,6 @@ class AdaptConfig:
     def hb_timeout(self) -> float:
         """Seconds without a heartbeat after which a worker or node counts as dead."""
         return max(3.0, 6 * self.heartbeat)
-
-    @property
-    def pool_size(self) -> int:
-        return self.max_workers - self.workers if self.standby is None else self.standby
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None, where: str = "train") -> "AdaptConfig":

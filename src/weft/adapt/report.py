@@ -1,18 +1,10 @@
-"""`run_adaptive`: run an elastic job, merge the workers' logs, plot loss with events."""
+"""The report of an adaptive run: the workers' logs merged, the loss plotted with events."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
 
-import torch
-
-from weft.adapt.config import AdaptConfig
-from weft.adapt.elastic import run_elastic
-from weft.adapt.rules import load_policy_file
-from weft.adapt.torchrun import run_under_torchrun
-from weft.launch import under_torchrun
 from weft.atomic import save_figure
 
 _COLORS = {"resize": "tab:green", "switch": "tab:purple", "failure": "tab:red",
@@ -72,54 +64,3 @@ def plot_run(history: list[dict], events: list[dict], path: str | os.PathLike,
     ax.set_title(title)
     fig.tight_layout()
     return save_figure(fig, path, dpi=120)
-
-
-def run_adaptive(config: AdaptConfig | dict | None = None, policy_path: str | None = None,
-                 policy: Any = None, plot: str | os.PathLike | None = None,
-                 timeout: float = 600.0, nodes=None, store=None) -> dict | None:
-    """Train with an adaptation policy on local elastic workers; return a report dict.
-
-    `policy_path`: a YAML policy file (its `train:` section gives defaults that
-    `config` entries override); `policy`: a policy object instead. With `plot`
-    a PNG of the loss with resize / switch / failure events is written there.
-    `nodes` (weft.adapt.agent.Nodes) lets other machines join; `store`: an
-    already hosted store (see weft.adapt.agent.open_store). Under torchrun
-    this process is one worker (weft.adapt.torchrun) and only the one that
-    ends as rank 0 returns the report; the others return None.
-    """
-    settings: dict = {}
-    if policy_path is not None:
-        policy, settings = load_policy_file(policy_path)
-    if isinstance(config, AdaptConfig):
-        cfg = config
-    else:
-        cfg = AdaptConfig.from_dict({**settings, **(config or {})},
-                                    where=str(policy_path or "config"))
-    if under_torchrun():  # this process is one of torchrun's workers
-        out = run_under_torchrun(cfg, policy)
-        if out is None:
-            return None  # only the process that ends as rank 0 reports
-    else:
-        out = run_elastic(cfg, policy, timeout=timeout, nodes=nodes, store=store)
-    history, events = merge(out["reports"])
-    finals = [r for r in out["reports"].values()
-              if r.get("role") != "standby" and not r.get("left") and "accuracy" in r]
-    report = {
-        "config": vars(cfg).copy(), "steps": history[-1]["step"] if history else 0,
-        "workers_final": history[-1]["world"] if history else 0,
-        "accuracy": finals[0]["accuracy"] if finals else None,
-        "final_loss": history[-1]["loss"] if history else None,
-        "events": events, "history": history, "dead_workers": sorted(out["dead"]),
-        "pids": out["pids"],
-        "resize_latency_s": [e.get("latency_s") for e in events if e["kind"] == "resize"],
-        # Per process: its role and every membership epoch it was in (same pid = never
-        # restarted); whether the final replicas hold bit-identical parameters.
-        "workers": {w: {"role": r.get("role"), "pid_end": r.get("pid_end"),
-                        "memberships": r.get("memberships", []), "left": r.get("left")}
-                    for w, r in sorted(out["reports"].items())},
-        "replicas_identical": bool(finals) and all(
-            torch.equal(r["params"], finals[0]["params"]) for r in finals),
-    }
-    if plot is not None and history:
-        report["plot"] = str(plot_run(history, events, plot))
-    return report

@@ -27,7 +27,8 @@ from weft.adapt.config import AdaptConfig, ConfigError
 def run_under_torchrun(cfg: AdaptConfig, policy: Any, finish_timeout: float = 60.0) -> dict | None:
     """This process's part of the job. On the process that ends as rank 0 returns
     {"reports", "pids", "dead"} like `run_elastic`; elsewhere None."""
-    from weft.adapt.elastic import _collect, worker_main
+    from weft.adapt.host import collect
+    from weft.adapt.worker import worker_main
     from weft.adapt.membership import connect
 
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
@@ -50,7 +51,7 @@ def run_under_torchrun(cfg: AdaptConfig, policy: Any, finish_timeout: float = 60
     while time.monotonic() < deadline and not all(
             store.check([f"report/{w}"]) or _gone(store, w, cfg) for w in range(world)):
         time.sleep(0.05)
-    return _collect(store)
+    return collect(store)
 
 
 def _gone(store, wid: int, cfg: AdaptConfig) -> bool:

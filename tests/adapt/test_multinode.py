@@ -19,11 +19,11 @@ import torch.distributed as dist
 
 from weft.adapt.agent import Nodes, parse_endpoint, parse_nnodes
 from weft.adapt.config import AdaptConfig
-from weft.adapt.elastic import run_elastic
+from weft.adapt.host import run_elastic
 from weft.adapt.policy import Compose, FollowCapacity, Policy
 from weft.errors import LaunchError
 
-SRC = Path(__file__).resolve().parents[1] / "src"
+SRC = Path(__file__).resolve().parents[2] / "src"
 
 
 class Pace(Policy):
@@ -72,8 +72,10 @@ def test_node_joins_scale_out_then_whole_node_dies(tmp_path):
     t.start()
     policy = tmp_path / "p.yaml"
     policy.write_text("policies: []\n")  # a joining machine uses the host's job, not its own
-    # The policy object travels pickled: its class (Pace, here) must be importable there too.
-    path = os.pathsep.join([str(SRC), str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])
+    # The policy object travels pickled: its class (Pace, here) must be importable there too,
+    # by the module name pytest gave this file (e.g. adapt.test_multinode).
+    tests_root = Path(__file__).resolve().parents[Pace.__module__.count(".")]
+    path = os.pathsep.join([str(SRC), str(tests_root), os.environ.get("PYTHONPATH", "")])
     env = {**os.environ, "PYTHONPATH": path}
     node2 = subprocess.Popen([sys.executable, "-m", "weft.cli", "train", "--policy", str(policy),
                               "--nnodes", "1:2", "--nproc-per-node", "2",
@@ -141,12 +143,12 @@ def test_cli_node_options_are_checked():
 
 def test_a_node_beyond_max_nodes_is_refused():
     from weft.adapt.agent import NodeAgent, open_store
-    from weft.adapt.elastic import _publish_job
+    from weft.adapt.host import publish_job
 
     cfg = AdaptConfig(workers=1, max_workers=1)
     store, is_host = open_store(None, 5.0)
     assert is_host
-    _publish_job(store, cfg, None, Nodes(1, 1))
+    publish_job(store, cfg, None, Nodes(1, 1))
     NodeAgent(store, "127.0.0.1", store.port, 1)  # the one node the job may have
     with pytest.raises(LaunchError, match="maximum of 1 node"):
         NodeAgent(store, "127.0.0.1", store.port, 1)

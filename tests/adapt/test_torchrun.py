@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-SRC = Path(__file__).resolve().parents[1] / "src"
+SRC = Path(__file__).resolve().parents[2] / "src"
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
 
 
@@ -35,17 +35,17 @@ def test_resize_inside_torchrun_without_restarting(tmp_path):
     policy = tmp_path / "p.yaml"
     policy.write_text("train: {workers: 2, max_workers: 3, epochs: 1, hidden: 32}\n"
                       "policies:\n  - schedule: {10: 3, 25: 2}\n")
-    out = tmp_path / "report.json"
     port = _free_port()
     # An elastic torchrun job (MIN:MAX nodes) that got one node: weft resizes inside it.
     proc = subprocess.run(
         TORCHRUN + ["--nnodes=1:2", "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}",
                     f"--rdzv-id=weft{port}", "--rdzv-conf=last_call_timeout=1",
                     "--nproc-per-node=3", "--max-restarts=0", "-m", "weft.cli",
-                    "train", "--policy", str(policy), "--json", str(out),
-                    "--plot", str(tmp_path / "loss.png")],
+                    "train", "--policy", str(policy), "--out", str(tmp_path / "runs")],
         env=_env(), capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    [out] = (tmp_path / "runs").glob("*/report.json")  # one report: from the final rank 0
+    assert (out.parent / "loss.png").stat().st_size > 1000
     report = json.loads(out.read_text())
     assert [(e["step"], e["kind"], e["new"]) for e in report["events"]] == \
         [(10, "resize", 3), (25, "resize", 2)]
@@ -66,20 +66,19 @@ def test_losing_a_torchrun_node_survivors_finish(tmp_path):
     # then stops rank 2, its node-mate. Ranks 0 and 1 must re-form and finish.
     policy.write_text("train: {workers: 4, max_workers: 4, epochs: 2, hidden: 32, "
                       "kill: [15, 3], pg_timeout: 8}\npolicies: []\n")
-    out = tmp_path / "report.json"
     port = _free_port()
     common = TORCHRUN + ["--nnodes=2", "--nproc-per-node=2", "--max-restarts=0",
                          "--rdzv-backend=c10d", f"--rdzv-id=weft{port}",
                          f"--rdzv-endpoint=127.0.0.1:{port}", "-m", "weft.cli", "train",
-                         "--policy", str(policy)]
+                         "--policy", str(policy), "--out", str(tmp_path / "runs")]
     logs = [open(tmp_path / f"node{i}.log", "w") for i in range(2)]
-    nodes = [subprocess.Popen(common + ["--json", str(out), "--plot", str(tmp_path / "l.png")],
-                              env=_env(), stdout=logs[0], stderr=subprocess.STDOUT)]
+    nodes = [subprocess.Popen(common, env=_env(), stdout=logs[0], stderr=subprocess.STDOUT)]
     time.sleep(1.0)  # the first node hosts the rendezvous store
     nodes.append(subprocess.Popen(common, env=_env(), stdout=logs[1], stderr=subprocess.STDOUT))
     try:
         deadline = time.monotonic() + 240
-        while not out.exists():  # written by the survivor that ends as rank 0
+        while not (reports := list((tmp_path / "runs").glob("*/report.json"))):
+            # written by the survivor that ends as rank 0
             assert time.monotonic() < deadline and nodes[0].poll() in (None, 0), \
                 (tmp_path / "node0.log").read_text()[-4000:]
             time.sleep(0.2)
@@ -93,6 +92,7 @@ def test_losing_a_torchrun_node_survivors_finish(tmp_path):
                 p.wait(timeout=30)
         for f in logs:
             f.close()
+    [out] = reports
     report = json.loads(out.read_text())
     (fail,) = [e for e in report["events"] if e["kind"] == "failure"]
     assert sorted(fail["lost"]) == [2, 3] and fail["step"] == 15

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from weft.adapt.config import AdaptConfig
-from weft.adapt.elastic import run_elastic
+from weft.adapt.host import run_elastic
 from weft.adapt.rules import policy_from_dict
 
 POLICY = {"rules": [

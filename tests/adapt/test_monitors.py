@@ -8,9 +8,9 @@ from torch import nn
 from weft.adapt.monitors import EMA, Monitors, noise_scale_terms, pack
 from weft.adapt.sync import SyncSGD
 from weft.collectives.communicator import TorchCommunicator
-from weft.data import digits
+from weft.demo.data import digits
 from weft.launch import launch
-from weft.models import digits_mlp
+from weft.demo.models import digits_mlp
 
 N, STEPS, SEED = 128, 200, 3
 

@@ -113,7 +113,6 @@ def test_config_validation():
         AdaptConfig(strategy="ring")
     with pytest.raises(ConfigError, match=r"unknown setting\(s\) \['wrokers'\]"):
         AdaptConfig.from_dict({"wrokers": 2})
-    assert AdaptConfig(workers=2, max_workers=4).pool_size == 2
     assert isinstance(to_policy(None), Compose)
 
 

@@ -1,28 +1,23 @@
-"""Elastic workers and the job host.
+"""The job host of elastic training (what runs in the launching process, never in a worker).
 
-`worker_main` is one worker process: it joins membership epoch 0 (or waits
-as a warm *standby*: interpreter started, torch imported, model built) and
-trains until the job ends or it leaves. `run_elastic(cfg, policy)` hosts the
-job: the c10d TCPStore, this machine's node agent (weft.adapt.agent) and,
-given `Nodes`, the agents of other machines that join. When a policy scales
+`run_elastic(cfg, policy)` hosts the job: the c10d TCPStore, this machine's
+node agent (weft.adapt.agent) and, given `Nodes`, the agents of other
+machines that join. When a policy scales
 out, rank 0 takes warm standbys from the store's registry (asking the node
 agents for more when there are too few); agents refill their pools. Leavers
 and finished workers put their report in the store and exit; no surviving
 process is ever restarted. A worker that dies is announced in the store
 (`dead/<wid>`) by its agent; survivors also detect it by themselves (gloo
 errors, heartbeats), which is what happens when a whole machine is lost.
+What runs inside a worker process is weft.adapt.worker; imports flow one
+way: worker <- agent <- host.
 """
 
 from __future__ import annotations
 
 import json
-import logging
-import os
 import pickle
-import signal
-import sys
 import time
-import traceback
 from typing import Any
 
 import torch.distributed as dist
@@ -30,102 +25,9 @@ import torch.distributed as dist
 from weft.adapt.agent import NodeAgent, Nodes, open_store
 from weft.adapt.config import AdaptConfig
 from weft.errors import LaunchError
-from weft.tensors import flatten
-
-log = logging.getLogger("weft.adapt")
 
 
-def build_model(cfg: AdaptConfig):
-    from weft.models import digits_cnn, digits_mlp
-
-    return digits_mlp(cfg.hidden, 2) if cfg.model == "mlp" else digits_cnn(max(4, cfg.hidden // 8))
-
-
-def accuracy(model, dataset) -> float:
-    import torch
-
-    x, y = dataset.tensors
-    with torch.no_grad():
-        return float((model(x).argmax(1) == y).float().mean())
-
-
-def worker_main(cfg: AdaptConfig, policy: Any, wid: int, host: str, port: int,
-                standby: bool, prefix: str = "") -> dict:
-    """One worker process: join (now or when assigned), train, report. `prefix`: the job's
-    keys live under it in the store at host:port."""
-    import torch
-
-    from weft.adapt.membership import Heartbeat, Membership, connect
-    from weft.adapt.trainer import Trainer
-    from weft.data import digits
-    from weft.parallel.data import seed_everything
-
-    torch.set_num_threads(1)
-    store = connect(host, port, cfg.join_timeout, prefix)
-    hb = Heartbeat(host, port, wid, cfg.heartbeat, prefix)
-    hb.start()
-    seed_everything(cfg.seed)
-    train, test = digits(flat=cfg.model == "mlp")
-    model = build_model(cfg)
-    mem = Membership(store, wid, cfg.pg_timeout, cfg.join_timeout,
-                     hb_timeout=cfg.hb_timeout)
-    trainer = Trainer(cfg, model, train, policy, mem, wid)
-    report = {"wid": wid, "pid": os.getpid(), "role": "standby" if standby else "worker"}
-    store.set(f"pid/{wid}", str(os.getpid()))
-    try:
-        if standby:
-            mem.register_standby()
-            epoch = mem.wait_assignment()
-            if epoch is None:
-                return report
-            report["role"] = "joiner"
-            if not mem.join(epoch):
-                raise LaunchError(f"worker {wid} was assigned epoch {epoch} but is not a member")
-            trainer.broadcast_state(0)
-            trainer._entered("join")
-            trainer.event("join", f"worker {wid} joined as rank {mem.rank}")
-        else:
-            mem.join(0)
-            trainer._entered("start")
-        trainer.run()
-        if not trainer.left and mem.rank == 0:
-            store.set("job_done", "1")
-        report.update(
-            left=trainer.left, rank=None if trainer.left else mem.rank, step=trainer.step,
-            history=trainer.history, events=trainer.events, samples=trainer.samples,
-            memberships=trainer.memberships, pid_end=os.getpid(),
-            params=flatten(model.parameters()),
-            accuracy=None if trainer.left else accuracy(model, test),
-            train_accuracy=None if trainer.left else accuracy(model, train))
-        return report
-    finally:
-        hb.stop.set()
-        if dist.is_initialized():
-            dist.destroy_process_group()
-
-
-def _child(cfg, policy, wid, host, port, standby) -> None:
-    """A worker process: its report (or its error) goes to the job's store."""
-    from weft.adapt.membership import connect
-    from weft.launch import _die_with_parent
-
-    _die_with_parent()
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        payload = pickle.dumps(worker_main(cfg, policy, wid, host, port, standby))
-        connect(host, port, 30.0).set(f"report/{wid}", payload)
-    except BaseException as exc:  # noqa: BLE001 - everything must reach the host
-        msg = f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"
-        try:
-            store = connect(host, port, 10.0)
-            store.set(f"error/{wid}", msg)
-            store.add("errors", 1)  # the host scans error/<wid> only once this is non-zero
-        finally:
-            sys.stderr.write(f"weft adaptive worker {wid} failed:\n{msg}")
-            sys.exit(1)
-
-
-def _publish_job(store, cfg: AdaptConfig, policy: Any, nodes: Nodes) -> None:
+def publish_job(store, cfg: AdaptConfig, policy: Any, nodes: Nodes) -> None:
     store.set("max_nodes", str(nodes.max_nodes))
     store.add("wid_seq", cfg.workers)  # wids 0..workers-1 are the initial workers
     store.set("job", pickle.dumps((cfg, policy)))
@@ -152,7 +54,7 @@ def _members_now(store, epoch: int) -> tuple[int, list[int]]:
     return epoch, json.loads(store.get(f"members/{epoch}"))
 
 
-def _collect(store) -> dict:
+def collect(store) -> dict:
     n = store.add("wid_seq", 0)
     out: dict = {"reports": {}, "pids": {}, "dead": {}}
     for w in range(n):
@@ -174,7 +76,7 @@ def run_elastic(cfg: AdaptConfig, policy: Any = None, timeout: float = 600.0,
     if store is None:
         store, _ = open_store(nodes.endpoint, cfg.join_timeout)
     host = nodes.endpoint[0] if nodes.endpoint else "127.0.0.1"
-    _publish_job(store, cfg, policy, nodes)
+    publish_job(store, cfg, policy, nodes)
     agent = NodeAgent(store, host, store.port, nodes.nproc_per_node)
     deadline = time.monotonic() + timeout
     epoch = 0
@@ -198,7 +100,7 @@ def run_elastic(cfg: AdaptConfig, policy: Any = None, timeout: float = 600.0,
             if all(store.check([f"dead/{w}"]) for w in members):
                 store.set("abort", "1")
                 raise LaunchError(f"every worker is gone before the end (dead: "
-                                  f"{_collect(store)['dead']})")
+                                  f"{collect(store)['dead']})")
             if time.monotonic() > deadline:
                 store.set("abort", "1")
                 raise LaunchError(f"adaptive job did not finish within {timeout:.0f} s")
@@ -211,7 +113,7 @@ def run_elastic(cfg: AdaptConfig, policy: Any = None, timeout: float = 600.0,
                 store.check([f"agent_done/{k}"]) or not _alive(store, k, cfg)
                 for k in range(1, min(n, nodes.max_nodes) + 1)):
             time.sleep(0.05)
-        return _collect(store)
+        return collect(store)
     finally:
         agent.stop(kill=True)
 

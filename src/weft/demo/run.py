@@ -52,8 +52,8 @@ def _progress(enabled: bool):
 
 
 def train_worker(cfg: DemoConfig) -> dict:
-    from weft.data import digits
-    from weft.models import digits_cnn
+    from weft.demo.data import digits
+    from weft.demo.models import digits_cnn
     from weft.parallel import data_parallel, distributed_loader, seed_everything
 
     rank, world = dist.get_rank(), dist.get_world_size()

@@ -1,14 +1,24 @@
-"""`weft demo`: the main job on an embedded default."""
+"""`weft demo`: the main job on an embedded default; `--adaptive`: the adaptive-training demo."""
 
 from __future__ import annotations
 
 from weft.errors import WeftError
 
+# `weft demo --adaptive`: SMA -> S-SGD when the noise scale passes 40, workers 2 -> 4 (step 30)
+# -> 3 (step 60), and at step 45 an invalid action (0 workers) that is rejected and logged.
+ADAPTIVE_CONFIG = {"workers": 2, "max_workers": 4, "epochs": 4, "strategy": "sma"}
+ADAPTIVE_POLICY = {
+    "policies": [{"switch_on_noise": {"threshold": 40, "to": "sgd", "warmup": 20}},
+                 {"schedule": {30: 4, 60: 3}}],
+    "rules": [{"when": "step == 45", "do": [{"resize": 0}], "once": True}],
+}
+KILL = [80, 1]  # --kill: worker 1 SIGKILLs itself at step 80
+
 
 def _demo(args) -> int:
     from rich.console import Console
 
-    from weft.demo import DemoConfig, run_demo
+    from weft.demo.run import DemoConfig, run_demo
 
     if args.ranks < 1:
         raise WeftError(f"--ranks must be >= 1, got {args.ranks}")
@@ -22,28 +32,19 @@ def _demo(args) -> int:
     con.print(f"[bold]weft demo[/bold]: digits CNN, data parallel on {cfg.ranks} local gloo ranks "
               f"({cfg.backend} backend), {cfg.epochs} epochs, global batch {cfg.global_batch}")
     rep = run_demo(cfg)
-    ok = rep["test_accuracy"] >= 0.95
-    con.print(f"test accuracy [bold {'green' if ok else 'red'}]{rep['test_accuracy']:.2%}[/]  "
+    con.print(f"test accuracy [bold]{rep['test_accuracy']:.2%}[/]  "
               f"throughput {rep['samples_per_second']:,.0f} samples/s  "
               f"wall {rep['wall_seconds']:.1f} s")
     con.print(f"report: {rep['dir']}/report.json   loss curve: {rep['dir']}/loss.png")
-    return 0 if ok else 1
+    return 0
 
 
 def _adaptive(args) -> int:
-    """`weft demo --adaptive`: the KungFu-style demo (resize 2->4->3, strategy switch)."""
-    import argparse
+    from weft.adapt.cli import run_job
+    from weft.adapt.rules import policy_from_dict
 
-    from weft.adapt.cli import _demo as adaptive_demo
-    from weft.runs import run_dir
-
-    out = run_dir(args.out)
-    ns = argparse.Namespace(workers=None, max_workers=None, epochs=None, max_steps=None,
-                            strategy=None, batch_size=None, lr=None, kill=args.kill,
-                            plot=str(out / "loss.png"), json=str(out / "report.json"))
-    rc = adaptive_demo(ns)
-    print(f"report: {out}/report.json   loss curve with events: {out}/loss.png")
-    return rc
+    config = {**ADAPTIVE_CONFIG, **({"kill": KILL} if args.kill else {})}
+    return run_job(config, policy=policy_from_dict(ADAPTIVE_POLICY), out=args.out)
 
 
 def register(sub) -> None:

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from weft.adapt.config import AdaptConfig
-from weft.adapt.elastic import run_elastic
+from weft.adapt.host import run_elastic
 from weft.adapt.policy import ScheduleResize
 
 N_TRAIN = 1437  # digits training split

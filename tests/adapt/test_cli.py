@@ -1,0 +1,72 @@
+"""`weft train --policy`: command-line errors, the run folder it writes, and the loss plot."""
+
+import json
+
+import pytest
+
+from weft.adapt.report import merge, plot_run
+from weft.cli import main
+
+
+def test_bad_policy_file_is_a_clear_cli_error(tmp_path, capsys):
+    bad = tmp_path / "p.yaml"
+    bad.write_text("rules:\n  - when: 'step > 3'\n    do: {teleport: 1}\n")
+    assert main(["train", "--policy", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "weft: error:" in err and "p.yaml" in err and "unknown action 'teleport'" in err
+    assert main(["train", "--policy", str(tmp_path / "missing.yaml")]) == 2
+    assert "missing.yaml: policy file not found" in capsys.readouterr().err
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("train: {workers: 0}\n")
+    assert main(["train", "--policy", str(cfg), "--out", str(tmp_path / "runs")]) == 2
+    assert "workers=0" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()  # nothing written for a job that never ran
+
+
+def test_weft_adapt_is_gone_one_route_per_command(capsys):
+    # `weft adapt train` / `weft adapt demo` duplicated `weft train --policy` / `weft demo
+    # --adaptive`; only the latter remain.
+    with pytest.raises(SystemExit) as e:
+        main(["adapt", "train", "--policy", "p.yaml"])
+    assert e.value.code == 2
+    assert "invalid choice: 'adapt'" in capsys.readouterr().err
+
+
+def test_train_policy_writes_its_outputs_in_a_run_folder(tmp_path, monkeypatch, capsys):
+    # issue 14, item 5: the loss plot used to land in the current directory (adapt_loss.png).
+    policy = tmp_path / "p.yaml"
+    policy.write_text("train: {workers: 1, max_workers: 1, epochs: 1, max_steps: 6, hidden: 16}\n"
+                      "policies: []\n")
+    work = tmp_path / "cwd"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    assert main(["train", "--policy", str(policy), "--out", str(tmp_path / "runs")]) == 0
+    assert list(work.iterdir()) == []
+    [run] = (tmp_path / "runs").iterdir()
+    report = json.loads((run / "report.json").read_text())
+    assert report["steps"] == 6 and len(report["history"]) == 6
+    assert (run / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert f"{run}/report.json" in capsys.readouterr().out
+
+
+def test_merge_and_plot(tmp_path):
+    h = [{"step": s, "loss": 2.0 / s, "world": 2 if s < 5 else 4} for s in range(1, 10)]
+    ev = {"step": 5, "kind": "resize", "detail": "2 -> 4 workers"}
+    reports = {0: {"wid": 0, "rank": 0, "history": h, "events": [ev]},
+               1: {"wid": 1, "rank": 1, "history": h[2:], "events": [ev]}}
+    history, events = merge(reports)
+    assert [x["step"] for x in history] == list(range(1, 10)) and events == [ev]
+    out = plot_run(history, events, tmp_path / "loss.png")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bad_node_options_are_clear_cli_errors(tmp_path, capsys):
+    policy = tmp_path / "p.yaml"
+    policy.write_text("policies: []\n")
+    cases = [(["--nnodes", "1:2"], "needs --rdzv-endpoint HOST:PORT"),
+             (["--nnodes", "x"], "expected N or MIN:MAX"),
+             (["--nnodes", "3:2", "--rdzv-endpoint", "127.0.0.1:1"], "1 <= MIN <= MAX"),
+             (["--rdzv-endpoint", "127.0.0.1:abc"], "expected HOST:PORT")]
+    for extra, msg in cases:
+        assert main(["train", "--policy", str(policy), *extra]) == 2
+        assert msg in capsys.readouterr().err
