@@ -28,7 +28,7 @@ LAYERS = [
     ["parallel"],
     ["planner", "adapt"],
     ["cluster", "serve"],
-    ["cli", "train_cli", "demo", ""],  # "" is the package root (weft/__init__.py)
+    ["cli", "__main__", "train_cli", "demo", ""],  # "": the package root (weft/__init__.py)
 ]
 
 
