@@ -13,7 +13,7 @@ import torch.distributed as dist
 import torch.nn as nn
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_partition import brute_force, layer, make_profile, two_hosts
+from .test_partition import brute_force, layer, make_profile, two_hosts
 
 from weft.errors import PlanError
 from weft.launch import launch
@@ -23,7 +23,7 @@ from weft.planner.plan import from_boundaries
 from weft.planner.predict import predict
 from weft.topology.model import Topology
 
-EXAMPLE = str(Path(__file__).resolve().parents[1] / "examples" / "mlp_digits.py")
+EXAMPLE = str(Path(__file__).resolve().parents[2] / "examples" / "mlp_digits.py")
 
 
 def free_link(n=2):
