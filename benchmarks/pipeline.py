@@ -163,7 +163,7 @@ def main(argv=None) -> int:
     from rich.table import Table
 
     from weft.launch import launch
-    from weft.planner.plan import PipelinePlan
+    from weft.parallel.pipeline.stages import PipelinePlan
     from weft.planner.predict import predict
     from weft.planner.profile import ModelProfile
 

@@ -11,7 +11,7 @@ from weft.errors import PlanError
 from weft.parallel.pipeline.schedule import build_schedule, simulate
 from weft.planner.hierarchy import Hierarchy, is_hierarchical
 from weft.planner.partition import partition
-from weft.planner.plan import PipelinePlan
+from weft.parallel.pipeline.stages import PipelinePlan
 from weft.planner.profile import LayerProfile, ModelProfile
 from weft.topology.builders import multi_node, ring
 from weft.topology.model import Topology

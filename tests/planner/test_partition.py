@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from weft.errors import PlanError
 from weft.planner.partition import CostModel, equal_layers, partition
-from weft.planner.plan import PipelinePlan
+from weft.parallel.pipeline.stages import PipelinePlan
 from weft.planner.profile import LayerProfile, ModelProfile
 from weft.topology.builders import multi_node, ring
 from weft.topology.model import Topology
@@ -142,7 +142,7 @@ def test_too_many_workers():
 
 
 def test_cpu_copy_charge_on_stage_time_and_prediction():
-    from weft.planner.plan import from_boundaries
+    from weft.parallel.pipeline.stages import from_boundaries
     from weft.planner.predict import predict
 
     rows = [(1, 1, 100, 0, 0), (1, 1, 300, 0, 0), (1, 1, 7, 0, 0)]

@@ -19,7 +19,7 @@ from weft.errors import PlanError
 from weft.launch import launch
 from weft.planner.contention import contention, measure, stage_pass
 from weft.planner.partition import CostModel, equal_layers, partition
-from weft.planner.plan import from_boundaries
+from weft.parallel.pipeline.stages import from_boundaries
 from weft.planner.predict import predict
 from weft.topology.model import Topology
 

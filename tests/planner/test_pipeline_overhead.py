@@ -6,7 +6,7 @@ from weft.errors import PlanError
 from weft.launch import launch
 from weft.planner.overhead import calibrate, cpu_overhead, fit_latency, fit_line, trivial_plan
 from weft.planner.partition import CostModel, equal_layers, partition
-from weft.planner.plan import from_boundaries
+from weft.parallel.pipeline.stages import from_boundaries
 from weft.planner.predict import predict
 from weft.planner.profile import LayerProfile, ModelProfile
 from weft.topology.builders import ring

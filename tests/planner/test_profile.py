@@ -5,7 +5,7 @@ import torch
 import torch.nn as nn
 
 from weft.errors import PlanError
-from weft.planner.layers import as_sequential
+from weft.parallel.pipeline.layers import as_sequential
 from weft.planner.profile import ModelProfile, profile_model
 
 

@@ -54,7 +54,7 @@ def stage_pass(model: nn.Module, sample: torch.Tensor, layers: tuple[int, int] |
     input is the real output of the layers before it, it needs a gradient unless the
     stage is first, parameter gradients accumulate. With `split`, a pair of functions
     (forward, backward of that forward's output), to be called alternately."""
-    from weft.planner.layers import as_sequential
+    from weft.parallel.pipeline.layers import as_sequential
 
     seq = as_sequential(model, sample, trace)
     L = len(seq)

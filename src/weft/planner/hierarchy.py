@@ -34,7 +34,7 @@ import numpy as np
 
 from weft.errors import PlanError
 from weft.planner.partition import CostModel, workers_of
-from weft.planner.plan import PipelinePlan, Stage
+from weft.parallel.pipeline.stages import PipelinePlan, Stage
 from weft.planner.profile import ModelProfile
 from weft.topology.model import Topology
 

@@ -96,7 +96,7 @@ def cpu_overhead(step_s: float, events: list[tuple], compute_s: float) -> float:
 def trivial_plan(stage_ranks: list[list[int]], micro_batch: int, microbatches: int,
                  chunks_per_stage: int = 1):
     """The calibration's plan: one trivial layer per chunk on `stage_ranks`."""
-    from weft.planner.plan import PipelinePlan, Stage
+    from weft.parallel.pipeline.stages import PipelinePlan, Stage
 
     S, v = len(stage_ranks), chunks_per_stage
     if v == 1:

@@ -45,7 +45,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from weft.errors import PlanError
-from weft.planner.plan import PipelinePlan, Stage
+from weft.parallel.pipeline.stages import PipelinePlan, Stage, equal_bounds
 from weft.planner.profile import ModelProfile
 from weft.topology.model import Topology
 
@@ -289,11 +289,6 @@ def partition(profile: ModelProfile, topology: Topology, workers: int | None = N
                          compute_scale=compute_scale)
     _, bounds, reps = cm.solve()
     return cm.to_plan(bounds, reps, "optimal", topology=topology.name, **plan_kw)
-
-
-def equal_bounds(num_layers: int, stages: int) -> list[tuple[int, int]]:
-    edges = np.linspace(0, num_layers, stages + 1).round().astype(int)
-    return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:])]
 
 
 def equal_layers(profile: ModelProfile, topology: Topology, workers: int | None = None,

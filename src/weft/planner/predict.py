@@ -21,8 +21,8 @@ from __future__ import annotations
 from weft.errors import PlanError
 from weft.parallel.pipeline.schedule import build_schedule, simulate
 from weft.planner.contention import settle_scales
-from weft.planner.partition import check_scale, equal_bounds, workers_of
-from weft.planner.plan import PipelinePlan
+from weft.planner.partition import check_scale, workers_of
+from weft.parallel.pipeline.stages import PipelinePlan
 from weft.planner.profile import ModelProfile
 from weft.topology.model import Topology
 
@@ -54,9 +54,7 @@ def predict(plan: PipelinePlan, profile: ModelProfile, topology: Topology,
     prof = profile.scaled(plan.micro_batch)
     devs = workers_of(topology, plan.workers)
     ranks = [st.ranks for st in plan.stages]
-    bounds = plan.boundaries()
-    if chunks_per_stage > 1:
-        bounds = equal_bounds(plan.num_layers, plan.num_stages * chunks_per_stage)
+    bounds = plan.chunk_bounds(chunks_per_stage)
     k = check_scale(compute_scale)
     if contention not in ("all", "overlap"):
         raise PlanError(f"contention must be 'all' or 'overlap', got {contention!r}")

@@ -28,8 +28,7 @@ from weft.collectives.communicator import TorchCommunicator
 from weft.errors import PlanError, WeftError
 from weft.parallel.pipeline.schedule import COMPUTE, Action, build_schedule, simulate
 from weft.parallel.pipeline.stash import WeightStash
-from weft.planner.layers import as_sequential
-from weft.planner.partition import equal_bounds
+from weft.parallel.pipeline.layers import as_sequential
 from weft.tensors import flatten, unflatten
 
 
@@ -88,9 +87,7 @@ class Pipeline:
     @classmethod
     def from_plan(cls, model, plan, loss_fn, schedule="1f1b", chunks_per_stage: int = 1, **kw):
         ranks = [st.ranks for st in plan.stages]
-        bounds = plan.boundaries()
-        if chunks_per_stage > 1:  # interleaved: S*v equal chunks, chunk c on stage c % S
-            bounds = equal_bounds(plan.num_layers, plan.num_stages * chunks_per_stage)
+        bounds = plan.chunk_bounds(chunks_per_stage)  # interleaved: chunk c on stage c % S
         kw.setdefault("microbatches", plan.microbatches)
         return cls(model, bounds, ranks, loss_fn, schedule, **kw)
 

@@ -8,7 +8,7 @@ import torch
 import torch.distributed as dist
 
 from weft.parallel.pipeline.runtime import Pipeline
-from weft.planner.plan import PipelinePlan
+from weft.parallel.pipeline.stages import PipelinePlan
 from weft.model_spec import extra, load_model
 
 
@@ -62,7 +62,7 @@ def rank_main(plan_dict: dict, spec: str, schedule: str, epochs: int, lr: float,
 
 def evaluate(spec: str, states: list[dict]) -> float | None:
     """Test accuracy of the model assembled from every rank's layers."""
-    from weft.planner.layers import as_sequential
+    from weft.parallel.pipeline.layers import as_sequential
 
     make = extra(spec, "example_input")
     model = as_sequential(load_model(spec), make(2) if make else None)
