@@ -6,7 +6,7 @@ import torch.nn as nn
 
 from weft.errors import PlanError
 from weft.parallel.pipeline.layers import as_sequential
-from weft.planner.profile import ModelProfile, profile_model
+from weft.planner import ModelProfile, profile_model
 
 
 def test_sequential_profile_fields():
@@ -70,7 +70,7 @@ def test_sequence_times_leave_model_untouched_and_time_every_layer():
 def test_stage_overhead_is_recorded_and_charged_once_per_stage():
     from dataclasses import replace
 
-    from weft.planner.partition import CostModel
+    from weft.planner import CostModel
 
     prof = profile_model(nn.Sequential(nn.Linear(8, 8), nn.ReLU()), torch.randn(4, 8),
                          repeats=2, use_cache=False)
@@ -85,7 +85,8 @@ def test_stage_overhead_is_recorded_and_charged_once_per_stage():
 
 def test_export_profile_partition_stages_equal_whole_model():
     from parallel.pipeline.test_layer_chain import ShapeBranch
-    from weft.planner.partition import equal_layers, partition
+
+    from weft.planner import equal_layers, partition
     from weft.topology.builders import ring
 
     model, x = ShapeBranch(), torch.randn(6, 4)

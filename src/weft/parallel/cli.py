@@ -10,9 +10,9 @@ def _train(args) -> int:
 
     from weft.launch import launch
     from weft.parallel.pipeline.schedule import KINDS
+    from weft.parallel.pipeline.stages import PipelinePlan
     from weft.parallel.pipeline.timeline import bubble_fraction, draw
     from weft.parallel.pipeline.train import evaluate, rank_main
-    from weft.parallel.pipeline.stages import PipelinePlan
 
     con = Console()
     plan = PipelinePlan.load(args.plan)

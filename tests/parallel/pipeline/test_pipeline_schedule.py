@@ -3,7 +3,7 @@
 import pytest
 
 from weft.errors import PlanError
-from weft.parallel.pipeline.schedule import Action, build_schedule, simulate
+from weft.parallel.pipeline.schedule import Action, build_schedule, simulate_pipeline
 
 
 def max_in_flight(actions):
@@ -24,7 +24,7 @@ def max_in_flight(actions):
 def test_every_schedule_completes_and_runs_each_op_once(kind, v, S, mult):
     M = S * mult
     sched = build_schedule(kind, [[s] for s in range(S)], M, v)
-    result = simulate(sched)  # raises on deadlock or unmatched transfers
+    result = simulate_pipeline(sched)  # raises on deadlock or unmatched transfers
     ops = sorted((a.kind, a.mb, a.chunk) for acts in sched.values() for a in acts
                  if a.kind in ("F", "B"))
     want = sorted((k, m, c) for k in "FB" for m in range(M) for c in range(S * v))
@@ -46,7 +46,7 @@ def test_every_schedule_completes_and_runs_each_op_once(kind, v, S, mult):
 def test_replicated_stages_split_micro_batches(reps, kind):
     M = 12
     sched = build_schedule(kind, reps, M)
-    simulate(sched)
+    simulate_pipeline(sched)
     for stage in reps:
         mbs = [sorted(a.mb for a in sched[r] if a.kind == "F") for r in stage]
         assert sorted(m for ms in mbs for m in ms) == list(range(M))
@@ -64,10 +64,10 @@ def test_1f1b_bounds_activations_gpipe_does_not():
 def test_bubble_fractions():
     S, M = 4, 8
     ranks = [[s] for s in range(S)]
-    f = simulate(build_schedule("1f1b", ranks, M))
+    f = simulate_pipeline(build_schedule("1f1b", ranks, M))
     assert f["bubble"] == pytest.approx((S - 1) / (M + S - 1))  # unit F and B
     # interleaving v chunks of 1/v the work shrinks the bubble
-    il = simulate(build_schedule("interleaved", ranks, M, 2),
+    il = simulate_pipeline(build_schedule("interleaved", ranks, M, 2),
                   duration=lambda r, a: 0.5 if a.kind in "FB" else 0.0)
     assert il["bubble"] < f["bubble"]
     assert il["makespan"] < f["makespan"]
@@ -86,10 +86,10 @@ def test_deadlock_and_unmatched_transfers_are_detected():
            1: [Action("RECV_F", 0, 1, 0), Action("F", 0, 1), Action("B", 0, 1),
                Action("SEND_B", 0, 1, 0)]}
     with pytest.raises(PlanError, match="deadlocks"):
-        simulate(bad)
+        simulate_pipeline(bad)
     lost = {0: [Action("F", 0, 0), Action("SEND_F", 0, 0, 1)], 1: [Action("F", 0, 1)]}
     with pytest.raises(PlanError, match="unmatched"):
-        simulate(lost)
+        simulate_pipeline(lost)
 
 
 def test_bad_schedule_requests():

@@ -11,7 +11,7 @@ model; with ``v`` chunks per stage (interleaved) chunk c lives on virtual stage
 Kinds: ``gpipe`` (all forwards, then all backwards), ``1f1b`` (1F1B with a
 flush), ``interleaved`` (Megatron's interleaved 1F1B, v >= 2 chunks per stage)
 and ``pipedream`` (1F1B without flush; each backward is followed by a weight
-update, ``U``). `simulate` runs a schedule without processes: it finds
+update, ``U``). `simulate_pipeline` runs a schedule without processes: it finds
 deadlocks and unmatched transfers, and with per-action durations predicts the
 makespan and the bubble fraction.
 """
@@ -125,7 +125,7 @@ def message_key(a: Action, rank: int) -> tuple:
     raise ValueError(a)
 
 
-def simulate(schedule: dict[int, list[Action]],
+def simulate_pipeline(schedule: dict[int, list[Action]],
              duration: Callable[[int, Action], float] | None = None,
              transfer: Callable[[int, Action], float] | None = None) -> dict:
     """Run `schedule` as-soon-as-possible: sends never block, a receive waits for its send.

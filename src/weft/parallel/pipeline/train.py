@@ -7,9 +7,9 @@ import time
 import torch
 import torch.distributed as dist
 
+from weft.model_spec import extra, load_model
 from weft.parallel.pipeline.runtime import Pipeline
 from weft.parallel.pipeline.stages import PipelinePlan
-from weft.model_spec import extra, load_model
 
 
 def default_dataset():
