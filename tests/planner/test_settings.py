@@ -33,7 +33,7 @@ def test_defaults_charge_nothing_and_fields_are_the_six():
 def test_bad_values_are_rejected_naming_the_field(field, bad):
     with pytest.raises(PlanError, match=f"^{field} must be a"):
         PlannerSettings(**{field: bad})
-    with pytest.raises(PlanError, match=f"^--flag must be a"):
+    with pytest.raises(PlanError, match="^--flag must be a"):
         check_setting(field, bad, "--flag")
 
 

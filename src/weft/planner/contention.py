@@ -205,8 +205,8 @@ def contention(model: nn.Module, sample: torch.Tensor, layers: tuple[int, int] |
 
 
 def overlap_fractions(schedule: dict, times: dict) -> dict[int, float]:
-    """u_r for every rank of a simulated schedule (`weft.parallel.pipeline.schedule.simulate_pipeline`'s
-    'times'): the fraction of rank r's F/B time during which another rank runs F/B too,
+    """u_r for every rank of a simulated schedule (the 'times' of
+    `weft.parallel.pipeline.schedule.simulate_pipeline`): the fraction of rank r's F/B time during which another rank runs F/B too,
     averaged over the other ranks (0 for a rank alone or without compute)."""
     iv = {r: [(s, e) for a, (s, e) in zip(acts, times[r]) if a.kind in ("F", "B") and e > s]
           for r, acts in schedule.items()}

@@ -201,8 +201,8 @@ class Hierarchy:
             g0 += h
         _, ok = self.evaluate(top, inner)
         mb = self.node.profile.batch_size
-        extra = {"fits": ok, "settings": self.node.settings.to_dict(), "levels": {"hosts": self.H, "per_host": self.n,
-                                        "inter_bandwidth": self.inter},
+        extra = {"fits": ok, "settings": self.node.settings.to_dict(),
+                 "levels": {"hosts": self.H, "per_host": self.n, "inter_bandwidth": self.inter},
                  "top_stages": [list(x) for x in top]}
         return PipelinePlan(stages, self.L, mb, self.M, "hierarchical",
                             layer_names=[l.name for l in self.node.profile.layers],

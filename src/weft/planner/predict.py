@@ -6,16 +6,18 @@ stage's profiled forward/backward time (profile rescaled to the plan's
 micro-batch) times ``compute_scale`` (the measured slowdown of compute when
 every rank computes at once, `weft.planner.contention`; 1 by default), each
 transfer ``bytes / bandwidth + latency`` on the path between the two ranks'
-devices (``latency_s`` when set, else the link's); with
-``cpu_copy_bw`` (bytes/s; loopback gloo, where the sender's and the receiver's
-CPUs copy every message) each send and each receive also occupies its rank for
-``bytes / cpu_copy_bw``, on top of the link time; with ``action_overhead_s`` (the runtime's own cost per action, measured
-by `weft.planner.overhead.calibrate`) every action of every rank (F, B, each send
-and receive, PipeDream's updates) takes that much longer, and ``step_overhead_s``
-is added once per step (optimizer step, flush); a flush schedule then all-reduces
-replicated stages' gradients (ring cost, plus with ``cpu_copy_bw`` the copies of the bytes each replica sends and
-receives) before the next step. PipeDream is simulated over many micro-batches and
-reported at its steady rate.
+devices (``latency_s`` when set, else the link's); with ``cpu_copy_bw``
+(bytes/s; loopback gloo, where the sender's and the receiver's CPUs copy every
+message) each send and each receive also occupies its rank for
+``bytes / cpu_copy_bw``, on top of the link time; with ``action_overhead_s``
+(the runtime's own cost per action, measured by `weft.planner.overhead.calibrate`)
+every action of every rank (F, B, each send and receive, PipeDream's updates)
+takes that much longer, and ``step_overhead_s`` is added once per step
+(optimizer step, flush); a flush schedule then all-reduces replicated stages'
+gradients (ring cost, plus with ``cpu_copy_bw`` the copies of the bytes each
+replica sends and receives; ``allreduce_bw`` instead when set) before the next
+step. PipeDream is simulated over many micro-batches and reported at its steady
+rate.
 """
 
 from __future__ import annotations

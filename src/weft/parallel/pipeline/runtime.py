@@ -26,8 +26,9 @@ import torch.nn as nn
 
 from weft.collectives.communicator import TorchCommunicator
 from weft.errors import PlanError, WeftError
+from weft.parallel.pipeline.actions import COMPUTE, Action
 from weft.parallel.pipeline.layers import as_sequential
-from weft.parallel.pipeline.schedule import COMPUTE, Action, build_schedule, simulate_pipeline
+from weft.parallel.pipeline.schedule import build_schedule, validate_schedule
 from weft.parallel.pipeline.stash import WeightStash
 from weft.tensors import flatten, unflatten
 
@@ -231,7 +232,7 @@ class Pipeline:
         n = microbatches or self.M
         if n not in self._schedules:
             sched = build_schedule(self.kind, self.stage_ranks, n, self.v)
-            simulate_pipeline(sched)  # raises PlanError if it could deadlock
+            validate_schedule(sched, self.stage_ranks, n, self.v)  # e.g. it could deadlock
             self._schedules[n] = sched
         return self._schedules[n]
 
@@ -264,7 +265,7 @@ class Pipeline:
             if n % len(reps):
                 raise PlanError(f"{n} micro-batches do not split over {len(reps)} replicas")
         sched = build_schedule("pipedream", self.stage_ranks, n)
-        simulate_pipeline(sched)
+        validate_schedule(sched, self.stage_ranks, n)
         versions = None
         if self.vertical_sync:  # the version stage 0 uses = updates it made before F(mb)
             versions, done = {}, 0
