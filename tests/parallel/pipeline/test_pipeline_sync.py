@@ -50,7 +50,7 @@ def run_configs(configs):
         v = len(bounds) // len(ranks)
         per_replica = STEPS * M * v // len(ranks[pipe.stage])
         assert kinds.count("F") == kinds.count("B") == per_replica
-        out.append({l: [p.numpy() for p in ps] for l, ps in pipe.parameters_by_layer().items()})
+        out.append({l: list(sd.values()) for l, sd in pipe.state_by_layer().items()})
         dist.barrier()
     return out
 

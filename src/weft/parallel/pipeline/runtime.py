@@ -284,8 +284,3 @@ class Pipeline:
     def stash_log(self) -> dict[int, dict]:
         """{chunk: {micro-batch: versions and weight checksums at forward and backward}}."""
         return {c: dict(self.stash[c].log) for c in self.my_chunks}
-
-    def parameters_by_layer(self) -> dict[int, list[torch.Tensor]]:
-        """{layer index: its parameters} for the layers this rank holds."""
-        return {l: [p.detach().clone() for p in self.layers[l].parameters()]
-                for c in self.my_chunks for l in range(*self.bounds[c])}
