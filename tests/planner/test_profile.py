@@ -84,7 +84,7 @@ def test_stage_overhead_is_recorded_and_charged_once_per_stage():
 
 
 def test_export_profile_partition_stages_equal_whole_model():
-    from parallel.pipeline.test_layer_chain import ShapeBranch
+    from tests.parallel.pipeline.test_layer_chain import ShapeBranch
 
     from weft.planner import equal_layers, partition
     from weft.topology.builders import ring
