@@ -81,7 +81,7 @@ def profile_on_ranks(mb):
     times: each rank's solo layer times, what `contention` divides by."""
     from dataclasses import replace
 
-    from weft.planner.profile import ModelProfile, profile_model
+    from weft.planner import ModelProfile, profile_model
 
     # 'min': the uncontended layer times, as the runs below report their best repetition
     for r in range(dist.get_world_size()):

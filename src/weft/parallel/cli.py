@@ -9,10 +9,8 @@ def _train(args) -> int:
     from rich.console import Console
 
     from weft.launch import launch
-    from weft.parallel.pipeline.schedule import KINDS
-    from weft.parallel.pipeline.timeline import bubble_fraction, draw
+    from weft.parallel.pipeline import KINDS, PipelinePlan, bubble_fraction, draw
     from weft.parallel.pipeline.train import evaluate, rank_main
-    from weft.planner.plan import PipelinePlan
 
     con = Console()
     plan = PipelinePlan.load(args.plan)

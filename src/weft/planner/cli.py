@@ -28,10 +28,10 @@ def _plan_pipeline(args) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from weft.planner.partition import check_scale, equal_layers, partition
-    from weft.planner.predict import predict
-    from weft.planner.profile import ModelProfile, profile_model
     from weft.model_spec import load_model
+    from weft.planner import (ModelProfile, PlannerSettings, equal_layers, partition, predict,
+                              profile_model)
+    from weft.planner.settings import check_setting
     from weft.topology.io import resolve
     from weft.units import fmt_bytes, parse_size
 
@@ -39,6 +39,12 @@ def _plan_pipeline(args) -> int:
         copy_bw = parse_size(args.cpu_copy_bw, "--cpu-copy-bw") if args.cpu_copy_bw else None
     except ValueError as exc:
         raise PlanError(str(exc)) from None
+    given = {"cpu_copy_bw": (copy_bw, "--cpu-copy-bw"),
+             "action_overhead_s": (args.action_overhead or 0.0, "--action-overhead"),
+             "step_overhead_s": (args.step_overhead or 0.0, "--step-overhead"),
+             "compute_scale": (1.0 if args.compute_scale is None else args.compute_scale,
+                               "--compute-scale")}
+    settings = PlannerSettings(**{k: check_setting(k, v, flag) for k, (v, flag) in given.items()})
     con = Console()
     topo = resolve(args.topology)
     if args.profile:
@@ -51,48 +57,15 @@ def _plan_pipeline(args) -> int:
                              trace=args.trace)
         if args.save_profile:
             prof.save(args.save_profile)
-    scale = 1.0 if args.compute_scale is None else check_scale(args.compute_scale,
-                                                                "--compute-scale")
-    over = {"action_overhead_s": args.action_overhead or 0.0}
-    pred_kw = dict(over, step_overhead_s=args.step_overhead or 0.0)
     if args.calibrate:
-        from weft.planner.overhead import calibrate_local
-
-        workers = args.workers or len(topo.compute_devices())
-        cal = calibrate_local(workers, args.microbatches, topo,
-                              args.schedule if args.schedule != "pipedream" else "1f1b",
-                              args.micro_batch, copy_bw)
-        con.print(f"runtime overhead (local gloo ranks): {cal['action_s'] * 1e6:.1f} us per "
-                  f"action, {cal['step_s'] * 1e6:.0f} us per step, message latency "
-                  f"{cal['latency_s'] * 1e6:.0f} us, all-reduce {cal['allreduce_bw'] / 1e9:.2f} "
-                  "GB/s")
-        over = {"action_overhead_s": cal["action_s"], "allreduce_bw": cal["allreduce_bw"]}
-        pred_kw = dict(over, step_overhead_s=cal["step_s"], latency_s=cal["latency_s"])
-        if args.compute_scale is not None:
-            con.print(f"compute contention: not measured, --compute-scale {scale:g} given")
-        elif args.model:
-            from weft.planner.contention import contention_local
-
-            con_ = contention_local(workers, _sample(args.model, args), spec=args.model,
-                                    profile=prof)
-            scale = con_["compute_scale"]
-            con.print(f"compute contention ({workers} local gloo ranks, forward+backward of "
-                      "equal-compute slices of the model, all ranks at once vs one at a time): "
-                      f"compute_scale {scale:.3f} (per rank "
-                      f"{', '.join(f'{f:.3f}' for f in con_['factors'])})")
-        else:
-            con.print("compute contention: not measured (needs --model, not only --profile); "
-                      "compute_scale 1")
-    over["compute_scale"] = scale
-    pred_kw.update(compute_scale=scale, contention="overlap")
+        settings = _calibrate(args, con, topo, prof, settings)
     kw = dict(workers=args.workers, micro_batch=args.micro_batch, microbatches=args.microbatches,
-              model=args.model, cpu_copy_bw=copy_bw, **over)
+              model=args.model, settings=settings)
     plan = (equal_layers(prof, topo, **kw) if args.equal else
             partition(prof, topo, optimizer_states=args.optimizer_states,
                       stash=args.schedule == "pipedream", method=args.partitioner, **kw))
-    pred = predict(plan, prof, topo, args.schedule, cpu_copy_bw=copy_bw, **pred_kw)
-    plan.extra["predicted"] = {args.schedule: pred}
-    plan.extra["compute_scale"] = scale
+    pred = predict(plan, prof, topo, args.schedule, settings=settings, contention="overlap")
+    plan.extra["predicted"] = {args.schedule: pred}  # extra["settings"]: what was charged
     names = plan.layer_names
     t = Table(title=f"{plan.method} pipeline plan: {len(names)} layers on {plan.workers} workers "
                     f"of {topo.name}")
@@ -110,6 +83,36 @@ def _plan_pipeline(args) -> int:
     if args.out:
         con.print(f"plan written to {plan.save(args.out)}")
     return 0
+
+
+def _calibrate(args, con, topo, prof, settings):
+    """`settings` with the runtime's overheads (and, without --compute-scale and with
+    --model, the compute contention) measured on local gloo ranks, one per worker."""
+    from weft.planner import PlannerSettings, calibrate_local, contention_local
+
+    workers = args.workers or len(topo.compute_devices())
+    cal = calibrate_local(workers, args.microbatches, topo,
+                          args.schedule if args.schedule != "pipedream" else "1f1b",
+                          args.micro_batch, PlannerSettings(cpu_copy_bw=settings.cpu_copy_bw))
+    s = cal.settings
+    con.print(f"runtime overhead (local gloo ranks): {s.action_overhead_s * 1e6:.1f} us per "
+              f"action, {s.step_overhead_s * 1e6:.0f} us per step, message latency "
+              f"{s.latency_s * 1e6:.0f} us, all-reduce {s.allreduce_bw / 1e9:.2f} GB/s")
+    scale = settings.compute_scale
+    if args.compute_scale is not None:
+        con.print(f"compute contention: not measured, --compute-scale {scale:g} given")
+    elif args.model:
+        measured = contention_local(workers, _sample(args.model, args), spec=args.model,
+                                    profile=prof)
+        scale = measured["compute_scale"]
+        con.print(f"compute contention ({workers} local gloo ranks, forward+backward of "
+                  "equal-compute slices of the model, all ranks at once vs one at a time): "
+                  f"compute_scale {scale:.3f} (per rank "
+                  f"{', '.join(f'{f:.3f}' for f in measured['factors'])})")
+    else:
+        con.print("compute contention: not measured (needs --model, not only --profile); "
+                  "compute_scale 1")
+    return s.replace(compute_scale=scale)
 
 
 def register(sub) -> None:

@@ -1,9 +1,9 @@
 """Compute contention between ranks, measured: how much slower they compute all at once.
 
     c = contention(model, torch.randn(32, 64), layers=balanced_bounds(prof, W)[rank])
-    partition(prof, topo, ..., compute_scale=c["compute_scale"])  # c is the same on every rank
-    predict(plan, prof, topo, "1f1b", ..., compute_scale=c["compute_scale"],
-            contention="overlap")
+    s = PlannerSettings(compute_scale=c["compute_scale"])  # c is the same on every rank
+    partition(prof, topo, ..., settings=s)
+    predict(plan, prof, topo, "1f1b", settings=s, contention="overlap")
 
 A profile times each layer in one process while nothing else of the job runs.
 In a pipeline every rank computes at the same time, and ranks that share
@@ -54,7 +54,7 @@ def stage_pass(model: nn.Module, sample: torch.Tensor, layers: tuple[int, int] |
     input is the real output of the layers before it, it needs a gradient unless the
     stage is first, parameter gradients accumulate. With `split`, a pair of functions
     (forward, backward of that forward's output), to be called alternately."""
-    from weft.planner.layers import as_sequential
+    from weft.parallel.pipeline.layers import as_sequential
 
     seq = as_sequential(model, sample, trace)
     L = len(seq)
@@ -205,8 +205,8 @@ def contention(model: nn.Module, sample: torch.Tensor, layers: tuple[int, int] |
 
 
 def overlap_fractions(schedule: dict, times: dict) -> dict[int, float]:
-    """u_r for every rank of a simulated schedule (`weft.parallel.pipeline.schedule.simulate`'s
-    'times'): the fraction of rank r's F/B time during which another rank runs F/B too,
+    """u_r for every rank of a simulated schedule (the 'times' of
+    `weft.parallel.pipeline.schedule.simulate_pipeline`): the fraction of rank r's F/B time during which another rank runs F/B too,
     averaged over the other ranks (0 for a rank alone or without compute)."""
     iv = {r: [(s, e) for a, (s, e) in zip(acts, times[r]) if a.kind in ("F", "B") and e > s]
           for r, acts in schedule.items()}

@@ -5,7 +5,7 @@ inside a host, slower ones across hosts), the planner works level by level as
 in the PipeDream paper (Narayanan et al., SOSP'19, section 3.1):
 
 * level 0 (one host, its n workers and intra-host bandwidth): the flat DP of
-  `weft.planner.partition.CostModel` gives ``A0[i, j]``, the best time of the
+  `weft.planner.cost.CostModel` gives ``A0[i, j]``, the best time of the
   layer range [i, j) as a pipeline (stages, replication) inside one host, for
   every range;
 * level 1 (hosts as workers, inter-host bandwidth B): a top-level stage is a
@@ -33,9 +33,10 @@ from __future__ import annotations
 import numpy as np
 
 from weft.errors import PlanError
-from weft.planner.partition import CostModel, workers_of
-from weft.planner.plan import PipelinePlan, Stage
+from weft.parallel.pipeline.stages import PipelinePlan, Stage
+from weft.planner.cost import CostModel, workers_of
 from weft.planner.profile import ModelProfile
+from weft.planner.settings import UNCALIBRATED, PlannerSettings
 from weft.topology.model import Topology
 
 TIE = 1e-9  # a cut across hosts must be better by more than this (relative)
@@ -58,8 +59,7 @@ class Hierarchy:
     def __init__(self, profile: ModelProfile, topology: Topology, workers: int | None = None,
                  micro_batch: int | None = None, microbatches: int = 4,
                  optimizer_states: int = 1, stash: bool = True,
-                 cpu_copy_bw: float | None = None, action_overhead_s: float = 0.0,
-                 allreduce_bw: float | None = None, compute_scale: float = 1.0):
+                 settings: PlannerSettings = UNCALIBRATED):
         self.groups = host_groups(topology, workers)
         if not is_hierarchical(topology, workers):
             sizes = [len(g) for g in self.groups]
@@ -69,9 +69,7 @@ class Hierarchy:
         self.H, self.n = len(self.groups), len(self.groups[0])
         self.node = CostModel.build(profile, topology, self.n, micro_batch,
                                     microbatches=microbatches, optimizer_states=optimizer_states,
-                                    stash=stash, cpu_copy_bw=cpu_copy_bw,
-                                    action_overhead_s=action_overhead_s,
-                                    allreduce_bw=allreduce_bw, compute_scale=compute_scale)
+                                    stash=stash, settings=settings)
         self.inter = min(topology.path_bandwidth(self.groups[g][q], self.groups[(g + 1) % self.H][q])
                          or 1e-9 for g in range(self.H) for q in range(self.n))
         self.devices = [d for g in self.groups for d in g]
@@ -203,8 +201,8 @@ class Hierarchy:
             g0 += h
         _, ok = self.evaluate(top, inner)
         mb = self.node.profile.batch_size
-        extra = {"fits": ok, "levels": {"hosts": self.H, "per_host": self.n,
-                                        "inter_bandwidth": self.inter},
+        extra = {"fits": ok, "settings": self.node.settings.to_dict(),
+                 "levels": {"hosts": self.H, "per_host": self.n, "inter_bandwidth": self.inter},
                  "top_stages": [list(x) for x in top]}
         return PipelinePlan(stages, self.L, mb, self.M, "hierarchical",
                             layer_names=[l.name for l in self.node.profile.layers],
@@ -215,11 +213,10 @@ class Hierarchy:
 def partition_hierarchical(profile: ModelProfile, topology: Topology, workers: int | None = None,
                            micro_batch: int | None = None, microbatches: int = 4,
                            optimizer_states: int = 1, stash: bool = True,
-                           cpu_copy_bw: float | None = None, action_overhead_s: float = 0.0,
-                           allreduce_bw: float | None = None, compute_scale: float = 1.0,
+                           settings: PlannerSettings = UNCALIBRATED,
                            **plan_kw) -> PipelinePlan:
     """The optimal hierarchical plan (see module doc) for `profile` on `topology`."""
     hier = Hierarchy(profile, topology, workers, micro_batch, microbatches, optimizer_states, stash,
-                     cpu_copy_bw, action_overhead_s, allreduce_bw, compute_scale)
+                     settings)
     t, top, inner = hier.solve()
     return hier.to_plan(top, inner, t, topology=topology.name, **plan_kw)

@@ -1,9 +1,11 @@
 """The pipeline runtime's own cost, measured: per schedule action, per step, per message.
 
-    cal = calibrate([[0], [1]], microbatches=8, topology=topo, cpu_copy_bw=bw)  # on every rank
-    predict(plan, prof, topo, "1f1b", action_overhead_s=cal["action_s"],
-            step_overhead_s=cal["step_s"] + optimizer_step_s, latency_s=cal["latency_s"])
-    partition(prof, topo, ..., action_overhead_s=cal["action_s"])
+    cal = calibrate([[0], [1]], microbatches=8, topology=topo,
+                    settings=PlannerSettings(cpu_copy_bw=bw))  # on every rank
+    s = cal.settings  # bw, with action_overhead_s, step_overhead_s, latency_s, allreduce_bw
+    partition(prof, topo, ..., settings=s)
+    predict(plan, prof, topo, "1f1b",
+            settings=s.replace(step_overhead_s=s.step_overhead_s + optimizer_step_s))
 
 The profile times layers; the executor also spends CPU time on every action of
 its schedule (Python dispatch, posting a receive, `isend`, the loss on the last
@@ -32,6 +34,7 @@ bytes per second, ``2 (W-1)/W * bytes / time``, which the partitioner and
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -39,6 +42,12 @@ import torch
 import torch.nn as nn
 
 from weft.errors import PlanError
+from weft.parallel.pipeline.runtime import Pipeline
+from weft.parallel.pipeline.schedule import build_schedule
+from weft.parallel.pipeline.stages import PipelinePlan, Stage
+from weft.planner.predict import predict
+from weft.planner.profile import profile_model
+from weft.planner.settings import UNCALIBRATED, PlannerSettings
 from weft.tensors import flatten
 
 FLUSH = ("gpipe", "1f1b", "interleaved")
@@ -96,8 +105,6 @@ def cpu_overhead(step_s: float, events: list[tuple], compute_s: float) -> float:
 def trivial_plan(stage_ranks: list[list[int]], micro_batch: int, microbatches: int,
                  chunks_per_stage: int = 1):
     """The calibration's plan: one trivial layer per chunk on `stage_ranks`."""
-    from weft.planner.plan import PipelinePlan, Stage
-
     S, v = len(stage_ranks), chunks_per_stage
     if v == 1:
         stages = [Stage((s, s + 1), list(r)) for s, r in enumerate(stage_ranks)]
@@ -156,24 +163,29 @@ def allreduce_bw(nbytes: int = 4 * 2**20, reps: int = 10) -> float:
     return 2 * (W - 1) / W * (nbytes // 8) * 2 * 4 / float(t)
 
 
+@dataclass(frozen=True)
+class Calibration:
+    """What `calibrate` measured. `settings`: the given settings with ``action_overhead_s``,
+    ``step_overhead_s``, ``latency_s`` and ``allreduce_bw`` measured; `measured` and
+    `predicted`: the trivial model's step seconds with M and 2M micro-batches ({M: s})."""
+
+    settings: PlannerSettings
+    measured: dict
+    predicted: dict
+
+
 def calibrate(stage_ranks: list[list[int]], microbatches: int, topology,
               schedule: str = "1f1b", micro_batch: int = 32, chunks_per_stage: int = 1,
-              cpu_copy_bw: float | None = None, steps: int = 20, reps: int = 5,
-              allreduce_bytes: int = 4 * 2**20) -> dict:
+              settings: PlannerSettings = UNCALIBRATED, steps: int = 20, reps: int = 5,
+              allreduce_bytes: int = 4 * 2**20) -> Calibration:
     """Measure the runtime's cost per action, per step and per message (call on every rank).
 
-    `topology`, `cpu_copy_bw`: what the predictions will use (bandwidth and copy terms
-    are predicted, not counted as overhead). Returns {'action_s', 'step_s', 'latency_s',
-    'allreduce_bw', 'measured': {M: s, 2M: s}, 'predicted': {M: s, 2M: s}} (the same on
-    every rank).
+    `topology`, ``settings.cpu_copy_bw``: what the predictions will use (bandwidth and copy
+    terms are predicted, not counted as overhead); the other fields of `settings` are
+    carried into the result unmeasured. Returns a `Calibration` (the same on every rank).
     """
     import torch.distributed as dist
     import torch.nn.functional as F
-
-    from weft.parallel.pipeline.runtime import Pipeline
-    from weft.parallel.pipeline.schedule import build_schedule
-    from weft.planner.predict import predict
-    from weft.planner.profile import profile_model
 
     if schedule not in FLUSH:
         raise PlanError(f"calibration runs flush schedules ({', '.join(FLUSH)}), not "
@@ -205,28 +217,30 @@ def calibrate(stage_ranks: list[list[int]], microbatches: int, topology,
 
     def step_of(M: int, lat: float) -> float:
         plan = trivial_plan(stage_ranks, micro_batch, M, chunks_per_stage)
-        return predict(plan, prof, topology, schedule, chunks_per_stage, step_overhead_s=c,
-                       cpu_copy_bw=cpu_copy_bw, action_overhead_s=o, latency_s=lat)["step_s"]
+        charged = PlannerSettings(cpu_copy_bw=settings.cpu_copy_bw, action_overhead_s=o,
+                                  step_overhead_s=c, latency_s=lat)
+        return predict(plan, prof, topology, schedule, chunks_per_stage, charged)["step_s"]
 
     lat = fit_latency(lambda v: step_of(m1, v), measured[m1])
     ar = allreduce_bw(allreduce_bytes)
-    out = [{"action_s": o, "step_s": c, "latency_s": lat, "allreduce_bw": ar,
-            "measured": measured,
-            "predicted": {m: step_of(m, lat) for m in (m1, m2)}}]
+    out = [Calibration(settings.replace(action_overhead_s=o, step_overhead_s=c, latency_s=lat,
+                                        allreduce_bw=ar),
+                       measured, {m: step_of(m, lat) for m in (m1, m2)})]
     dist.broadcast_object_list(out, src=0)
     return out[0]
 
 
-def _calibrate_rank(stage_ranks, microbatches, topology, schedule, micro_batch, cpu_copy_bw):
+def _calibrate_rank(stage_ranks, microbatches, topology, schedule, micro_batch, settings):
     return calibrate(stage_ranks, microbatches, topology, schedule, micro_batch,
-                     cpu_copy_bw=cpu_copy_bw)
+                     settings=settings)
 
 
 def calibrate_local(workers: int, microbatches: int, topology, schedule: str = "1f1b",
-                    micro_batch: int = 32, cpu_copy_bw: float | None = None) -> dict:
+                    micro_batch: int = 32,
+                    settings: PlannerSettings = UNCALIBRATED) -> Calibration:
     """`calibrate` on `workers` spawned local gloo ranks, one stage per rank."""
     from weft.launch import launch
 
     stages = [[r] for r in range(workers)]
     return launch(_calibrate_rank, workers, args=(stages, microbatches, topology, schedule,
-                                                  micro_batch, cpu_copy_bw), timeout=120)[0]
+                                                  micro_batch, settings), timeout=120)[0]

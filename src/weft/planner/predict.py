@@ -1,29 +1,34 @@
 """Predicted throughput of a plan under a schedule: simulate its action lists.
 
-Each F/B takes the stage's profiled forward/backward time (profile rescaled to
-the plan's micro-batch) times ``compute_scale`` (the measured slowdown of compute
-when every rank computes at once, `weft.planner.contention`; 1 by default),
-each transfer ``bytes / bandwidth + latency`` on the path between the two
-ranks' devices, each send ``send_overhead_s`` on the sender; with
-``cpu_copy_bw`` (bytes/s; loopback gloo, where the sender's and the receiver's
-CPUs copy every message) each send and each receive also occupies its rank for
-``bytes / cpu_copy_bw``, on top of the link time; with ``action_overhead_s`` (the runtime's own cost per action, measured
-by `weft.planner.overhead.calibrate`) every action of every rank (F, B, each send
-and receive, PipeDream's updates) takes that much longer, and ``step_overhead_s``
-is added once per step (optimizer step, flush); a flush schedule then all-reduces
-replicated stages' gradients (ring cost, plus with ``cpu_copy_bw`` the copies of the bytes each replica sends and
-receives) before the next step. PipeDream is simulated over many micro-batches and
-reported at its steady rate.
+The costs beyond the profile and the topology come from one `PlannerSettings`
+(``settings.cpu_copy_bw``, ...; `weft.planner.settings`). Each F/B takes the
+stage's profiled forward/backward time (profile rescaled to the plan's
+micro-batch) times ``compute_scale`` (the measured slowdown of compute when
+every rank computes at once, `weft.planner.contention`; 1 by default), each
+transfer ``bytes / bandwidth + latency`` on the path between the two ranks'
+devices (``latency_s`` when set, else the link's); with ``cpu_copy_bw``
+(bytes/s; loopback gloo, where the sender's and the receiver's CPUs copy every
+message) each send and each receive also occupies its rank for
+``bytes / cpu_copy_bw``, on top of the link time; with ``action_overhead_s``
+(the runtime's own cost per action, measured by `weft.planner.overhead.calibrate`)
+every action of every rank (F, B, each send and receive, PipeDream's updates)
+takes that much longer, and ``step_overhead_s`` is added once per step
+(optimizer step, flush); a flush schedule then all-reduces replicated stages'
+gradients (ring cost, plus with ``cpu_copy_bw`` the copies of the bytes each
+replica sends and receives; ``allreduce_bw`` instead when set) before the next
+step. PipeDream is simulated over many micro-batches and reported at its steady
+rate.
 """
 
 from __future__ import annotations
 
 from weft.errors import PlanError
-from weft.parallel.pipeline.schedule import build_schedule, simulate
+from weft.parallel.pipeline.schedule import build_schedule, simulate_pipeline
+from weft.parallel.pipeline.stages import PipelinePlan
 from weft.planner.contention import settle_scales
-from weft.planner.partition import check_scale, equal_bounds, workers_of
-from weft.planner.plan import PipelinePlan
+from weft.planner.cost import workers_of
 from weft.planner.profile import ModelProfile
+from weft.planner.settings import UNCALIBRATED, PlannerSettings
 from weft.topology.model import Topology
 
 
@@ -33,18 +38,15 @@ def _latency(topo: Topology, a: str, b: str) -> float:
 
 
 def predict(plan: PipelinePlan, profile: ModelProfile, topology: Topology,
-            schedule: str = "1f1b", chunks_per_stage: int = 1, send_overhead_s: float = 0.0,
-            step_overhead_s: float = 0.0, cpu_copy_bw: float | None = None,
-            action_overhead_s: float = 0.0, latency_s: float | None = None,
-            allreduce_bw: float | None = None, compute_scale: float = 1.0,
-            contention: str = "all") -> dict:
+            schedule: str = "1f1b", chunks_per_stage: int = 1,
+            settings: PlannerSettings = UNCALIBRATED, contention: str = "all") -> dict:
     """{'step_s', 'samples_per_s', 'bubble'} predicted for `plan` run with `schedule`.
 
-    latency_s: the one-way latency of a message between two ranks as the runtime sees
-    it (`weft.planner.overhead.calibrate`), instead of the topology's link latency;
-    allreduce_bw: the measured ring bytes/s of the runtime's gradient all-reduce, instead
-    of the link and copy terms; compute_scale: the measured slowdown k of compute with
-    every rank computing at once (`weft.planner.contention`). contention='all' multiplies
+    settings: the measured costs to charge (all six fields; see the module doc and
+    `weft.planner.settings`): ``latency_s`` replaces the topology's link latency,
+    ``allreduce_bw`` the link and copy terms of the gradient all-reduce, and
+    ``compute_scale`` is the measured slowdown k of compute with every rank computing at
+    once (`weft.planner.contention`). contention='all' multiplies
     every profiled forward and backward time (and the per-stage autograd call) by k;
     'overlap' charges rank r ``1 + (k - 1) * u_r``, with u_r the fraction of its F/B time
     during which the other ranks run F/B too (mean over them), found by re-simulating
@@ -54,10 +56,10 @@ def predict(plan: PipelinePlan, profile: ModelProfile, topology: Topology,
     prof = profile.scaled(plan.micro_batch)
     devs = workers_of(topology, plan.workers)
     ranks = [st.ranks for st in plan.stages]
-    bounds = plan.boundaries()
-    if chunks_per_stage > 1:
-        bounds = equal_bounds(plan.num_layers, plan.num_stages * chunks_per_stage)
-    k = check_scale(compute_scale)
+    bounds = plan.chunk_bounds(chunks_per_stage)
+    k = settings.compute_scale
+    cpu_copy_bw, latency_s, allreduce_bw = (settings.cpu_copy_bw, settings.latency_s,
+                                            settings.allreduce_bw)
     if contention not in ("all", "overlap"):
         raise PlanError(f"contention must be 'all' or 'overlap', got {contention!r}")
     fwd = [sum(l.forward_s for l in prof.layers[i:j]) for i, j in bounds]
@@ -75,16 +77,14 @@ def predict(plan: PipelinePlan, profile: ModelProfile, topology: Topology,
         return nbytes(a) / cpu_copy_bw if cpu_copy_bw and a.peer != rank else 0.0
 
     def duration(rank, a):
-        return action_overhead_s + work(rank, a)
+        return settings.action_overhead_s + work(rank, a)
 
     def work(rank, a):
         if a.kind == "F":
             return scales[rank] * fwd[a.chunk]
         if a.kind == "B":
             return scales[rank] * bwd[a.chunk]
-        if a.kind.startswith("SEND"):
-            return send_overhead_s + copy(rank, a)
-        if a.kind.startswith("RECV"):
+        if a.kind.startswith(("SEND", "RECV")):
             return copy(rank, a)
         return 0.0
 
@@ -96,11 +96,11 @@ def predict(plan: PipelinePlan, profile: ModelProfile, topology: Topology,
         return nbytes(a) / topology.path_bandwidth(src, dst) + lat
 
     scales = {r: k for r in sched}
-    res = simulate(sched, duration, transfer)
+    res = simulate_pipeline(sched, duration, transfer)
     if contention == "overlap" and k != 1.0:
         def run(sc):
             scales.update(sc)
-            return simulate(sched, duration, transfer)
+            return simulate_pipeline(sched, duration, transfer)
 
         scales, res = settle_scales(sched, k, run)
     sync = 0.0
@@ -117,9 +117,9 @@ def predict(plan: PipelinePlan, profile: ModelProfile, topology: Topology,
     if schedule == "pipedream":
         # steady state: the busiest rank's work per micro-batch (no flush, no bubble)
         per_mb = max(res["busy"].values()) / n
-        step = per_mb * M + sync + step_overhead_s
+        step = per_mb * M + sync + settings.step_overhead_s
         return {"step_s": step, "samples_per_s": M * plan.micro_batch / step, "bubble": 0.0,
                 "compute_scales": dict(scales)}
-    step = res["makespan"] + sync + step_overhead_s
+    step = res["makespan"] + sync + settings.step_overhead_s
     return {"step_s": step, "samples_per_s": M * plan.micro_batch / step,
             "bubble": res["bubble"], "compute_scales": dict(scales)}

@@ -3,7 +3,7 @@
     prof = profile_model(model, torch.randn(32, 64))  # nn.Sequential, fx- or export-traceable
     prof.save("mlp.profile.json"); ModelProfile.load("mlp.profile.json")
 
-Each layer (see `weft.planner.layers`) is run on the real output of the layer
+Each layer (see `weft.parallel.pipeline.layers`) is run on the real output of the layer
 before it: the forward is timed, then the backward w.r.t. its input and its
 parameters (median of `repeats` runs after a warm-up). `saved_bytes` is what
 autograd keeps for the backward, measured with `saved_tensors_hooks`, and
@@ -31,7 +31,7 @@ import torch.nn as nn
 from weft.atomic import write_text
 from weft.errors import PlanError
 from weft.files import read_json
-from weft.planner.layers import as_sequential
+from weft.parallel.pipeline.layers import as_sequential
 
 FORMAT = "weft.profile/1"
 
@@ -228,7 +228,7 @@ def profile_model(model: nn.Module, sample: torch.Tensor, repeats: int = 5,
     `threads` sets torch's intra-op threads while profiling (default 1, what each
     local rank uses); None keeps the current setting. `trace` picks how a
     non-Sequential model is cut into layers: 'fx', 'export' or 'auto' (fx, then
-    torch.export on `sample`; see `weft.planner.layers`). `statistic`: per-layer 'median'
+    torch.export on `sample`; see `weft.parallel.pipeline.layers`). `statistic`: per-layer 'median'
     of the repeats (default) or 'min' (see `sequence_times`).
     """
     seq = as_sequential(model, sample, trace)

@@ -26,10 +26,10 @@ import torch.nn as nn
 
 from weft.collectives.communicator import TorchCommunicator
 from weft.errors import PlanError, WeftError
-from weft.parallel.pipeline.schedule import COMPUTE, Action, build_schedule, simulate
+from weft.parallel.pipeline.actions import COMPUTE, Action
+from weft.parallel.pipeline.layers import as_sequential
+from weft.parallel.pipeline.schedule import build_schedule, validate_schedule
 from weft.parallel.pipeline.stash import WeightStash
-from weft.planner.layers import as_sequential
-from weft.planner.partition import equal_bounds
 from weft.tensors import flatten, unflatten
 
 
@@ -88,9 +88,7 @@ class Pipeline:
     @classmethod
     def from_plan(cls, model, plan, loss_fn, schedule="1f1b", chunks_per_stage: int = 1, **kw):
         ranks = [st.ranks for st in plan.stages]
-        bounds = plan.boundaries()
-        if chunks_per_stage > 1:  # interleaved: S*v equal chunks, chunk c on stage c % S
-            bounds = equal_bounds(plan.num_layers, plan.num_stages * chunks_per_stage)
+        bounds = plan.chunk_bounds(chunks_per_stage)  # interleaved: chunk c on stage c % S
         kw.setdefault("microbatches", plan.microbatches)
         return cls(model, bounds, ranks, loss_fn, schedule, **kw)
 
@@ -234,7 +232,7 @@ class Pipeline:
         n = microbatches or self.M
         if n not in self._schedules:
             sched = build_schedule(self.kind, self.stage_ranks, n, self.v)
-            simulate(sched)  # raises PlanError if it could deadlock
+            validate_schedule(sched, self.stage_ranks, n, self.v)  # e.g. it could deadlock
             self._schedules[n] = sched
         return self._schedules[n]
 
@@ -267,7 +265,7 @@ class Pipeline:
             if n % len(reps):
                 raise PlanError(f"{n} micro-batches do not split over {len(reps)} replicas")
         sched = build_schedule("pipedream", self.stage_ranks, n)
-        simulate(sched)
+        validate_schedule(sched, self.stage_ranks, n)
         versions = None
         if self.vertical_sync:  # the version stage 0 uses = updates it made before F(mb)
             versions, done = {}, 0
@@ -286,8 +284,3 @@ class Pipeline:
     def stash_log(self) -> dict[int, dict]:
         """{chunk: {micro-batch: versions and weight checksums at forward and backward}}."""
         return {c: dict(self.stash[c].log) for c in self.my_chunks}
-
-    def parameters_by_layer(self) -> dict[int, list[torch.Tensor]]:
-        """{layer index: its parameters} for the layers this rank holds."""
-        return {l: [p.detach().clone() for p in self.layers[l].parameters()]
-                for c in self.my_chunks for l in range(*self.bounds[c])}

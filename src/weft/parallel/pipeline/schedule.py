@@ -1,40 +1,31 @@
-"""Pipeline schedules as data: per rank, an ordered list of actions.
+"""Pipeline schedules as data: per rank, an ordered list of actions (`actions.Action`).
 
-An action is ``F`` (forward of micro-batch ``mb`` through model chunk
-``chunk``), ``B`` (its backward), or a transfer: ``SEND_F``/``RECV_F`` (the
-activation leaving/entering a chunk) and ``SEND_B``/``RECV_B`` (the gradient
-going back). Transfers name their ``peer`` rank. Chunks are numbered along the
-model; with ``v`` chunks per stage (interleaved) chunk c lives on virtual stage
-``c % S``. A virtual stage replicated r times gives micro-batch mb to replica
-``mb % r``.
+A builder first writes each rank's compute-only order (F, B and PipeDream's U) and
+`lower` adds the transfers every builder shares: before a forward of chunk c > 0 the
+receive of its input from the rank holding chunk c - 1, after it the send of its output
+to the rank holding chunk c + 1, and the mirror image around a backward. Chunks are
+numbered along the model; with ``v`` chunks per stage (interleaved) chunk c lives on
+virtual stage ``c % S``. A virtual stage replicated r times gives micro-batch mb to
+replica ``mb % r``.
 
 Kinds: ``gpipe`` (all forwards, then all backwards), ``1f1b`` (1F1B with a
 flush), ``interleaved`` (Megatron's interleaved 1F1B, v >= 2 chunks per stage)
 and ``pipedream`` (1F1B without flush; each backward is followed by a weight
-update, ``U``). `simulate` runs a schedule without processes: it finds
-deadlocks and unmatched transfers, and with per-action durations predicts the
-makespan and the bubble fraction.
+update, ``U``). `validate_schedule` checks that a schedule (built, or loaded with
+`actions.load_csv`) runs every forward and backward once on its rank, in order, with
+each transfer between the right ranks; `simulate_pipeline` runs a schedule without
+processes: it finds deadlocks and unmatched transfers, and with per-action durations
+predicts the makespan and the bubble fraction.
 """
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from typing import Callable
 
 from weft.errors import PlanError
+from weft.parallel.pipeline.actions import COMPUTE, TRANSFERS, Action
 
 KINDS = ("gpipe", "1f1b", "interleaved", "pipedream")
-COMPUTE = ("F", "B")
-
-
-class Action(NamedTuple):
-    kind: str  # F, B, U, SEND_F, RECV_F, SEND_B, RECV_B
-    mb: int
-    chunk: int
-    peer: int = -1
-
-    def __repr__(self) -> str:
-        peer = f"@{self.peer}" if self.peer >= 0 else ""
-        return f"{self.kind}{self.mb}.{self.chunk}{peer}"
 
 
 def _stage_order(kind: str, s: int, S: int, M: int, v: int) -> list[tuple[str, int, int]]:
@@ -64,9 +55,10 @@ def _stage_order(kind: str, s: int, S: int, M: int, v: int) -> list[tuple[str, i
     return ops
 
 
-def build_schedule(kind: str, stage_ranks: list[list[int]], microbatches: int,
-                   chunks_per_stage: int = 1) -> dict[int, list[Action]]:
-    """Per-rank action lists for `kind` on virtual stages `stage_ranks[s]` (replicas)."""
+def compute_order(kind: str, stage_ranks: list[list[int]], microbatches: int,
+                  chunks_per_stage: int = 1) -> dict[int, list[Action]]:
+    """Per-rank compute-only action lists (F, B, and U for pipedream) of schedule `kind` on
+    virtual stages `stage_ranks[s]` (replicas)."""
     if kind not in KINDS:
         raise PlanError(f"unknown schedule {kind!r}; choose one of {', '.join(KINDS)}")
     S, M, v = len(stage_ranks), microbatches, chunks_per_stage
@@ -82,34 +74,121 @@ def build_schedule(kind: str, stage_ranks: list[list[int]], microbatches: int,
             raise PlanError("interleaved 1F1B does not support replicated stages")
     elif v != 1:
         raise PlanError(f"schedule {kind!r} runs one chunk per stage, got {v}")
-    C = S * v
-
-    def owner(c: int, m: int) -> int:
-        reps = stage_ranks[c % S]
-        return reps[m % len(reps)]
-
     out: dict[int, list[Action]] = {r: [] for reps in stage_ranks for r in reps}
     for s, reps in enumerate(stage_ranks):
         for idx, rank in enumerate(reps):
-            acts = out[rank]
             for op, m, c in _stage_order(kind, s, S, M, v):
-                if m % len(reps) != idx:
-                    continue
-                if op == "F":
-                    if c > 0:
-                        acts.append(Action("RECV_F", m, c, owner(c - 1, m)))
-                    acts.append(Action("F", m, c))
-                    if c < C - 1:
-                        acts.append(Action("SEND_F", m, c, owner(c + 1, m)))
-                else:
-                    if c < C - 1:
-                        acts.append(Action("RECV_B", m, c, owner(c + 1, m)))
-                    acts.append(Action("B", m, c))
-                    if c > 0:
-                        acts.append(Action("SEND_B", m, c, owner(c - 1, m)))
-                    if kind == "pipedream":
-                        acts.append(Action("U", m, c))
+                if m % len(reps) == idx:
+                    out[rank].append(Action(op, m, c))
+                    if op == "B" and kind == "pipedream":
+                        out[rank].append(Action("U", m, c))
     return out
+
+
+def owner(stage_ranks: list[list[int]], chunk: int, mb: int) -> int:
+    """The rank that runs `chunk` for micro-batch `mb`: replica ``mb % r`` of virtual stage
+    ``chunk % S``."""
+    reps = stage_ranks[chunk % len(stage_ranks)]
+    return reps[mb % len(reps)]
+
+
+def lower(compute: dict[int, list[Action]], stage_ranks: list[list[int]],
+          chunks_per_stage: int = 1) -> dict[int, list[Action]]:
+    """A compute-only schedule with its transfers added (see the module doc): RECV_F before
+    and SEND_F after a forward, RECV_B before and SEND_B after a backward, with the peers
+    `owner` gives; U and any transfers already there are kept as they are."""
+    C = len(stage_ranks) * chunks_per_stage
+    out: dict[int, list[Action]] = {}
+    for rank, acts in compute.items():
+        full = out[rank] = []
+        for a in acts:
+            m, c = a.mb, a.chunk
+            if a.kind == "F":
+                if c > 0:
+                    full.append(Action("RECV_F", m, c, owner(stage_ranks, c - 1, m)))
+                full.append(a)
+                if c < C - 1:
+                    full.append(Action("SEND_F", m, c, owner(stage_ranks, c + 1, m)))
+            elif a.kind == "B":
+                if c < C - 1:
+                    full.append(Action("RECV_B", m, c, owner(stage_ranks, c + 1, m)))
+                full.append(a)
+                if c > 0:
+                    full.append(Action("SEND_B", m, c, owner(stage_ranks, c - 1, m)))
+            else:
+                full.append(a)
+    return out
+
+
+def build_schedule(kind: str, stage_ranks: list[list[int]], microbatches: int,
+                   chunks_per_stage: int = 1) -> dict[int, list[Action]]:
+    """Per-rank action lists for `kind` on virtual stages `stage_ranks[s]` (replicas):
+    `compute_order`, lowered to sends and receives by `lower`."""
+    compute = compute_order(kind, stage_ranks, microbatches, chunks_per_stage)
+    return lower(compute, stage_ranks, chunks_per_stage)
+
+
+def validate_schedule(schedule: dict[int, list[Action]], stage_ranks: list[list[int]],
+                      microbatches: int, chunks_per_stage: int = 1) -> dict:
+    """Check that `schedule` runs the pipeline `stage_ranks` x `microbatches` (x chunks per
+    stage) as the runtime executes it: every rank of the plan and no other; every action at
+    most once, on the rank `owner` gives; each forward and backward of every (micro-batch,
+    chunk) and each send they need present; an action only after what it needs on its rank
+    (F after the receive of its input, B after its F and the receive of its gradient, a send
+    after what it sends, U after its B); every transfer to or from the owner of the
+    neighbouring chunk; then `simulate_pipeline` (no deadlock, every send received).
+    Returns the simulation; raises PlanError naming the rank and the action."""
+    C = len(stage_ranks) * chunks_per_stage
+    ranks = sorted(r for reps in stage_ranks for r in reps)
+    if sorted(schedule) != ranks:
+        raise PlanError(f"schedule has ranks {sorted(schedule)}; the plan has {ranks}")
+    seen: set[tuple] = set()
+    for rank, acts in schedule.items():
+        for k, a in enumerate(acts):
+            where = f"rank {rank}, action {k} ({a})"
+            m, c = a.mb, a.chunk
+            if not (0 <= c < C and 0 <= m < microbatches):
+                raise PlanError(f"{where}: chunk or micro-batch out of range (chunks 0..{C - 1},"
+                                f" micro-batches 0..{microbatches - 1})")
+            if owner(stage_ranks, c, m) != rank:
+                raise PlanError(f"{where}: chunk {c} of micro-batch {m} runs on rank "
+                                f"{owner(stage_ranks, c, m)}")
+            if a.kind in TRANSFERS:
+                nb = c - 1 if a.kind in ("RECV_F", "SEND_B") else c + 1
+                if not 0 <= nb < C or a.peer != owner(stage_ranks, nb, m):
+                    raise PlanError(f"{where}: chunk {nb} of micro-batch {m} is not on rank "
+                                    f"{a.peer}")
+            if (a.kind, m, c) in seen:
+                raise PlanError(f"{where}: appears twice")
+            for need in _needs(a, stage_ranks, C):
+                if need[:3] not in seen:
+                    raise PlanError(f"{where}: comes before {need}, which it needs")
+            seen.add((a.kind, m, c))
+    wanted = [_action(k, m, c, stage_ranks) for m in range(microbatches) for c in range(C)
+              for k, ok in (("F", True), ("B", True), ("SEND_F", c < C - 1), ("SEND_B", c > 0))
+              if ok]
+    missing = [a for a in wanted if a[:3] not in seen]
+    if missing:
+        raise PlanError(f"schedule never runs {', '.join(map(str, missing[:4]))}"
+                        f"{' ...' if len(missing) > 4 else ''}")
+    return simulate_pipeline(schedule)
+
+
+def _action(kind: str, mb: int, chunk: int, stage_ranks: list[list[int]]) -> Action:
+    """The action `kind` of (mb, chunk), with the peer a transfer has in a lowered schedule."""
+    if kind in TRANSFERS:
+        nb = chunk - 1 if kind in ("RECV_F", "SEND_B") else chunk + 1
+        return Action(kind, mb, chunk, owner(stage_ranks, nb, mb))
+    return Action(kind, mb, chunk)
+
+
+def _needs(a: Action, stage_ranks: list[list[int]], C: int) -> list[Action]:
+    """The actions that must come before `a` on its rank."""
+    m, c = a.mb, a.chunk
+    kinds = {"F": ["RECV_F"] if c > 0 else [],
+             "B": ["F"] + (["RECV_B"] if c < C - 1 else []),
+             "SEND_F": ["F"], "SEND_B": ["B"], "U": ["B"], "RECV_F": [], "RECV_B": []}[a.kind]
+    return [_action(k, m, c, stage_ranks) for k in kinds]
 
 
 def message_key(a: Action, rank: int) -> tuple:
@@ -125,9 +204,9 @@ def message_key(a: Action, rank: int) -> tuple:
     raise ValueError(a)
 
 
-def simulate(schedule: dict[int, list[Action]],
-             duration: Callable[[int, Action], float] | None = None,
-             transfer: Callable[[int, Action], float] | None = None) -> dict:
+def simulate_pipeline(schedule: dict[int, list[Action]],
+                      duration: Callable[[int, Action], float] | None = None,
+                      transfer: Callable[[int, Action], float] | None = None) -> dict:
     """Run `schedule` as-soon-as-possible: sends never block, a receive waits for its send.
 
     Raises PlanError on a deadlock or an unmatched transfer. Returns the makespan,

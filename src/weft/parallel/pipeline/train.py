@@ -1,4 +1,9 @@
-"""Train a model spec with a pipeline plan on local gloo ranks (what `weft train --plan` runs)."""
+"""Train a model spec with a pipeline plan on local gloo ranks (what `weft train --plan` runs).
+
+A spec without ``dataset()`` trains on `DEFAULT_DATASET`, scikit-learn's digits flattened to
+64 features (``digits(flat=True)``), resolved by name through `weft.model_spec` at run time:
+the demo data sits in a higher layer than the runtime, which therefore never imports it.
+"""
 
 from __future__ import annotations
 
@@ -7,15 +12,28 @@ import time
 import torch
 import torch.distributed as dist
 
+from weft.errors import PlanError
+from weft.model_spec import extra, load_model, load_module
 from weft.parallel.pipeline.runtime import Pipeline
-from weft.planner.plan import PipelinePlan
-from weft.model_spec import extra, load_model
+from weft.parallel.pipeline.stages import PipelinePlan
+
+
+DEFAULT_DATASET = "weft.demo.data:digits"
+# weft/data.py moves to weft/demo/data.py in the same change (issue 13); until both have
+# landed the old name is tried second
+_OLD_DEFAULT_DATASET = "weft.data:digits"
 
 
 def default_dataset():
-    from weft.data import digits
-
-    return digits(flat=True)
+    """(train, test) of `DEFAULT_DATASET` with ``flat=True``."""
+    for spec in (DEFAULT_DATASET, _OLD_DEFAULT_DATASET):
+        try:
+            mod, attr = load_module(spec)
+        except PlanError:
+            continue
+        return getattr(mod, attr)(flat=True)
+    raise PlanError(f"the model spec defines no dataset() and the default {DEFAULT_DATASET} "
+                    "cannot be imported; define dataset() returning (train, test)")
 
 
 def rank_main(plan_dict: dict, spec: str, schedule: str, epochs: int, lr: float,
@@ -62,7 +80,7 @@ def rank_main(plan_dict: dict, spec: str, schedule: str, epochs: int, lr: float,
 
 def evaluate(spec: str, states: list[dict]) -> float | None:
     """Test accuracy of the model assembled from every rank's layers."""
-    from weft.planner.layers import as_sequential
+    from weft.parallel.pipeline.layers import as_sequential
 
     make = extra(spec, "example_input")
     model = as_sequential(load_model(spec), make(2) if make else None)

@@ -8,11 +8,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from weft.errors import PlanError
-from weft.parallel.pipeline.schedule import build_schedule, simulate
-from weft.planner.hierarchy import Hierarchy, is_hierarchical
-from weft.planner.partition import partition
-from weft.planner.plan import PipelinePlan
-from weft.planner.profile import LayerProfile, ModelProfile
+from weft.parallel.pipeline.schedule import build_schedule, simulate_pipeline
+from weft.parallel.pipeline.stages import PipelinePlan
+from weft.planner import (Hierarchy, LayerProfile, ModelProfile, PlannerSettings, is_hierarchical,
+                          partition)
 from weft.topology.builders import multi_node, ring
 from weft.topology.model import Topology
 
@@ -78,7 +77,7 @@ def brute_force(hier, max_top=None):
 
 def cross_host_sends(plan, n):
     sched = build_schedule("1f1b", [s.ranks for s in plan.stages], plan.microbatches)
-    simulate(sched)
+    simulate_pipeline(sched)
     return sum(1 for r, acts in sched.items() for a in acts
                if a.kind == "SEND_F" and a.peer // n != r // n)
 
@@ -94,7 +93,8 @@ layer = st.tuples(st.floats(0.01, 5), st.floats(0.01, 5), st.floats(1, 1e4),
 def test_hierarchical_dp_matches_brute_force(rows, shape, inter, mem, m, stash, copy_bw):
     H, n = shape
     topo = hosts(H, n, 1e6, inter, mem)
-    hier = Hierarchy(make_profile(rows), topo, microbatches=m, stash=stash, cpu_copy_bw=copy_bw)
+    hier = Hierarchy(make_profile(rows), topo, microbatches=m, stash=stash,
+                     settings=PlannerSettings(cpu_copy_bw=copy_bw))
     # level 0 (every layer range at once) equals the flat DP of each prefix
     a0 = hier.level0()
     for j in range(1, hier.L + 1):

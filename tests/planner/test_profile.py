@@ -5,34 +5,8 @@ import torch
 import torch.nn as nn
 
 from weft.errors import PlanError
-from weft.planner.layers import as_sequential
-from weft.planner.profile import ModelProfile, profile_model
-
-
-class Residual(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.a, self.b, self.c = nn.Linear(8, 8), nn.Linear(8, 8), nn.Linear(8, 3)
-
-    def forward(self, x):
-        h = torch.relu(self.a(x))
-        h = h + self.b(h)
-        return self.c(h)
-
-
-class Branchy(nn.Module):
-    def forward(self, x):
-        return x if x.sum() > 0 else -x
-
-
-class Untraceable(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.stem = nn.Linear(8, 8)
-        self.body = nn.Sequential(nn.ReLU(), Branchy())
-
-    def forward(self, x):
-        return self.body(self.stem(x))
+from weft.parallel.pipeline.layers import as_sequential
+from weft.planner import ModelProfile, profile_model
 
 
 def test_sequential_profile_fields():
@@ -49,26 +23,6 @@ def test_sequential_profile_fields():
     # a linear layer saves its input for the weight gradient
     assert prof.layers[0].saved_bytes >= 8 * 16 * 4
     assert prof.scaled(16).layers[0].output_bytes == 16 * 32 * 4
-
-
-def test_traced_model_is_cut_only_at_single_tensor_boundaries():
-    torch.manual_seed(0)
-    model = Residual()
-    seq = as_sequential(model)
-    x = torch.randn(5, 8)
-    assert torch.allclose(seq(x), model(x))
-    # the residual add keeps b and the add in one layer; a, relu and c are separate
-    assert len(seq) == 4
-    for layer in seq:  # each piece runs alone on one tensor
-        x = layer(x)
-
-
-def test_untraceable_model_names_failing_module_and_split_points():
-    with pytest.raises(PlanError) as err:
-        as_sequential(Untraceable())
-    msg = str(err.value)
-    assert "'body.1'" in msg and "Branchy" in msg
-    assert "split points: stem, body" in msg
 
 
 def test_profile_cache_and_json_roundtrip(tmp_path):
@@ -116,7 +70,7 @@ def test_sequence_times_leave_model_untouched_and_time_every_layer():
 def test_stage_overhead_is_recorded_and_charged_once_per_stage():
     from dataclasses import replace
 
-    from weft.planner.partition import CostModel
+    from weft.planner import CostModel
 
     prof = profile_model(nn.Sequential(nn.Linear(8, 8), nn.ReLU()), torch.randn(4, 8),
                          repeats=2, use_cache=False)
@@ -129,57 +83,10 @@ def test_stage_overhead_is_recorded_and_charged_once_per_stage():
     assert cm.stage_time(0, 1, 0, 1) == pytest.approx(2 * (3.0 + 0.5))
 
 
-class Block(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.a, self.b = nn.Linear(8, 8), nn.Linear(8, 8)
-
-    def forward(self, x):
-        h = torch.relu(self.a(x))
-        return h + self.b(h)
-
-
-class ShapeBranch(nn.Module):
-    """torch.fx rejects the shape test (a Proxy in control flow); torch.export specialises it."""
-
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(0)
-        self.stem = nn.Linear(4, 8)
-        self.blocks = nn.ModuleList([Block(), Block()])
-        self.head = nn.Linear(8, 3)
-
-    def forward(self, x):
-        if x.shape[-1] == 4:
-            x = self.stem(x)
-        for blk in self.blocks:
-            x = blk(x)
-        return self.head(x.view(x.size(0), -1))
-
-
-def test_export_path_cuts_untraceable_model_at_its_blocks():
-    import torch.fx as fx
-
-    model = ShapeBranch()
-    with pytest.raises(fx.proxy.TraceError):
-        fx.symbolic_trace(model)
-    with pytest.raises(PlanError, match="pass an example input to try torch.export"):
-        as_sequential(model)
-    seq = as_sequential(model, torch.randn(5, 4))
-    assert [n for n, _ in seq.named_children()] == ["stem", "blocks_0", "blocks_1", "view", "head"]
-    assert sum(p.numel() for p in seq.parameters()) == sum(p.numel() for p in model.parameters())
-    x = torch.randn(7, 4)  # another batch size: the batch dimension stays dynamic
-    assert torch.allclose(seq(x), model(x), atol=1e-6)
-    # each piece runs alone on one tensor, and gradients reach every parameter
-    h = x
-    for layer in seq:
-        h = layer(h)
-    h.sum().backward()
-    assert all(p.grad is not None for p in seq.parameters())
-
-
 def test_export_profile_partition_stages_equal_whole_model():
-    from weft.planner.partition import equal_layers, partition
+    from tests.parallel.pipeline.test_layer_chain import ShapeBranch
+
+    from weft.planner import equal_layers, partition
     from weft.topology.builders import ring
 
     model, x = ShapeBranch(), torch.randn(6, 4)
@@ -195,21 +102,3 @@ def test_export_profile_partition_stages_equal_whole_model():
             h = stage(h)
         assert torch.allclose(h, model(x), atol=1e-6)
     assert len(stages) == 3
-
-
-def test_export_forced_on_traceable_model_and_bad_method():
-    model = Residual()
-    x = torch.randn(3, 8)
-    seq = as_sequential(model, x, method="export")
-    assert torch.allclose(seq(x), model(x), atol=1e-6)
-    with pytest.raises(PlanError, match="trace method must be one of"):
-        as_sequential(model, x, method="jit")
-
-
-def test_neither_fx_nor_export_names_failing_module():
-    with pytest.raises(PlanError) as err:
-        as_sequential(Untraceable(), torch.randn(2, 8))
-    msg = str(err.value)
-    assert "torch.fx" in msg and "torch.export" in msg
-    assert "module 'body.1' (Branchy)" in msg
-    assert "split points: stem, body" in msg

@@ -7,9 +7,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from weft.errors import PlanError
-from weft.planner.partition import CostModel, equal_layers, partition
-from weft.planner.plan import PipelinePlan
-from weft.planner.profile import LayerProfile, ModelProfile
+from weft.parallel.pipeline.stages import PipelinePlan
+from weft.planner import (CostModel, LayerProfile, ModelProfile, PlannerSettings, equal_layers,
+                          partition)
 from weft.topology.builders import multi_node, ring
 from weft.topology.model import Topology
 
@@ -62,8 +62,8 @@ layer = st.tuples(st.floats(0.01, 5), st.floats(0.01, 5), st.floats(1, 1e4),
 def test_dp_matches_brute_force(rows, per_host, inter, mem, m, stash, copy_bw, over):
     prof = make_profile(rows)
     topo = two_hosts(per_host, 1e6, inter, mem)
-    cm = CostModel.build(prof, topo, microbatches=m, stash=stash, cpu_copy_bw=copy_bw,
-                         action_overhead_s=over)
+    cm = CostModel.build(prof, topo, microbatches=m, stash=stash,
+                         settings=PlannerSettings(cpu_copy_bw=copy_bw, action_overhead_s=over))
     expected = brute_force(cm)
     if not np.isfinite(expected):
         with pytest.raises(PlanError, match="does not fit"):
@@ -142,14 +142,14 @@ def test_too_many_workers():
 
 
 def test_cpu_copy_charge_on_stage_time_and_prediction():
-    from weft.planner.plan import from_boundaries
-    from weft.planner.predict import predict
+    from weft.parallel.pipeline.stages import from_boundaries
+    from weft.planner import predict
 
     rows = [(1, 1, 100, 0, 0), (1, 1, 300, 0, 0), (1, 1, 7, 0, 0)]
     prof = make_profile(rows)
     topo = ring(3, bandwidth=1e9)
     plain = CostModel.build(prof, topo, microbatches=2)
-    cm = CostModel.build(prof, topo, microbatches=2, cpu_copy_bw=100.0)
+    cm = CostModel.build(prof, topo, microbatches=2, settings=PlannerSettings(cpu_copy_bw=100.0))
     # the middle stage receives layer 0's output and sends layer 1's (and the gradients back)
     assert cm.stage_time(1, 2, 1, 1) - plain.stage_time(1, 2, 1, 1) == \
         pytest.approx(2 * 2 * (100 + 300) / 100.0)
@@ -167,5 +167,5 @@ def test_cpu_copy_charge_on_stage_time_and_prediction():
     t.add_link("a", "b", 1e15, 1e-12)
     plan = from_boundaries([(0, 1), (1, 2)], micro_batch=1, microbatches=1)
     assert predict(plan, prof2, t, "1f1b")["step_s"] == pytest.approx(0.0, abs=1e-6)
-    got = predict(plan, prof2, t, "1f1b", cpu_copy_bw=1e6)["step_s"]
+    got = predict(plan, prof2, t, "1f1b", settings=PlannerSettings(cpu_copy_bw=1e6))["step_s"]
     assert got == pytest.approx(4.0, rel=1e-6)

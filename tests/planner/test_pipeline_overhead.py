@@ -4,11 +4,10 @@ import pytest
 
 from weft.errors import PlanError
 from weft.launch import launch
-from weft.planner.overhead import calibrate, cpu_overhead, fit_latency, fit_line, trivial_plan
-from weft.planner.partition import CostModel, equal_layers, partition
-from weft.planner.plan import from_boundaries
-from weft.planner.predict import predict
-from weft.planner.profile import LayerProfile, ModelProfile
+from weft.parallel.pipeline.stages import from_boundaries
+from weft.planner import (CostModel, LayerProfile, ModelProfile, PlannerSettings, calibrate,
+                          equal_layers, partition, predict)
+from weft.planner.overhead import cpu_overhead, fit_latency, fit_line, trivial_plan
 from weft.topology.builders import ring
 from weft.topology.model import Topology
 
@@ -30,7 +29,8 @@ def test_stage_time_charges_each_action_per_micro_batch():
     prof = make_profile([(1, 1, 100, 0, 0)] * 3)
     topo = ring(3, bandwidth=1e9)
     plain = CostModel.build(prof, topo, microbatches=2)
-    cm = CostModel.build(prof, topo, microbatches=2, action_overhead_s=0.25)
+    cm = CostModel.build(prof, topo, microbatches=2,
+                         settings=PlannerSettings(action_overhead_s=0.25))
     d = lambda i, j, a, r: float(cm.stage_time(i, j, a, r) - plain.stage_time(i, j, a, r))  # noqa
     assert d(0, 3, 0, 1) == pytest.approx(2 * 0.25 * 2)  # one stage: F and B only
     assert d(0, 1, 0, 1) == pytest.approx(2 * 0.25 * 4)  # first: + send F, recv B
@@ -47,10 +47,11 @@ def test_overhead_in_the_partitioner():
     base = partition(prof, topo, microbatches=1, method="flat")
     assert base.boundaries() == [(0, 2), (2, 3)]  # 3 vs 2
     # an overhead per action does not change the balance of two 4-action stages
-    over = partition(prof, topo, microbatches=1, method="flat", action_overhead_s=0.5)
+    over = partition(prof, topo, microbatches=1, method="flat",
+                     settings=PlannerSettings(action_overhead_s=0.5))
     assert over.boundaries() == [(0, 2), (2, 3)]
     assert over.bottleneck_s == pytest.approx(base.bottleneck_s + 4 * 0.5)
-    eq = equal_layers(prof, topo, microbatches=1, action_overhead_s=0.5)
+    eq = equal_layers(prof, topo, microbatches=1, settings=PlannerSettings(action_overhead_s=0.5))
     assert eq.stages[0].time_s == pytest.approx(3.0 + 4 * 0.5)
 
 
@@ -59,18 +60,21 @@ def test_allreduce_copies_charged_with_cpu_copy_bw():
     prof = make_profile([(0, 0, 4, 1000, 0)])
     topo = free_link(bw=1e4)
     plain = CostModel.build(prof, topo, microbatches=2)
-    cm = CostModel.build(prof, topo, microbatches=2, cpu_copy_bw=100.0)
+    cm = CostModel.build(prof, topo, microbatches=2, settings=PlannerSettings(cpu_copy_bw=100.0))
     ring = 2 * (2 - 1) / 2 * 1000  # bytes each replica sends and receives
     assert float(plain.stage_time(0, 1, 0, 2)) == pytest.approx(ring / 1e4)
     assert float(cm.stage_time(0, 1, 0, 2)) == pytest.approx(ring / 1e4 + 2 * ring / 100.0)
     plan = from_boundaries([(0, 1)], [2], micro_batch=1, microbatches=2)
     assert predict(plan, prof, topo, "1f1b")["step_s"] == pytest.approx(ring / 1e4)
-    assert predict(plan, prof, topo, "1f1b", cpu_copy_bw=100.0)["step_s"] == \
+    assert predict(plan, prof, topo, "1f1b",
+                   settings=PlannerSettings(cpu_copy_bw=100.0))["step_s"] == \
         pytest.approx(ring / 1e4 + 2 * ring / 100.0)
     # a measured all-reduce bandwidth replaces the link and copy terms
-    cm = CostModel.build(prof, topo, microbatches=2, cpu_copy_bw=100.0, allreduce_bw=50.0)
+    cm = CostModel.build(prof, topo, microbatches=2,
+                         settings=PlannerSettings(cpu_copy_bw=100.0, allreduce_bw=50.0))
     assert float(cm.stage_time(0, 1, 0, 2)) == pytest.approx(ring / 50.0)
-    assert predict(plan, prof, topo, "1f1b", cpu_copy_bw=100.0, allreduce_bw=50.0)["step_s"] \
+    assert predict(plan, prof, topo, "1f1b",
+                   settings=PlannerSettings(cpu_copy_bw=100.0, allreduce_bw=50.0))["step_s"] \
         == pytest.approx(ring / 50.0)
 
 
@@ -81,12 +85,14 @@ def test_predict_adds_the_overhead_to_every_action():
     plan = from_boundaries([(0, 1)], micro_batch=1, microbatches=3)
     base = predict(plan, prof, topo, "1f1b")["step_s"]
     assert base == pytest.approx(9.0)
-    assert predict(plan, prof, topo, "1f1b", action_overhead_s=0.1)["step_s"] == \
+    assert predict(plan, prof, topo, "1f1b",
+                   settings=PlannerSettings(action_overhead_s=0.1))["step_s"] == \
         pytest.approx(9.0 + 6 * 0.1)
     # two stages, no compute, free link, one micro-batch: the critical path is all 8 actions
     prof2 = make_profile([(0, 0, 4, 0, 0), (0, 0, 4, 0, 0)])
     plan2 = from_boundaries([(0, 1), (1, 2)], micro_batch=1, microbatches=1)
-    got = predict(plan2, prof2, topo, "1f1b", action_overhead_s=0.5, step_overhead_s=0.25)
+    got = predict(plan2, prof2, topo, "1f1b",
+                  settings=PlannerSettings(action_overhead_s=0.5, step_overhead_s=0.25))
     assert got["step_s"] == pytest.approx(8 * 0.5 + 0.25, rel=1e-9)
 
 
@@ -96,7 +102,8 @@ def test_predict_latency_override():
     plan = from_boundaries([(0, 1), (1, 2)], micro_batch=1, microbatches=1)
     topo = ring(2, bandwidth=1e15, latency=1e-3)
     assert predict(plan, prof, topo, "1f1b")["step_s"] == pytest.approx(2e-3, rel=1e-6)
-    got = predict(plan, prof, topo, "1f1b", latency_s=0.25, action_overhead_s=0.5)["step_s"]
+    got = predict(plan, prof, topo, "1f1b",
+                  settings=PlannerSettings(latency_s=0.25, action_overhead_s=0.5))["step_s"]
     assert got == pytest.approx(2 * 0.25 + 8 * 0.5, rel=1e-9)
 
 
@@ -107,8 +114,9 @@ def test_fit_latency_recovers_a_known_latency(lat):
     plan = trivial_plan([[0], [1]], 1, 8)
 
     def step_of(x):
-        return predict(plan, prof, topo, "1f1b", cpu_copy_bw=1e9, action_overhead_s=2e-5,
-                       latency_s=x)["step_s"]
+        return predict(plan, prof, topo, "1f1b",
+                       settings=PlannerSettings(cpu_copy_bw=1e9, action_overhead_s=2e-5,
+                                                latency_s=x))["step_s"]
 
     assert fit_latency(step_of, step_of(lat)) == pytest.approx(lat, abs=1e-10)
     assert fit_latency(step_of, step_of(0.0) / 2) == 0.0  # faster than any latency: 0
@@ -133,20 +141,23 @@ def test_cpu_overhead_subtracts_waits_and_compute():
 def _calibrate_rank():
     topo = ring(2, bandwidth=1e9, latency=5e-5)
     return calibrate([[0], [1]], 2, topo, micro_batch=4, steps=3, reps=2,
-                     allreduce_bytes=2**16)
+                     allreduce_bytes=2**16,
+                     settings=PlannerSettings(cpu_copy_bw=1e8, compute_scale=1.5))
 
 
 @pytest.mark.slow
 def test_calibrate_on_gloo_ranks():
     a, b = launch(_calibrate_rank, 2, timeout=60)
     assert a == b  # rank 0's fit, broadcast
-    assert a["action_s"] >= 0 and a["step_s"] >= 0 and a["latency_s"] >= 0
-    assert 0 < a["allreduce_bw"] < float("inf")
-    assert set(a["measured"]) == {2, 4} and all(v > 0 for v in a["measured"].values())
-    assert set(a["predicted"]) == {2, 4}
+    s = a.settings
+    assert s.action_overhead_s >= 0 and s.step_overhead_s >= 0 and s.latency_s >= 0
+    assert 0 < s.allreduce_bw < float("inf")
+    assert s.cpu_copy_bw == 1e8 and s.compute_scale == 1.5  # carried, not measured
+    assert set(a.measured) == {2, 4} and all(v > 0 for v in a.measured.values())
+    assert set(a.predicted) == {2, 4}
     # the fitted latency reproduces the measured step with 2 micro-batches (unless clamped)
-    if a["latency_s"] > 0:
-        assert a["predicted"][2] == pytest.approx(a["measured"][2], rel=1e-6)
+    if s.latency_s > 0:
+        assert a.predicted[2] == pytest.approx(a.measured[2], rel=1e-6)
 
 
 def test_calibrate_rejects_pipedream():

@@ -13,17 +13,17 @@ import torch.distributed as dist
 import torch.nn as nn
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_partition import brute_force, layer, make_profile, two_hosts
 
 from weft.errors import PlanError
 from weft.launch import launch
-from weft.planner.contention import contention, measure, stage_pass
-from weft.planner.partition import CostModel, equal_layers, partition
-from weft.planner.plan import from_boundaries
-from weft.planner.predict import predict
+from weft.parallel.pipeline.stages import from_boundaries
+from weft.planner import CostModel, PlannerSettings, contention, equal_layers, partition, predict
+from weft.planner.contention import measure, stage_pass
 from weft.topology.model import Topology
 
-EXAMPLE = str(Path(__file__).resolve().parents[1] / "examples" / "mlp_digits.py")
+from .test_partition import brute_force, layer, make_profile, two_hosts
+
+EXAMPLE = str(Path(__file__).resolve().parents[2] / "examples" / "mlp_digits.py")
 
 
 def free_link(n=2):
@@ -45,16 +45,18 @@ def test_predict_scales_compute_exactly(k):
         topo = free_link(len(bounds))
         for sched in ("1f1b", "gpipe"):
             base = predict(plan, prof, topo, sched)
-            got = predict(plan, prof, topo, sched, compute_scale=k)
+            got = predict(plan, prof, topo, sched, settings=PlannerSettings(compute_scale=k))
             assert got["step_s"] == pytest.approx(k * base["step_s"], rel=1e-12)
             assert got["bubble"] == pytest.approx(base["bubble"], rel=1e-9)
     # one stage on one rank: 3 micro-batches of k * (f + b + call) back to back
     one = from_boundaries([(0, 3)], micro_batch=1, microbatches=3)
-    assert predict(one, prof, free_link(1), "1f1b", compute_scale=k)["step_s"] == \
+    assert predict(one, prof, free_link(1), "1f1b",
+                   settings=PlannerSettings(compute_scale=k))["step_s"] == \
         pytest.approx(3 * k * (3.5 + 3.75 + 0.125), rel=1e-12)
     # overheads that are not compute are not scaled
-    o = predict(one, prof, free_link(1), "1f1b", compute_scale=k, action_overhead_s=0.25,
-                step_overhead_s=1.0)["step_s"]
+    o = predict(one, prof, free_link(1), "1f1b",
+                settings=PlannerSettings(compute_scale=k, action_overhead_s=0.25,
+                                         step_overhead_s=1.0))["step_s"]
     assert o == pytest.approx(3 * k * 7.375 + 6 * 0.25 + 1.0, rel=1e-12)
 
 
@@ -62,25 +64,28 @@ def test_stage_time_scales_compute_only():
     prof = make_profile([(1, 1, 100, 1e4, 0)] * 3)
     prof.meta["stage_overhead_s"] = 0.5
     topo = two_hosts(1, 1e6, 1e5, 1e12)
-    plain = CostModel.build(prof, topo, microbatches=2, cpu_copy_bw=1e4, action_overhead_s=0.25)
-    cm = CostModel.build(prof, topo, microbatches=2, cpu_copy_bw=1e4, action_overhead_s=0.25,
-                         compute_scale=2.5)
+    plain = CostModel.build(prof, topo, microbatches=2,
+                            settings=PlannerSettings(cpu_copy_bw=1e4, action_overhead_s=0.25))
+    cm = CostModel.build(prof, topo, microbatches=2,
+                         settings=PlannerSettings(cpu_copy_bw=1e4, action_overhead_s=0.25,
+                                                  compute_scale=2.5))
     for i, j, a, r in ((0, 1, 0, 1), (1, 3, 1, 1), (0, 3, 0, 2), (0, 2, 0, 2)):
         compute = 2 * ((j - i) * 2 + 0.5) / r
         assert float(cm.stage_time(i, j, a, r) - plain.stage_time(i, j, a, r)) == \
             pytest.approx(1.5 * compute, rel=1e-12)
     assert float(cm.boundary_time(1, 1)) == float(plain.boundary_time(1, 1))
-    eq0 = equal_layers(prof, topo, microbatches=2, compute_scale=2.5).stages[0].time_s
+    eq0 = equal_layers(prof, topo, microbatches=2,
+                       settings=PlannerSettings(compute_scale=2.5)).stages[0].time_s
     assert eq0 == pytest.approx(2 * 2.5 * (2 * 2 + 0.5), rel=1e-12)  # layers 0-1, one rank
 
 
 @pytest.mark.parametrize("bad", [0.0, -1.0, float("nan"), float("inf")])
 def test_bad_compute_scale(bad):
-    prof = make_profile([(1, 1, 1, 1, 1)])
+    # the partitioner and predict take settings only as a PlannerSettings, which checks them
     with pytest.raises(PlanError, match="compute_scale must be a finite number > 0"):
-        partition(prof, free_link(), microbatches=1, compute_scale=bad)
+        PlannerSettings(compute_scale=bad)
     with pytest.raises(PlanError, match="compute_scale"):
-        predict(from_boundaries([(0, 1)], [2]), prof, free_link(), compute_scale=bad)
+        PlannerSettings().replace(compute_scale=bad)
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -90,13 +95,15 @@ def test_bad_compute_scale(bad):
 def test_dp_under_a_factor_matches_brute_force(rows, per_host, inter, m, k, copy_bw, over):
     prof = make_profile(rows)
     topo = two_hosts(per_host, 1e6, inter, 1e12)
-    cm = CostModel.build(prof, topo, microbatches=m, cpu_copy_bw=copy_bw,
-                         action_overhead_s=over, compute_scale=k)
+    cm = CostModel.build(prof, topo, microbatches=m,
+                         settings=PlannerSettings(cpu_copy_bw=copy_bw, action_overhead_s=over,
+                                                  compute_scale=k))
     t, bounds, reps = cm.solve()
     assert t == pytest.approx(brute_force(cm), rel=1e-9)
     assert cm.evaluate(bounds, reps) == (pytest.approx(t, rel=1e-12), True)
-    plan = partition(prof, topo, microbatches=m, cpu_copy_bw=copy_bw, action_overhead_s=over,
-                     compute_scale=k, method="flat")
+    plan = partition(prof, topo, microbatches=m, method="flat",
+                     settings=PlannerSettings(cpu_copy_bw=copy_bw, action_overhead_s=over,
+                                              compute_scale=k))
     assert plan.bottleneck_s == pytest.approx(t, rel=1e-9)
 
 
@@ -106,9 +113,10 @@ def test_factor_changes_the_optimum():
     # pays off only when compute is slow (k > 2)
     prof = make_profile([(3, 3, 10, 1e3, 0), (0.5, 0.5, 10, 1e3, 0)])
     topo = free_link()
-    kw = dict(microbatches=1, method="flat", allreduce_bw=400.0)
-    assert partition(prof, topo, **kw).boundaries() == [(0, 1), (1, 2)]  # 6 vs 8.5
-    rep = partition(prof, topo, compute_scale=4.0, **kw)  # 24 vs 19
+    kw = dict(microbatches=1, method="flat")
+    s = PlannerSettings(allreduce_bw=400.0)
+    assert partition(prof, topo, settings=s, **kw).boundaries() == [(0, 1), (1, 2)]  # 6 vs 8.5
+    rep = partition(prof, topo, settings=s.replace(compute_scale=4.0), **kw)  # 24 vs 19
     assert rep.boundaries() == [(0, 2)] and rep.stages[0].replicas == 2
     assert rep.bottleneck_s == pytest.approx(4.0 * 7 / 2 + 5.0, rel=1e-12)
 
@@ -199,7 +207,7 @@ def test_plan_cli_calibrate_measures_contention(tmp_path, capsys):
                  "--cache-dir", str(tmp_path), "--out", str(out)]) == 0
     text = capsys.readouterr().out
     assert "compute contention (2 local gloo ranks" in text and "compute_scale" in text
-    k = json.loads(out.read_text())["extra"]["compute_scale"]
+    k = json.loads(out.read_text())["extra"]["settings"]["compute_scale"]
     assert math.isfinite(k) and k > 0
 
 
@@ -212,7 +220,7 @@ def test_plan_cli_compute_scale(tmp_path, capsys):
     assert main(base + ["--out", str(tmp_path / "a.json")]) == 0
     assert main(base + ["--compute-scale", "2", "--out", str(tmp_path / "b.json")]) == 0
     a, b = (json.loads((tmp_path / n).read_text()) for n in ("a.json", "b.json"))
-    assert b["extra"]["compute_scale"] == 2.0
+    assert b["extra"]["settings"]["compute_scale"] == 2.0
     for sa, sb in zip(a["stages"], b["stages"]):  # no copy or overhead terms: compute only
         assert sb["time_s"] == pytest.approx(2 * sa["time_s"], rel=1e-9)
     assert main(base + ["--compute-scale", "0"]) == 2
@@ -240,14 +248,16 @@ def test_predict_overlap_mode():
     topo = free_link()
     # one rank alone: nothing overlaps, so it runs at its profiled speed
     one = from_boundaries([(0, 3)], micro_batch=1, microbatches=4)
-    got = predict(one, prof, free_link(1), "1f1b", compute_scale=1.5, contention="overlap")
+    got = predict(one, prof, free_link(1), "1f1b", contention="overlap",
+                  settings=PlannerSettings(compute_scale=1.5))
     assert got["step_s"] == pytest.approx(predict(one, prof, free_link(1), "1f1b")["step_s"])
     assert got["compute_scales"] == {0: 1.0}
     for bounds in ([(0, 1), (1, 3)], [(0, 2), (2, 3)]):
         plan = from_boundaries(bounds, micro_batch=1, microbatches=8)
         base = predict(plan, prof, topo, "1f1b")["step_s"]
-        full = predict(plan, prof, topo, "1f1b", compute_scale=1.5)
-        ov = predict(plan, prof, topo, "1f1b", compute_scale=1.5, contention="overlap")
+        full = predict(plan, prof, topo, "1f1b", settings=PlannerSettings(compute_scale=1.5))
+        ov = predict(plan, prof, topo, "1f1b", contention="overlap",
+                     settings=PlannerSettings(compute_scale=1.5))
         assert full["compute_scales"] == {0: 1.5, 1: 1.5}
         assert base < ov["step_s"] <= full["step_s"] + 1e-12
         assert all(1.0 <= s <= 1.5 for s in ov["compute_scales"].values())
@@ -255,14 +265,15 @@ def test_predict_overlap_mode():
     # the unbalanced split: the busy rank 0 mostly computes alone (little charged), the
     # small rank 1 always next to rank 0 (about the full factor)
     plan = from_boundaries([(0, 2), (2, 3)], micro_batch=1, microbatches=8)
-    sc = predict(plan, prof, topo, "1f1b", compute_scale=1.5, contention="overlap")
+    sc = predict(plan, prof, topo, "1f1b", contention="overlap",
+                 settings=PlannerSettings(compute_scale=1.5))
     assert sc["compute_scales"][0] < 1.1 < 1.45 < sc["compute_scales"][1]
     with pytest.raises(PlanError, match="contention must be 'all' or 'overlap'"):
         predict(plan, prof, topo, contention="some")
 
 
 def test_settled_scales_are_a_fixed_point():
-    from weft.parallel.pipeline.schedule import build_schedule, simulate
+    from weft.parallel.pipeline.schedule import build_schedule, simulate_pipeline
     from weft.planner.contention import overlap_fractions, settle_scales
 
     sched = build_schedule("1f1b", [[0], [1], [2]], 6)
@@ -271,7 +282,7 @@ def test_settled_scales_are_a_fixed_point():
     def run(scales):
         def duration(r, a):
             return scales[r] * work[r][a.kind == "B"] if a.kind in ("F", "B") else 0.0
-        return simulate(sched, duration, lambda r, a: 0.1)
+        return simulate_pipeline(sched, duration, lambda r, a: 0.1)
 
     scales, res = settle_scales(sched, 2.0, run, iters=200, tol=1e-12)
     u = overlap_fractions(sched, res["times"])

@@ -35,7 +35,7 @@ def stash_logs(n):
     pipe = Pipeline(small_model(), [(0, 4), (4, 5)], [[0, 1], [2]], F.cross_entropy, "pipedream",
                     optimizer=opt, keep_log=True)
     pipe.train_async(xs, ys)
-    out["replicated"] = {l: [p.numpy() for p in ps] for l, ps in pipe.parameters_by_layer().items()}
+    out["replicated"] = {l: list(sd.values()) for l, sd in pipe.state_by_layer().items()}
     out["replicated_log"] = pipe.stash_log()
     return out
 

@@ -1,5 +1,8 @@
 """The pipeline plan: stages (layer ranges), their replication and ranks, as JSON.
 
+The data the runtime (`weft.parallel.pipeline.runtime`) executes and the planner
+(`weft.planner`) writes.
+
 Format ``weft.pipeline-plan/1`` (documented in docs/pipeline.md)::
 
     {"format": "weft.pipeline-plan/1", "method": "optimal", "model": "examples/mlp_digits.py:model",
@@ -21,6 +24,8 @@ import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+import numpy as np
 
 from weft.errors import PlanError
 
@@ -79,6 +84,13 @@ class PipelinePlan:
 
     def boundaries(self) -> list[tuple[int, int]]:
         return [s.layers for s in self.stages]
+
+    def chunk_bounds(self, chunks_per_stage: int = 1) -> list[tuple[int, int]]:
+        """The layer range of every model chunk: the stages' own, or for an interleaved
+        schedule (v > 1 chunks per stage) S*v equal chunks, chunk c on stage c % S."""
+        if chunks_per_stage > 1:
+            return equal_bounds(self.num_layers, self.num_stages * chunks_per_stage)
+        return self.boundaries()
 
     def validate(self) -> "PipelinePlan":
         if not self.stages:
@@ -169,3 +181,9 @@ def from_boundaries(bounds: list[tuple[int, int]], replicas: list[int] | None = 
         rank += r
     return PipelinePlan(stages, num_layers if num_layers is not None else bounds[-1][1],
                         **kw).validate()
+
+
+def equal_bounds(num_layers: int, stages: int) -> list[tuple[int, int]]:
+    """`stages` contiguous layer ranges of [0, num_layers) with (about) equal layer counts."""
+    edges = np.linspace(0, num_layers, stages + 1).round().astype(int)
+    return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:])]

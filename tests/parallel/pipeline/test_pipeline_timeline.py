@@ -1,12 +1,12 @@
 import pytest
 
-from weft.parallel.pipeline.schedule import build_schedule, simulate
+from weft.parallel.pipeline.schedule import build_schedule, simulate_pipeline
 from weft.parallel.pipeline.timeline import bubble_fraction, draw
 
 
 def simulated_events(kind, S, M):
     sched = build_schedule(kind, [[s] for s in range(S)], M)
-    res = simulate(sched)
+    res = simulate_pipeline(sched)
     return [(r, a.kind, a.mb, a.chunk, s, e)
             for r, acts in sched.items() for a, (s, e) in zip(acts, res["times"][r])
             if a.kind in ("F", "B")], res

@@ -5,7 +5,7 @@ import pytest
 
 from weft.cli import main
 
-EXAMPLE = str(Path(__file__).resolve().parents[1] / "examples" / "mlp_digits.py")
+EXAMPLE = str(Path(__file__).resolve().parents[2] / "examples" / "mlp_digits.py")
 
 
 @pytest.mark.slow

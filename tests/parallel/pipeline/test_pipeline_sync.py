@@ -50,7 +50,7 @@ def run_configs(configs):
         v = len(bounds) // len(ranks)
         per_replica = STEPS * M * v // len(ranks[pipe.stage])
         assert kinds.count("F") == kinds.count("B") == per_replica
-        out.append({l: [p.numpy() for p in ps] for l, ps in pipe.parameters_by_layer().items()})
+        out.append({l: list(sd.values()) for l, sd in pipe.state_by_layer().items()})
         dist.barrier()
     return out
 
@@ -84,7 +84,7 @@ def test_three_ranks_with_replicated_stages():
 
 
 def export_model():
-    from test_profile import ShapeBranch
+    from .test_layer_chain import ShapeBranch
 
     return ShapeBranch()
 
@@ -102,10 +102,6 @@ def run_export_pipeline():
 
 
 def test_export_captured_model_pipeline_equals_single_process():
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).parent))
     results = launch(run_export_pipeline, 2, timeout=60)
     model = export_model()
     o = opt(list(model.parameters()))
