@@ -28,7 +28,8 @@ LAYERS = [
     ["parallel"],
     ["planner", "adapt"],
     ["cluster", "serve"],
-    ["cli", "__main__", "train_cli", "demo", ""],  # "": the package root (weft/__init__.py)
+    ["cli", "train_cli", "demo", ""],  # "": the package root (weft/__init__.py)
+    ["__main__"],
 ]
 
 

@@ -85,7 +85,7 @@ def digits_mlp():
 
 
 def train_digits(epochs, mb):
-    from weft.data import digits
+    from weft.demo.data import digits
 
     train, _ = digits(flat=True)
     x, y = train.tensors
@@ -100,7 +100,7 @@ def train_digits(epochs, mb):
 
 @pytest.mark.slow
 def test_pipedream_reaches_95_percent_on_digits():
-    from weft.data import digits
+    from weft.demo.data import digits
 
     states = launch(train_digits, 2, args=(20, 32), timeout=60)
     model = digits_mlp()

@@ -19,21 +19,17 @@ from weft.parallel.pipeline.stages import PipelinePlan
 
 
 DEFAULT_DATASET = "weft.demo.data:digits"
-# weft/data.py moves to weft/demo/data.py in the same change (issue 13); until both have
-# landed the old name is tried second
-_OLD_DEFAULT_DATASET = "weft.data:digits"
 
 
 def default_dataset():
-    """(train, test) of `DEFAULT_DATASET` with ``flat=True``."""
-    for spec in (DEFAULT_DATASET, _OLD_DEFAULT_DATASET):
-        try:
-            mod, attr = load_module(spec)
-        except PlanError:
-            continue
-        return getattr(mod, attr)(flat=True)
-    raise PlanError(f"the model spec defines no dataset() and the default {DEFAULT_DATASET} "
-                    "cannot be imported; define dataset() returning (train, test)")
+    """(train, test) of `DEFAULT_DATASET` with ``flat=True`` (named, not imported: the demo
+    package sits above this layer)."""
+    try:
+        mod, attr = load_module(DEFAULT_DATASET)
+    except PlanError:
+        raise PlanError(f"the model spec defines no dataset() and the default {DEFAULT_DATASET} "
+                        "cannot be imported; define dataset() returning (train, test)") from None
+    return getattr(mod, attr)(flat=True)
 
 
 def rank_main(plan_dict: dict, spec: str, schedule: str, epochs: int, lr: float,
