@@ -1,0 +1,179 @@
+"""weft.parallelize: every plan trains the GPT example (and the digits CNN) to the parameters a
+single process reaches on the same global batches; checkpoints move between plans.
+
+One world of 4 gloo ranks runs every case in turn (process start-up is the slow part);
+the reference runs the same `train` function in this process with the one-rank plan.
+"""
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+
+import weft
+from weft.errors import LaunchError, PlanError
+from weft.launch import launch
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+PLANS = EXAMPLES / "plans"
+sys.path.insert(0, str(EXAMPLES))
+import gpt  # noqa: E402
+
+STEPS, BATCH, LR, WORLD = 3, 8, 1e-2, 4
+TOL = 1e-4  # relative: ||p - p_ref|| / ||p_ref|| per parameter tensor
+
+
+def _plan(name, **over):
+    import weft.plan as wp
+
+    data = wp.to_dict(wp.load(PLANS / f"{name}.yaml"))
+    for key, value in over.items():
+        data[key] = {**data.get(key, {}), **value} if isinstance(value, dict) else value
+    return data
+
+
+def _task(name):
+    if name == "gpt":
+        train_set, _ = gpt.dataset(max_chars=20_000)
+        return (lambda: gpt.model(n_layer=2)), train_set, gpt.loss_fn
+    from weft.data import digits
+    from weft.models import digits_cnn
+
+    def make():
+        torch.manual_seed(0)
+        return digits_cnn(8)
+    return make, digits()[0], torch.nn.functional.cross_entropy
+
+
+def train(plan, task="gpt", steps=STEPS, start=0, load=None, save=None):
+    """The one training loop: only `plan` changes between runs."""
+    make, train_set, loss_fn = _task(task)
+    model = weft.parallelize(make(), plan)
+    opt = torch.optim.Adam(model.parameters(), lr=LR)
+    if load:
+        assert model.load(load, opt) == {"step": start}
+    for i, (x, y) in enumerate(model.loader(train_set, batch_size=BATCH, shuffle=True, seed=1)):
+        if i >= start + steps:
+            break
+        if i >= start:
+            loss = loss_fn(model(x), y)
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+    if save:
+        model.save(save, opt, step=start + steps)
+    return model.full_state_dict()
+
+
+CASES = {
+    "dp": dict(plan=_plan("dp")),
+    "dp-ddp": dict(plan=_plan("dp", data_parallel={"replicate": "ddp"})),
+    "dp-weft-communicator": dict(plan=_plan("dp", data_parallel={"communicator": "weft"})),
+    "fsdp": dict(plan=_plan("fsdp")),
+    "hsdp": dict(plan=_plan("hsdp")),
+    "tp": dict(plan=_plan("tp")),
+    "dp-tp": dict(plan=_plan("dp_tp")),
+    "dp-tp-fsdp-replicate": dict(plan=_plan("dp_tp", data_parallel={"replicate": "fsdp"})),
+    "fsdp-tp": dict(plan=_plan("fsdp_tp")),
+    "digits-dp": dict(plan=_plan("dp"), task="digits"),
+    "digits-fsdp": dict(plan=_plan("fsdp", data_parallel={"shard_modules": []}), task="digits"),
+    "digits-hsdp": dict(plan=_plan("hsdp", data_parallel={"shard_modules": ["[0-9]"]}),
+                        task="digits"),
+}
+# Checkpoint chains: (plan, steps) saved, then loaded under the next plan for the rest.
+CHAINS = {
+    "fsdp->dp-tp": [("fsdp", 2), ("dp_tp", 1)],
+    "tp->fsdp-tp": [("tp", 1), ("fsdp_tp", 2)],
+    "dp->hsdp": [("dp", 2), ("hsdp", 1)],
+}
+
+
+def _world(ckpt_dir):
+    out = {}
+    for name, case in CASES.items():
+        out[name] = train(**case)
+    for name, chain in CHAINS.items():
+        start, prev = 0, None
+        for i, (plan, steps) in enumerate(chain):
+            path = f"{ckpt_dir}/{name}-{i}"
+            state = train(_plan(plan), steps=steps, start=start, load=prev, save=path)
+            start, prev = start + steps, path
+        out[name] = state
+    return out
+
+
+@pytest.fixture(scope="module")
+def world_results(tmp_path_factory):
+    ckpt = tmp_path_factory.mktemp("ckpt")
+    results = launch(_world, WORLD, args=(str(ckpt),), timeout=120)
+    return results, ckpt
+
+
+@pytest.fixture(scope="module")
+def references():
+    single = _plan("single")
+    return {"gpt": train(single), "digits": train(single, task="digits")}
+
+
+def _assert_close(state, ref, what):
+    assert state.keys() == ref.keys(), what
+    for k, v in ref.items():
+        err = float((state[k] - v).norm() / v.norm())
+        assert err <= TOL, f"{what}: {k} differs from the single-process run by {err:.2e} (relative)"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", list(CASES) + list(CHAINS))
+def test_plan_matches_single_process(case, world_results, references):
+    results, _ = world_results
+    task = CASES.get(case, {}).get("task", "gpt")
+    for rank, res in enumerate(results):
+        _assert_close(res[case], references[task], f"{case} rank {rank}")
+    # the parameters moved: a plan that trained nothing would not match a trained reference
+    initial = _task(task)[0]().state_dict()
+    assert any(not torch.allclose(initial[k], results[0][case][k]) for k in initial)
+
+
+@pytest.mark.slow
+def test_checkpoint_from_four_ranks_continues_in_one_process(world_results, references):
+    """The 4-rank fsdp->dp-tp chain's last checkpoint (3 steps) loads under the one-rank plan;
+    two more steps equal five single-process steps."""
+    _, ckpt = world_results
+    state = train(_plan("single"), steps=2, start=3, load=str(ckpt / "fsdp->dp-tp-1"))
+    _assert_close(state, train(_plan("single"), steps=5), "4 ranks -> 1 process")
+
+
+def test_one_rank_plan_runs_without_process_group():
+    assert not dist.is_initialized()
+    model = weft.parallelize(gpt.model(n_layer=1), PLANS / "single.yaml")
+    assert model.mesh is None and model.dp_size == 1
+    x = gpt.example_input(2)
+    assert model(x).shape == (2, gpt.CONFIG["block"], gpt.CONFIG["vocab"])
+
+
+def test_world_mismatch_is_an_error_before_anything_runs():
+    with pytest.raises(PlanError, match=r"mesh.dp_replicate: -1 cannot be inferred|"
+                                        r"mesh: pp=1 x dp_replicate=2 x dp_shard=1 x tp=2 = 4 ranks"):
+        weft.parallelize(gpt.model(n_layer=1), PLANS / "dp_tp.yaml")
+
+
+def _only_rank0_parallelizes(plan):
+    if dist.get_rank() == 0:
+        weft.parallelize(gpt.model(n_layer=1), plan)  # raises before any collective
+    return dist.get_rank()
+
+
+@pytest.mark.parametrize("over,message", [
+    ({"tensor_parallel": [{"module": "blocks.*.mlp.fc2", "style": "colwise"}]},
+     "tensor_parallel[0].module: 'blocks.*.mlp.fc2' matches no module of GPT"),
+    ({"mesh": {"dp_replicate": 3, "tp": 2}}, "= 6 ranks, but the world has 2"),
+    ({"activation_checkpoint": ["blocks.9"]}, "activation_checkpoint[0]: 'blocks.9' matches no module"),
+])
+def test_bad_plan_fails_in_the_rank_before_any_traffic(over, message):
+    """Rank 1 never calls parallelize: had rank 0 started a collective, it would wait for rank 1
+    until the 20 s timeout instead of reporting the plan error."""
+    with pytest.raises(LaunchError) as err:
+        launch(_only_rank0_parallelizes, 2, args=(_plan("dp_tp", **over),), timeout=20)
+    assert "PlanError" in str(err.value) and message in str(err.value), str(err.value)[-600:]
