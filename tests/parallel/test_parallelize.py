@@ -23,6 +23,8 @@ import gpt  # noqa: E402
 
 STEPS, BATCH, LR, WORLD = 3, 8, 1e-2, 4
 TOL = 1e-4  # relative: ||p - p_ref|| / ||p_ref|| per parameter tensor
+BF16 = {"mixed_precision": {"param_dtype": "bfloat16", "reduce_dtype": "float32"}}
+OUTPUT_DTYPES = {}  # plan name -> dtype of the model's output in the last step
 
 
 def _plan(name, **over):
@@ -58,7 +60,9 @@ def train(plan, task="gpt", steps=STEPS, start=0, load=None, save=None):
         if i >= start + steps:
             break
         if i >= start:
-            loss = loss_fn(model(x), y)
+            out = model(x)
+            OUTPUT_DTYPES[model.plan.name] = out.dtype
+            loss = loss_fn(out.float(), y)
             loss.backward()
             opt.step()
             opt.zero_grad()
@@ -77,6 +81,7 @@ CASES = {
     "dp-tp": dict(plan=_plan("dp_tp")),
     "dp-tp-fsdp-replicate": dict(plan=_plan("dp_tp", data_parallel={"replicate": "fsdp"})),
     "fsdp-tp": dict(plan=_plan("fsdp_tp")),
+    "dp-tp-sp": dict(plan=_plan("tp_sp")),
     "digits-dp": dict(plan=_plan("dp"), task="digits"),
     "digits-fsdp": dict(plan=_plan("fsdp", data_parallel={"shard_modules": []}), task="digits"),
     "digits-hsdp": dict(plan=_plan("hsdp", data_parallel={"shard_modules": ["[0-9]"]}),
@@ -90,10 +95,18 @@ CHAINS = {
 }
 
 
+# Mixed precision (bf16 compute): reductions in another order round differently in bf16 and
+# Adam amplifies that, so these are checked loosely against fp32 (and for bf16 compute).
+MIXED = {"fsdp-bf16": _plan("fsdp", name="fsdp-bf16", **BF16),
+         "dp-tp-bf16": _plan("dp_tp", name="dp-tp-bf16", **BF16)}
+
+
 def _world(ckpt_dir):
     out = {}
     for name, case in CASES.items():
         out[name] = train(**case)
+    for name, plan in MIXED.items():
+        out[name] = (train(plan), OUTPUT_DTYPES[name])
     for name, chain in CHAINS.items():
         start, prev = 0, None
         for i, (plan, steps) in enumerate(chain):
@@ -134,6 +147,19 @@ def test_plan_matches_single_process(case, world_results, references):
     # the parameters moved: a plan that trained nothing would not match a trained reference
     initial = _task(task)[0]().state_dict()
     assert any(not torch.allclose(initial[k], results[0][case][k]) for k in initial)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", list(MIXED))
+def test_mixed_precision_computes_in_bf16(case, world_results, references):
+    results, _ = world_results
+    state, dtype = results[0][case]
+    assert dtype == torch.bfloat16
+    ref = references["gpt"]
+    errs = {k: float((state[k] - v).norm() / v.norm()) for k, v in ref.items()}
+    assert all(state[k].dtype == torch.float32 for k in state)  # fp32 master weights
+    assert max(errs.values()) > TOL  # bf16 really was used ...
+    assert max(errs.values()) < 0.3, errs  # ... on the same training run
 
 
 @pytest.mark.slow

@@ -53,7 +53,7 @@ def style_for(rule: TPRule, module: nn.Module | None = None):
                                   desired_input_layouts=_placements(rule.desired_input_layouts),
                                   **kw)
     if rule.style == "replicate":
-        return ReplicateParallel()
+        return ReplicateParallel(**kw)
     raise ValueError(f"no ParallelStyle for style {rule.style!r}")
 
 
@@ -62,7 +62,13 @@ def _replicate_style():
     from torch.distributed.tensor.parallel import ParallelStyle
 
     class _ReplicateParallel(ParallelStyle):
-        """Parameters as Replicate DTensors (rank 0's values); plain tensors in and out."""
+        """Parameters as Replicate DTensors (rank 0's values); plain tensors in, and out
+        unless use_local_output=False (then a Replicate DTensor, e.g. to add to a
+        sequence-sharded activation)."""
+
+        def __init__(self, use_local_output: bool = True):
+            super().__init__()
+            self.use_local_output = use_local_output
 
         def _apply(self, module: nn.Module, mesh) -> nn.Module:
             def params(name, mod, mesh):
@@ -76,15 +82,16 @@ def _replicate_style():
                              for a in args)
 
             def outputs(mod, out, mesh):
-                return out.to_local() if isinstance(out, DTensor) else out
+                local = self.use_local_output and isinstance(out, DTensor)
+                return out.to_local() if local else out
 
             return distribute_module(module, mesh, params, inputs, outputs)
 
     return _ReplicateParallel
 
 
-def ReplicateParallel():  # noqa: N802 - reads like the torch styles
-    return _replicate_style()()
+def ReplicateParallel(use_local_output: bool = True):  # noqa: N802 - reads like torch's styles
+    return _replicate_style()(use_local_output=use_local_output)
 
 
 def apply_tensor_parallel(model: nn.Module, plan: Plan, tp_mesh) -> nn.Module:

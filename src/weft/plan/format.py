@@ -357,7 +357,7 @@ def validate(plan: Plan, source: str = "<plan>") -> None:
         allowed = {"colwise": {"input_layouts", "output_layouts", "use_local_output"},
                    "rowwise": {"input_layouts", "output_layouts", "use_local_output"},
                    "sequence_parallel": {"sequence_dim", "use_local_output"},
-                   "replicate": set(),
+                   "replicate": {"use_local_output"},
                    "prepare_input": {"input_layouts", "desired_input_layouts", "use_local_output"},
                    None: set()}[r.style]
         for k in ("input_layouts", "output_layouts", "desired_input_layouts", "use_local_output",
