@@ -19,10 +19,9 @@ import sys
 import time
 from pathlib import Path
 
-from _common import emit, figure, parser
-
 import torch
 import torch.distributed as dist
+from _common import emit, figure, parser
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 sys.path.insert(0, str(EXAMPLES))
@@ -61,8 +60,11 @@ def _hand(kind, model):
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
     from torch.distributed.tensor import Replicate
-    from torch.distributed.tensor.parallel import (ColwiseParallel, RowwiseParallel,
-                                                   parallelize_module)
+    from torch.distributed.tensor.parallel import (
+        ColwiseParallel,
+        RowwiseParallel,
+        parallelize_module,
+    )
 
     def tp(mesh):
         styles = {"tok": RowwiseParallel(input_layouts=Replicate()),
@@ -116,6 +118,7 @@ def _state_bytes(model, opt) -> int:
 
 def _runner(shape, cfg, batch, weft_side):
     import gpt
+
     import weft
 
     model = gpt.model(**cfg)
@@ -191,9 +194,9 @@ def main() -> None:
     from weft.launch import launch
 
     if args.quick:
-        cfg, batch, steps, rounds = dict(d_model=64, n_layer=2, block=32, n_head=4), 8, 2, 3
+        cfg, batch, steps, rounds = {"d_model": 64, "n_layer": 2, "block": 32, "n_head": 4}, 8, 2, 3
     else:
-        cfg, batch, steps, rounds = dict(d_model=256, n_layer=4, block=128, n_head=8), 16, 5, 7
+        cfg, batch, steps, rounds = {"d_model": 256, "n_layer": 4, "block": 128, "n_head": 8}, 16, 5, 7
     cfg = {**cfg, "vocab": 128}
     t0 = time.time()
     res = launch(_worker, WORLD, args=(shapes, cfg, batch, steps, rounds), timeout=300)[0]

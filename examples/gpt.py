@@ -22,7 +22,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-CONFIG = dict(vocab=128, block=32, d_model=64, n_head=4, n_layer=2, mlp_ratio=4, dropout=0.0)
+CONFIG = {"vocab": 128, "block": 32, "d_model": 64, "n_head": 4, "n_layer": 2, "mlp_ratio": 4,
+          "dropout": 0.0}
 
 
 class Attention(nn.Module):

@@ -2,7 +2,7 @@
 
 __version__ = "0.1.0"
 
-__all__ = ["parallelize", "Parallel"]
+__all__ = ["Parallel", "parallelize"]
 
 
 def __getattr__(name):

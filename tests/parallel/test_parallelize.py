@@ -19,7 +19,7 @@ from weft.launch import launch
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 PLANS = EXAMPLES / "plans"
 sys.path.insert(0, str(EXAMPLES))
-import gpt  # noqa: E402
+import gpt
 
 STEPS, BATCH, LR, WORLD = 3, 8, 1e-2, 4
 TOL = 1e-4  # relative: ||p - p_ref|| / ||p_ref|| per parameter tensor
@@ -73,20 +73,20 @@ def train(plan, task="gpt", steps=STEPS, start=0, load=None, save=None):
 
 
 CASES = {
-    "dp": dict(plan=_plan("dp")),
-    "dp-ddp": dict(plan=_plan("dp", data_parallel={"replicate": "ddp"})),
-    "dp-weft-communicator": dict(plan=_plan("dp", data_parallel={"communicator": "weft"})),
-    "fsdp": dict(plan=_plan("fsdp")),
-    "hsdp": dict(plan=_plan("hsdp")),
-    "tp": dict(plan=_plan("tp")),
-    "dp-tp": dict(plan=_plan("dp_tp")),
-    "dp-tp-fsdp-replicate": dict(plan=_plan("dp_tp", data_parallel={"replicate": "fsdp"})),
-    "fsdp-tp": dict(plan=_plan("fsdp_tp")),
-    "dp-tp-sp": dict(plan=_plan("tp_sp")),
-    "digits-dp": dict(plan=_plan("dp"), task="digits"),
-    "digits-fsdp": dict(plan=_plan("fsdp", data_parallel={"shard_modules": []}), task="digits"),
-    "digits-hsdp": dict(plan=_plan("hsdp", data_parallel={"shard_modules": ["[0-9]"]}),
-                        task="digits"),
+    "dp": {"plan": _plan("dp")},
+    "dp-ddp": {"plan": _plan("dp", data_parallel={"replicate": "ddp"})},
+    "dp-weft-communicator": {"plan": _plan("dp", data_parallel={"communicator": "weft"})},
+    "fsdp": {"plan": _plan("fsdp")},
+    "hsdp": {"plan": _plan("hsdp")},
+    "tp": {"plan": _plan("tp")},
+    "dp-tp": {"plan": _plan("dp_tp")},
+    "dp-tp-fsdp-replicate": {"plan": _plan("dp_tp", data_parallel={"replicate": "fsdp"})},
+    "fsdp-tp": {"plan": _plan("fsdp_tp")},
+    "dp-tp-sp": {"plan": _plan("tp_sp")},
+    "digits-dp": {"plan": _plan("dp"), "task": "digits"},
+    "digits-fsdp": {"plan": _plan("fsdp", data_parallel={"shard_modules": []}), "task": "digits"},
+    "digits-hsdp": {"plan": _plan("hsdp", data_parallel={"shard_modules": ["[0-9]"]}),
+                        "task": "digits"},
 }
 # Checkpoint chains: (plan, steps) saved, then loaded under the next plan for the rest.
 CHAINS = {

@@ -16,7 +16,7 @@ from weft.errors import PlanError, WeftError
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 sys.path.insert(0, str(EXAMPLES))
-import gpt  # noqa: E402
+import gpt
 
 BASE = "format: weft.plan/1\n"
 
@@ -159,7 +159,8 @@ def test_patterns():
     assert wp.match("blocks.*.attn", "blocks.0.attn")
     assert not wp.match("blocks.*", "blocks.0.attn")  # '*' stays inside one atom
     assert wp.match("**.fc", "blocks.3.mlp.fc") and wp.match("**.fc", "fc")
-    assert wp.match("blocks.[01].mlp", "blocks.1.mlp") and not wp.match("blocks.[01].mlp", "blocks.2.mlp")
+    assert wp.match("blocks.[01].mlp", "blocks.1.mlp")
+    assert not wp.match("blocks.[01].mlp", "blocks.2.mlp")
     assert wp.matching("blocks.*.attn.[qkv]", gpt.model()) == [
         f"blocks.{i}.attn.{x}" for i in range(2) for x in "qkv"]
 
@@ -218,7 +219,8 @@ def plans(draw):
     mp = draw(st.one_of(st.none(), st.builds(wp.MixedPrecision,
                                              st.sampled_from(wp.format.DTYPES),
                                              st.sampled_from(wp.format.DTYPES))))
-    plan = wp.Plan(mesh=mesh, data_parallel=dp, tensor_parallel=tuple(draw(st.lists(_rules(), max_size=4))),
+    rules = tuple(draw(st.lists(_rules(), max_size=4)))
+    plan = wp.Plan(mesh=mesh, data_parallel=dp, tensor_parallel=rules,
                    pipeline=pipe, activation_checkpoint=tuple(draw(st.lists(_names, max_size=2))),
                    mixed_precision=mp, name=draw(st.sampled_from(["", "x", "gpt dp"])))
     try:
@@ -306,6 +308,7 @@ def test_plan_without_process_group_is_checked_against_sequential():
     m = nn.Sequential(nn.Linear(6, 9), nn.ReLU(), nn.Linear(9, 6))
     plan = wp.from_dict({"format": wp.FORMAT, "mesh": {"tp": 2},
                          "tensor_parallel": [{"module": "0", "style": "colwise"}]})
-    with pytest.raises(PlanError, match=r"tensor_parallel\[0\]: mesh.tp=2 does not divide 0.out_features=9"):
+    with pytest.raises(PlanError,
+                       match=r"tensor_parallel\[0\]: mesh.tp=2 does not divide 0.out_features=9"):
         wp.check(plan, m, 2)
     assert torch.is_tensor(m[0].weight)

@@ -33,8 +33,13 @@ import torch.distributed as dist
 from torch import nn
 
 from weft.errors import PlanError
-from weft.parallel.mesh import (build_mesh, coordinates, device_for_backend, device_memory,
-                                dp_rank_size)
+from weft.parallel.mesh import (
+    build_mesh,
+    coordinates,
+    device_for_backend,
+    device_memory,
+    dp_rank_size,
+)
 from weft.plan.check import check, matching
 from weft.plan.format import Plan
 from weft.plan.io import resolve

@@ -13,7 +13,7 @@ from weft.plan.format import DIMS, Plan
 def device_for_backend() -> torch.device:
     """cuda:LOCAL_RANK under NCCL, else the CPU."""
     if dist.is_initialized() and dist.get_backend() == "nccl":
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     return torch.device("cpu")
 
 

@@ -40,7 +40,10 @@ def _barrier() -> None:
 
 def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """The whole (unsharded) model state on every rank, as CPU tensors with the model's names."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_model_state_dict,
+    )
 
     sd = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))
     return {k: (v.full_tensor() if hasattr(v, "full_tensor") else v).detach().cpu().clone()
@@ -48,7 +51,10 @@ def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def _state(model: nn.Module, optimizer) -> dict[str, Any]:
-    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_state_dict
+    from torch.distributed.checkpoint.state_dict import (
+        get_model_state_dict,
+        get_state_dict,
+    )
 
     if optimizer is None:
         return {"model": get_model_state_dict(model)}

@@ -30,8 +30,12 @@ def _placements(layouts):
 def style_for(rule: TPRule, module: nn.Module | None = None):
     """The torch ParallelStyle of one rule (options left unset keep torch's defaults, except
     that a row-wise nn.Embedding takes its token ids replicated: it splits the vocabulary)."""
-    from torch.distributed.tensor.parallel import (ColwiseParallel, PrepareModuleInput,
-                                                   RowwiseParallel, SequenceParallel)
+    from torch.distributed.tensor.parallel import (
+        ColwiseParallel,
+        PrepareModuleInput,
+        RowwiseParallel,
+        SequenceParallel,
+    )
 
     kw = {}
     if rule.use_local_output is not None:
@@ -58,7 +62,12 @@ def style_for(rule: TPRule, module: nn.Module | None = None):
 
 
 def _replicate_style():
-    from torch.distributed.tensor import DTensor, Replicate, distribute_module, distribute_tensor
+    from torch.distributed.tensor import (
+        DTensor,
+        Replicate,
+        distribute_module,
+        distribute_tensor,
+    )
     from torch.distributed.tensor.parallel import ParallelStyle
 
     class _ReplicateParallel(ParallelStyle):
@@ -90,7 +99,7 @@ def _replicate_style():
     return _ReplicateParallel
 
 
-def ReplicateParallel(use_local_output: bool = True):  # noqa: N802 - reads like torch's styles
+def ReplicateParallel(use_local_output: bool = True):
     return _replicate_style()(use_local_output=use_local_output)
 
 
@@ -111,4 +120,4 @@ def apply_tensor_parallel(model: nn.Module, plan: Plan, tp_mesh) -> nn.Module:
     return model
 
 
-__all__ = ["apply_tensor_parallel", "style_for", "placement", "ReplicateParallel"]
+__all__ = ["ReplicateParallel", "apply_tensor_parallel", "placement", "style_for"]

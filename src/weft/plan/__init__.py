@@ -14,7 +14,7 @@ from weft.plan.format import (DIMS, FORMAT, DataParallel, Mesh, MixedPrecision, 
                               TPRule, from_dict, to_dict, validate)
 from weft.plan.io import dumps, load, loads, resolve, save
 
-__all__ = ["DIMS", "FORMAT", "DataParallel", "Mesh", "MixedPrecision", "Pipeline", "Plan", "TPRule",
-           "from_dict", "to_dict", "validate", "load", "loads", "dumps", "save", "resolve",
-           "check", "layout", "match", "matching", "memory_per_rank", "describe",
-           "format_description", "groups", "coords_of", "show", "RankView"]
+__all__ = ["DIMS", "FORMAT", "DataParallel", "Mesh", "MixedPrecision", "Pipeline", "Plan",
+           "RankView", "TPRule", "check", "coords_of", "describe", "dumps", "format_description",
+           "from_dict", "groups", "layout", "load", "loads", "match", "matching",
+           "memory_per_rank", "resolve", "save", "show", "to_dict", "validate"]

@@ -150,7 +150,7 @@ def format_description(plan: Plan, views: list[RankView], params: bool = True) -
                      f"({_fmt_bytes(4 * v.numel)} in fp32)")
         if params:
             for name, full, local, how in v.params:
-                lines.append(f"    {name:<36} {str(list(full)):<14} -> {str(list(local)):<14} {how}")
+                lines.append(f"    {name:<36} {list(full)!s:<14} -> {list(local)!s:<14} {how}")
     return "\n".join(lines)
 
 
