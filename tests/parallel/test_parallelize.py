@@ -53,7 +53,8 @@ def _task(name):
 def train(plan, task="gpt", steps=STEPS, start=0, load=None, save=None):
     """The one training loop: only `plan` changes between runs."""
     make, train_set, loss_fn = _task(task)
-    model = weft.parallelize(make(), plan)
+    example = torch.stack([train_set[i][0] for i in range(BATCH)])  # a global batch's shape
+    model = weft.parallelize(make(), plan, example_input=example)
     opt = torch.optim.Adam(model.parameters(), lr=LR)
     if load:
         assert model.load(load, opt) == {"step": start}
@@ -61,10 +62,13 @@ def train(plan, task="gpt", steps=STEPS, start=0, load=None, save=None):
         if i >= start + steps:
             break
         if i >= start:
-            out = model(x)
-            OUTPUT_DTYPES[model.plan.name] = out.dtype
-            loss = loss_fn(out.float(), y)
-            loss.backward()
+            if model.pipeline is not None:  # pipelined plans run their schedule
+                model.step(x, y, loss_fn)
+            else:
+                out = model(x)
+                OUTPUT_DTYPES[model.plan.name] = out.dtype
+                loss = loss_fn(out.float(), y)
+                loss.backward()
             opt.step()
             opt.zero_grad()
     if save:
@@ -83,6 +87,8 @@ CASES = {
     "dp-tp-fsdp-replicate": {"plan": _plan("dp_tp", data_parallel={"replicate": "fsdp"})},
     "fsdp-tp": {"plan": _plan("fsdp_tp")},
     "dp-tp-sp": {"plan": _plan("tp_sp")},
+    "pp-dp": {"plan": _plan("pp_dp")},
+    "pp-fsdp": {"plan": _plan("pp_fsdp")},
     "digits-dp": {"plan": _plan("dp"), "task": "digits"},
     "digits-fsdp": {"plan": _plan("fsdp", data_parallel={"shard_modules": []}), "task": "digits"},
     "digits-hsdp": {"plan": _plan("hsdp", data_parallel={"shard_modules": ["[0-9]"]}),
@@ -93,6 +99,8 @@ CHAINS = {
     "fsdp->dp-tp": [("fsdp", 2), ("dp_tp", 1)],
     "tp->fsdp-tp": [("tp", 1), ("fsdp_tp", 2)],
     "dp->hsdp": [("dp", 2), ("hsdp", 1)],
+    "pp-dp->fsdp-tp": [("pp_dp", 2), ("fsdp_tp", 1)],
+    "tp->pp-fsdp": [("tp", 1), ("pp_fsdp", 2)],
 }
 
 
@@ -216,3 +224,34 @@ def test_bad_plans_fail_in_the_rank_before_any_traffic():
                       timeout=20)[0]
     for (_, want), got in zip(BAD, messages):
         assert got is not None and want in got, (want, got)
+
+
+@pytest.mark.parametrize("over,message", [
+    ({"pipeline": {"schedule": "pipedream"}}, "pipeline.schedule: 'pipedream' is not run"),
+    ({"pipeline": {"schedule": "interleaved", "stages_per_rank": 2, "split": ["blocks.0", "blocks.1",
+                                                                            "ln_f"]}},
+     "pipeline.schedule: 'interleaved' is not run"),
+    ({"pipeline": {"split": "planner"}}, "pipeline.split: 'planner' is not run"),
+    ({"mesh": {"pp": 2, "tp": 2}, "tensor_parallel": [{"module": "head", "style": "colwise"}]},
+     "mesh.tp: 2 with mesh.pp=2 is not supported yet"),
+    ({"mesh": {"pp": 2, "dp_replicate": 2}, "data_parallel": {"replicate": "ddp"}},
+     "data_parallel.replicate: 'ddp' with mesh.pp > 1"),
+    ({"activation_checkpoint": ["blocks.*"]}, "activation_checkpoint: not applied"),
+    ({"example": None}, "needs weft.parallelize(..., example_input=)"),
+    ({"example": torch.zeros(6, 32, dtype=torch.long)},
+     "pipeline.microbatches: a global batch of 6 does not split into 1 replicas x 4"),
+])
+def test_pipeline_limits_are_plan_errors(over, message):
+    """What the pp runner cannot do yet is refused before any traffic (no process group here)."""
+    import weft.plan as wp
+    from weft.parallel.pp import check_pipeline
+
+    example = over.pop("example", torch.zeros(8, 32, dtype=torch.long))
+    data = _plan("pp", **{"pipeline": {"microbatches": 4}, **over})
+    world = 1
+    for v in data["mesh"].values():
+        world *= v
+    plan = wp.check(wp.from_dict(data), gpt.model(), world)
+    with pytest.raises(PlanError) as err:
+        check_pipeline(plan, example)
+    assert message in str(err.value), str(err.value)

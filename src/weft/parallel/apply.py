@@ -47,22 +47,28 @@ from weft.plan.io import resolve
 
 def parallelize(model: nn.Module, plan: Plan | str | os.PathLike | dict, *,
                 device: torch.device | str | None = None, memory: float | None = None,
-                communicator=None) -> Parallel:
+                communicator=None, example_input=None) -> Parallel:
     """Apply `plan` to `model` (changed in place) in every rank; return the module to train.
 
     `memory`: bytes per device for the memory check (default: the CUDA device's total;
     unknown on CPU). `communicator`: a Communicator for replicate 'weft' instead of the one
-    the plan names. Works without a process group for a one-rank plan.
+    the plan names. `example_input`: a global batch of inputs (only shapes matter), needed by
+    plans with mesh.pp > 1 (their stages are traced on one micro-batch of it; such plans
+    train with `model.step`, which every plan offers). Works
+    without a process group for a one-rank plan.
     """
     plan = resolve(plan)
     world = dist.get_world_size() if dist.is_initialized() else 1
     device = torch.device(device) if device is not None else device_for_backend()
     plan = check(plan, model, world, memory if memory is not None else device_memory(device))
     if plan.mesh.pp > 1:
-        raise PlanError(f"mesh.pp: {plan.mesh.pp}: pipeline parallelism is parsed and checked but "
-                        "weft.parallelize does not run it yet; use mesh.pp: 1")
+        from weft.parallel.pp import check_pipeline
+
+        check_pipeline(plan, example_input)
     model.to(device)
     mesh = build_mesh(plan, device) if world > 1 else None
+    if plan.mesh.pp > 1:
+        return _pipelined(model, plan, mesh, device, example_input, communicator)
     if mesh is not None and plan.mesh.tp > 1:
         from weft.parallel.tensor import apply_tensor_parallel
 
@@ -77,6 +83,22 @@ def parallelize(model: nn.Module, plan: Plan | str | os.PathLike | dict, *,
     elif mesh is not None and plan.mesh.dp_replicate > 1:
         runner = _replicate(model, plan, mesh, device, flavour, communicator)
     return Parallel(model, runner, plan, mesh, device)
+
+
+def _pipelined(model, plan, mesh, device, example_input, communicator) -> Parallel:
+    from weft.parallel.pp import PipelineRunner
+
+    pipe = PipelineRunner(model, plan, mesh, device, example_input)
+    stage, runner = pipe.module, pipe.module
+    flavour = plan.data_parallel.flavour(plan.mesh)
+    if plan.mesh.dp_shard > 1 or (flavour == "fsdp" and plan.mesh.dp > 1):
+        from weft.parallel.fsdp import apply_fully_shard
+
+        apply_fully_shard(stage, plan, mesh)
+    elif plan.mesh.dp_replicate > 1:  # gradient hooks on the stage's parameters
+        runner = _replicate(stage, plan, mesh, device, flavour, communicator)
+    pipe.build()
+    return Parallel(stage, runner, plan, mesh, device, pipeline=pipe)
 
 
 def _replicate(model, plan, mesh, device, flavour, communicator) -> nn.Module:
@@ -121,9 +143,11 @@ class Parallel(nn.Module):
     model's own names (under the `module.` prefix here; `save`/`load` use the model's own).
     """
 
-    def __init__(self, module: nn.Module, runner: nn.Module, plan: Plan, mesh, device):
+    def __init__(self, module: nn.Module, runner: nn.Module, plan: Plan, mesh, device,
+                 pipeline=None):
         super().__init__()
         self.module = module
+        self.pipeline = pipeline  # a PipelineRunner for plans with mesh.pp > 1
         object.__setattr__(self, "runner", runner)  # a DataParallel/DDP wrapper, or module
         self.plan, self.mesh, self.device = plan, mesh, device
         self.coords = coordinates(mesh)
@@ -137,12 +161,25 @@ class Parallel(nn.Module):
         return hasattr(self.module, "reshard")  # fully_shard's FSDPModule
 
     def forward(self, *args, **kwargs):
+        if self.pipeline is not None:
+            raise PlanError(f"mesh.pp: {self.plan.mesh.pp}: a pipelined model runs through its "
+                            "schedule; train with model.step(inputs, targets, loss_fn)")
         if self._autocast:
             from weft.parallel.fsdp import dtype
 
             with torch.autocast(self.device.type, dtype=dtype(self.plan.mixed_precision.param_dtype)):
                 return self.runner(*args, **kwargs)
         return self.runner(*args, **kwargs)
+
+    def step(self, inputs, targets, loss_fn) -> torch.Tensor:
+        """Forward and backward on this rank's batch; returns the loss (detached). The same call
+        for every plan: pipelined plans run their schedule over the micro-batches."""
+        if self.pipeline is not None:
+            return self.pipeline.step(inputs, targets, loss_fn)
+        args = inputs if isinstance(inputs, tuple) else (inputs,)
+        loss = loss_fn(self(*args), targets)
+        loss.backward()
+        return loss.detach()
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -196,7 +233,8 @@ class Parallel(nn.Module):
     def full_state_dict(self) -> dict[str, torch.Tensor]:
         from weft.parallel.state import full_state_dict
 
-        return full_state_dict(self.module)
+        state = full_state_dict(self.module)
+        return self.pipeline.gather_full_state(state) if self.pipeline is not None else state
 
     def save(self, path: str | os.PathLike, optimizer: torch.optim.Optimizer | None = None,
              **extra) -> None:
