@@ -6,7 +6,8 @@ DeviceMesh + parallelize_module + fully_shard / DDP, in alternating rounds (both
 same machine state). Prints per shape the step time of each, their paired ratio
 (torch time / weft time per round, median; aim >= 0.95: weft adds no overhead), tokens/s
 and the model-state memory per rank (local bytes of parameters, gradients and Adam state,
-the largest rank; on CUDA also the allocator's peak). Also weft's own DataParallel (dp,
+the largest rank; on CUDA also the allocator's peak). The weft side trains through
+`model.step(x, y, loss_fn)` (the pipelined shape needs it; the others do forward+backward). Also weft's own DataParallel (dp,
 dp_tp) against the torch composition, as extra rows.
 
     python benchmarks/parallelize.py [--quick] [--json out.json] [--shapes dp,fsdp]
@@ -41,18 +42,51 @@ SHAPES = {
     "tp": ({"tp": 4}, {}, "tp"),
     "dp_tp": ({"dp_replicate": 2, "tp": 2}, {"replicate": "fsdp"}, "dp_tp"),
     "fsdp_tp": ({"dp_shard": 2, "tp": 2}, {"shard_modules": ["blocks.*"]}, "fsdp_tp"),
+    "pp_fsdp": ({"pp": 2, "dp_shard": 2}, {}, "pp_fsdp"),
     # weft's own replication runtime against torch's composition for the same shape
     "dp (weft DataParallel)": ({"dp_replicate": 4}, {"replicate": "weft"}, "ddp"),
     "dp_tp (weft DataParallel)": ({"dp_replicate": 2, "tp": 2}, {"replicate": "weft"}, "dp_tp"),
 }
 
 
-def _plan(shape):
+MICRO = 2  # micro-batches of the pipelined shapes (GPipe, cut before the second half's blocks)
+
+
+def _split(cfg):
+    return f"blocks.{cfg['n_layer'] // 2}"
+
+
+def _plan(shape, cfg):
     mesh, dp, _ = SHAPES[shape]
     plan = {"format": "weft.plan/1", "name": shape, "mesh": mesh, "data_parallel": dp}
     if mesh.get("tp", 1) > 1:
         plan["tensor_parallel"] = TP_RULES
+    if mesh.get("pp", 1) > 1:
+        plan["pipeline"] = {"split": [_split(cfg)], "schedule": "gpipe", "microbatches": MICRO}
     return plan
+
+
+def _hand_pipeline(model, cfg, micro_x):
+    """pp x fully_shard by hand: trace and split, shard the stage, GPipe schedule."""
+    import gpt
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.pipelining import ScheduleGPipe, SplitPoint, pipeline
+
+    mesh = init_device_mesh("cpu", (2, WORLD // 2), mesh_dim_names=("pp", "dp"))
+    pipe = pipeline(model, mb_args=(micro_x,), split_spec={_split(cfg): SplitPoint.BEGINNING})
+    rank = mesh.get_local_rank("pp")
+    fully_shard(pipe.get_stage_module(rank), mesh=mesh["dp"])
+    stage = pipe.build_stage(rank, torch.device("cpu"), group=mesh["pp"].get_group())
+    sched = ScheduleGPipe(stage, n_microbatches=MICRO, loss_fn=gpt.loss_fn)
+    dp_rank = mesh.get_local_rank("dp")
+
+    def step(x, y):
+        if rank == 0:
+            sched.step(x)
+        else:
+            sched.step(target=y)
+    return pipe.get_stage_module(rank), step, dp_rank, WORLD // 2
 
 
 def _hand(kind, model):
@@ -122,30 +156,40 @@ def _runner(shape, cfg, batch, weft_side):
     import weft
 
     model = gpt.model(**cfg)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, cfg["vocab"], (batch, cfg["block"] + 1), generator=g)
+    kind = SHAPES[shape][2]
     if weft_side:
-        pm = weft.parallelize(model, _plan(shape))
+        pm = weft.parallelize(model, _plan(shape, cfg), example_input=x[:, :-1])
         module, shard = pm, pm.shard
+
+        def fwd_bwd(xb, yb):
+            pm.step(xb, yb, gpt.loss_fn)
     else:
-        module = _hand(SHAPES[shape][2], model)
-        dp = {"ddp": WORLD, "fsdp": WORLD, "hsdp": WORLD, "tp": 1, "dp_tp": 2,
-              "fsdp_tp": 2}[SHAPES[shape][2]]
-        rank = dist.get_rank()
-        dp_rank = rank // (WORLD // dp) if dp < WORLD else rank  # tp is the fastest dim
+        if kind == "pp_fsdp":
+            micro = x[:batch // (WORLD // 2) // MICRO, :-1]
+            module, fwd_bwd, dp_rank, dp = _hand_pipeline(model, cfg, micro)
+        else:
+            module = _hand(kind, model)
+            dp = {"ddp": WORLD, "fsdp": WORLD, "hsdp": WORLD, "tp": 1, "dp_tp": 2,
+                  "fsdp_tp": 2}[kind]
+            rank = dist.get_rank()
+            dp_rank = rank // (WORLD // dp) if dp < WORLD else rank  # tp is the fastest dim
+
+            def fwd_bwd(xb, yb):
+                gpt.loss_fn(module(xb), yb).backward()
 
         def shard(b):
             n = b.shape[0] // dp
             return b[dp_rank * n:(dp_rank + 1) * n]
     opt = torch.optim.Adam(module.parameters(), lr=1e-3)
-    g = torch.Generator().manual_seed(0)
-    x = torch.randint(0, cfg["vocab"], (batch, cfg["block"] + 1), generator=g)
     xb, yb = shard(x[:, :-1]), shard(x[:, 1:])
 
     def step():
-        loss = gpt.loss_fn(module(xb), yb)
-        loss.backward()
+        fwd_bwd(xb, yb)
         opt.step()
         opt.zero_grad(set_to_none=False)
-    return step, (model, opt)
+    return step, (module, opt)
 
 
 def _timed(step, steps) -> float:

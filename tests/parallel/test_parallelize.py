@@ -5,6 +5,7 @@ One world of 4 gloo ranks runs every case in turn (process start-up is the slow 
 the reference runs the same `train` function in this process with the one-rank plan.
 """
 
+import contextlib
 import sys
 from pathlib import Path
 
@@ -50,8 +51,9 @@ def _task(name):
     return make, digits()[0], torch.nn.functional.cross_entropy
 
 
-def train(plan, task="gpt", steps=STEPS, start=0, load=None, save=None):
-    """The one training loop: only `plan` changes between runs."""
+def train(plan, task="gpt", steps=STEPS, start=0, load=None, save=None, accumulate=1):
+    """The one training loop: only `plan` changes between runs (`accumulate`: the batch in
+    that many pieces, all but the last backward inside `model.no_sync()`)."""
     make, train_set, loss_fn = _task(task)
     example = torch.stack([train_set[i][0] for i in range(BATCH)])  # a global batch's shape
     model = weft.parallelize(make(), plan, example_input=example)
@@ -64,6 +66,12 @@ def train(plan, task="gpt", steps=STEPS, start=0, load=None, save=None):
         if i >= start:
             if model.pipeline is not None:  # pipelined plans run their schedule
                 model.step(x, y, loss_fn)
+            elif accumulate > 1:
+                pieces = list(zip(x.chunk(accumulate), y.chunk(accumulate)))
+                for j, (xs, ys) in enumerate(pieces):
+                    sync = model.no_sync() if j < len(pieces) - 1 else contextlib.nullcontext()
+                    with sync:
+                        (loss_fn(model(xs), ys) / accumulate).backward()
             else:
                 out = model(x)
                 OUTPUT_DTYPES[model.plan.name] = out.dtype
@@ -87,6 +95,9 @@ CASES = {
     "dp-tp-fsdp-replicate": {"plan": _plan("dp_tp", data_parallel={"replicate": "fsdp"})},
     "fsdp-tp": {"plan": _plan("fsdp_tp")},
     "dp-tp-sp": {"plan": _plan("tp_sp")},
+    "dp-accumulate": {"plan": _plan("dp"), "accumulate": 2},
+    "ddp-accumulate": {"plan": _plan("dp", data_parallel={"replicate": "ddp"}), "accumulate": 2},
+    "fsdp-accumulate": {"plan": _plan("fsdp"), "accumulate": 2},
     "pp-dp": {"plan": _plan("pp_dp")},
     "pp-fsdp": {"plan": _plan("pp_fsdp")},
     "digits-dp": {"plan": _plan("dp"), "task": "digits"},

@@ -10,7 +10,9 @@ Order (as torchtitan): check the plan against the model and the world (errors na
 field and value, before any process-group traffic), build the DeviceMesh, tensor
 parallelism (parallelize_module), activation checkpointing, then data parallelism:
 fully_shard (dp_shard > 1, or HSDP), weft's DataParallel (any Communicator, e.g.
-the topology-aware WeftCommunicator) or torch DDP over dp_replicate.
+the topology-aware WeftCommunicator) or torch DDP over dp_replicate. Plans with
+mesh.pp > 1 are cut into stages by torch.distributed.pipelining first (weft.parallel.pp)
+and train with `model.step(x, y, loss_fn)`, which every plan offers.
 
 What torch 2.13 does on gloo (CPU), tried here: DeviceMesh, parallelize_module
 (all styles), fully_shard incl. HSDP and FSDP+TP (gloo has reduce_scatter and
