@@ -65,7 +65,8 @@ def train(plan, task="gpt", steps=STEPS, start=0, load=None, save=None, accumula
             break
         if i >= start:
             if model.pipeline is not None:  # pipelined plans run their schedule
-                model.step(x, y, loss_fn)
+                loss = model.step(x, y, loss_fn)  # the loss on the last stage only
+                assert (loss is None) != model.pipeline.last and (loss is None or loss > 0)
             elif accumulate > 1:
                 pieces = list(zip(x.chunk(accumulate), y.chunk(accumulate)))
                 for j, (xs, ys) in enumerate(pieces):

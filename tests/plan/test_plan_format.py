@@ -25,7 +25,7 @@ def test_example_plans_load_and_check():
     model = gpt.model()
     for path in sorted((EXAMPLES / "plans").glob("*.yaml")):
         plan = wp.load(path)
-        world = 1 if plan.name == "single" else 4
+        world = plan.mesh.size if plan.mesh.resolved else 4
         resolved = wp.check(plan, model, world)
         assert resolved.mesh.size == world, path
         assert wp.load(path) == plan

@@ -111,8 +111,10 @@ class PipelineRunner:
     def last(self) -> bool:
         return self.stage_index == self.n_stages - 1
 
-    def step(self, inputs, target, loss_fn) -> torch.Tensor:
-        """One training step on this rank's batch; the mean micro-batch loss on every pp rank."""
+    def step(self, inputs, target, loss_fn) -> torch.Tensor | None:
+        """One training step on this rank's batch. Returns the mean micro-batch loss on the
+        last stage's ranks and None on the others (sending it back would make the first
+        stage wait for the last one every step)."""
         key = id(loss_fn)
         if key not in self._schedules:
             cls = schedule_class(self.plan)
@@ -136,10 +138,7 @@ class PipelineRunner:
             sched.step(target=target.to(self.device), losses=losses)
         else:
             sched.step()
-        loss = (torch.stack([x.detach().float() for x in losses]).mean() if losses
-                else torch.zeros((), device=self.device))
-        dist.broadcast(loss, group_src=self.n_stages - 1, group=self.group)
-        return loss
+        return torch.stack([x.detach().float() for x in losses]).mean() if self.last else None
 
     def gather_full_state(self, local: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Every stage's whole parameters, merged on every rank (model order is not kept)."""

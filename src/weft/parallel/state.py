@@ -81,7 +81,7 @@ def save(path: str | os.PathLike, model: nn.Module, optimizer=None, plan=None, *
     dcp.save(state, checkpoint_id=str(tmp))
     _barrier()
     if _rank() == 0:
-        from weft.plan.format import to_dict
+        from weft.plan.parse import to_dict
 
         write_json(tmp / META, {"format": "weft.checkpoint/1", "optimizer": optimizer is not None,
                                 "plan": to_dict(plan) if plan is not None else None,

@@ -10,7 +10,8 @@ import yaml
 
 from weft.atomic import write_text
 from weft.errors import PlanError
-from weft.plan.format import Plan, from_dict, to_dict
+from weft.plan.format import Plan
+from weft.plan.parse import from_dict, to_dict
 
 
 def loads(text: str, source: str = "<plan>") -> Plan:
