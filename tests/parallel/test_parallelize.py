@@ -26,6 +26,7 @@ STEPS, BATCH, LR, WORLD = 3, 8, 1e-2, 4
 TOL = 1e-4  # relative: ||p - p_ref|| / ||p_ref|| per parameter tensor
 BF16 = {"mixed_precision": {"param_dtype": "bfloat16", "reduce_dtype": "float32"}}
 OUTPUT_DTYPES = {}  # plan name -> dtype of the model's output in the last step
+LOCAL_SHAPES = {}  # "last" -> {parameter name: shape this rank holds} of the last parallelize
 
 
 def _plan(file, **over):
@@ -57,6 +58,8 @@ def train(plan, task="gpt", steps=STEPS, start=0, load=None, save=None, accumula
     make, train_set, loss_fn = _task(task)
     example = torch.stack([train_set[i][0] for i in range(BATCH)])  # a global batch's shape
     model = weft.parallelize(make(), plan, example_input=example)
+    LOCAL_SHAPES["last"] = {n: tuple(getattr(p, "_local_tensor", p).shape)
+                            for n, p in model.module.named_parameters()}
     opt = torch.optim.Adam(model.parameters(), lr=LR)
     if load:
         assert model.load(load, opt) == {"step": start}
@@ -126,6 +129,7 @@ def _world(ckpt_dir):
     out = {}
     for name, case in CASES.items():
         out[name] = train(**case)
+        out[name + ":local"] = LOCAL_SHAPES["last"]
     for name, plan in MIXED.items():
         out[name] = (train(plan), OUTPUT_DTYPES[name])
     for name, chain in CHAINS.items():
@@ -168,6 +172,21 @@ def test_plan_matches_single_process(case, world_results, references):
     # the parameters moved: a plan that trained nothing would not match a trained reference
     initial = _task(task)[0]().state_dict()
     assert any(not torch.allclose(initial[k], results[0][case][k]) for k in initial)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", list(CASES))
+def test_describe_says_what_each_rank_holds(case, world_results):
+    """weft.plan.describe (what `weft plan show` prints) against the parameters each rank
+    really held after weft.parallelize."""
+    import weft.plan as wp
+
+    results, _ = world_results
+    task = CASES[case].get("task", "gpt")
+    views = wp.describe(wp.from_dict(CASES[case]["plan"]), _task(task)[0](), WORLD)
+    for rank, res in enumerate(results):
+        said = {name: local for name, _, local, _ in views[rank].params}
+        assert res[case + ":local"] == said, (case, rank)
 
 
 @pytest.mark.slow
