@@ -91,9 +91,10 @@ class TorchCommunicator(GroupMember):
         return DONE
 
     def broadcast(self, tensor: torch.Tensor, src: int = 0, async_op: bool = False) -> Work:
+        """`src` is a rank within this communicator's group (as in WeftCommunicator)."""
         if self.world_size == 1:
             return DONE
-        work = dist.broadcast(tensor, src=src, group=self.group, async_op=True)
+        work = dist.broadcast(tensor, group_src=src, group=self.group, async_op=True)
         if async_op:
             return work
         work.wait()

@@ -25,6 +25,29 @@ from torch.autograd import Variable
 from weft.collectives.communicator import Communicator, TorchCommunicator, Work
 
 
+def _local(t: torch.Tensor) -> torch.Tensor:
+    """The plain tensor behind `t`: a DTensor's local shard (tensor-parallel parameters)."""
+    return t._local_tensor if hasattr(t, "_local_tensor") else t
+
+
+def _placed_like(grad: torch.Tensor, p: nn.Parameter) -> torch.Tensor:
+    """A DTensor gradient laid out as its parameter (autograd may hand back e.g. Replicate
+    for a Shard(0) parameter); plain tensors pass through."""
+    if hasattr(grad, "placements") and tuple(grad.placements) != tuple(p.placements):
+        return grad.redistribute(p.device_mesh, p.placements)
+    return grad
+
+
+def _like(view: torch.Tensor, p: nn.Parameter) -> torch.Tensor:
+    """`view` (a bucket slice) as p's gradient: a DTensor with p's layout when p is one."""
+    if not hasattr(p, "device_mesh"):
+        return view
+    from torch.distributed.tensor import DTensor
+
+    return DTensor.from_local(view, p.device_mesh, p.placements, run_check=False,
+                              shape=p.shape, stride=p.stride())
+
+
 @dataclass
 class _Bucket:
     params: list[nn.Parameter]
@@ -40,6 +63,8 @@ class DataParallel(nn.Module):
     Parameters and buffers are broadcast from rank 0 at construction, so
     every replica starts equal. Gradients of parameters that received none
     in a step count as zeros (every rank then agrees on the bucket layout).
+    Tensor-parallel (DTensor) parameters are averaged shard by shard: the
+    communicator's group then holds one rank per replica of the same shard.
     """
 
     def __init__(self, module: nn.Module, communicator: Communicator | None = None,
@@ -53,7 +78,7 @@ class DataParallel(nn.Module):
         params = [p for p in module.parameters() if p.requires_grad]
         with torch.no_grad():
             for t in list(module.parameters()) + list(module.buffers()):
-                self.comm.broadcast(t.data, src=0)
+                self.comm.broadcast(_local(t.data), src=0)
         self.buckets = self._make_buckets(params, int(bucket_cap_mb * 2**20))
         self._where = {id(p): b for b, bucket in enumerate(self.buckets) for p in bucket.params}
         # Each bucket owns one flat buffer; gradients live in it as views, so the
@@ -64,8 +89,9 @@ class DataParallel(nn.Module):
                                       device=bucket.params[0].device)
             offset = 0
             for p in bucket.params:
-                self._views[id(p)] = bucket.flat[offset:offset + p.numel()].view_as(p)
-                offset += p.numel()
+                n = _local(p).numel()
+                self._views[id(p)] = bucket.flat[offset:offset + n].view_as(_local(p))
+                offset += n
         # One rank: nothing to average, so no hooks and no overhead.
         self._hooks = ([p.register_post_accumulate_grad_hook(self._on_grad) for p in params]
                        if self.comm.world_size > 1 else [])
@@ -76,16 +102,16 @@ class DataParallel(nn.Module):
         # bucket is small (1 MiB) so communication starts early in backward.
         buckets, cur, size, dtype = [], [], 0, None
         for p in reversed(params):
-            nbytes = p.numel() * p.element_size()
+            nbytes = _local(p).numel() * p.element_size()
             cap = min(cap_bytes, 2**20) if not buckets else cap_bytes
             if cur and (size + nbytes > cap or p.dtype != dtype):
-                buckets.append(_Bucket(cur, sum(q.numel() for q in cur)))
+                buckets.append(_Bucket(cur, sum(_local(q).numel() for q in cur)))
                 cur, size = [], 0
             cur.append(p)
             size += nbytes
             dtype = p.dtype
         if cur:
-            buckets.append(_Bucket(cur, sum(q.numel() for q in cur)))
+            buckets.append(_Bucket(cur, sum(_local(q).numel() for q in cur)))
         return buckets
 
     def forward(self, *args, **kwargs):
@@ -119,12 +145,12 @@ class DataParallel(nn.Module):
     def _on_grad_ready_copy(self, p: nn.Parameter) -> None:
         """Point p.grad at its slot in the bucket buffer (copying once if autograd made a new one)."""
         view = self._views[id(p)]
-        if p.grad is not view:
+        if p.grad is None or _local(p.grad) is not view:
             if p.grad is None:
                 view.zero_()
             else:
-                view.copy_(p.grad)
-            p.grad = view
+                view.copy_(_local(_placed_like(p.grad, p)))
+            p.grad = _like(view, p)
 
     def _launch_ready(self, force: bool = False) -> None:
         """Start buckets in index order (the same order on every rank)."""

@@ -1,0 +1,46 @@
+"""Fully sharded data parallelism from a plan: torch's fully_shard (FSDP2), HSDP on a 2-D mesh.
+
+Units: every module matched by `data_parallel.shard_modules` (innermost first), then
+the root. With dp_replicate > 1 and replicate 'fsdp' the mesh is (dp_replicate,
+dp_shard): parameters are sharded within a replica group and averaged across
+groups (HSDP). Tensor-parallel parameters (DTensors on the tp dim of the same root
+mesh) are sharded along dp on top of their tp shards (FSDP + TP).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from weft.plan.check import matching
+from weft.plan.format import Plan
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def dtype(name: str) -> torch.dtype:
+    return _DTYPES[name]
+
+
+def dp_mesh(plan: Plan, mesh):
+    """The mesh fully_shard runs on: 1-D dp_shard, or 2-D (dp_replicate, dp_shard) for HSDP."""
+    if plan.mesh.dp_replicate > 1:
+        return mesh["dp_replicate", "dp_shard"]
+    return mesh["dp_shard"]
+
+
+def apply_fully_shard(model: nn.Module, plan: Plan, mesh) -> nn.Module:
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    kw = {"mesh": dp_mesh(plan, mesh),
+          "reshard_after_forward": plan.data_parallel.reshard_after_forward}
+    mp = plan.mixed_precision
+    if mp is not None:
+        kw["mp_policy"] = MixedPrecisionPolicy(param_dtype=dtype(mp.param_dtype),
+                                               reduce_dtype=dtype(mp.reduce_dtype))
+    modules = dict(model.named_modules())
+    units = {n for pat in plan.data_parallel.shard_modules for n in matching(pat, model)}
+    for name in sorted(units, key=lambda n: -n.count(".")):  # innermost first
+        fully_shard(modules[name], **kw)
+    fully_shard(model, **kw)
+    return model

@@ -1,0 +1,203 @@
+"""Check a plan against a model and a world size, before any process group traffic.
+
+`check(plan, model, world)` resolves the mesh and raises `PlanError` naming the
+field and value for: degrees that do not multiply to the world size, a pattern
+that matches no module, a style on a module it cannot shard, a tp degree that does
+not divide the sharded dimension (or a divided attribute), a split point that is
+not a module name, and (where the device memory is known) a plan needing more
+memory per rank than a device has. `layout(plan, model)` says how every
+parameter is split (tp dim, fsdp sharding, pipeline stage); `describe` builds on it.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+from dataclasses import dataclass
+
+from torch import nn
+
+from weft.errors import PlanError
+from weft.plan.format import Plan
+
+BYTES_PER_PARAM_STATE = 4  # parameter, gradient and Adam's two moments, each one element
+
+
+def match(pattern: str, name: str) -> bool:
+    """fnmatch per dotted atom: '*' stays inside one atom; a '**' atom matches any depth."""
+    return _match(pattern.split("."), name.split(".") if name else [])
+
+
+def _match(pat: list[str], atoms: list[str]) -> bool:
+    if not pat:
+        return not atoms
+    if pat[0] == "**":
+        return any(_match(pat[1:], atoms[i:]) for i in range(len(atoms) + 1))
+    return bool(atoms) and fnmatch.fnmatchcase(atoms[0], pat[0]) and _match(pat[1:], atoms[1:])
+
+
+def matching(pattern: str, model: nn.Module) -> list[str]:
+    """Names of the model's modules (not the root) matched by `pattern`, in registration order."""
+    return [n for n, _ in model.named_modules() if n and match(pattern, n)]
+
+
+def _no_match(where: str, pattern: str, model: nn.Module) -> PlanError:
+    names = [n for n, _ in model.named_modules() if n]
+    near = difflib.get_close_matches(pattern, names, n=3, cutoff=0.5)
+    hint = f"; did you mean {near}?" if near else f"; module names look like {names[:4]}"
+    return PlanError(f"{where}: {pattern!r} matches no module of {type(model).__name__}{hint}")
+
+
+# How each style shards a module's weights: {param name: dim} for (style, module type).
+_SHARD_DIMS = {
+    ("colwise", nn.Linear): ({"weight": 0, "bias": 0}, "out_features"),
+    ("rowwise", nn.Linear): ({"weight": 1}, "in_features"),
+    ("colwise", nn.Embedding): ({"weight": 1}, "embedding_dim"),
+    ("rowwise", nn.Embedding): ({"weight": 0}, "num_embeddings"),
+}
+
+
+@dataclass(frozen=True)
+class ParamLayout:
+    """Where one parameter lives: its tp shard dim (None: whole on every tp rank), whether
+    fully_shard splits it over dp_shard, and its pipeline stage (None: chosen by the planner)."""
+
+    name: str
+    shape: tuple[int, ...]
+    tp_dim: int | None
+    tp_style: str | None
+    fsdp: bool
+    stage: int | None
+
+
+def tp_styles(plan: Plan, model: nn.Module) -> dict[str, tuple[int, object]]:
+    """{module name: (rule index, rule)} for rules with a style; errors on no match or overlap."""
+    out: dict[str, tuple[int, object]] = {}
+    for i, rule in enumerate(plan.tensor_parallel):
+        names = matching(rule.module, model)
+        if not names:
+            raise _no_match(f"tensor_parallel[{i}].module", rule.module, model)
+        if rule.style is None:
+            continue
+        for n in names:
+            if n in out:
+                raise PlanError(f"tensor_parallel[{i}].module: {rule.module!r} gives module {n!r} "
+                                f"a second style (tensor_parallel[{out[n][0]}] already did)")
+            out[n] = (i, rule)
+    return out
+
+
+def check(plan: Plan, model: nn.Module, world: int, device_memory: float | None = None) -> Plan:
+    """The plan resolved for `world` ranks, checked against `model` (see the module docstring)."""
+    plan = plan.resolve(world)
+    tp = plan.mesh.tp
+    modules = dict(model.named_modules())
+    styles = tp_styles(plan, model)
+    for name, (i, rule) in styles.items():
+        mod, where = modules[name], f"tensor_parallel[{i}]"
+        if rule.style in ("colwise", "rowwise"):
+            key = next((k for k in _SHARD_DIMS if k[0] == rule.style and isinstance(mod, k[1])), None)
+            if key is None:
+                raise PlanError(f"{where}.style: {rule.style!r} shards nn.Linear or nn.Embedding; "
+                                f"{name!r} is {type(mod).__name__}")
+            attr = _SHARD_DIMS[key][1]
+            size = getattr(mod, attr)
+            if size % tp:
+                raise PlanError(f"{where}: mesh.tp={tp} does not divide {name}.{attr}={size} "
+                                f"({rule.style} splits it)")
+    for i, rule in enumerate(plan.tensor_parallel):
+        for a, attr in enumerate(rule.divide):
+            for name in matching(rule.module, model):
+                v = getattr(modules[name], attr, None)
+                if not isinstance(v, int) or isinstance(v, bool):
+                    raise PlanError(f"tensor_parallel[{i}].divide[{a}]: module {name!r} has no "
+                                    f"integer attribute {attr!r} (got {v!r})")
+                if v % tp:
+                    raise PlanError(f"tensor_parallel[{i}].divide[{a}]: mesh.tp={tp} does not "
+                                    f"divide {name}.{attr}={v}")
+    for field, patterns in (("data_parallel.shard_modules", plan.data_parallel.shard_modules),
+                            ("activation_checkpoint", plan.activation_checkpoint)):
+        for i, pat in enumerate(patterns):
+            if not matching(pat, model):
+                raise _no_match(f"{field}[{i}]", pat, model)
+    pipe = plan.pipeline
+    if pipe is not None and pipe.split != "planner":
+        order = [n for n in modules if n]
+        last = -1
+        for i, s in enumerate(pipe.split):
+            if s not in modules or not s:
+                raise _no_match(f"pipeline.split[{i}]", s, model)
+            if order.index(s) <= last:
+                raise PlanError(f"pipeline.split[{i}]: {s!r} comes before the previous split point "
+                                "in the model's module order")
+            last = order.index(s)
+    if device_memory is not None:
+        need = memory_per_rank(plan, model)
+        if need > device_memory:
+            raise PlanError(f"mesh: {_mesh_text(plan)} needs about {need / 2**30:.3g} GiB per rank "
+                            f"(parameters, gradients and Adam state; activations not counted) but a "
+                            f"device has {device_memory / 2**30:.3g} GiB")
+    return plan
+
+
+def _mesh_text(plan: Plan) -> str:
+    return " x ".join(f"{d}={v}" for d, v in plan.mesh.degrees().items())
+
+
+def layout(plan: Plan, model: nn.Module) -> list[ParamLayout]:
+    """How each parameter of `model` is split under the (resolved) plan."""
+    styles = tp_styles(plan, model) if plan.mesh.tp > 1 else {}
+    fsdp = plan.mesh.dp_shard > 1 or plan.data_parallel.flavour(plan.mesh) == "fsdp"
+    stage_of = _stages(plan, model)
+    out = []
+    for mod_name, mod in model.named_modules():
+        for pname, p in mod.named_parameters(recurse=False):
+            full = f"{mod_name}.{pname}" if mod_name else pname
+            tp_dim, style = None, None
+            if mod_name in styles:
+                style = styles[mod_name][1].style
+                key = next((k for k in _SHARD_DIMS if k[0] == style and isinstance(mod, k[1])), None)
+                tp_dim = _SHARD_DIMS[key][0].get(pname) if key else None
+            out.append(ParamLayout(full, tuple(p.shape), tp_dim, style, fsdp, stage_of(mod_name)))
+    return out
+
+
+def _stages(plan: Plan, model: nn.Module):
+    pipe = plan.pipeline
+    if pipe is None or plan.mesh.pp == 1:
+        return lambda name: 0
+    if pipe.split == "planner":
+        return lambda name: None
+    order = {n: i for i, (n, _) in enumerate(model.named_modules())}
+    cuts = [order[s] for s in pipe.split]
+
+    def stage(name: str) -> int:
+        return sum(order[name] >= c for c in cuts)
+    return stage
+
+
+def local_shape(p: ParamLayout, tp: int, tp_rank: int, shard: int, shard_rank: int) -> tuple[int, ...]:
+    """The shape rank (tp_rank, shard_rank) holds: tp split first, then fully_shard's dim-0 chunk."""
+    shape = list(p.shape)
+    if p.tp_dim is not None and tp > 1:
+        shape[p.tp_dim] //= tp
+    if p.fsdp and shard > 1 and shape:
+        chunk = -(-shape[0] // shard)  # torch.chunk: ceil-sized chunks, the last ones smaller
+        shape[0] = max(0, min(chunk, shape[0] - shard_rank * chunk))
+    return tuple(shape)
+
+
+def memory_per_rank(plan: Plan, model: nn.Module) -> float:
+    """Bytes of parameters, gradients and Adam moments on the busiest rank (activations excluded)."""
+    m = plan.mesh
+    per_stage: dict[object, float] = {}
+    sizes = {n: p.element_size() for n, p in model.named_parameters()}
+    for p in layout(plan, model):
+        shape = local_shape(p, m.tp, 0, m.dp_shard, 0)
+        n = 1
+        for s in shape:
+            n *= s
+        per_stage[p.stage] = per_stage.get(p.stage, 0.0) + n * sizes.get(p.name, 4)
+    if None in per_stage:  # planner-chosen stages: assume an even split
+        return per_stage[None] / m.pp * BYTES_PER_PARAM_STATE
+    return max(per_stage.values(), default=0.0) * BYTES_PER_PARAM_STATE

@@ -1,0 +1,288 @@
+"""weft.parallelize: every plan trains the GPT example (and the digits CNN) to the parameters a
+single process reaches on the same global batches; checkpoints move between plans.
+
+One world of 4 gloo ranks runs every case in turn (process start-up is the slow part);
+the reference runs the same `train` function in this process with the one-rank plan.
+"""
+
+import contextlib
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+
+import weft
+from weft.errors import PlanError
+from weft.launch import launch
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+PLANS = EXAMPLES / "plans"
+sys.path.insert(0, str(EXAMPLES))
+import gpt
+
+STEPS, BATCH, LR, WORLD = 3, 8, 1e-2, 4
+TOL = 1e-4  # relative: ||p - p_ref|| / ||p_ref|| per parameter tensor
+BF16 = {"mixed_precision": {"param_dtype": "bfloat16", "reduce_dtype": "float32"}}
+OUTPUT_DTYPES = {}  # plan name -> dtype of the model's output in the last step
+LOCAL_SHAPES = {}  # "last" -> {parameter name: shape this rank holds} of the last parallelize
+
+
+def _plan(file, **over):
+    """An example plan (examples/plans/<file>.yaml) as data, top-level sections updated."""
+    import weft.plan as wp
+
+    data = wp.to_dict(wp.load(PLANS / f"{file}.yaml"))
+    for key, value in over.items():
+        data[key] = {**data.get(key, {}), **value} if isinstance(value, dict) else value
+    return data
+
+
+def _task(name):
+    if name == "gpt":
+        train_set, _ = gpt.dataset(max_chars=20_000)
+        return (lambda: gpt.model(n_layer=2)), train_set, gpt.loss_fn
+    from weft.data import digits
+    from weft.models import digits_cnn
+
+    def make():
+        torch.manual_seed(0)
+        return digits_cnn(8)
+    return make, digits()[0], torch.nn.functional.cross_entropy
+
+
+def train(plan, task="gpt", steps=STEPS, start=0, load=None, save=None, accumulate=1):
+    """The one training loop: only `plan` changes between runs (`accumulate`: the batch in
+    that many pieces, all but the last backward inside `model.no_sync()`)."""
+    make, train_set, loss_fn = _task(task)
+    example = torch.stack([train_set[i][0] for i in range(BATCH)])  # a global batch's shape
+    model = weft.parallelize(make(), plan, example_input=example)
+    LOCAL_SHAPES["last"] = {n: tuple(getattr(p, "_local_tensor", p).shape)
+                            for n, p in model.module.named_parameters()}
+    opt = torch.optim.Adam(model.parameters(), lr=LR)
+    if load:
+        assert model.load(load, opt) == {"step": start}
+    for i, (x, y) in enumerate(model.loader(train_set, batch_size=BATCH, shuffle=True, seed=1)):
+        if i >= start + steps:
+            break
+        if i >= start:
+            if model.pipeline is not None:  # pipelined plans run their schedule
+                loss = model.step(x, y, loss_fn)  # the loss on the last stage only
+                assert (loss is None) != model.pipeline.last and (loss is None or loss > 0)
+            elif accumulate > 1:
+                pieces = list(zip(x.chunk(accumulate), y.chunk(accumulate)))
+                for j, (xs, ys) in enumerate(pieces):
+                    sync = model.no_sync() if j < len(pieces) - 1 else contextlib.nullcontext()
+                    with sync:
+                        (loss_fn(model(xs), ys) / accumulate).backward()
+            else:
+                out = model(x)
+                OUTPUT_DTYPES[model.plan.name] = out.dtype
+                loss = loss_fn(out.float(), y)
+                loss.backward()
+            opt.step()
+            opt.zero_grad()
+    if save:
+        model.save(save, opt, step=start + steps)
+    return model.full_state_dict()
+
+
+CASES = {
+    "dp": {"plan": _plan("dp")},
+    "dp-ddp": {"plan": _plan("dp", data_parallel={"replicate": "ddp"})},
+    "dp-weft-communicator": {"plan": _plan("dp", data_parallel={"communicator": "weft"})},
+    "fsdp": {"plan": _plan("fsdp")},
+    "hsdp": {"plan": _plan("hsdp")},
+    "tp": {"plan": _plan("tp")},
+    "dp-tp": {"plan": _plan("dp_tp")},
+    "dp-tp-fsdp-replicate": {"plan": _plan("dp_tp", data_parallel={"replicate": "fsdp"})},
+    "fsdp-tp": {"plan": _plan("fsdp_tp")},
+    "dp-tp-sp": {"plan": _plan("tp_sp")},
+    "dp-accumulate": {"plan": _plan("dp"), "accumulate": 2},
+    "ddp-accumulate": {"plan": _plan("dp", data_parallel={"replicate": "ddp"}), "accumulate": 2},
+    "fsdp-accumulate": {"plan": _plan("fsdp"), "accumulate": 2},
+    "pp-dp": {"plan": _plan("pp_dp")},
+    "pp-fsdp": {"plan": _plan("pp_fsdp")},
+    "digits-dp": {"plan": _plan("dp"), "task": "digits"},
+    "digits-fsdp": {"plan": _plan("fsdp", data_parallel={"shard_modules": []}), "task": "digits"},
+    "digits-hsdp": {"plan": _plan("hsdp", data_parallel={"shard_modules": ["[0-9]"]}),
+                        "task": "digits"},
+}
+# Checkpoint chains: (plan, steps) saved, then loaded under the next plan for the rest.
+CHAINS = {
+    "fsdp->dp-tp": [("fsdp", 2), ("dp_tp", 1)],
+    "tp->fsdp-tp": [("tp", 1), ("fsdp_tp", 2)],
+    "dp->hsdp": [("dp", 2), ("hsdp", 1)],
+    "pp-dp->fsdp-tp": [("pp_dp", 2), ("fsdp_tp", 1)],
+    "tp->pp-fsdp": [("tp", 1), ("pp_fsdp", 2)],
+}
+
+
+# Mixed precision (bf16 compute): reductions in another order round differently in bf16 and
+# Adam amplifies that, so these are checked loosely against fp32 (and for bf16 compute).
+MIXED = {"fsdp-bf16": _plan("fsdp", name="fsdp-bf16", **BF16),
+         "dp-tp-bf16": _plan("dp_tp", name="dp-tp-bf16", **BF16)}
+
+
+def _world(ckpt_dir):
+    out = {}
+    for name, case in CASES.items():
+        out[name] = train(**case)
+        out[name + ":local"] = LOCAL_SHAPES["last"]
+    for name, plan in MIXED.items():
+        out[name] = (train(plan), OUTPUT_DTYPES[name])
+    for name, chain in CHAINS.items():
+        start, prev = 0, None
+        for i, (plan, steps) in enumerate(chain):
+            path = f"{ckpt_dir}/{name}-{i}"
+            state = train(_plan(plan), steps=steps, start=start, load=prev, save=path)
+            start, prev = start + steps, path
+        out[name] = state
+    return out
+
+
+@pytest.fixture(scope="module")
+def world_results(tmp_path_factory):
+    ckpt = tmp_path_factory.mktemp("ckpt")
+    results = launch(_world, WORLD, args=(str(ckpt),), timeout=120)
+    return results, ckpt
+
+
+@pytest.fixture(scope="module")
+def references():
+    single = _plan("single")
+    return {"gpt": train(single), "digits": train(single, task="digits")}
+
+
+def _assert_close(state, ref, what):
+    assert state.keys() == ref.keys(), what
+    for k, v in ref.items():
+        err = float((state[k] - v).norm() / v.norm())
+        assert err <= TOL, f"{what}: {k} differs from the single-process run by {err:.2e} (relative)"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", list(CASES) + list(CHAINS))
+def test_plan_matches_single_process(case, world_results, references):
+    results, _ = world_results
+    task = CASES.get(case, {}).get("task", "gpt")
+    for rank, res in enumerate(results):
+        _assert_close(res[case], references[task], f"{case} rank {rank}")
+    # the parameters moved: a plan that trained nothing would not match a trained reference
+    initial = _task(task)[0]().state_dict()
+    assert any(not torch.allclose(initial[k], results[0][case][k]) for k in initial)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", list(CASES))
+def test_describe_says_what_each_rank_holds(case, world_results):
+    """weft.plan.describe (what `weft plan show` prints) against the parameters each rank
+    really held after weft.parallelize."""
+    import weft.plan as wp
+
+    results, _ = world_results
+    task = CASES[case].get("task", "gpt")
+    views = wp.describe(wp.from_dict(CASES[case]["plan"]), _task(task)[0](), WORLD)
+    for rank, res in enumerate(results):
+        said = {name: local for name, _, local, _ in views[rank].params}
+        assert res[case + ":local"] == said, (case, rank)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", list(MIXED))
+def test_mixed_precision_computes_in_bf16(case, world_results, references):
+    results, _ = world_results
+    state, dtype = results[0][case]
+    assert dtype == torch.bfloat16
+    ref = references["gpt"]
+    errs = {k: float((state[k] - v).norm() / v.norm()) for k, v in ref.items()}
+    assert all(state[k].dtype == torch.float32 for k in state)  # fp32 master weights
+    assert max(errs.values()) > TOL  # bf16 really was used ...
+    assert max(errs.values()) < 0.3, errs  # ... on the same training run
+
+
+@pytest.mark.slow
+def test_checkpoint_from_four_ranks_continues_in_one_process(world_results, references):
+    """The 4-rank fsdp->dp-tp chain's last checkpoint (3 steps) loads under the one-rank plan;
+    two more steps equal five single-process steps."""
+    _, ckpt = world_results
+    state = train(_plan("single"), steps=2, start=3, load=str(ckpt / "fsdp->dp-tp-1"))
+    _assert_close(state, train(_plan("single"), steps=5), "4 ranks -> 1 process")
+
+
+def test_one_rank_plan_runs_without_process_group():
+    assert not dist.is_initialized()
+    model = weft.parallelize(gpt.model(n_layer=1), PLANS / "single.yaml")
+    assert model.mesh is None and model.dp_size == 1
+    x = gpt.example_input(2)
+    assert model(x).shape == (2, gpt.CONFIG["block"], gpt.CONFIG["vocab"])
+
+
+def test_world_mismatch_is_an_error_before_anything_runs():
+    with pytest.raises(PlanError, match=r"mesh.dp_replicate: -1 cannot be inferred|"
+                                        r"mesh: pp=1 x dp_replicate=2 x dp_shard=1 x tp=2 = 4 ranks"):
+        weft.parallelize(gpt.model(n_layer=1), PLANS / "dp_tp.yaml")
+
+
+BAD = [
+    ({"tensor_parallel": [{"module": "blocks.*.mlp.fc2", "style": "colwise"}]},
+     "tensor_parallel[0].module: 'blocks.*.mlp.fc2' matches no module of GPT"),
+    ({"mesh": {"dp_replicate": 3, "tp": 2}}, "= 6 ranks, but the world has 2"),
+    ({"activation_checkpoint": ["blocks.9"]}, "activation_checkpoint[0]: 'blocks.9' matches no module"),
+    ({"mesh": {"dp_replicate": 1, "tp": 2}, "tensor_parallel": [{"module": "tok", "style": "colwise"},
+                                                                {"module": "pos", "divide": ["block"]}]},
+     "tensor_parallel[1].divide[0]: module 'pos' has no integer attribute 'block'"),
+]
+
+
+def _only_rank0_parallelizes(plans):
+    """Rank 0 tries each bad plan; rank 1 never calls parallelize. Had rank 0 started a
+    collective (mesh, broadcast), it would wait for rank 1 until the timeout instead."""
+    messages = []
+    if dist.get_rank() == 0:
+        for plan in plans:
+            try:
+                weft.parallelize(gpt.model(n_layer=1), plan)
+                messages.append(None)
+            except PlanError as exc:
+                messages.append(str(exc))
+    return messages
+
+
+def test_bad_plans_fail_in_the_rank_before_any_traffic():
+    messages = launch(_only_rank0_parallelizes, 2, args=([_plan("dp_tp", **o) for o, _ in BAD],),
+                      timeout=20)[0]
+    for (_, want), got in zip(BAD, messages):
+        assert got is not None and want in got, (want, got)
+
+
+@pytest.mark.parametrize("over,message", [
+    ({"pipeline": {"schedule": "pipedream"}}, "pipeline.schedule: 'pipedream' is not run"),
+    ({"pipeline": {"schedule": "interleaved", "stages_per_rank": 2, "split": ["blocks.0", "blocks.1",
+                                                                            "ln_f"]}},
+     "pipeline.schedule: 'interleaved' is not run"),
+    ({"pipeline": {"split": "planner"}}, "pipeline.split: 'planner' is not run"),
+    ({"mesh": {"pp": 2, "tp": 2}, "tensor_parallel": [{"module": "head", "style": "colwise"}]},
+     "mesh.tp: 2 with mesh.pp=2 is not supported yet"),
+    ({"mesh": {"pp": 2, "dp_replicate": 2}, "data_parallel": {"replicate": "ddp"}},
+     "data_parallel.replicate: 'ddp' with mesh.pp > 1"),
+    ({"activation_checkpoint": ["blocks.*"]}, "activation_checkpoint: not applied"),
+    ({"example": None}, "needs weft.parallelize(..., example_input=)"),
+    ({"example": torch.zeros(6, 32, dtype=torch.long)},
+     "pipeline.microbatches: a global batch of 6 does not split into 1 replicas x 4"),
+])
+def test_pipeline_limits_are_plan_errors(over, message):
+    """What the pp runner cannot do yet is refused before any traffic (no process group here)."""
+    import weft.plan as wp
+    from weft.parallel.pp import check_pipeline
+
+    example = over.pop("example", torch.zeros(8, 32, dtype=torch.long))
+    data = _plan("pp", **{"pipeline": {"microbatches": 4}, **over})
+    world = 1
+    for v in data["mesh"].values():
+        world *= v
+    plan = wp.check(wp.from_dict(data), gpt.model(), world)
+    with pytest.raises(PlanError) as err:
+        check_pipeline(plan, example)
+    assert message in str(err.value), str(err.value)
