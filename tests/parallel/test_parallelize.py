@@ -43,8 +43,8 @@ def _task(name):
     if name == "gpt":
         train_set, _ = gpt.dataset(max_chars=20_000)
         return (lambda: gpt.model(n_layer=2)), train_set, gpt.loss_fn
-    from weft.data import digits
-    from weft.models import digits_cnn
+    from weft.demo.data import digits
+    from weft.demo.models import digits_cnn
 
     def make():
         torch.manual_seed(0)

@@ -155,7 +155,7 @@ def format_description(plan: Plan, views: list[RankView], params: bool = True) -
 
 
 def _load_model(spec: str) -> nn.Module:
-    from weft.planner.spec import load_model  # moves to weft.model_spec (issue 13)
+    from weft.model_spec import load_model
 
     return load_model(spec)
 
