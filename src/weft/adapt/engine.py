@@ -133,8 +133,7 @@ class LocalEngine(_Base):
         h = hashlib.sha1()
         for t in list(self.model.state_dict().values()) + [
                 v for st in self.opt.state.values() for v in st.values() if torch.is_tensor(v)]:
-            h.update(t.detach().contiguous().view(torch.uint8).numpy().tobytes()
-                     if t.numel() else b"")
+            h.update(t.detach().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
         return h.hexdigest()[:16]
 
 

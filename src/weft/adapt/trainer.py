@@ -203,6 +203,7 @@ class Trainer(Changes):
             self.metrics["capacity"] = float(self.capacity)
         if self.cfg.log_samples and contributes:
             self.samples.append((self.step, self.epoch, idx.tolist()))
+        at = (self.epoch, self.consumed)  # where in which epoch's order this step read
         self.consumed += total
         self.step += 1
         if self.consumed >= self.n_samples:
@@ -210,7 +211,7 @@ class Trainer(Changes):
         self.last_step_time, self.last_comm_time = time.perf_counter() - t0, t_sync
         self.history.append({"step": self.step, "loss": self.metrics["loss"], "world": world,
                              "strategy": self.strategy.name, "batch_size": self.per_worker(),
-                             "global_batch": total, "lr": self.lr,
+                             "global_batch": total, "at": at, "lr": self.lr,
                              "noise_scale": self.metrics.get("noise_scale"),
                              "throughput": self.metrics.get("throughput"),
                              "step_time": self.last_step_time, "comm_time": t_sync,

@@ -328,8 +328,8 @@ def check(w: Workload, workers: int, batch_size: int, batch_rule: str = "per_wor
     if not (torch.is_tensor(loss) and loss.numel() == 1 and loss.requires_grad):
         raise WorkloadError(f"loss_fn: must return a scalar tensor with a gradient, got "
                             f"{type(loss).__name__}{tuple(getattr(loss, 'shape', ()))}")
-    if not math.isfinite(float(loss)):
-        raise WorkloadError(f"loss_fn: the loss of 2 samples is {float(loss)}")
+    if not math.isfinite(float(loss.detach())):
+        raise WorkloadError(f"loss_fn: the loss of 2 samples is {float(loss.detach())}")
     if b.plan is not None:
         from weft.plan.check import check as check_plan
         from weft.plan.io import resolve
