@@ -162,3 +162,56 @@ def test_user_model_adam_resize_and_sigkill_equal_the_reference():
     ref = reference(STEPS)
     for k, v in ref.items():
         torch.testing.assert_close(a["model"][k], v, rtol=0, atol=1e-5, msg=k)
+
+
+@pytest.mark.slow
+def test_resume_from_checkpoint_with_another_world_size(tmp_path):
+    """Two workers train 16 steps (asynchronous checkpoints every 5, and at the end), the job
+    ends; three workers resume from the checkpoint and finish: the parameters equal the
+    reference's, and the user's state went through the checkpoint."""
+    from weft.adapt import fit
+
+    ckpt = tmp_path / "ckpt"
+    common = dict(epochs=2, batch_size=12, batch_rule="global", max_workers=3, standby=0,
+                  checkpoint=str(ckpt), checkpoint_every=5)
+    first = fit(cnn, Digits(), nn.functional.cross_entropy, adam, scheduler=step_lr,
+                callbacks=[CountSamples()], state=Seen(),
+                config=dict(common, workers=2, max_steps=16), timeout=300)
+    assert [c["step"] for c in first["checkpoints"]] == [5, 10, 15, 16]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]  # nothing half-written left
+    second = fit(cnn, Digits(), nn.functional.cross_entropy, adam, scheduler=step_lr,
+                 callbacks=[CountSamples()], state=Seen(),
+                 config=dict(common, workers=3, max_steps=STEPS, resume=True,
+                             checkpoint_every=0), timeout=300)
+    (resumed,) = [e for e in second["events"] if e["kind"] == "resume"]
+    assert resumed["step"] == 16 and "written by 2 worker(s), now 3" in resumed["detail"]
+    assert second["steps"] == STEPS and second["history"][0]["step"] == 17
+    assert {h["world"] for h in second["history"]} == {3} and second["replicas_identical"]
+    assert second["user_state"] == {"samples": STEPS * GLOBAL}
+    trained = second["model"].state_dict()
+    for k, v in reference(STEPS).items():
+        torch.testing.assert_close(trained[k], v, rtol=0, atol=1e-5, msg=k)
+
+
+def test_checkpoint_writes_are_atomic_and_resume_errors_are_clear(tmp_path):
+    from weft.adapt.durable import CheckpointError, meta, read, write
+
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    model = cnn()
+    opt = adam(model.parameters())
+    data = Digits()
+    nn.functional.cross_entropy(model(data.x[:4]), data.y[:4]).backward()
+    opt.step()
+    msd, osd = get_state_dict(model, opt)
+    write(tmp_path / "c", msd, osd, {"step": 3}, {"step": 3})
+    assert meta(tmp_path / "c")["step"] == 3
+    with pytest.raises(Exception):  # a state that cannot be written: the old one stays
+        write(tmp_path / "c", msd, osd, {"step": 9, "fn": lambda: 0}, {"step": 9})
+    assert meta(tmp_path / "c")["step"] == 3
+    got, _, extra = read(tmp_path / "c", cnn, adam)
+    assert extra["step"] == 3 and all(torch.equal(got[k], msd[k]) for k in msd)
+    with pytest.raises(CheckpointError, match="nothing to resume from"):
+        meta(tmp_path / "missing")
+    with pytest.raises(CheckpointError, match="does not fit the model"):
+        read(tmp_path / "c", lambda: nn.Linear(3, 2), adam)

@@ -49,7 +49,7 @@ class Changes:
                                                     self.cfg.pg_timeout)
         self.memberships.append({"epoch": self.mem.epoch, "rank": self.mem.rank,
                                  "world": self.mem.world, "pid": os.getpid(), "step": self.step,
-                                 "why": why})
+                                 "why": why, "local_params": self.engine.local_numel()})
         self.fresh = True
 
     def broadcast_state(self, src: int = 0, state: dict | None = None) -> None:

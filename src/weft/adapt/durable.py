@@ -79,6 +79,7 @@ def read(path: str | os.PathLike, make_model, make_optimizer) -> tuple[dict, dic
     """(model state, optimizer state, trainer extras) of a checkpoint, loaded into a fresh
     model and optimizer from the factories (so it must fit the workload's model)."""
     import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.api import CheckpointException
     from torch.distributed.checkpoint.state_dict import (get_model_state_dict,
                                                          get_optimizer_state_dict)
 
@@ -88,7 +89,7 @@ def read(path: str | os.PathLike, make_model, make_optimizer) -> tuple[dict, dic
     state = {"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(model, opt)}
     try:
         dcp.load(state, checkpoint_id=str(path), no_dist=True)
-    except Exception as exc:  # noqa: BLE001 - name the checkpoint and the model
+    except (Exception, CheckpointException) as exc:  # noqa: BLE001 - name checkpoint and model
         raise CheckpointError(f"checkpoint {path} does not fit the model "
                               f"{type(model).__name__}: {type(exc).__name__}: "
                               f"{str(exc)[:400]}") from None

@@ -15,10 +15,7 @@ the global batch, also when the last batch of an epoch splits unevenly.
 
 from __future__ import annotations
 
-import math
-
 import torch
-import torch.distributed as dist
 
 from weft.adapt.workload import Built, split
 
@@ -74,6 +71,11 @@ class _Base:
     def check_world(self, n: int) -> str | None:
         return None
 
+    def local_numel(self) -> int:
+        """Parameter elements this worker holds (a shard's under FSDP)."""
+        return sum(p.to_local().numel() if hasattr(p, "to_local") else p.numel()
+                   for p in self.params)
+
 
 class LocalEngine(_Base):
     """A full replica in every worker."""
@@ -114,17 +116,22 @@ class LocalEngine(_Base):
         if self.sched is not None and s.get("sched") is not None:
             self.sched.load_state_dict(s["sched"])
 
-    def fqn_state(self, s: dict | None = None) -> tuple[dict, dict]:
-        """(model, optimizer) state keyed by parameter names (the checkpoint format), cloned."""
-        from torch.distributed.checkpoint.state_dict import get_state_dict
+    def fqn_state(self, s: dict | None = None) -> tuple[dict, dict | None]:
+        """(model, optimizer) state keyed by parameter names (the checkpoint format), cloned;
+        the optimizer's is None before its first step (see PlanEngine.state)."""
+        from torch.distributed.checkpoint.state_dict import (get_model_state_dict,
+                                                             get_optimizer_state_dict)
 
-        msd, osd = get_state_dict(self.model, self.opt)
-        return _clone(msd), _clone(osd)
+        osd = get_optimizer_state_dict(self.model, self.opt) if self.opt.state else None
+        return _clone(get_model_state_dict(self.model)), _clone(osd)
 
-    def load_fqn(self, msd: dict, osd: dict) -> None:
-        from torch.distributed.checkpoint.state_dict import set_state_dict
+    def load_fqn(self, msd: dict, osd: dict | None) -> None:
+        from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_state_dict
 
-        set_state_dict(self.model, self.opt, model_state_dict=msd, optim_state_dict=osd)
+        if osd is None:
+            set_model_state_dict(self.model, msd)
+        else:
+            set_state_dict(self.model, self.opt, model_state_dict=msd, optim_state_dict=osd)
 
     def digest(self) -> str:
         """A fingerprint of parameters and optimizer state (equal iff bit-identical)."""
@@ -144,6 +151,8 @@ class PlanEngine(_Base):
 
     def __init__(self, built: Built, lr: float | None = None, communicator=None):
         super().__init__(built, lr)
+        import torch.distributed.fsdp  # noqa: F401 - warm: imported before any resize
+        import weft.parallel.apply  # noqa: F401
         from weft.plan.io import resolve
 
         self.plan = resolve(built.plan)
@@ -196,11 +205,16 @@ class PlanEngine(_Base):
         return buf, None
 
     def state(self) -> dict:
-        """The full (unsharded) state, keyed by parameter names, on every rank (collective)."""
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+        """The full (unsharded) state, keyed by parameter names, on every rank (collective).
+        An optimizer that has not stepped yet has no state (asking DCP for it would make
+        one with a step of zero gradients: Adam would count a step that never was)."""
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions, get_model_state_dict, get_optimizer_state_dict)
 
-        msd, osd = get_state_dict(self.par.module, self.opt,
-                                  options=StateDictOptions(full_state_dict=True))
+        opts = StateDictOptions(full_state_dict=True)
+        msd = get_model_state_dict(self.par.module, options=opts)
+        osd = get_optimizer_state_dict(self.par.module, self.opt, options=opts) \
+            if self.opt.state else None
         return {"model": _clone(msd), "opt": _clone(osd),
                 "sched": self.sched.state_dict() if self.sched is not None else None}
 
@@ -213,11 +227,16 @@ class PlanEngine(_Base):
         s = s if s is not None else self.state()
         return s["model"], s["opt"]
 
-    def load_fqn(self, msd: dict, osd: dict) -> None:
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+    def load_fqn(self, msd: dict, osd: dict | None) -> None:
+        from torch.distributed.checkpoint.state_dict import (StateDictOptions,
+                                                             set_model_state_dict, set_state_dict)
 
-        set_state_dict(self.par.module, self.opt, model_state_dict=msd, optim_state_dict=osd,
-                       options=StateDictOptions(full_state_dict=True))
+        opts = StateDictOptions(full_state_dict=True)
+        if osd is None:  # not stepped yet: the fresh optimizer is the right one
+            set_model_state_dict(self.par.module, msd, options=opts)
+        else:
+            set_state_dict(self.par.module, self.opt, model_state_dict=msd,
+                           optim_state_dict=osd, options=opts)
 
     def digest(self) -> None:
         return None  # shards differ between ranks by design
@@ -241,8 +260,3 @@ def make(built: Built, lr: float | None = None):
     return PlanEngine(built, lr) if built.plan is not None else LocalEngine(built, lr)
 
 
-def finite(x: float) -> bool:
-    return isinstance(x, float) and math.isfinite(x)
-
-
-__all__ = ["LocalEngine", "PlanEngine", "make", "set_lr", "unaveragable", "dist"]
