@@ -227,11 +227,13 @@ class FollowCapacity(Policy):
 
 @dataclass
 class ReplanOnSlowdown(Policy):
-    """Re-measure the links and re-plan the collectives when synchronising got slower: the
-    step's `comm_time` stays above `factor` x its level after the last change (the median
-    of the `settle` steps that followed it) for `patience` steps in a row, e.g. a link
-    became slow or congested. After the re-plan the level is measured afresh, so a
-    slowdown that no algorithm avoids does not re-plan again and again."""
+    """Re-measure the links and re-plan the collectives when synchronising is slower than it
+    should be: once the `settle` steps after a change have set its level (their median
+    `comm_time`), (a) that level is over `factor` x the plan's prediction (`comm_predicted`,
+    with a topology: the links are slower than the topology says; checked once per
+    membership), or (b) later steps stay over `factor` x that level for `patience` steps in
+    a row (a link became slow or congested). After a re-plan the level is measured afresh,
+    so a slowdown that no algorithm avoids does not re-plan again and again."""
 
     factor: float = 1.5
     patience: int = 3
@@ -240,6 +242,7 @@ class ReplanOnSlowdown(Policy):
     seen: list = field(default_factory=list)
     baseline: float | None = None
     over: int = 0
+    checked: int = -1  # the membership whose level was compared with the prediction
 
     def on_step(self, metrics, ctx):
         c = metrics.get("comm_time")
@@ -250,9 +253,15 @@ class ReplanOnSlowdown(Policy):
             self.key, self.seen, self.baseline, self.over = key, [], None, 0
         if self.baseline is None:
             self.seen.append(c)
-            if len(self.seen) > self.settle + 1:  # the first one straddles the change
-                tail = sorted(self.seen[1:])
-                self.baseline = tail[len(tail) // 2]
+            if len(self.seen) <= self.settle + 1:  # the first one straddles the change
+                return None
+            tail = sorted(self.seen[1:])
+            self.baseline = tail[len(tail) // 2]
+            pred = metrics.get("comm_predicted")
+            if self.checked != ctx.membership and pred and self.baseline > self.factor * pred:
+                self.checked = ctx.membership
+                return Replan(measure=True)
+            self.checked = ctx.membership
             return None
         self.over = self.over + 1 if c > self.factor * self.baseline else 0
         if self.over < self.patience:

@@ -197,6 +197,8 @@ class Trainer(Changes):
         t_sync = time.perf_counter() - t1
         equal = total == world * self.per_worker() and self.cfg.batch_rule == "per_worker"
         self.metrics = self.monitors.update(reduced, sq_big, equal)
+        if self.comm_plan.predicted_s is not None:
+            self.metrics["comm_predicted"] = self.comm_plan.predicted_s
         self._measured(world)
         self.capacity = int(self.metrics.get("capacity", self.capacity))
         if self.capacity:
