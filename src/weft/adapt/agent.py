@@ -127,7 +127,10 @@ class NodeAgent:
                  devices: list[str] | None = None):
         self.store, self.host, self.port = store, host, port
         store.wait(["job"])
-        self.cfg, self.policy, self.workload = pickle.loads(store.get("job"))
+        # The policy and workload pass through as bytes: only the workers unpickle them (a
+        # machine's agent need not import the user's classes).
+        self.cfg, self.policy, self.workload = pickle.loads(store.get("job")), \
+            store.get("job_policy"), store.get("job_workload")
         self.slots = slots or (len(devices) if devices else self.cfg.max_workers)
         self.devices = list(devices) if devices else None
         if self.devices is not None and len(self.devices) < self.slots:

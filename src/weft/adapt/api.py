@@ -63,7 +63,7 @@ def fit(model: Any, dataset: Any, loss_fn=None, optimizer=None, *, scheduler=Non
     """
     from weft.adapt.rules import load_policy_file
     from weft.adapt.run import run_adaptive
-    from weft.adapt.workload import Workload, build
+    from weft.adapt.workload import Workload, model_factory, portable
 
     cli = COMMAND_LINE or {}
     policy_path = cli.get("policy_path") or policy_path
@@ -73,10 +73,10 @@ def fit(model: Any, dataset: Any, loss_fn=None, optimizer=None, *, scheduler=Non
     cfg = _config(config, settings, cli.get("overrides", {}))
     work = Workload(model, dataset, loss_fn, optimizer, scheduler, test, tuple(callbacks),
                     state, plan).portable()
-    report = run_adaptive(cfg, policy=policy, plot=plot, timeout=timeout,
+    report = run_adaptive(cfg, policy=portable(policy), plot=plot, timeout=timeout,
                           nodes=cli.get("nodes", nodes), store=cli.get("store"), workload=work)
     if report is not None and report.get("state") is not None:
-        trained = build(work, cfg.lr, cfg.momentum).make_model()
+        trained = model_factory(work.model)()
         trained.load_state_dict(report["state"]["model"])
         report["model"] = trained
     if COMMAND_LINE is not None and report is not None:

@@ -30,7 +30,9 @@ from weft.errors import LaunchError
 def publish_job(store, cfg: AdaptConfig, policy: Any, nodes: Nodes, workload=None) -> None:
     store.set("max_nodes", str(nodes.max_nodes))
     store.add("wid_seq", cfg.workers)  # wids 0..workers-1 are the initial workers
-    store.set("job", pickle.dumps((cfg, policy, workload)))
+    store.set("job_policy", pickle.dumps(policy))
+    store.set("job_workload", pickle.dumps(workload))
+    store.set("job", pickle.dumps(cfg))
 
 
 def _place(store, cfg: AdaptConfig, n_nodes: int) -> None:

@@ -43,6 +43,7 @@ def run_under_torchrun(cfg: AdaptConfig, policy: Any, workload=None,
     if rank == 0:
         store.add("wid_seq", world)
         store.set("members/0", json.dumps(list(range(cfg.workers))))
+    policy, workload = pickle.loads(pickle.dumps(policy)), pickle.loads(pickle.dumps(workload))
     report = worker_main(cfg, policy, rank, host, port, rank >= cfg.workers, prefix,
                          workload=workload)
     store.set(f"report/{rank}", pickle.dumps(report))

@@ -125,6 +125,8 @@ def child_main(cfg, policy, wid, host, port, standby, workload=None, device=None
     os.environ["WEFT_WORKER_ROLE"] = "standby" if standby else "worker"
     status: dict = {}
     try:
+        if isinstance(policy, bytes):  # from a node agent: unpickled only here
+            policy, workload = pickle.loads(policy), pickle.loads(workload)
         payload = pickle.dumps(worker_main(cfg, policy, wid, host, port, standby,
                                            workload=workload, device=device, status=status))
         connect(host, port, 30.0).set(f"report/{wid}", payload)

@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import pickle
 import sys
+import types
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
@@ -62,21 +64,53 @@ class SpecRef:
         return f"{self.spec}({', '.join(extra)})" if extra else self.spec
 
 
-def portable(obj: Any) -> Any:
-    """`obj`, or a SpecRef to it when it is a function/class of the main script or of a file
-    loaded by model spec (those cannot be pickled by module name into another process)."""
-    qual = getattr(obj, "__qualname__", "")
-    modname = getattr(obj, "__module__", None)
-    if not callable(obj) or not qual or "<" in qual or modname is None:
-        return obj
-    mod = sys.modules.get(modname)
+def _source(modname: str | None) -> str | None:
+    """The file of a main script or of a file loaded by model spec (None for importable
+    modules: those pickle by name)."""
+    mod = sys.modules.get(modname or "")
     if modname in ("__main__", "__mp_main__"):
-        source = getattr(mod, "__file__", None)
-    elif modname.startswith("weft_user_"):
-        source = getattr(mod, "__weft_source__", None)
+        f = getattr(mod, "__file__", None)
+        return os.path.abspath(f) if f else None
+    if modname and modname.startswith("weft_user_"):
+        return getattr(mod, "__weft_source__", None)
+    return None
+
+
+def _rebuild(spec: str, state: Any):
+    cls = SpecRef(spec).resolve()
+    obj = cls.__new__(cls)
+    if hasattr(obj, "__setstate__") and not isinstance(state, dict):
+        obj.__setstate__(state)
     else:
-        return obj
-    return SpecRef(f"{source}:{qual}") if source else obj
+        obj.__dict__.update(state or {})
+    return obj
+
+
+class ByFile:
+    """An instance of a main-script class, pickled as (its file and class name, its state):
+    unpickled in a worker (on any machine), it is rebuilt from the class in that file."""
+
+    def __init__(self, obj: Any, spec: str):
+        self.obj, self.spec = obj, spec
+
+    def __reduce__(self):
+        return _rebuild, (self.spec, self.obj.__getstate__() if hasattr(self.obj, "__getstate__")
+                          else self.obj.__dict__)
+
+
+def portable(obj: Any) -> Any:
+    """`obj`, made to travel to workers on any machine: a function or class of the main
+    script (or of a file loaded by model spec) becomes a SpecRef to it, an instance of such a
+    class a ByFile; lists and tuples item by item; anything else as it is."""
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(portable(o) for o in obj)
+    if isinstance(obj, (type, types.FunctionType)):
+        qual = getattr(obj, "__qualname__", "")
+        source = _source(getattr(obj, "__module__", None))
+        return SpecRef(f"{source}:{qual}") if source and "<" not in qual else obj
+    source = _source(type(obj).__module__)
+    qual = type(obj).__qualname__
+    return ByFile(obj, f"{source}:{qual}") if source and "<" not in qual else obj
 
 
 class _Copy:
@@ -117,7 +151,8 @@ class Workload:
         return replace(self, model=portable(self.model), dataset=portable(self.dataset),
                        loss_fn=portable(self.loss_fn), optimizer=portable(self.optimizer),
                        scheduler=portable(self.scheduler), test=portable(self.test),
-                       callbacks=tuple(self.callbacks or ()))
+                       callbacks=portable(tuple(self.callbacks or ())),
+                       state=portable(self.state))
 
     @property
     def name(self) -> str:
@@ -174,7 +209,7 @@ class Built:
     plan: Any
 
 
-def _factory(model: Any) -> Callable[[], nn.Module]:
+def model_factory(model: Any) -> Callable[[], nn.Module]:
     if isinstance(model, nn.Module):
         return _Copy(model)
     if isinstance(model, str):
@@ -221,7 +256,7 @@ def build(w: Workload, lr: float | None = None, momentum: float = 0.9) -> Built:
     loss = w.loss_fn if w.loss_fn is not None else nn.functional.cross_entropy
     opt = w.optimizer if w.optimizer is not None else _DefaultOptimizer(
         0.05 if lr is None else lr, momentum)
-    return Built(_factory(w.model), data, test, loss, opt, w.scheduler,
+    return Built(model_factory(w.model), data, test, loss, opt, w.scheduler,
                  list(w.callbacks or ()), copy.deepcopy(w.state), w.plan)
 
 
