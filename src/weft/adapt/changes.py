@@ -181,12 +181,17 @@ class Changes:
         elif comm is None and self.recent and old_world > 1:  # gloo: scale the measured time
             comm = (sum(c for _, c in self.recent[-4:]) / len(self.recent[-4:])
                     * ring_factor(n) / ring_factor(old_world))
-        kept = new.alternatives.get(old.algorithm) if old.algorithm != new.algorithm else None
+        kept = self.replanner.kept(old, new, self.grad_bytes())
+        same = old.algorithm == new.algorithm
+        if same and (kept is None or new.predicted_s is None or kept <= new.predicted_s * 1.001):
+            kept = None  # nothing changed
         pred = predict_step(self.compute_ps, local, comm)
         measured_before = sum(before) / len(before) if before else None
         detail = (f"{why}: {old_world} -> {n} workers; all-reduce {old.algorithm} -> "
-                  f"{new.algorithm} (predicted {_ms(comm)}"
-                  + (f"; {_ms(kept)} had {old.algorithm} been kept" if kept is not None else "")
+                  f"{new.algorithm}{' (re-packed)' if same and kept is not None else ''} "
+                  f"(predicted {_ms(comm)}"
+                  + (f"; {_ms(kept)} had the old {old.algorithm} been kept"
+                     if kept is not None else "")
                   + f"); batch {g} ({local}/worker, rule {self.cfg.batch_rule}); step "
                   f"predicted {_ms(pred)}, measured before {_ms(measured_before)}")
         self.event("replan", detail, why=why, algorithm=new.algorithm, old_algorithm=old.algorithm,

@@ -10,10 +10,12 @@ with the cost model on that fabric and picks the fastest (or keeps the fixed
 topology the collectives are gloo's own.
 
 `Replan(measure=True)` first re-measures the links: every pair of members exchanges
-a buffer (round-robin rounds, pairs in parallel) and each device's links are scaled
-by the ratio of its best measured pair bandwidth to the topology's figure for that
-pair (one slow or congested link shows on every pair through it; the device's best
-pair says which end is slow). The measured scales stay for later re-plans.
+a buffer (round-robin rounds, pairs in parallel), and each link is scaled by the ratio,
+measured over the topology's figure, of the pair it joins directly, or else the best
+ratio of the pairs whose route uses it (a link is as fast as the fastest pair through it
+shows; one slow or congested link thus shows where no faster pair passes). The measured
+scales stay for later re-plans. (Routes are the Fabric's: where the real network breaks
+ties between equal routes differently, a multi-hop estimate can be off.)
 
 Predicted step time = compute per sample (measured) x the largest local batch
 + the predicted all-reduce (cost model; without a topology: the measured sync
@@ -55,7 +57,7 @@ class Replanner:
 
         self.topology = resolve(topology) if topology else None
         self.algorithm, self.store = algorithm, store
-        self.scale: dict[str, float] = {}  # measured link scale per device
+        self.scale: dict[tuple[str, str], float] = {}  # measured scale per (directed) link
 
     # -- choosing -------------------------------------------------------------
     def devices(self, members: list[int]) -> list[str] | None:
@@ -78,7 +80,7 @@ class Replanner:
         for dev in self.topology.devices:
             t.graph.add_node(dev.name, device=dev)
         for ln in self.topology.links:
-            f = min(self.scale.get(ln.src, 1.0), self.scale.get(ln.dst, 1.0))
+            f = self.scale.get((ln.src, ln.dst), 1.0)
             t.add_link(ln.src, ln.dst, ln.bandwidth * f, ln.latency, ln.kind, bidirectional=False)
         return t
 
@@ -100,6 +102,19 @@ class Replanner:
             c for c in choices if c.algorithm == self.algorithm)
         return CommPlan(pick.algorithm, pick.chunk_bytes, pick.schedule, pick.predicted, alts,
                         devices)
+
+    def kept(self, old: CommPlan, new: CommPlan, nbytes: int) -> float | None:
+        """Predicted time, on the fabric `new` was planned for, of keeping `old`: its very
+        schedule when the members are the same (e.g. after re-measuring the links), else
+        its algorithm re-derived for the new members."""
+        if new.devices is None or old.algorithm in ("gloo", "plan", "none"):
+            return None
+        if old.schedule is not None and old.devices == new.devices:
+            from weft.collectives.costmodel import predict
+
+            return float(predict(old.schedule, self.fabric(new.devices), max(1, nbytes),
+                                 old.chunk_bytes))
+        return new.alternatives.get(old.algorithm)
 
     def communicator(self, plan: CommPlan, failed, limit: float):
         if plan.schedule is None:
@@ -135,6 +150,11 @@ class Replanner:
         for d in every:
             for k, v in d.items():
                 pairs[k] = min(v, pairs.get(k, v))
+        return self.learn(pairs, devices)
+
+    def learn(self, pairs: dict[tuple[int, int], float], devices: list[str] | None) -> dict:
+        """Update the link scales from measured pair bandwidths {(rank a, rank b): bytes/s}
+        of members on `devices`; returns what was measured and the scales."""
         out = {"pairs": {}, "scale": {}}
         if devices is None or self.topology is None:
             out["pairs"] = {f"{a}-{b}": v for (a, b), v in pairs.items()}
@@ -142,14 +162,18 @@ class Replanner:
         from weft.collectives.fabric import Fabric
 
         nominal = Fabric(self.topology, devices)
-        ratio: dict[str, float] = {}
+        direct: dict[tuple[str, str], float] = {}  # from pairs joined by that link alone
+        ratio: dict[tuple[str, str], float] = {}
         for (a, b), bw in pairs.items():
-            r = bw / nominal.rank_bandwidth(a, b)
-            for i in (a, b):
-                ratio[devices[i]] = max(ratio.get(devices[i], 0.0), r)
+            r = bw / min(nominal.rank_bandwidth(a, b), nominal.rank_bandwidth(b, a))
+            for route in (nominal.route(a, b), nominal.route(b, a)):
+                for edge in route:
+                    into = direct if len(route) == 1 else ratio
+                    into[edge] = max(into.get(edge, 0.0), r)
             out["pairs"][f"{devices[a]}-{devices[b]}"] = bw
-        self.scale.update({d: min(10.0, max(1e-3, r)) for d, r in ratio.items()})
-        out["scale"] = dict(self.scale)
+        ratio.update(direct)  # a direct pair measures its link; longer routes only bound it
+        self.scale.update({e: min(10.0, max(1e-3, r)) for e, r in ratio.items()})
+        out["scale"] = {f"{u}>{v}": f for (u, v), f in sorted(self.scale.items())}
         return out
 
 
