@@ -25,6 +25,7 @@ import os
 import shutil
 import threading
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -48,7 +49,9 @@ def write(path: str | os.PathLike, msd: dict, osd: dict, extra: dict, meta: dict
     tmp = path.with_name(f".{path.name}.partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    dcp.save({"model": msd, "optim": osd}, checkpoint_id=str(tmp), no_dist=True)
+    with warnings.catch_warnings():  # "torch.distributed is disabled": single process, meant
+        warnings.simplefilter("ignore", UserWarning)
+        dcp.save({"model": msd, "optim": osd}, checkpoint_id=str(tmp), no_dist=True)
     torch.save(extra, tmp / "trainer.pt")
     write_json(tmp / META, {"format": FORMAT, **meta})
     old = path.with_name(f".{path.name}.old")
@@ -88,7 +91,9 @@ def read(path: str | os.PathLike, make_model, make_optimizer) -> tuple[dict, dic
     opt = make_optimizer([p for p in model.parameters() if p.requires_grad])
     state = {"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(model, opt)}
     try:
-        dcp.load(state, checkpoint_id=str(path), no_dist=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            dcp.load(state, checkpoint_id=str(path), no_dist=True)
     except (Exception, CheckpointException) as exc:  # noqa: BLE001 - name checkpoint and model
         raise CheckpointError(f"checkpoint {path} does not fit the model "
                               f"{type(model).__name__}: {type(exc).__name__}: "
