@@ -158,6 +158,8 @@ def train(args) -> int:
     keys = ("workers", "max_workers", "epochs", "max_steps", "strategy", "batch_size", "lr",
             "batch_rule", "checkpoint", "checkpoint_every", "topology", "algorithm")
     config = {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
+    if "checkpoint" in config:
+        config["checkpoint"] = str(config["checkpoint"])
     if getattr(args, "resume", False):
         config["resume"] = True
     devices = args.devices.split(",") if getattr(args, "devices", None) else None
@@ -169,12 +171,12 @@ def train(args) -> int:
         if model or data or plan:
             raise WeftError("--script runs a script that calls weft.adapt.fit with its own "
                             "model; do not also pass --model, --data or --parallel-plan")
-        return run_script(args.script, config, policy_path=args.policy, out=args.out,
+        return run_script(str(args.script), config, policy_path=args.policy, out=args.out,
                           nodes=nodes, rdzv_timeout=args.rdzv_timeout, devices=devices)
     workload = None
     if model:
         workload = from_spec(model, data)
-        workload.plan = plan
+        workload.plan = None if plan is None else str(plan)
     elif data or plan:
         raise WeftError("--data and --parallel-plan need --model SPEC (or use --script)")
     return run_job(config, policy_path=args.policy, out=args.out, nodes=nodes,
@@ -185,22 +187,27 @@ def add_arguments(p) -> None:
     """Options of adaptive training other than --policy, --epochs, --max-steps, --lr, --out and
     --model (`weft train --policy` shares those with `weft train --plan`)."""
     from weft.adapt.config import BATCH_RULES
+    from weft.args import existing_file, output_dir, positive_float, positive_int
 
-    p.add_argument("--script", help="a training script calling weft.adapt.fit; the policy "
-                                    "file and these options take precedence over its own")
+    p.add_argument("--script", type=existing_file,
+                   help="a training script calling weft.adapt.fit; the policy file and these "
+                        "options take precedence over its own")
     p.add_argument("--data", help="with --model: FILE.py:FN or module:FN returning the dataset "
                                   "(or (train, test)) instead of the spec's dataset()")
-    p.add_argument("--parallel-plan", dest="parallel_plan",
+    p.add_argument("--parallel-plan", dest="parallel_plan", type=existing_file,
                    help="with --model: a weft.plan (DP, FSDP, TP) applied in every world; "
                         "resizes change its data-parallel degree")
-    p.add_argument("--workers", type=int, help="initial workers (overrides the policy file)")
-    p.add_argument("--max-workers", dest="max_workers", type=int)
+    p.add_argument("--workers", type=positive_int,
+                   help="initial workers (overrides the policy file)")
+    p.add_argument("--max-workers", dest="max_workers", type=positive_int)
     p.add_argument("--strategy", choices=["sgd", "sma", "pair"])
-    p.add_argument("--batch-size", dest="batch_size", type=int, help="per worker (initially)")
+    p.add_argument("--batch-size", dest="batch_size", type=positive_int,
+                   help="per worker (initially)")
     p.add_argument("--batch-rule", dest="batch_rule", choices=list(BATCH_RULES),
                    help="what a resize keeps: the per-worker batch or the global batch")
-    p.add_argument("--checkpoint", help="folder of periodic asynchronous checkpoints")
-    p.add_argument("--checkpoint-every", dest="checkpoint_every", type=int,
+    p.add_argument("--checkpoint", type=output_dir,
+                   help="folder of periodic asynchronous checkpoints")
+    p.add_argument("--checkpoint-every", dest="checkpoint_every", type=positive_int,
                    help="steps between checkpoints (default: only at the end)")
     p.add_argument("--resume", action="store_true",
                    help="continue from --checkpoint (with any number of workers)")
@@ -212,9 +219,9 @@ def add_arguments(p) -> None:
                                        "or a fixed one (ring, dbtree, packing:K, ...)")
     p.add_argument("--nnodes", help="MIN:MAX machines (run the same command on each; "
                                     "machines may join while the job runs)")
-    p.add_argument("--nproc-per-node", dest="nproc_per_node", type=int,
+    p.add_argument("--nproc-per-node", dest="nproc_per_node", type=positive_int,
                    help="worker process slots on this machine (default: max workers)")
     p.add_argument("--rdzv-endpoint", dest="rdzv_endpoint",
                    help="HOST:PORT of the job's c10d store; the machine that is HOST hosts it")
-    p.add_argument("--rdzv-timeout", dest="rdzv_timeout", type=float, default=60.0,
+    p.add_argument("--rdzv-timeout", dest="rdzv_timeout", type=positive_float, default=60.0,
                    help="seconds to wait for the store (default 60)")
