@@ -28,9 +28,10 @@ def _plan_pipeline(args) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from weft.model_spec import load_model
-    from weft.planner import (ModelProfile, PlannerSettings, equal_layers, partition, predict,
-                              profile_model)
+    from weft.model_spec import fingerprint, load_model, resolve as resolve_spec
+    from weft.planner import (ModelProfile, PlannerSettings, equal_layers, from_split_points,
+                              partition, partition_stages, predict, profile_model)
+    from weft.planner.predict import shared_across
     from weft.planner.settings import check_setting
     from weft.topology.io import resolve
     from weft.units import fmt_bytes, parse_size
@@ -47,25 +48,46 @@ def _plan_pipeline(args) -> int:
     settings = PlannerSettings(**{k: check_setting(k, v, flag) for k, (v, flag) in given.items()})
     con = Console()
     topo = resolve(args.topology)
+    split = [p.strip() for p in (args.split_points or "").split(",") if p.strip()]
+    if sum(map(bool, (args.equal, split, args.stages))) > 1:
+        raise PlanError("--equal, --split-points and --stages each choose the stages: give one")
+    if args.stages is not None and args.stages < 1:
+        raise PlanError(f"--stages must be >= 1, got {args.stages}")
+    depth = args.stages or (len(split) + 1 if split else None)  # one worker per stage
+    if depth and args.workers not in (None, depth):
+        raise PlanError(f"{depth} stages of one worker each use {depth} workers, not "
+                        f"--workers {args.workers}")
+    args.workers = args.workers or depth
+    model = resolve_spec(args.model) if args.model else None  # absolute: runs from anywhere
     if args.profile:
         prof = ModelProfile.load(args.profile)
     else:
         if not args.model:
             raise PlanError("pass --model path.py[:attr] (or --profile profile.json)")
-        prof = profile_model(load_model(args.model), _sample(args.model, args),
+        prof = profile_model(load_model(model), _sample(model, args),
                              cache_dir=args.cache_dir, use_cache=not args.no_cache,
-                             trace=args.trace)
+                             trace=args.trace, output=args.output)
         if args.save_profile:
             prof.save(args.save_profile)
     if args.calibrate:
         settings = _calibrate(args, con, topo, prof, settings)
-    kw = dict(workers=args.workers, micro_batch=args.micro_batch, microbatches=args.microbatches,
-              model=args.model, settings=settings)
-    plan = (equal_layers(prof, topo, **kw) if args.equal else
-            partition(prof, topo, optimizer_states=args.optimizer_states,
-                      stash=args.schedule == "pipedream", method=args.partitioner, **kw))
+    kw = dict(micro_batch=args.micro_batch, microbatches=args.microbatches, model=model,
+              settings=settings, model_hash=fingerprint(model) if model else None,
+              trace=args.trace, output=args.output)
+    if split:
+        plan = from_split_points(prof, topo, split, **kw)
+    elif args.stages:
+        plan = partition_stages(prof, topo, args.stages, optimizer_states=args.optimizer_states,
+                                stash=args.schedule == "pipedream", **kw)
+    elif args.equal:
+        plan = equal_layers(prof, topo, workers=args.workers, **kw)
+    else:
+        plan = partition(prof, topo, workers=args.workers, optimizer_states=args.optimizer_states,
+                         stash=args.schedule == "pipedream", method=args.partitioner, **kw)
     pred = predict(plan, prof, topo, args.schedule, settings=settings, contention="overlap")
     plan.extra["predicted"] = {args.schedule: pred}  # extra["settings"]: what was charged
+    shared = shared_across(plan, prof)
+    plan.extra["shared"] = shared
     names = plan.layer_names
     t = Table(title=f"{plan.method} pipeline plan: {len(names)} layers on {plan.workers} workers "
                     f"of {topo.name}")
@@ -76,6 +98,14 @@ def _plan_pipeline(args) -> int:
         t.add_row(str(s), span, str(st.replicas), ",".join(map(str, st.ranks)),
                   ",".join(st.devices), f"{st.time_s * 1e3:.3f} ms", fmt_bytes(st.memory_bytes))
     con.print(t)
+    for e in shared:
+        con.print(f"shared parameter {' = '.join(e['names'])} ({fmt_bytes(e['bytes'])}, layers "
+                  f"{', '.join(map(str, e['layers']))}) is held by stages "
+                  f"{', '.join(map(str, e['stages']))}: its gradient is summed over ranks "
+                  f"{','.join(map(str, e['ranks']))} every step, so the copies stay equal")
+    if shared and args.schedule == "pipedream":
+        con.print("[yellow]the pipedream schedule cannot keep shared parameters equal; train "
+                  "this plan with a flush schedule (1f1b, gpipe)[/yellow]")
     con.print(f"bottleneck {plan.bottleneck_s * 1e3:.3f} ms per step of {plan.microbatches} x "
               f"{plan.micro_batch} samples; predicted throughput (steady state) "
               f"{plan.predicted_samples_per_s:,.0f} samples/s, with {args.schedule} "
@@ -131,6 +161,13 @@ def register(sub) -> None:
     q.add_argument("--optimizer-states", type=int, default=1,
                    help="optimizer state copies per parameter (SGD momentum 1, Adam 2)")
     q.add_argument("--equal", action="store_true", help="baseline: equal layers per stage")
+    q.add_argument("--stages", type=int, metavar="S",
+                   help="exactly S pipeline stages on S workers, the cuts chosen optimally "
+                        "(instead of the DP over replication and stages)")
+    q.add_argument("--split-points", metavar="NAMES",
+                   help="start stages at these modules, e.g. blocks.4,blocks.8 (one worker each)")
+    q.add_argument("--output", metavar="FIELD",
+                   help="the field of a structured model output the loss uses (e.g. logits)")
     q.add_argument("--partitioner", default="auto", choices=("auto", "flat", "hierarchical"),
                    help="DP over all ranks (flat) or level by level: inside a host, then across "
                         "hosts (hierarchical); auto: hierarchical when the workers span >= 2 "
