@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-CONFIG = {"width": 16, "blocks": (2, 2, 2), "classes": 10, "in_channels": 1}
+CONFIG = {"width": 8, "blocks": (2, 2, 2), "classes": 10, "in_channels": 1}
 
 
 class BasicBlock(nn.Module):
