@@ -157,3 +157,23 @@ def test_train_plan_from_another_directory(project, tmp_path, monkeypatch, capsy
     assert summary["stages"] == 2 and summary["samples"] == 3 * 8
     assert "measured / predicted" in out and summary["predicted_samples_per_s"] > 0
     assert 0.0 <= summary["accuracy"] <= 1.0
+
+
+@pytest.mark.slow
+def test_readme_pipeline_example_reaches_the_demo_accuracy(tmp_path, capsys):
+    """The README's commands: a 4-stage plan of examples/resnet.py (in-place ReLUs, batch
+    norm), trained 4 epochs on 4 ranks: >= 95% test accuracy, predicted vs measured printed."""
+    from pathlib import Path
+
+    from weft.parallel.pipeline.train import train_plan
+
+    example = Path(__file__).resolve().parents[2] / "examples" / "resnet.py"
+    plan = tmp_path / "plan.json"
+    assert main(["plan", "pipeline", "--model", str(example), "--topology", "multi_node:2x2",
+                 "--stages", "4", "--micro-batch", "16", "--microbatches", "4", "--out",
+                 str(plan), "--cache-dir", str(tmp_path)]) == 0
+    assert len(json.loads(plan.read_text())["stages"]) == 4
+    summary = train_plan(plan, epochs=4, timeout=120)
+    assert summary["stages"] == 4 and summary["accuracy"] >= 0.95
+    out = capsys.readouterr().out
+    assert "measured / predicted" in out and "test accuracy" in out
