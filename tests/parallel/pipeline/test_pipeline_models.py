@@ -59,8 +59,16 @@ def reference(kind):
 
 
 def run(kind, split_points, stage_ranks, schedule):
+    """Train on this rank: `split_points` with `stage_ranks`, or a plan (a dict)."""
+    from weft.parallel.pipeline import PipelinePlan
+
     model = resnet() if kind == "resnet" else gpt()
-    pipe = Pipeline(model, split_points, stage_ranks, loss_of(kind), schedule, M, optimizer=opt)
+    if isinstance(split_points, dict):
+        pipe = Pipeline.from_plan(model, PipelinePlan.from_dict(split_points), loss_of(kind),
+                                  schedule, optimizer=opt)
+    else:
+        pipe = Pipeline(model, split_points, stage_ranks, loss_of(kind), schedule, M,
+                        optimizer=opt)
     tied = []
     for x, y in batches(kind):
         pipe.step(x, y)
@@ -91,9 +99,16 @@ def test_resnet_in_place_relus_batch_norm_pipelined_equals_single_process():
 
 
 def test_tied_embedding_across_stages_stays_bit_identical_and_equals_single_process():
-    # tok (stage 0) and head (stage 2) share one weight; stage 0 is replicated
-    results = launch(run, 4, args=("gpt", ["blocks.0", "ln_f"], [[0, 1], [2], [3]], "1f1b"),
-                     timeout=60)
+    from weft.planner import from_split_points, profile_model
+    from weft.topology.builders import ring
+
+    # planned: tok (stage 0, replicated twice) and head (stage 2) share one weight
+    prof = profile_model(gpt(), torch.randint(0, 128, (BATCH // M, 8)), repeats=1,
+                         use_cache=False)
+    assert [e["names"] for e in prof.shared] == [["tok.weight", "head.weight"]]
+    plan = from_split_points(prof, ring(4), ["blocks.0", "ln_f"], micro_batch=BATCH // M,
+                             microbatches=M, replicas=[2, 1, 1])
+    results = launch(run, 4, args=("gpt", plan.to_dict(), None, "1f1b"), timeout=60)
     assert results[0]["shared"] == [["tok.weight", "head.weight"]]
     copies = [r["tied"] for r in results if r["tied"]]
     assert len(copies) == 3  # ranks 0, 1 (tok) and 3 (head)
