@@ -9,7 +9,7 @@ from torch import nn
 from weft.serve import testbed as tb
 from weft.serve.errors import ServeError, UnsupportedModelError
 from weft.serve.graph import analyze
-from weft.serve.prune import count_flops, count_params, prune
+from weft.serve.pruning import count_flops, count_params, prune
 
 
 def _kill(graph, dead: dict[int, list[int]]) -> None:

@@ -2,30 +2,27 @@
 
 decompose() splits a trained classifier into pruned, calibrated class-group subnets (a Bundle);
 Ensemble runs them in this process and WorkerPool across worker processes, both answering
-predict(x) by the highest calibrated confidence; weft.serve.http serves either over HTTP.
+predict(x) by the highest calibrated confidence; InferenceServer serves either over HTTP.
+
+Names load on first use, so a worker process (or the `weft` command) imports only what it needs.
 """
 
-from weft.serve.bundle import Bundle, Member, verify
-from weft.serve.decompose import DecomposeConfig, decompose, evaluate
-from weft.serve.ensemble import Ensemble, combine
-from weft.serve.errors import (
-    BundleError,
-    ServeError,
-    UnsupportedModelError,
-    WorkerError,
-)
-from weft.serve.graph import ChannelGraph, analyze
-from weft.serve.prune import count_flops, count_params, prune
-from weft.serve.workers import WorkerPool
+import importlib
 
-__all__ = ["Bundle", "BundleError", "ChannelGraph", "DecomposeConfig", "Ensemble", "InferenceServer", "Member",
-           "ServeError", "ServerConfig", "UnsupportedModelError", "WorkerError", "WorkerPool",
-           "analyze", "combine", "count_flops", "count_params", "decompose", "evaluate", "prune", "verify"]
+_EXPORTS = {
+    "Bundle": "bundle", "Member": "bundle", "verify": "bundle",
+    "DecomposeConfig": "decomposition", "decompose": "decomposition", "evaluate": "decomposition",
+    "Ensemble": "ensemble", "combine": "ensemble",
+    "BundleError": "errors", "ServeError": "errors", "UnsupportedModelError": "errors", "WorkerError": "errors",
+    "ChannelGraph": "graph", "analyze": "graph",
+    "count_flops": "pruning", "count_params": "pruning", "prune": "pruning",
+    "WorkerPool": "workers",
+    "InferenceServer": "http", "ServerConfig": "http", "BackgroundServer": "http",
+}
+__all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name):  # the HTTP layer (aiohttp) loads only when asked for
-    if name in ("InferenceServer", "ServerConfig", "BackgroundServer"):
-        from weft.serve import http
-
-        return getattr(http, name)
-    raise AttributeError(name)
+def __getattr__(name):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"weft.serve.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'weft.serve' has no attribute {name!r}")

@@ -70,7 +70,7 @@ class Bundle:
                    class_names: list[str] | None = None, provenance: dict | None = None) -> Bundle:
         """The original classifier as a one-member bundle (the serving baseline)."""
         from weft.serve.graph import trace
-        from weft.serve.prune import count_flops, count_params
+        from weft.serve.pruning import count_flops, count_params
 
         gm = trace(model).eval()
         with torch.inference_mode():

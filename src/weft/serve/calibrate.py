@@ -9,9 +9,8 @@ from __future__ import annotations
 import itertools
 import math
 
-import numpy as np
 import torch
-from scipy.optimize import minimize, minimize_scalar
+from scipy.optimize import minimize_scalar
 from torch.nn import functional as F
 
 
@@ -43,32 +42,3 @@ def expected_calibration_error(probs: torch.Tensor, labels: torch.Tensor, bins: 
             ece += m.double().mean().item() * abs(hit[m].mean().item() - conf[m].double().mean().item())
     return ece
 
-
-def fit_joint_temperatures(parts: list[tuple[list[int], torch.Tensor]], labels: torch.Tensor, num_classes: int,
-                           init: list[float], prior: float = 1.0,
-                           bounds: tuple[float, float] = (0.05, 20.0)) -> list[float]:
-    """Temperatures of all subnets at once, for the combined answer.
-
-    `parts` are (classes, logits [n, outputs]) per subnet. The combined distribution is each
-    subnet's softmax(logits / T) over its own classes, written side by side and normalised;
-    the temperatures (within `bounds`, from `init`) minimise its summed negative
-    log-likelihood plus the same weak prior on log T. Computed in log space (L-BFGS-B).
-    """
-    logits = [z.detach().double() for _, z in parts]
-    cols = torch.cat([torch.as_tensor(c) for c, _ in parts])
-    order = torch.argsort(cols)
-    labels = labels.detach()
-
-    def objective(v: np.ndarray):
-        log_t = torch.tensor(v, dtype=torch.float64, requires_grad=True)
-        logs = torch.cat([torch.log_softmax(z / log_t[i].exp(), 1)[:, : len(c)]
-                          for i, ((c, _), z) in enumerate(zip(parts, logits))], 1)[:, order]
-        nll = -(logs.gather(1, labels[:, None]).squeeze(1) - torch.logsumexp(logs, 1)).sum()
-        loss = nll + 0.5 * (log_t / prior).pow(2).sum()
-        loss.backward()
-        return loss.item(), log_t.grad.numpy().copy()
-
-    lo, hi = math.log(bounds[0]), math.log(bounds[1])
-    x0 = np.clip([math.log(t) for t in init], lo, hi)
-    res = minimize(objective, x0, jac=True, method="L-BFGS-B", bounds=[(lo, hi)] * len(parts))
-    return [float(math.exp(v)) for v in res.x]

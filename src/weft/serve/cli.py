@@ -27,7 +27,7 @@ def register(subparsers) -> None:
     d.add_argument("--batch-size", type=int, default=64)
     d.add_argument("--lr", type=float, default=1e-3)
     d.add_argument("--distill", type=float, default=0.5, help="weight of the original's probabilities (default 0.5)")
-    d.add_argument("--calibration", default="joint", choices=["joint", "separate"])
+    d.add_argument("--distill-temperature", type=float, default=2.0)
     d.add_argument("--calib-fraction", type=float, default=0.15)
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--freeze-unsupported", action="store_true",
@@ -102,11 +102,11 @@ def _decompose(args) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from weft.serve.decompose import DecomposeConfig, decompose
+    from weft.serve.decomposition import DecomposeConfig, decompose
 
     cfg = DecomposeConfig(groups=args.groups, grouping=args.grouping, criterion=args.criterion, keep=args.keep,
                           steps=args.steps, batch_size=args.batch_size, lr=args.lr, distill=args.distill,
-                          calibration=args.calibration, calib_fraction=args.calib_fraction, seed=args.seed,
+                          distill_temperature=args.distill_temperature, calib_fraction=args.calib_fraction, seed=args.seed,
                           on_unsupported="freeze" if args.freeze_unsupported else "error")
     cfg.check()
     out = Path(args.out)

@@ -273,10 +273,11 @@ class InferenceServer:
 
     async def serve(self, host: str, port: int, stop: asyncio.Event, ready=None, access_log: bool = False) -> None:
         """Listen until `stop` is set, then shut down gracefully; `ready(url)` once listening."""
-        runner = web.AppRunner(self.app(), handle_signals=False, access_log=web.access_logger if access_log else None)
+        runner = web.AppRunner(self.app(), handle_signals=False, shutdown_timeout=self.cfg.shutdown_timeout,
+                               access_log=web.access_logger if access_log else None)
         await runner.setup()
         try:
-            site = web.TCPSite(runner, host, port, shutdown_timeout=self.cfg.shutdown_timeout)
+            site = web.TCPSite(runner, host, port)
             await site.start()
             bound = runner.addresses[0][1]
             if ready:

@@ -25,12 +25,12 @@ from torch.nn import functional as F
 
 from weft import __version__
 from weft.serve.bundle import Bundle, Member
-from weft.serve.calibrate import fit_joint_temperatures, fit_temperature
+from weft.serve.calibrate import fit_temperature
 from weft.serve.ensemble import Ensemble
 from weft.serve.errors import ServeError
 from weft.serve.graph import ChannelGraph, analyze
 from weft.serve.grouping import balanced_kmeans, check_groups
-from weft.serve.prune import (
+from weft.serve.pruning import (
     class_statistics,
     count_flops,
     count_params,
@@ -50,8 +50,7 @@ class DecomposeConfig:
     batch_size: int = 64
     lr: float = 1e-3
     distill: float = 0.5          # weight of the original's softened probabilities in the loss
-    distill_temperature: float = 4.0
-    calibration: str = "joint"    # "joint": all temperatures fitted for the combined answer; "separate"
+    distill_temperature: float = 2.0
     calib_fraction: float = 0.15  # of the training data, held out for temperature scaling
     seed: int = 0
     on_unsupported: str = "error"  # or "freeze": keep the channels an unsupported node touches
@@ -66,8 +65,6 @@ class DecomposeConfig:
         if self.steps < 0 or self.batch_size < 1 or not self.lr > 0:
             raise ServeError(f"steps={self.steps}, batch_size={self.batch_size}, lr={self.lr}: "
                              "expected steps >= 0, batch_size >= 1, lr > 0")
-        if self.calibration not in ("joint", "separate"):
-            raise ServeError(f"calibration={self.calibration!r}: expected 'joint' or 'separate'")
         if not self.distill_temperature > 0:
             raise ServeError(f"distill_temperature={self.distill_temperature}: expected > 0")
         if not 0 <= self.distill <= 1 or not 0 < self.calib_fraction < 1:
@@ -131,13 +128,6 @@ def decompose(model: nn.Module, train, test=None, config: DecomposeConfig | None
         members.append(Member(f"g{i}", list(classes), sub.eval(), t, other, info))
         log(f"subnet g{i} classes {classes}: {info['params']} params, {info['flops'] / 1e6:.2f} MFLOPs, "
             f"kept {info['kept_ratio']:.0%} of channels, T={t:.2f} ({time.perf_counter() - ts:.1f} s)")
-
-    if cfg.calibration == "joint" and len(members) > 1:
-        temps = fit_joint_temperatures([(m.classes, _logits(m.module, xc)) for m in members], yc, k,
-                                       [m.temperature for m in members])
-        for m, t in zip(members, temps):
-            m.temperature = t
-        log("joint temperatures: " + " ".join(f"{t:.2f}" for t in temps))
 
     provenance = {"kind": "sensai", "model": type(model).__name__, "config": asdict(cfg),
                   "original": {"params": count_params(graph.gm), "flops": count_flops(graph.gm, graph.input_shape)},
