@@ -19,7 +19,11 @@ _EXPORTS = {
     "WorkerPool": "workers",
     "InferenceServer": "http", "ServerConfig": "http", "BackgroundServer": "http",
 }
-__all__ = sorted(_EXPORTS)
+__all__ = ["BackgroundServer", "Bundle", "BundleError", "ChannelGraph", "DecomposeConfig", "Ensemble",
+           "InferenceServer", "Member", "ServeError", "ServerConfig", "UnsupportedModelError", "WorkerError",
+           "WorkerPool", "analyze", "combine", "count_flops", "count_params", "decompose", "evaluate", "prune",
+           "verify"]
+assert sorted(__all__) == sorted(_EXPORTS)
 
 
 def __getattr__(name):
