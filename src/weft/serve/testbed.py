@@ -37,22 +37,22 @@ def _augment(x: torch.Tensor, size: int, gen: torch.Generator) -> torch.Tensor:
     def u(lo, hi):
         return lo + (hi - lo) * torch.rand(n, generator=gen)
 
-    angle = u(-0.4, 0.4)
-    scale = u(0.75, 1.15)
-    shear = u(-0.25, 0.25)
+    angle = u(-0.3, 0.3)
+    scale = u(0.8, 1.1)
+    shear = u(-0.2, 0.2)
     cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
-    theta = torch.stack([torch.stack([cos, -sin + shear, u(-0.2, 0.2)], 1),
-                         torch.stack([sin, cos, u(-0.2, 0.2)], 1)], 1)
+    theta = torch.stack([torch.stack([cos, -sin + shear, u(-0.15, 0.15)], 1),
+                         torch.stack([sin, cos, u(-0.15, 0.15)], 1)], 1)
     grid = F.affine_grid(theta, list(up.shape), align_corners=False)
     out = F.grid_sample(up, grid, align_corners=False, padding_mode="zeros")
     thick = torch.rand(n, generator=gen) < 0.4
     if thick.any():  # thicker strokes for some
         out[thick] = F.max_pool2d(out[thick], 3, stride=1, padding=1)
-    contrast = u(0.5, 1.0)[:, None, None, None]
-    noise = 0.25 * torch.randn(out.shape, generator=gen)
+    contrast = u(0.6, 1.0)[:, None, None, None]
+    noise = 0.15 * torch.randn(out.shape, generator=gen)
     blobs = F.interpolate(torch.rand(n, 1, 4, 4, generator=gen), size=(size, size), mode="bilinear",
                           align_corners=False)
-    return (out * contrast + 0.3 * blobs + noise).clamp(0, 1.5)
+    return (out * contrast + 0.2 * blobs + noise).clamp(0, 1.5)
 
 
 def digits32(copies: int = 4, test_copies: int = 2, size: int = 32, test_fraction: float = 0.2,
