@@ -189,3 +189,16 @@ def test_graceful_shutdown_answers_requests_in_flight(tiny_bundle, digits_sets):
         assert out["r"][0] == 200
     stopper.join(TIMEOUT)
     assert not stopper.is_alive() and _refused(srv.url)
+
+
+def test_the_first_request_waits_up_to_max_delay_for_company(tiny_bundle, digits_sets):
+    x = digits_sets[1].tensors[0][:2]
+    cfg = ServerConfig(max_batch=2, max_delay=20.0)  # a full batch goes at once; 20 s only bounds a slow test
+    with BackgroundServer(InferenceServer(Ensemble(tiny_bundle), cfg)) as srv:
+        a = in_thread(post, srv.url, {"input": x[0].tolist()})
+        wait_for(lambda: srv.server.queue.qsize() == 0 and srv.server.metrics.codes == {}, "the batcher to take it")
+        code, body, _ = post(srv.url, {"input": x[1].tolist()})
+        a[0].join(TIMEOUT)
+        assert code == 200 and a[1]["r"][0] == 200
+        m = srv.server.metrics
+        assert (m.batches, m.batch_inputs) == (1, 2)

@@ -43,7 +43,9 @@ def register(subparsers) -> None:
     r.add_argument("--host", default="127.0.0.1")
     r.add_argument("--port", type=int, default=8000)
     r.add_argument("--max-batch", type=int, default=32)
-    r.add_argument("--max-delay-ms", type=float, default=2.0)
+    r.add_argument("--max-delay-ms", type=float, default=0.0,
+                   help="how long a request waits for others to batch with (default 0: batches form only "
+                        "from requests that queued while the predictor was busy)")
     r.add_argument("--queue", type=int, default=256, help="requests that may wait; more get 503 (default 256)")
     r.add_argument("--request-timeout", type=float, default=30.0)
     r.add_argument("--access-log", action="store_true")

@@ -6,8 +6,9 @@
     GET  /health    200 {"status": "ok", ...}, or 503 with the reason (a worker down, shutting down)
     GET  /metrics   Prometheus text: requests by status, inputs, batches, queue depth, latency
 
-Requests wait in a bounded queue; one batcher takes what is queued, waits up to `max_delay`
-seconds for more (at most `max_batch` inputs), and runs the predictor in a worker thread. A full
+Requests wait in a bounded queue; one batcher takes what is queued (what arrived while the
+predictor was busy), waits up to `max_delay` seconds for more (default 0: no added latency), at
+most `max_batch` inputs, and runs the predictor in a worker thread. A full
 queue answers 503 at once with Retry-After. On stop the server stops accepting connections,
 answers what it has queued, then closes the predictor.
 """
@@ -32,7 +33,7 @@ from weft.serve.errors import ServeError
 @dataclass
 class ServerConfig:
     max_batch: int = 32         # inputs per predictor call
-    max_delay: float = 0.002    # seconds the first queued request waits for company
+    max_delay: float = 0.0      # seconds the first queued request waits for company
     queue_size: int = 256       # requests waiting; more are answered 503
     max_inputs: int = 1024      # inputs in one request
     request_timeout: float = 30.0
