@@ -38,8 +38,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _config(quick: bool) -> dict:
     if quick:
-        return {"size": 16, "copies": 1, "test_copies": 1, "width": 8, "blocks": [1, 1, 1], "epochs": 4,
-                "groups": 2, "keep": 0.5, "steps": 40, "requests": 100, "batch": 32}
+        return {"size": 16, "copies": 1, "test_copies": 1, "width": 8, "blocks": [1, 1, 1], "epochs": 3,
+                "groups": 2, "keep": 0.5, "steps": 30, "requests": 60, "batch": 32}
     return {"size": 32, "copies": 3, "test_copies": 2, "width": 32, "blocks": [1, 1, 1], "epochs": 6,
             "groups": 2, "keep": 0.5, "steps": 300, "requests": 400, "batch": 64}
 
@@ -127,7 +127,7 @@ def main() -> None:
             if name.startswith("class-parallel"):
                 assert torch.equal(pred.predict(xt[:64]), reference), f"{name} answers differ from in-process"
             r = _latency(pred, xt, cfg["requests"])
-            r["batch"] = _throughput(pred, xt, cfg["batch"], 1.0 if args.quick else 3.0)
+            r["batch"] = _throughput(pred, xt, cfg["batch"], 0.5 if args.quick else 3.0)
         results[name] = r
         figures += [figure(f"{name} p50", 1e3 * r["p50"], "ms", better="lower"),
                     figure(f"{name} p99", 1e3 * r["p99"], "ms", better="lower"),
