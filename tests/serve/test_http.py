@@ -197,7 +197,7 @@ def test_the_first_request_waits_up_to_max_delay_for_company(tiny_bundle, digits
     with BackgroundServer(InferenceServer(Ensemble(tiny_bundle), cfg)) as srv:
         a = in_thread(post, srv.url, {"input": x[0].tolist()})
         wait_for(lambda: srv.server.queue.qsize() == 0 and srv.server.metrics.codes == {}, "the batcher to take it")
-        code, body, _ = post(srv.url, {"input": x[1].tolist()})
+        code, _, _ = post(srv.url, {"input": x[1].tolist()})
         a[0].join(TIMEOUT)
         assert code == 200 and a[1]["r"][0] == 200
         m = srv.server.metrics
