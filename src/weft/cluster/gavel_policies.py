@@ -37,6 +37,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from weft.cluster.model import ClusterError
+from weft.cluster.policies._center import Center
 from weft.cluster.policies._lp import LPBlocks, fill_max_sum, lp_feasible
 from weft.cluster.policies.base import SchedulingPolicy
 from weft.cluster.policies.fifo import Fifo
@@ -45,6 +46,7 @@ from weft.cluster.policies.max_min_fairness import MaxMinFairness
 from weft.cluster.policies.min_makespan import MinMakespan
 from weft.cluster.policies.pop import Pop
 from weft.cluster.problem import Allocation, Problem
+from weft.errors import PlanError
 
 
 class GavelFlavor:
@@ -68,9 +70,19 @@ class LasFlavor(GavelFlavor):
         self.gavel_name = "max_min_fairness" + ("_perf" if policy.aware else "")
 
     def allocate(self, prob, ids):
-        if not self.policy.aware:       # Gavel's agnostic LAS sets every throughput to 1.0
-            prob = Problem(np.ones_like(prob.T), prob.scale, prob.counts, prob.weight, types=prob.types)
-        return self.policy.solve(prob).X
+        """Gavel's LP: max t s.t. t <= sum_j T[m,j] s_m / (w_m P_m) X[m,j], X >= 0, time
+        share <= 1, capacity; P_m the job's throughput under the proportional split.
+        Solved to its central point (what ECOS returns), not to a vertex."""
+        T = prob.T if self.policy.aware else np.ones_like(prob.T)   # agnostic: every throughput 1.0
+        prop = T @ (prob.counts / prob.counts.sum())
+        coef = T * (prob.scale / (prob.weight * np.maximum(prop, 1e-300)))[:, None]
+        n, k = T.shape
+        alpha = 0.5 * min(1.0 / k, float((prob.counts / prob.scale.sum()).min()))
+        X0 = np.full((n, k), alpha)
+        t0 = 0.5 * float((coef * alpha).sum(axis=1).min())
+        center = Center(np.stack([np.ones((n, k)), -coef]), np.stack([np.ones(n), np.zeros(n)]),
+                        prob.scale, prob.counts, b=np.stack([np.zeros(n), np.ones(n)]))
+        return center.maximize_t(X0, t0)[0]
 
 
 class FifoFlavor(GavelFlavor):
@@ -169,10 +181,16 @@ class MinDurationFlavor(GavelFlavor):
                 else:
                     lo = mid
             lo, hi, last_hi = last_hi, last_hi * 10.0, last_hi * 10.0
-        # Gavel keeps whichever feasible point its solver returns; weft takes the
-        # one with the most total throughput (relative to each job's need).
-        v = fill_max_sum(blocks, np.maximum(rem / found, 1e-12), np.ones(prob.n), self.name)
-        return blocks.allocation(v, 0.0).X
+        # Gavel keeps the point its solver returns for "Maximize(1)": with no
+        # objective, an interior-point method ends at the analytic center.
+        n, k = prob.T.shape
+        center = Center(np.stack([np.ones((n, k)), -prob.T]), np.stack([np.ones(n), -rem / found]),
+                        prob.scale, prob.counts)
+        try:
+            return center.solve()
+        except PlanError:       # no interior (the bisection's T is on the boundary): any feasible point
+            v = fill_max_sum(blocks, np.maximum(rem / found, 1e-12), np.ones(prob.n), self.name)
+            return blocks.allocation(v, 0.0).X
 
     @property
     def name(self):
