@@ -9,6 +9,7 @@ share of jobs whose JCT is within 5% of Gavel's.
     python benchmarks/gavel_fidelity.py                    # all 27 cases, semantics=gavel (~4 min)
     python benchmarks/gavel_fidelity.py --semantics weft   # weft's own semantics, for the side-by-side
     python benchmarks/gavel_fidelity.py --quick            # the 11 cases on 8:16:24 that take < 1 min
+    python benchmarks/gavel_fidelity.py --ablate shuffle   # without one of Gavel's behaviours
     python benchmarks/gavel_fidelity.py --json out.json
 
 Targets (semantics=gavel): average JCT within 5% and makespan within 2% of
@@ -26,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import emit, figure, parser  # noqa: E402
 
 from weft.cluster.gavel import gavel_dir  # noqa: E402
+from weft.cluster.gavel_sim import ABLATIONS  # noqa: E402
 from weft.cluster.gavel_policies import weft_policy_name  # noqa: E402
 from weft.cluster.model import Cluster, ClusterError  # noqa: E402
 from weft.cluster.policies import get_policy  # noqa: E402
@@ -46,7 +48,7 @@ def short(case: dict) -> str:
     return {"max_min_fairness": "phys-las", "minimize_makespan": "phys-static", "2869ce": "msr-2869ce"}.get(name, name)
 
 
-def run_case(gavel: Path, case: dict, semantics: str, tables: dict) -> dict:
+def run_case(gavel: Path, case: dict, semantics: str, tables: dict, ablate=()) -> dict:
     tp = case["throughputs"]
     if tp not in tables:
         tables[tp] = ThroughputTable.load(gavel / tp, ["v100", "p100", "k80"])
@@ -56,7 +58,8 @@ def run_case(gavel: Path, case: dict, semantics: str, tables: dict) -> dict:
     policy = get_policy(weft_policy_name(case["policy"]), seed=case["seed"])
     t0 = time.perf_counter()
     r = simulate(jobs, cluster, table, policy, float(case["round_s"]), semantics=semantics,
-                 seed=case["seed"], resolve_every=None if semantics == "gavel" else 0.0)
+                 seed=case["seed"], resolve_every=None if semantics == "gavel" else 0.0,
+                 ablate=ablate if semantics == "gavel" else ())
     wall = time.perf_counter() - t0
     ref = {int(k): v * 3600 for k, v in case["per_job_jct_h"].items()}
     common = [m for m in ref if m in r.jct]
@@ -72,6 +75,8 @@ def main(argv=None) -> int:
     ap.add_argument("--semantics", choices=["gavel", "weft"], default="gavel")
     ap.add_argument("--gavel-dir", help="Gavel data directory (default: $WEFT_GAVEL_DIR, else the "
                     "shared/data/gavel found above the current directory or weft's sources)")
+    ap.add_argument("--ablate", action="append", default=[], choices=sorted(ABLATIONS),
+                    help="leave out one of Gavel's behaviours (semantics=gavel; repeatable), to measure its effect")
     ap.add_argument("--case", action="append", help="only cases whose label contains this text (repeatable)")
     args = ap.parse_args(argv)
     try:
@@ -87,14 +92,15 @@ def main(argv=None) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    t = Table(title=f"weft (semantics={args.semantics}) vs Gavel's simulator (c4fa400), seed 0, 360 s rounds")
+    left_out = f", without {'/'.join(args.ablate)}" if args.ablate else ""
+    t = Table(title=f"weft (semantics={args.semantics}{left_out}) vs Gavel's simulator (c4fa400), seed 0, 360 s rounds")
     for col in ("trace cluster policy", "Gavel JCT h", "weft JCT h", "diff", "Gavel mk h", "weft mk h", "diff",
                 "jobs within 5%", "sim s"):
         t.add_column(col, no_wrap=col.startswith("trace"))
     figures, rows = [], []
     tables: dict = {}
     for case in cases:
-        row = run_case(gavel, case, args.semantics, tables)
+        row = run_case(gavel, case, args.semantics, tables, args.ablate)
         rows.append(row)
         dj = row["weft_jct"] / row["gavel_jct"] - 1
         dm = row["weft_makespan"] / row["gavel_makespan"] - 1
@@ -112,7 +118,10 @@ def main(argv=None) -> int:
                     figure(f"{name}/jobs_within_5pct", row["within"], "fraction", JOBS_WITHIN, "higher")]
     Console(width=160).print(t)
     met = sum(f["value"] <= f["target"] if f["better"] == "lower" else f["value"] >= f["target"] for f in figures)
-    print(f"{met} of {len(figures)} targets met over {len(rows)} cases")
+    within = sum(r["within"] for r in rows) / max(len(rows), 1)
+    mean_dj = sum(abs(r["weft_jct"] / r["gavel_jct"] - 1) for r in rows) / max(len(rows), 1)
+    print(f"{met} of {len(figures)} targets met over {len(rows)} cases; mean |avg JCT diff| {mean_dj:.1%}, "
+          f"mean share of jobs within 5% {within:.0%}")
     if args.json:
         emit(figures, args.json, "gavel fidelity figures")
     return 0

@@ -55,6 +55,7 @@ class GavelFlavor:
     gavel_name = "?"
     shuffle = False
     fifo = False
+    central = True
 
     def __init__(self, policy: SchedulingPolicy):
         self.policy = policy
@@ -74,6 +75,8 @@ class LasFlavor(GavelFlavor):
         share <= 1, capacity; P_m the job's throughput under the proportional split.
         Solved to its central point (what ECOS returns), not to a vertex."""
         T = prob.T if self.policy.aware else np.ones_like(prob.T)   # agnostic: every throughput 1.0
+        if not self.central:
+            return self.policy.solve(Problem(T, prob.scale, prob.counts, prob.weight, types=prob.types)).X
         prop = T @ (prob.counts / prob.counts.sum())
         coef = T * (prob.scale / (prob.weight * np.maximum(prop, 1e-300)))[:, None]
         n, k = T.shape
@@ -181,6 +184,9 @@ class MinDurationFlavor(GavelFlavor):
                 else:
                     lo = mid
             lo, hi, last_hi = last_hi, last_hi * 10.0, last_hi * 10.0
+        if not self.central:
+            v = fill_max_sum(blocks, np.maximum(rem / found, 1e-12), np.ones(prob.n), self.name)
+            return blocks.allocation(v, 0.0).X
         # Gavel keeps the point its solver returns for "Maximize(1)": with no
         # objective, an interior-point method ends at the analytic center.
         n, k = prob.T.shape
@@ -204,20 +210,25 @@ def isolated_throughput(prob: Problem) -> np.ndarray:
     return (prob.T @ share) * frac
 
 
-def flavor_for(policy: SchedulingPolicy, seed: int = 0) -> GavelFlavor:
-    """The Gavel flavour of a weft policy (a fresh one per simulation: some keep state)."""
+def flavor_for(policy: SchedulingPolicy, seed: int = 0, central: bool = True) -> GavelFlavor:
+    """The Gavel flavour of a weft policy (a fresh one per simulation: some keep state).
+    ``central=False``: LAS and min_total_duration take weft's vertex solutions instead."""
     if policy.packed:
         raise ClusterError(f"policy {policy.name}: space sharing is not supported with semantics='gavel'")
     if isinstance(policy, Pop):
         raise ClusterError(f"policy {policy.name}: POP is not supported with semantics='gavel'")
     if isinstance(policy, MaxMinFairness):
-        return LasFlavor(policy)
+        flavor = LasFlavor(policy)
+        flavor.central = central
+        return flavor
     if isinstance(policy, Fifo):
         return FifoFlavor(policy, seed)
     if isinstance(policy, FinishTimeFairness):
         return FtfFlavor(policy)
     if isinstance(policy, MinMakespan):
-        return MinDurationFlavor(policy)
+        flavor = MinDurationFlavor(policy)
+        flavor.central = central
+        return flavor
     flavor = GavelFlavor(policy)
     flavor.gavel_name = policy.name
     flavor.shuffle = not getattr(policy, "aware", True)

@@ -37,6 +37,13 @@ from weft.cluster.policies.base import SchedulingPolicy
 from weft.cluster.problem import build_problem, check_runnable
 from weft.cluster.throughputs import ThroughputTable
 
+ABLATIONS = {
+    "shuffle": "agnostic policies walk the types in the fixed order v100, p100, k80",
+    "fifo_skip": "FIFO may place jobs on types where their priority is 0",
+    "rounds": "every round lasts 360 s and credits fractional steps (throughput x time run)",
+    "cadence": "re-solve at every round with an arrival or completion (no 1920 s wait)",
+    "center": "LP policies return a HiGHS vertex (weft's policy) instead of the central point",
+}
 MAX_FAILED_ATTEMPTS = 5
 RESET_SECONDS = 1920.0
 GAVEL_TYPE_ORDER = ["v100", "p100", "k80"]
@@ -44,11 +51,17 @@ GAVEL_TYPE_ORDER = ["v100", "p100", "k80"]
 
 class GavelSim:
     def __init__(self, jobs: list[Job], cluster: Cluster, table: ThroughputTable, policy: SchedulingPolicy,
-                 round_seconds: float, seed: int, resolve_every: float):
+                 round_seconds: float, seed: int, resolve_every: float, ablate: frozenset = frozenset()):
         check_runnable(jobs, cluster, table)
+        bad = set(ablate) - ABLATIONS.keys()
+        if bad:
+            raise ClusterError(f"ablate: unknown {sorted(bad)}; choose from {', '.join(ABLATIONS)}")
+        self.ablate = frozenset(ablate)
+        if "cadence" in self.ablate:
+            resolve_every = 0.0
         self.policy, self.table, self.round = policy, table, float(round_seconds)
         self.resolve_every = resolve_every
-        self.flavor = flavor_for(policy, seed)
+        self.flavor = flavor_for(policy, seed, central="center" not in self.ablate)
         self.shuffler = random.Random(seed + 5)
         self.present = [t for t in cluster.types if cluster.counts[t] > 0]
         self.order = ([t for t in GAVEL_TYPE_ORDER if t in self.present]
@@ -145,14 +158,14 @@ class GavelSim:
                 prio[t][m] = p
         return prio
 
-    def schedule(self) -> list[tuple[float, int, str, float]]:
-        """One round's micro-tasks: (finish time, job, type, steps)."""
+    def schedule(self) -> list[tuple]:
+        """One round's micro-tasks: (finish time, job, type, steps, end of its share of the round)."""
         if self.need_update and (self.now - self.last_reset >= self.resolve_every or self.last_reset == 0):
             self.reset_and_solve()
             self.need_update = False
         prio = self.priorities()
         types = list(self.order)
-        if self.flavor.shuffle:
+        if self.flavor.shuffle and "shuffle" not in self.ablate:
             self.shuffler.shuffle(types)
         left = dict(self.counts)
         placed: set[int] = set()
@@ -163,7 +176,7 @@ class GavelSim:
             for m in sorted(self.time_so_far, key=key, reverse=True):
                 if left[t] == 0 or m in placed or self.tp[m][t] <= 0:
                     continue
-                if self.flavor.fifo and prio[t][m] <= 0.0:
+                if self.flavor.fifo and prio[t][m] <= 0.0 and "fifo_skip" not in self.ablate:
                     continue
                 s = self.by_id[m].scale_factor
                 if s > left[t]:
@@ -173,8 +186,13 @@ class GavelSim:
                 if m not in self.alloc:            # takes the workers from the greedy pass, never runs
                     continue
                 rate = self.tp[m][t]
-                steps = min(int(rate * self.round), self.by_id[m].total_steps - self.steps_done[m])
-                out.append((self.now + steps / rate, m, t, steps))
+                left_steps = self.by_id[m].total_steps - self.steps_done[m]
+                if "rounds" in self.ablate:        # fractional credit; the round lasts a full round
+                    steps = min(rate * self.round, left_steps)
+                    out.append((self.now + steps / rate, m, t, steps, self.now + self.round))
+                else:
+                    steps = min(int(rate * self.round), left_steps)
+                    out.append((self.now + steps / rate, m, t, steps, self.now + steps / rate))
         return out
 
     def run(self, targets: set[int]) -> tuple[int, int, bool]:
@@ -182,7 +200,7 @@ class GavelSim:
         qi = 0
         self.now = queued[0].arrival_time
         round_start, round_end = 0.0, None
-        running: list[tuple[float, int, str, float]] = []
+        running: list[tuple] = []
         rounds = preempt = 0
         ran_out = False
         last_ran: set[int] = set()
@@ -195,17 +213,17 @@ class GavelSim:
             if running:
                 if round_end is not None:
                     round_start = round_end
-                round_end = self.now = max(r[0] for r in running)
+                round_end = self.now = max(r[4] for r in running)
             elif next_arrival is not None:
                 self.now = next_arrival
-            for fin, m, t, steps in running:
+            for fin, m, t, steps, _ in running:
                 self.complete(m, t, steps, fin - round_start, fin)
             while qi < len(queued) and queued[qi].arrival_time <= self.now:
                 self.add(queued[qi].job_id)
                 qi += 1
             changed = self.need_update
             running = self.schedule()
-            ran = {m for _, m, _, _ in running}
+            ran = {r[1] for r in running}
             preempt += len((last_ran - ran) & self.time_so_far.keys())
             last_ran = ran
             if running:
@@ -221,16 +239,17 @@ class GavelSim:
 
 def simulate_gavel(jobs: list[Job], cluster: Cluster, table: ThroughputTable, policy: SchedulingPolicy,
                    round_seconds: float = 360.0, measure: tuple[int, int] | None = None, seed: int = 0,
-                   resolve_every: float = RESET_SECONDS):
+                   resolve_every: float = RESET_SECONDS, ablate=()):
     """Run ``jobs`` as Gavel's simulator would; returns a ``SimResult``. Jobs that
     Gavel would drop as failed have no JCT and are left out of the window
-    (``extra["failed"]``)."""
+    (``extra["failed"]``). ``ablate`` names behaviours of Gavel to leave out
+    (``ABLATIONS``), to measure what each one changes."""
     from weft.cluster.simulator import SimResult, finish_time_fairness
 
     if measure and not (0 <= measure[0] < measure[1] <= len(jobs)):
         raise ClusterError(f"measure window {measure} is outside the {len(jobs)} jobs")
     start = time.perf_counter()
-    sim = GavelSim(jobs, cluster, table, policy, round_seconds, seed, resolve_every)
+    sim = GavelSim(jobs, cluster, table, policy, round_seconds, seed, resolve_every, frozenset(ablate))
     targets = {jobs[i].job_id for i in (range(*measure) if measure else range(len(jobs)))}
     rounds, preempt, ran_out = sim.run(targets)
     jct = {m: f - sim.by_id[m].arrival_time for m, f in sim.finish.items()}

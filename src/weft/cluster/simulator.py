@@ -60,7 +60,7 @@ SEMANTICS = ("weft", "gavel")
 def simulate(jobs: list[Job], cluster: Cluster, table: ThroughputTable, policy: SchedulingPolicy,
              round_seconds: float = 360.0, measure: tuple[int, int] | None = None,
              progress: bool = False, max_partners: int = 4, resolve_every: float | None = None,
-             semantics: str = "weft", seed: int = 0) -> SimResult:
+             semantics: str = "weft", seed: int = 0, ablate=()) -> SimResult:
     """``resolve_every`` > 0 re-solves at most that often (Gavel's simulator
     waits 1920 s between allocation resets); until then, new jobs have no
     allocation and wait, and finished jobs are dropped from the old one.
@@ -69,13 +69,15 @@ def simulate(jobs: list[Job], cluster: Cluster, table: ThroughputTable, policy: 
     ``semantics="gavel"`` runs Gavel's own simulator loop (``gavel_sim``: round
     ends, integer steps, re-solve cadence, type shuffle, FIFO's zero-priority
     skip, Gavel's flavour of each policy); ``seed`` seeds its random draws.
-    weft's semantics also use ``seed`` for the agnostic policies' type order."""
+    weft's semantics also use ``seed`` for the agnostic policies' type order.
+    ``ablate`` (gavel semantics only) leaves out named behaviours of Gavel
+    (``gavel_sim.ABLATIONS``) to measure their effect."""
     if semantics not in SEMANTICS:
         raise ClusterError(f"semantics {semantics!r}: choose from {', '.join(SEMANTICS)}")
     if semantics == "gavel":
         from weft.cluster.gavel_sim import RESET_SECONDS, simulate_gavel
         return simulate_gavel(jobs, cluster, table, policy, round_seconds, measure, seed,
-                              RESET_SECONDS if resolve_every is None else resolve_every)
+                              RESET_SECONDS if resolve_every is None else resolve_every, ablate)
     resolve_every = resolve_every or 0.0
     types = cluster.types
     check_runnable(jobs, cluster, table)
@@ -85,7 +87,7 @@ def simulate(jobs: list[Job], cluster: Cluster, table: ThroughputTable, policy: 
         raise ClusterError(f"measure window {measure} is outside the {len(jobs)} jobs")
     targets = {jobs[i].job_id for i in window_idx}
     by_id = {j.job_id: j for j in jobs}
-    mech = RoundMechanism(cluster, round_seconds)
+    mech = RoundMechanism(cluster, round_seconds, type_blind=not getattr(policy, "aware", True), seed=seed)
     done: dict[int, float] = {}
     finish: dict[int, float] = {}
     active: list[int] = []
