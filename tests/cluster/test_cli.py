@@ -94,7 +94,7 @@ def test_simulate_msr_trace_skip_unknown_prints_count_and_types(capsys, gavel_di
                "--policy", "fifo", "--semantics", "gavel", "--no-progress"])
     out, err = capsys.readouterr()
     assert rc == 0, err
-    assert "skipped" in err and "unknown (type, scale factor)" in err and " x16 " in err
+    assert "skipped 13 row(s) of 12 unknown (type, scale factor)" in err and "ResNet-50 (batch size 128) x32 (1)" in err
     assert "semantics gavel" in out
 
 
