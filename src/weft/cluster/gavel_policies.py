@@ -37,7 +37,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from weft.cluster.model import ClusterError
-from weft.cluster.policies._center import Center
+from weft.cluster.policies._center import Center, ftf_central
 from weft.cluster.policies._lp import LPBlocks, fill_max_sum, lp_feasible
 from weft.cluster.policies.base import SchedulingPolicy
 from weft.cluster.policies.fifo import Fifo
@@ -159,6 +159,8 @@ class FtfFlavor(GavelFlavor):
                 self.cum[i] += (rem0 - prob.remaining[m]) / iso0
         self.prev = {i: (float(prob.remaining[m]), float(iso[m])) for m, i in enumerate(ids)}
         base = np.array([self.cum[i] for i in ids]) + prob.remaining / np.maximum(iso, 1e-300)
+        if self.central:
+            return ftf_central(prob.T, prob.scale, prob.counts, prob.elapsed, prob.remaining, base)
         return self.policy.solve(prob, baseline=base).X
 
 
@@ -224,7 +226,9 @@ def flavor_for(policy: SchedulingPolicy, seed: int = 0, central: bool = True) ->
     if isinstance(policy, Fifo):
         return FifoFlavor(policy, seed)
     if isinstance(policy, FinishTimeFairness):
-        return FtfFlavor(policy)
+        flavor = FtfFlavor(policy)
+        flavor.central = central
+        return flavor
     if isinstance(policy, MinMakespan):
         flavor = MinDurationFlavor(policy)
         flavor.central = central

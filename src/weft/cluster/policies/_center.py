@@ -151,3 +151,64 @@ class Center:
         AinvB = BdB - np.einsum("mkc,c->mk", BinvU, MiU)
         dt = (gt - float((AinvB * gX).sum())) / schur
         return Ainv_g - dt * AinvB, dt
+
+
+def ftf_central(T: np.ndarray, scale: np.ndarray, counts: np.ndarray, elapsed: np.ndarray,
+                remaining: np.ndarray, baseline: np.ndarray, gap: float = 1e-8, shrink: float = 20.0,
+                max_newton: int = 100) -> np.ndarray:
+    """Central point of ``min_X max_m (elapsed_m + remaining_m / (T_m . X_m)) / baseline_m``
+    over X >= 0, time share <= 1, capacity, as cvxpy writes it: ``r >= (e + rem v) / D``
+    with ``v (T.X) >= 1`` (a rotated second-order cone, barrier ``-log(v T.X - 1)``).
+    On the central path v sits midway in its interval, which leaves, per job, the
+    barrier ``2 log(r - f_m(X)) + log(T_m . X_m)`` with ``f_m = (e + rem / T.X) / D``:
+    its Hessian is diagonal plus rank-one rows, solved like ``Center``'s."""
+    n, k = T.shape
+    alpha = 0.5 * min(1.0 / k, float((counts / scale.sum()).min()))
+    X = np.full((n, k), alpha)
+    cE, eD = remaining / baseline, elapsed / baseline
+
+    def parts(X, t):                                # t = -r is maximised
+        x = (T * X).sum(axis=1)
+        with np.errstate(divide="ignore"):
+            psi = -t - eD - cE / x
+        return X, 1.0 - X.sum(axis=1), counts - scale @ X, x, psi
+
+    def value(w, t, p):
+        return w * t + sum(float(np.log(q).sum()) for q in p[:4]) + 2.0 * float(np.log(p[4]).sum())
+
+    t = -float((eD + cE / (T * X).sum(axis=1)).max()) - 1.0
+    m_rows = X.size + 3 * n + k
+    mu = max(1.0, abs(t)) / m_rows * 10.0
+    rows = np.zeros((3, n, k))
+    b = np.zeros((3, n))
+    b[2] = 1.0
+    solver = Center(rows, np.zeros((3, n)), scale, counts, b=b)
+    while True:
+        w = 1.0 / mu
+        for _ in range(max_newton):
+            p = sx, ssh, sc, x, psi = parts(X, t)
+            gX = (1.0 / sx - (1.0 / ssh)[:, None] - scale[:, None] / sc[None, :]
+                  + T * (2.0 * cE / (x ** 2 * psi) + 1.0 / x)[:, None])
+            gt = w - float((2.0 / psi).sum())
+            rows[0] = 1.0
+            rows[1] = T
+            rows[2] = -T * (cE / x ** 2)[:, None]
+            weight_T = 1.0 / x ** 2 + 4.0 * cE / (x ** 3 * psi)
+            pseudo = np.stack([ssh, 1.0 / np.sqrt(weight_T), psi / np.sqrt(2.0)])
+            dX, dt = solver._step(sx, pseudo, sc, gX, gt)
+            dec = float((gX * dX).sum()) + gt * dt
+            if dec / 2 <= 1e-12:
+                break
+            f0, step = value(w, t, p), 1.0
+            while step > 1e-14:
+                Xn, tn = X + step * dX, t + step * dt
+                pn = parts(Xn, tn)
+                if all((q > 0).all() for q in pn) and value(w, tn, pn) >= f0 + 0.25 * step * dec:
+                    break
+                step *= 0.5
+            else:
+                break
+            X, t = Xn, tn
+        if m_rows * mu <= gap * max(1.0, abs(t)):
+            return X
+        mu /= shrink
