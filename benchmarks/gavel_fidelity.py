@@ -77,6 +77,7 @@ def main(argv=None) -> int:
                     "shared/data/gavel found above the current directory or weft's sources)")
     ap.add_argument("--ablate", action="append", default=[], choices=sorted(ABLATIONS),
                     help="leave out one of Gavel's behaviours (semantics=gavel; repeatable), to measure its effect")
+    ap.add_argument("--policy", action="append", help="only cases of this Gavel policy name (repeatable)")
     ap.add_argument("--case", action="append", help="only cases whose label contains this text (repeatable)")
     args = ap.parse_args(argv)
     try:
@@ -87,6 +88,8 @@ def main(argv=None) -> int:
         return 2
     if args.quick:
         cases = [c for c in cases if c["cluster"] == "8:16:24"]
+    if args.policy:
+        cases = [c for c in cases if c["policy"] in args.policy]
     if args.case:
         cases = [c for c in cases if any(s in f"{short(c)} {c['cluster']} {c['policy']}" for s in args.case)]
     from rich.console import Console
