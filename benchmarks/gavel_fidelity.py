@@ -24,17 +24,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import emit, figure, parser  # noqa: E402
+from _common import emit, figure, parser
 
-from weft.cluster.gavel import gavel_dir  # noqa: E402
-from weft.cluster.gavel_sim import ABLATIONS  # noqa: E402
-from weft.cluster.gavel_policies import weft_policy_name  # noqa: E402
-from weft.cluster.model import Cluster, ClusterError  # noqa: E402
-from weft.cluster.policies import get_policy  # noqa: E402
-from weft.cluster.simulator import simulate  # noqa: E402
-from weft.cluster.throughputs import ThroughputTable  # noqa: E402
-from weft.cluster.trace import read_trace  # noqa: E402
-from weft.files import read_json  # noqa: E402
+from weft.cluster.gavel import gavel_dir
+from weft.cluster.gavel_policies import weft_policy_name
+from weft.cluster.gavel_sim import ABLATIONS
+from weft.cluster.model import Cluster, ClusterError
+from weft.cluster.policies import get_policy
+from weft.cluster.simulator import simulate
+from weft.cluster.throughputs import ThroughputTable
+from weft.cluster.trace import read_trace
+from weft.files import read_json
 
 JCT_TOL, MAKESPAN_TOL, JOBS_WITHIN, JOB_TOL = 0.05, 0.02, 0.70, 0.05
 

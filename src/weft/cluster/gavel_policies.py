@@ -45,7 +45,7 @@ from weft.cluster.policies.finish_time_fairness import FinishTimeFairness
 from weft.cluster.policies.max_min_fairness import MaxMinFairness
 from weft.cluster.policies.min_makespan import MinMakespan
 from weft.cluster.policies.pop import Pop
-from weft.cluster.problem import Allocation, Problem
+from weft.cluster.problem import Problem
 from weft.errors import PlanError
 
 
@@ -251,4 +251,4 @@ def weft_policy_name(gavel_name: str) -> str:
     return GAVEL_NAMES[gavel_name]
 
 
-__all__ = ["Allocation", "GAVEL_NAMES", "GavelFlavor", "flavor_for", "isolated_throughput", "weft_policy_name"]
+__all__ = ["GAVEL_NAMES", "GavelFlavor", "flavor_for", "isolated_throughput", "weft_policy_name"]

@@ -174,12 +174,12 @@ def finish_time_fairness(jct: dict, by_id: dict, table: ThroughputTable, cluster
     types = cluster.types
     total_acc = sum(cluster.counts.values())
     ftf = {}
-    for m in jct:
+    for m, t in jct.items():
         job = by_id[m]
         teq = table.row(job.key, types) @ (np.array([cluster.counts[x] for x in types]) / total_acc)
         n_avg = occupancy.get(m, 1.0) / max(rounds_in.get(m, 1), 1)
         fair = teq * min(1.0, total_acc / (max(n_avg, 1.0) * job.scale_factor))
-        ftf[m] = jct[m] / (job.total_steps / fair)
+        ftf[m] = t / (job.total_steps / fair)
     return ftf
 
 
