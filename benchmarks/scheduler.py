@@ -59,7 +59,7 @@ def jct_part(table, cluster, args, metrics, console):
     base = None
     for name, paper_h in PAPER.items():
         if args.semantics == "gavel" and get_policy(name).packed:
-            t.add_row(name + " (space sharing: weft semantics only)", "n/a", "", f"{paper_h:.1f}", "", "", "", "")
+            t.add_row(name + " (weft only)", "n/a", "", f"{paper_h:.1f}", "", "", "", "")
             continue
         r = simulate(jobs, cluster, table, get_policy(name, seed=args.seed), 360.0, (lo, hi),
                      progress=not args.no_progress, resolve_every=args.resolve_every,
