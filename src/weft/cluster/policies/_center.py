@@ -89,9 +89,12 @@ class Center:
             il = 1.0 / sl
             gX = 1.0 / sx - np.einsum("lmk,lm->mk", self.a, il) - self.scale[:, None] / sc[None, :]
             gt = weight - float((self.b * il).sum()) if has_t else 0.0
-            dX, dt = self._step(sx, sl, sc, gX, gt)
+            try:
+                dX, dt = self._step(sx, sl, sc, gX, gt)
+            except np.linalg.LinAlgError:       # numerically singular this close in: keep the iterate
+                break
             dec = float((gX * dX).sum()) + gt * dt
-            if dec / 2 <= 1e-12:
+            if not dec / 2 > 1e-12:
                 break
             step = self._max_step(X, t, dX, dt)
             f0 = weight * t + sum(float(np.log(s).sum()) for s in (sx, sl, sc))
@@ -195,9 +198,12 @@ def ftf_central(T: np.ndarray, scale: np.ndarray, counts: np.ndarray, elapsed: n
             rows[2] = -T * (cE / x ** 2)[:, None]
             weight_T = 1.0 / x ** 2 + 4.0 * cE / (x ** 3 * psi)
             pseudo = np.stack([ssh, 1.0 / np.sqrt(weight_T), psi / np.sqrt(2.0)])
-            dX, dt = solver._step(sx, pseudo, sc, gX, gt)
+            try:
+                dX, dt = solver._step(sx, pseudo, sc, gX, gt)
+            except np.linalg.LinAlgError:
+                break
             dec = float((gX * dX).sum()) + gt * dt
-            if dec / 2 <= 1e-12:
+            if not dec / 2 > 1e-12:
                 break
             f0, step = value(w, t, p), 1.0
             while step > 1e-14:
