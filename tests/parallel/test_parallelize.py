@@ -21,6 +21,7 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 PLANS = EXAMPLES / "plans"
 sys.path.insert(0, str(EXAMPLES))
 import gpt
+import train_gpt
 
 STEPS, BATCH, LR, WORLD = 3, 8, 1e-2, 4
 TOL = 1e-4  # relative: ||p - p_ref|| / ||p_ref|| per parameter tensor
@@ -88,6 +89,8 @@ def train(plan, task="gpt", steps=STEPS, start=0, load=None, save=None, accumula
     return model.full_state_dict()
 
 
+FOUR_STAGES = {"split": ["blocks.0", "blocks.1", "ln_f"], "schedule": "interleaved",
+               "stages_per_rank": 2, "microbatches": 4}
 CASES = {
     "dp": {"plan": _plan("dp")},
     "dp-ddp": {"plan": _plan("dp", data_parallel={"replicate": "ddp"})},
@@ -104,6 +107,13 @@ CASES = {
     "fsdp-accumulate": {"plan": _plan("fsdp"), "accumulate": 2},
     "pp-dp": {"plan": _plan("pp_dp")},
     "pp-fsdp": {"plan": _plan("pp_fsdp")},
+    "pp-tp": {"plan": _plan("pp_tp")},
+    # two stages per rank: interleaved 1F1B with weft DP and recomputed blocks; a zero-bubble
+    # V schedule (stages 0,3 on pp rank 0) with TP inside the stages
+    "pp-dp-interleaved-ac": {"plan": _plan("pp_dp", pipeline=FOUR_STAGES,
+                                           activation_checkpoint=["blocks.*"])},
+    "pp-tp-zbv": {"plan": _plan("pp_tp", pipeline={**FOUR_STAGES,
+                                                   "schedule": "torch:ZBVZeroBubble"})},
     "digits-dp": {"plan": _plan("dp"), "task": "digits"},
     "digits-fsdp": {"plan": _plan("fsdp", data_parallel={"shard_modules": []}), "task": "digits"},
     "digits-hsdp": {"plan": _plan("hsdp", data_parallel={"shard_modules": ["[0-9]"]}),
@@ -116,6 +126,7 @@ CHAINS = {
     "dp->hsdp": [("dp", 2), ("hsdp", 1)],
     "pp-dp->fsdp-tp": [("pp_dp", 2), ("fsdp_tp", 1)],
     "tp->pp-fsdp": [("tp", 1), ("pp_fsdp", 2)],
+    "fsdp->pp-tp": [("fsdp", 1), ("pp_tp", 2)],
 }
 
 
@@ -125,8 +136,18 @@ MIXED = {"fsdp-bf16": _plan("fsdp", name="fsdp-bf16", **BF16),
          "dp-tp-bf16": _plan("dp_tp", name="dp-tp-bf16", **BF16)}
 
 
+# docs/parallelize.md, steps 2-4: examples/train_gpt.py under these plans (step 1 is the
+# single-process reference; step 5, pp_dp_tp, needs 8 ranks: test_parallelize_8.py).
+DOC_STEPS = ("dp", "fsdp", "dp_tp")
+
+
+def doc_train(plan):
+    model, _, _ = train_gpt.train(plan, steps=STEPS, batch=BATCH, lr=LR)
+    return model.full_state_dict()
+
+
 def _world(ckpt_dir):
-    out = {}
+    out = {f"doc:{f}": doc_train(PLANS / f"{f}.yaml") for f in DOC_STEPS}
     for name, case in CASES.items():
         out[name] = train(**case)
         out[name + ":local"] = LOCAL_SHAPES["last"]
@@ -152,7 +173,8 @@ def world_results(tmp_path_factory):
 @pytest.fixture(scope="module")
 def references():
     single = _plan("single")
-    return {"gpt": train(single), "digits": train(single, task="digits")}
+    return {"gpt": train(single), "digits": train(single, task="digits"),
+            "doc": doc_train(PLANS / "single.yaml")}
 
 
 def _assert_close(state, ref, what):
@@ -172,6 +194,16 @@ def test_plan_matches_single_process(case, world_results, references):
     # the parameters moved: a plan that trained nothing would not match a trained reference
     initial = _task(task)[0]().state_dict()
     assert any(not torch.allclose(initial[k], results[0][case][k]) for k in initial)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("step", DOC_STEPS)
+def test_incremental_path_changes_only_the_plan(step, world_results, references):
+    """The one training script of docs/parallelize.md reaches the single-process parameters
+    under each plan of the path."""
+    results, _ = world_results
+    for rank, res in enumerate(results):
+        _assert_close(res[f"doc:{step}"], references["doc"], f"train_gpt.py {step} rank {rank}")
 
 
 @pytest.mark.slow
@@ -259,16 +291,13 @@ def test_bad_plans_fail_in_the_rank_before_any_traffic():
 
 @pytest.mark.parametrize("over,message", [
     ({"pipeline": {"schedule": "pipedream"}}, "pipeline.schedule: 'pipedream' is not run"),
-    ({"pipeline": {"schedule": "interleaved", "stages_per_rank": 2, "split": ["blocks.0", "blocks.1",
-                                                                            "ln_f"]}},
-     "pipeline.schedule: 'interleaved' is not run"),
     ({"pipeline": {"split": "planner"}}, "pipeline.split: 'planner' is not run"),
-    ({"mesh": {"pp": 2, "tp": 2}, "tensor_parallel": [{"module": "head", "style": "colwise"}]},
-     "mesh.tp: 2 with mesh.pp=2 is not supported yet"),
     ({"mesh": {"pp": 2, "dp_replicate": 2}, "data_parallel": {"replicate": "ddp"}},
      "data_parallel.replicate: 'ddp' with mesh.pp > 1"),
-    ({"activation_checkpoint": ["blocks.*"]}, "activation_checkpoint: not applied"),
-    ({"example": None}, "needs weft.parallelize(..., example_input=)"),
+    ({"mesh": {"pp": 2, "dp_replicate": 2}, "pipeline": {**FOUR_STAGES,
+                                                         "schedule": "torch:ZBVZeroBubble"}},
+     "pipeline.schedule: 'torch:ZBVZeroBubble' splits backward"),
+    ({"mixed_precision": {"param_dtype": "bfloat16"}}, "mixed_precision: with mesh.pp > 1"),
     ({"example": torch.zeros(6, 32, dtype=torch.long)},
      "pipeline.microbatches: a global batch of 6 does not split into 1 replicas x 4"),
 ])

@@ -190,13 +190,15 @@ class Parallel(nn.Module):
         return self.runner(*args, **kwargs)
 
     def step(self, inputs, targets, loss_fn) -> torch.Tensor | None:
-        """Forward and backward on this rank's batch; returns the loss (detached). The same call
-        for every plan: pipelined plans run their schedule over the micro-batches and return
-        the loss on the last stage's ranks only (None elsewhere)."""
+        """Forward and backward on this rank's batch (moved to the plan's device); returns the
+        loss (detached). The same call for every plan: pipelined plans run their schedule
+        over the micro-batches and return the loss on the last stage's ranks only (None
+        elsewhere)."""
         if self.pipeline is not None:
             return self.pipeline.step(inputs, targets, loss_fn)
         args = inputs if isinstance(inputs, tuple) else (inputs,)
-        loss = loss_fn(self(*args), targets)
+        args = tuple(a.to(self.device) if torch.is_tensor(a) else a for a in args)
+        loss = loss_fn(self(*args), targets.to(self.device))
         loss.backward()
         return loss.detach()
 

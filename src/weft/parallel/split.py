@@ -92,7 +92,9 @@ def split_model(model: nn.Module, split: Sequence[str]) -> list[fx.GraphModule]:
         users_from = [nd for nd in graph.nodes if nd.op != "get_attr" and stage[nd] >= s]
         used = {a for u in users_from for a in u.all_input_nodes}
         live[s] = [nd for nd in nodes if stage[nd] < s and nd in used]
-    params = {id(p): name for name, p in model.named_parameters(remove_duplicate=False)}
+    params: dict[int, list[str]] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        params.setdefault(id(p), []).append(name)
     owner: dict[int, int] = {}
     modules = []
     for s in range(n):
@@ -133,7 +135,9 @@ def _claim(model: nn.Module, target: str, s: int, owner: dict, params: dict) -> 
 
 def _claim_param(pid: int, s: int, owner: dict, params: dict) -> None:
     if owner.setdefault(pid, s) != s:
-        raise PlanError(f"pipeline.split: parameter {params.get(pid, '?')!r} is used by stages "
+        names = params.get(pid, ["?"])
+        also = f" (also named {', '.join(map(repr, names[1:]))})" if len(names) > 1 else ""
+        raise PlanError(f"pipeline.split: parameter {names[0]!r}{also} is used by stages "
                         f"{owner[pid]} and {s} (tied weights); pipeline stages cannot share "
                         "parameters: cut so that its users share a stage")
 
