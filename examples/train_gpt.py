@@ -20,10 +20,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import gpt  # noqa: E402
+import gpt
 
-import weft  # noqa: E402
-from weft.launch import run  # noqa: E402
+import weft
+from weft.launch import run
 
 
 def train(plan, steps: int = 50, batch: int = 16, lr: float = 3e-3, seed: int = 0,

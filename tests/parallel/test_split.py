@@ -21,8 +21,8 @@ CUTS = ["pos", "blocks.0", "blocks.1", "blocks.2", "blocks.3", "ln_f", "head"]
 
 def _chain(stages, x):
     out = x
-    for st in stages:
-        out = st(*out) if isinstance(out, tuple) else st(out)
+    for stage in stages:
+        out = stage(*out) if isinstance(out, tuple) else stage(out)
     return out
 
 

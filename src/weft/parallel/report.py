@@ -29,8 +29,12 @@ class Progress:
 
     def __enter__(self):
         if self.show:
-            from rich.progress import (BarColumn, MofNCompleteColumn, TextColumn,
-                                       TimeElapsedColumn)
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                TextColumn,
+                TimeElapsedColumn,
+            )
             from rich.progress import Progress as Bar
 
             self._bar = Bar(TextColumn("[bold]{task.description}"), BarColumn(bar_width=20),

@@ -18,7 +18,7 @@ Python control flow on tensor values). Errors are PlanErrors naming `pipeline.sp
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from torch import fx, nn
 
