@@ -146,7 +146,7 @@ def test_train_under_torchrun_unchanged(tmp_path):
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
          "-m", "weft.cli", "train", "--plan", str(PLANS / "fsdp.yaml"), "--model", GPT,
          "--max-steps", "2", "--global-batch", "8", "--quiet", "--out", str(tmp_path)],
-        env=env, capture_output=True, text=True, timeout=300)
+        env=env, capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     [report] = tmp_path.glob("*/report.json")  # written once, by rank 0
     r = json.loads(report.read_text())
