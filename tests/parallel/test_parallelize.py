@@ -6,6 +6,7 @@ the reference runs the same `train` function in this process with the one-rank p
 """
 
 import contextlib
+import importlib.util
 import sys
 from pathlib import Path
 
@@ -40,10 +41,22 @@ def _plan(file, **over):
     return data
 
 
+HAVE_HF = importlib.util.find_spec("transformers") is not None
+
+
 def _task(name):
     if name == "gpt":
         train_set, _ = gpt.dataset(max_chars=20_000)
         return (lambda: gpt.model(n_layer=2)), train_set, gpt.loss_fn
+    if name == "hf-gpt2":  # a Hugging Face model built from a config, as it comes
+        from tests.parallel._zoo import hf_gpt2, hf_loss
+
+        return hf_gpt2, gpt.dataset(max_chars=20_000)[0], hf_loss
+    if name == "resnet":  # torchvision's ResNet layout (BatchNorm), on the digits
+        from tests.parallel._zoo import resnet
+        from weft.demo.data import digits
+
+        return resnet, digits()[0], torch.nn.functional.cross_entropy
     from weft.demo.data import digits
     from weft.demo.models import digits_cnn
 
@@ -53,9 +66,11 @@ def _task(name):
     return make, digits()[0], torch.nn.functional.cross_entropy
 
 
-def train(plan, task="gpt", steps=STEPS, start=0, load=None, save=None, accumulate=1):
+def train(plan, task="gpt", steps=STEPS, start=0, load=None, save=None, accumulate=1,
+          replicas=1):
     """The one training loop: only `plan` changes between runs (`accumulate`: the batch in
-    that many pieces, all but the last backward inside `model.no_sync()`)."""
+    that many pieces, all but the last backward inside `model.no_sync()`; `replicas`: the
+    forward in the pieces that many data-parallel replicas get, for BatchNorm's statistics)."""
     make, train_set, loss_fn = _task(task)
     example = torch.stack([train_set[i][0] for i in range(BATCH)])  # a global batch's shape
     model = weft.parallelize(make(), plan, example_input=example)
@@ -77,10 +92,16 @@ def train(plan, task="gpt", steps=STEPS, start=0, load=None, save=None, accumula
                     sync = model.no_sync() if j < len(pieces) - 1 else contextlib.nullcontext()
                     with sync:
                         (loss_fn(model(xs), ys) / accumulate).backward()
+            elif replicas > 1:  # DistributedSampler: replica r holds items r, r + R, ...
+                loss = sum(loss_fn(model(x[r::replicas]), y[r::replicas])
+                           for r in range(replicas)) / replicas
+                loss.backward()
             else:
                 out = model(x)
-                OUTPUT_DTYPES[model.plan.name] = out.dtype
-                loss = loss_fn(out.float(), y)
+                if torch.is_tensor(out):
+                    OUTPUT_DTYPES[model.plan.name] = out.dtype
+                    out = out.float()
+                loss = loss_fn(out, y)
                 loss.backward()
             opt.step()
             opt.zero_grad()
@@ -118,7 +139,15 @@ CASES = {
     "digits-fsdp": {"plan": _plan("fsdp", data_parallel={"shard_modules": []}), "task": "digits"},
     "digits-hsdp": {"plan": _plan("hsdp", data_parallel={"shard_modules": ["[0-9]"]}),
                         "task": "digits"},
+    # models as libraries build them: DP and FSDP plans out of the box
+    "resnet-dp": {"plan": _plan("dp"), "task": "resnet"},
+    "resnet-fsdp": {"plan": _plan("fsdp", data_parallel={"shard_modules": ["layer*"]}),
+                    "task": "resnet"},
 }
+if HAVE_HF:
+    CASES["hf-gpt2-dp"] = {"plan": _plan("dp"), "task": "hf-gpt2"}
+    CASES["hf-gpt2-fsdp"] = {"plan": _plan("fsdp", data_parallel={
+        "shard_modules": ["transformer.h.*"]}), "task": "hf-gpt2"}
 # Checkpoint chains: (plan, steps) saved, then loaded under the next plan for the rest.
 CHAINS = {
     "fsdp->dp-tp": [("fsdp", 2), ("dp_tp", 1)],
@@ -173,13 +202,20 @@ def world_results(tmp_path_factory):
 @pytest.fixture(scope="module")
 def references():
     single = _plan("single")
-    return {"gpt": train(single), "digits": train(single, task="digits"),
-            "doc": doc_train(PLANS / "single.yaml")}
+    refs = {"gpt": train(single), "digits": train(single, task="digits"),
+            "doc": doc_train(PLANS / "single.yaml"),
+            # BatchNorm normalises over each replica's share: the reference does the same
+            "resnet": train(single, task="resnet", replicas=WORLD)}
+    if HAVE_HF:
+        refs["hf-gpt2"] = train(single, task="hf-gpt2")
+    return refs
 
 
-def _assert_close(state, ref, what):
+def _assert_close(state, ref, what, only=None):
     assert state.keys() == ref.keys(), what
     for k, v in ref.items():
+        if only is not None and k not in only:
+            continue
         err = float((state[k] - v).norm() / v.norm())
         assert err <= TOL, f"{what}: {k} differs from the single-process run by {err:.2e} (relative)"
 
@@ -189,8 +225,11 @@ def _assert_close(state, ref, what):
 def test_plan_matches_single_process(case, world_results, references):
     results, _ = world_results
     task = CASES.get(case, {}).get("task", "gpt")
+    # BatchNorm's running statistics are each replica's own (weft DP: rank 0's); the
+    # parameters are what every replica must agree on with the reference
+    only = {n for n, _ in _task(task)[0]().named_parameters()} if task == "resnet" else None
     for rank, res in enumerate(results):
-        _assert_close(res[case], references[task], f"{case} rank {rank}")
+        _assert_close(res[case], references[task], f"{case} rank {rank}", only)
     # the parameters moved: a plan that trained nothing would not match a trained reference
     initial = _task(task)[0]().state_dict()
     assert any(not torch.allclose(initial[k], results[0][case][k]) for k in initial)

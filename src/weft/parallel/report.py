@@ -8,6 +8,10 @@ import time
 from weft.units import fmt_bytes
 
 
+def ranks(n: int) -> str:
+    return f"{n} rank" + "s" * (n != 1)
+
+
 def _mib(values) -> str:
     return " ".join(f"{v / 2**20:.0f}" for v in values) + " MiB"
 
@@ -101,12 +105,12 @@ def write_report(cfg, r0: dict, out, backend: str) -> dict:
         steps = list(range(r0["start"] + 1, r0["start"] + len(losses) + 1))
         name = cfg.plan.get("name") or cfg.plan_path
         report["plot"] = str(plot_loss(folder / "loss.png", steps, losses,
-                                       title=f"{name} on {cfg.world} ranks: final loss "
+                                       title=f"{name} on {ranks(cfg.world)}: final loss "
                                              f"{losses[-1]:.4f}"))
     write_json(folder / "report.json", report)
     con = Console()
     mem = ", ".join(fmt_bytes(v) for v in r0["memory"])
-    con.print(f"{r0['steps']} steps of {cfg.global_batch} on {cfg.world} ranks in "
+    con.print(f"{r0['steps']} steps of {cfg.global_batch} on {ranks(cfg.world)} in "
               f"{r0['seconds']:.1f} s"
               + (f": final loss {losses[-1]:.4f}" if losses else "")
               + (f", {rate:,.0f} {r0['unit']}/s" if rate else "")

@@ -153,8 +153,10 @@ def train_plan(args) -> int:
     cfg = prepare(args)
     backend = _backend(args, cfg.world)
     if not args.quiet and int(os.environ.get("RANK", "0")) == 0:
+        from weft.parallel.report import ranks
+
         m = cfg.plan["mesh"]
-        print(f"training {cfg.spec} under {cfg.plan_path} on {cfg.world} ranks ({backend}): "
+        print(f"training {cfg.spec} under {cfg.plan_path} on {ranks(cfg.world)} ({backend}): "
               + " x ".join(f"{d}={v}" for d, v in m.items())
               + f"; global batch {cfg.global_batch}", flush=True)
     if env_rendezvous():  # torchrun (or any env:// launcher) started this process as one rank

@@ -126,7 +126,7 @@ def _fmt_bytes(n: float) -> str:
 def format_description(plan: Plan, views: list[RankView], params: bool = True) -> str:
     """Plain text: the mesh, its groups, and per rank its coordinates and parameter pieces."""
     m = plan.mesh.resolve(len(views))
-    lines = [f"plan {plan.name or '(unnamed)'}: {len(views)} ranks, mesh "
+    lines = [f"plan {plan.name or '(unnamed)'}: {len(views)} rank{'s' * (len(views) != 1)}, mesh "
              + " x ".join(f"{d}={getattr(m, d)}" for d in DIMS)
              + f"; data parallel: {plan.data_parallel.flavour(m)}"
              + (f" over {m.dp_replicate} replicas" if m.dp_replicate > 1 else "")
