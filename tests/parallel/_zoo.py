@@ -64,3 +64,16 @@ class ResNet(nn.Module):
 def resnet() -> nn.Module:
     torch.manual_seed(0)
     return ResNet()
+
+
+def without_key_bias(state: dict) -> dict:
+    """GPT-2's fused q|k|v bias without its key third. The key bias cannot change attention
+    (softmax ignores a per-row constant), so its gradient is rounding noise, which Adam turns
+    into lr-sized steps in a direction that depends on the reduction order: it differs
+    between any two ways of summing the same gradients. Everything else must match."""
+    out = dict(state)
+    for k, v in state.items():
+        if k.endswith("attn.c_attn.bias"):
+            q, _, val = v.chunk(3)
+            out[k] = torch.cat([q, val])
+    return out
