@@ -24,6 +24,10 @@ sys.path.insert(0, str(EXAMPLES))
 import gpt
 import train_gpt
 
+# One world runs ~40 cases: about two minutes on a quiet 2-core machine, over five at a
+# load average of 30 (other jobs), so the tests that share it get a longer bound.
+pytestmark = pytest.mark.timeout(900)
+
 STEPS, BATCH, LR, WORLD = 3, 8, 1e-2, 4
 TOL = 1e-4  # relative: ||p - p_ref|| / ||p_ref|| per parameter tensor
 BF16 = {"mixed_precision": {"param_dtype": "bfloat16", "reduce_dtype": "float32"}}

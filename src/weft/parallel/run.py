@@ -186,13 +186,13 @@ def _peak_memory(device: torch.device) -> float:
 
 
 def train_rank(cfg: TrainConfig) -> dict:
-    import weft
     from weft.model_spec import extra, load_model
+    from weft.parallel.apply import parallelize
     from weft.parallel.report import Progress
 
     rank, world = dist.get_rank(), dist.get_world_size()
     torch.manual_seed(cfg.seed)
-    model = weft.parallelize(load_model(cfg.spec), cfg.plan, memory=cfg.device_memory)
+    model = parallelize(load_model(cfg.spec), cfg.plan, memory=cfg.device_memory)
     train_set = extra(cfg.spec, "dataset")()[0]
     loss_fn, make_opt = extra(cfg.spec, "loss_fn"), extra(cfg.spec, "optimizer")
     if cfg.lr is None and callable(make_opt):

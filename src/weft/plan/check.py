@@ -160,9 +160,12 @@ def layout(plan: Plan, model: nn.Module) -> list[ParamLayout]:
     styles = tp_styles(plan, model) if plan.mesh.tp > 1 else {}
     fsdp = plan.mesh.dp_shard > 1 or plan.data_parallel.flavour(plan.mesh) == "fsdp"
     stage_of = _stages(plan, model)
-    out = []
+    out, seen = [], set()
     for mod_name, mod in model.named_modules():
         for pname, p in mod.named_parameters(recurse=False):
+            if id(p) in seen:  # a tied weight is held once, under its first name
+                continue
+            seen.add(id(p))
             full = f"{mod_name}.{pname}" if mod_name else pname
             tp_dim, style = None, None
             if mod_name in styles:
