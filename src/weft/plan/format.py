@@ -131,7 +131,8 @@ class TPRule:
 
 @dataclass(frozen=True)
 class Pipeline:
-    """Pipeline parallelism over the pp dim (parsed and validated; run in phase 2)."""
+    """Pipeline parallelism over the pp dim: stages cut before the named modules (run by
+    weft.parallel.pp with torch.distributed.pipelining's schedules)."""
 
     split: tuple[str, ...] | str = "planner"  # module names starting stages 1.., or "planner"
     schedule: str = "1f1b"
