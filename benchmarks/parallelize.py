@@ -13,6 +13,8 @@ pp_tp shape by hand writes the two stage modules itself (torch's pipeline tracer
 the tensor-parallel head count); weft cuts the model at `blocks.<n/2>` with torch.fx.
 
     python benchmarks/parallelize.py [--quick] [--json out.json] [--shapes dp,fsdp]
+
+`--quick`: a smaller model and the shapes in QUICK_SHAPES only (all of them with --shapes).
 """
 
 from __future__ import annotations
@@ -52,6 +54,9 @@ SHAPES = {
 }
 
 
+# --quick: one shape per kind of parallelism (data, sharded, tensor inside sharded, pipeline
+# with tensor), so that it stays under a minute on 2 cores
+QUICK_SHAPES = ("dp", "fsdp", "fsdp_tp", "pp_tp")
 MICRO = 2  # micro-batches of the pipelined shapes (GPipe, cut before the second half's blocks)
 
 
@@ -285,9 +290,11 @@ def _worker(shapes, cfg, batch, steps, rounds):
 
 def main() -> None:
     p = parser(__doc__.splitlines()[0])
-    p.add_argument("--shapes", default=",".join(SHAPES), help="comma-separated plan shapes")
+    p.add_argument("--shapes", help="comma-separated plan shapes (default: all; with --quick "
+                                    f"{','.join(QUICK_SHAPES)})")
     args = p.parse_args()
-    shapes = [s.strip() for s in args.shapes.split(",")]
+    default = QUICK_SHAPES if args.quick else tuple(SHAPES)
+    shapes = [s.strip() for s in args.shapes.split(",")] if args.shapes else list(default)
     unknown = [s for s in shapes if s not in SHAPES]
     if unknown:
         p.error(f"unknown shape(s) {unknown}; known: {list(SHAPES)}")
