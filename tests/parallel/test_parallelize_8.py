@@ -27,6 +27,7 @@ def _rank(ckpt):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # 8 processes on 2 cores: ~170 s at a load average of 20
 def test_dp_tp_pp_on_8_ranks_matches_one_process(tmp_path):
     ckpt = tmp_path / "ckpt"
     results = launch(_rank, 8, args=(str(ckpt),), timeout=120)
