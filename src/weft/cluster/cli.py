@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from weft.args import nonneg_float, nonneg_int, positive_float, positive_int
 from weft.cluster.model import Cluster, ClusterError
 
 DEPRECATED = "weft: warning: `weft schedule` is deprecated and will be removed in the next release; use `weft cluster`"
@@ -41,9 +42,9 @@ def _add(subparsers, name: str, help: str, deprecated: bool = False) -> None:
                      "factor 0 (the msr traces have many); prints how many and which")
     sim.add_argument("--semantics", choices=["weft", "gavel"], default="weft",
                      help="weft's simulator (default) or Gavel's round loop and policy flavours (docs/cluster.md)")
-    sim.add_argument("--jobs", type=int, default=300, help="jobs to generate (default 300)")
-    sim.add_argument("--rate", type=float, default=5.6, help="arrivals per hour, 0 = all at t=0 (default 5.6)")
-    sim.add_argument("--seed", type=int, default=0)
+    sim.add_argument("--jobs", type=positive_int, default=300, help="jobs to generate (default 300)")
+    sim.add_argument("--rate", type=nonneg_float, default=5.6, help="arrivals per hour, 0 = all at t=0 (default 5.6)")
+    sim.add_argument("--seed", type=nonneg_int, default=0)
     sim.add_argument("--multi-gpu", action="store_true", help="scale factors 1/2/4/8 (p=.7/.1/.15/.05)")
     sim.add_argument("--priorities", action="store_true", help="20%% of jobs get weight 5")
     sim.add_argument("--throughputs",
@@ -53,10 +54,10 @@ def _add(subparsers, name: str, help: str, deprecated: bool = False) -> None:
     sim.add_argument("--cluster", default="36:36:36", help="V100:P100:K80 counts or type=count,... (default 36:36:36)")
     sim.add_argument("--cluster-spec", help="weft cluster.yaml (overrides --cluster/--throughputs)")
     sim.add_argument("--policy", action="append", help="policy name (repeatable; default max_min_fairness)")
-    sim.add_argument("--pop", type=int, default=1, help="POP partitions k (default 1 = full solve)")
-    sim.add_argument("--round", type=float, default=None, help="round length in seconds (default 360)")
+    sim.add_argument("--pop", type=positive_int, default=1, help="POP partitions k (default 1 = full solve)")
+    sim.add_argument("--round", type=positive_float, default=None, help="round length in seconds (default 360)")
     sim.add_argument("--window", help="LO:HI job indices to average JCT over (default: all)")
-    sim.add_argument("--resolve-every", type=float, default=None,
+    sim.add_argument("--resolve-every", type=positive_float, default=None,
                      help="re-solve the policy at most every this many seconds (default: 0, on every change, "
                      "with --semantics weft; 1920 as in Gavel with --semantics gavel)")
     sim.add_argument("--out", help="directory for results.json and jct_cdf.png")
@@ -67,7 +68,7 @@ def _add(subparsers, name: str, help: str, deprecated: bool = False) -> None:
     run.add_argument("cluster", help="cluster.yaml (slots per type, throughputs used to emulate speed)")
     run.add_argument("jobs", help="jobs.yaml (each job a model spec or a command; see docs/cluster.md)")
     run.add_argument("--policy", default="max_min_fairness")
-    run.add_argument("--round", type=float, default=None, help="round length in seconds (default from cluster.yaml)")
+    run.add_argument("--round", type=positive_float, default=None, help="round length in seconds (default from cluster.yaml)")
     run.add_argument("--workdir", help="checkpoints and logs (default: a fresh runs/cluster/<time>)")
     run.add_argument("--out", help="results JSON (default: <workdir>/results.json)")
     run.set_defaults(func=cmd(_run))
