@@ -192,4 +192,7 @@ def register(sub) -> None:
     q.add_argument("--cache-dir", help="profile cache directory (default ~/.cache/weft/profiles)")
     q.add_argument("--no-cache", action="store_true", help="always re-profile")
     q.set_defaults(func=_plan_pipeline)
+    from weft.plan.cli import add_show
+
+    add_show(psub)  # weft plan show (weft.plan/1 plans)
     p.set_defaults(func=lambda args: p.print_help() or 0)
