@@ -51,8 +51,6 @@ def _plan_pipeline(args) -> int:
     split = [p.strip() for p in (args.split_points or "").split(",") if p.strip()]
     if sum(map(bool, (args.equal, split, args.stages))) > 1:
         raise PlanError("--equal, --split-points and --stages each choose the stages: give one")
-    if args.stages is not None and args.stages < 1:
-        raise PlanError(f"--stages must be >= 1, got {args.stages}")
     depth = args.stages or (len(split) + 1 if split else None)  # one worker per stage
     if depth and args.workers not in (None, depth):
         raise PlanError(f"{depth} stages of one worker each use {depth} workers, not "
@@ -146,6 +144,9 @@ def _calibrate(args, con, topo, prof, settings):
 
 
 def register(sub) -> None:
+    from weft.args import (nonneg_float, nonneg_int, output_file, positive_float,
+                           positive_int)
+
     p = sub.add_parser("plan", help="plan parallel execution")
     psub = p.add_subparsers(dest="plan_command", metavar="KIND")
     q = psub.add_parser("pipeline", help="profile a model and partition it into pipeline stages")
@@ -153,15 +154,17 @@ def register(sub) -> None:
     q.add_argument("--profile", help="use a saved profile JSON instead of profiling --model")
     q.add_argument("--topology", default="multi_node:2x4",
                    help="builder (dgx1, ring:8, multi_node:2x4) or YAML file")
-    q.add_argument("--workers", type=int, default=None, help="number of workers (default: all)")
-    q.add_argument("--micro-batch", type=int, default=32)
-    q.add_argument("--microbatches", type=int, default=8)
+    q.add_argument("--workers", type=positive_int, default=None,
+                   help="number of workers (default: all)")
+    q.add_argument("--micro-batch", type=positive_int, default=32)
+    q.add_argument("--microbatches", type=positive_int, default=8)
     q.add_argument("--input-shape", help="per-sample input shape if the spec has no example_input")
-    q.add_argument("--schedule", default="1f1b", help="schedule to predict (1f1b, gpipe, pipedream)")
-    q.add_argument("--optimizer-states", type=int, default=1,
+    q.add_argument("--schedule", default="1f1b",
+                   help="schedule to predict (1f1b, gpipe, pipedream)")
+    q.add_argument("--optimizer-states", type=nonneg_int, default=1,
                    help="optimizer state copies per parameter (SGD momentum 1, Adam 2)")
     q.add_argument("--equal", action="store_true", help="baseline: equal layers per stage")
-    q.add_argument("--stages", type=int, metavar="S",
+    q.add_argument("--stages", type=positive_int, metavar="S",
                    help="exactly S pipeline stages on S workers, the cuts chosen optimally "
                         "(instead of the DP over replication and stages)")
     q.add_argument("--split-points", metavar="NAMES",
@@ -174,11 +177,11 @@ def register(sub) -> None:
                         "equal hosts")
     q.add_argument("--cpu-copy-bw", help="charge each message copy to its ranks at this rate "
                    "(e.g. 2.5GB/s; loopback gloo, where the CPUs copy every message)")
-    q.add_argument("--action-overhead", type=float, metavar="SECONDS",
+    q.add_argument("--action-overhead", type=nonneg_float, metavar="SECONDS",
                    help="runtime cost per schedule action (F, B, send, recv), e.g. 1.2e-4")
-    q.add_argument("--step-overhead", type=float, metavar="SECONDS",
+    q.add_argument("--step-overhead", type=nonneg_float, metavar="SECONDS",
                    help="runtime cost per step (optimizer, flush), for the prediction")
-    q.add_argument("--compute-scale", type=float, metavar="FACTOR",
+    q.add_argument("--compute-scale", type=positive_float, metavar="FACTOR",
                    help="multiply profiled compute by this (slowdown with every rank computing "
                         "at once; --calibrate measures it)")
     q.add_argument("--calibrate", action="store_true",
@@ -187,8 +190,9 @@ def register(sub) -> None:
                         "(weft.planner.overhead, weft.planner.contention)")
     q.add_argument("--trace", default="auto", choices=("auto", "fx", "export"),
                    help="how a non-Sequential model is cut into layers (torch.fx, torch.export)")
-    q.add_argument("--out", help="write the plan JSON here")
-    q.add_argument("--save-profile", help="also write the profile JSON here")
+    q.add_argument("--out", type=output_file, help="write the plan JSON here")
+    q.add_argument("--save-profile", type=output_file,
+                   help="also write the profile JSON here")
     q.add_argument("--cache-dir", help="profile cache directory (default ~/.cache/weft/profiles)")
     q.add_argument("--no-cache", action="store_true", help="always re-profile")
     q.set_defaults(func=_plan_pipeline)
