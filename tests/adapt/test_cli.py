@@ -134,9 +134,12 @@ def test_bad_adaptive_training_options_are_clear_cli_errors(tmp_path, capsys):
     policy.write_text("policies: []\n")
     (tmp_path / "nodata.py").write_text("import torch\nmodel = torch.nn.Linear(2, 2)\n")
     cases = [(["--data", "d.py:fn"], "--data and --parallel-plan need --model"),
-             (["--script", str(tmp_path / "missing.py")], "missing.py: file not found"),
-             (["--resume"], "resume=True: needs checkpoint: FOLDER"),
-             (["--resume", "--checkpoint", str(tmp_path / "none")], "nothing to resume from"),
+             (["--script", str(tmp_path / "missing.py")], "--script: " + str(tmp_path)),
+             (["--resume", str(tmp_path / "none")], "nothing to resume from"),
+             (["--resume", str(tmp_path / "c1"), "--checkpoint", str(tmp_path / "c2")],
+              "pass one of them"),
+             (["--workers", "0"], "--workers: must be >= 1, got 0"),
+             (["--rdzv-timeout", "-1"], "--rdzv-timeout: must be > 0"),
              (["--model", str(tmp_path / "nodata.py")], "defines no dataset()"),
              (["--batch-rule", "global", "--algorithm", "spiral"], "unknown algorithm 'spiral'")]
     for extra, msg in cases:

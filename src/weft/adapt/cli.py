@@ -152,6 +152,8 @@ def run_script(path: str, config: dict, *, policy_path: str | None, out="runs", 
 def train(args) -> int:
     """`weft train --policy P`: settings from P's `train:` section, overridden by options;
     the model is the digits example, a model spec (--model [--data]) or a script's."""
+    from pathlib import Path
+
     from weft.adapt.workload import from_spec
     from weft.errors import WeftError
 
@@ -160,8 +162,13 @@ def train(args) -> int:
     config = {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
     if "checkpoint" in config:
         config["checkpoint"] = str(config["checkpoint"])
-    if getattr(args, "resume", False):
-        config["resume"] = True
+    if getattr(args, "resume", None):  # --resume DIR (an option shared with --plan)
+        resume = str(args.resume)
+        if Path(config.get("checkpoint", resume)).resolve() != Path(resume).resolve():
+            raise WeftError(f"--resume {resume} and --checkpoint {config['checkpoint']}: a "
+                            "resumed run goes on checkpointing into the folder it resumes from; "
+                            "pass one of them")
+        config.update(resume=True, checkpoint=resume)
     devices = args.devices.split(",") if getattr(args, "devices", None) else None
     if devices:
         config["devices"] = devices
@@ -209,8 +216,6 @@ def add_arguments(p) -> None:
                    help="folder of periodic asynchronous checkpoints")
     p.add_argument("--checkpoint-every", dest="checkpoint_every", type=positive_int,
                    help="steps between checkpoints (default: only at the end)")
-    p.add_argument("--resume", action="store_true",
-                   help="continue from --checkpoint (with any number of workers)")
     p.add_argument("--topology", help="topology (file or builder) the collectives are "
                                       "re-planned on whenever the members change")
     p.add_argument("--devices", help="comma-separated devices of --topology for this "

@@ -13,7 +13,7 @@ checkpoint is a folder:
 
 written into `.<name>.partial` and renamed over the folder when complete: a crash
 (of a worker, of the job's host, of everything) leaves the previous checkpoint. The
-state is the whole model (a plan's shards gathered), so `weft train --resume` loads
+state is the whole model (a plan's shards gathered), so `weft train --resume DIR` loads
 it into any number of workers and under any plan: rank 0 reads it into a fresh model
 (DCP reshards to whole tensors) and every worker loads it like a joiner's state.
 """

@@ -170,7 +170,7 @@ class PlanEngine(_Base):
     def bind(self, rank: int, world: int, communicator=None) -> None:
         """Build the model under the plan for the current group (a fresh model every time:
         a plan's modules are bound to one mesh)."""
-        import weft
+        from weft.parallel.apply import parallelize
 
         self.model = None
         model = self.built.make_model()
@@ -178,7 +178,7 @@ class PlanEngine(_Base):
         if plan.mesh.pp > 1:
             raise ValueError(f"plan {plan.name!r}: pipeline plans (mesh.pp > 1) are not "
                              "supported under adaptation")
-        self.par = weft.parallelize(model, plan, communicator=communicator or self.communicator)
+        self.par = parallelize(model, plan, communicator=communicator or self.communicator)
         self.model = self.par
         self.params = [p for p in self.par.parameters() if p.requires_grad]
         self._optimizer(self.params)

@@ -18,7 +18,6 @@ import os
 import signal
 import time
 
-import torch
 import torch.distributed as dist
 
 from weft.adapt import actions as A
