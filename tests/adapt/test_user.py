@@ -1,7 +1,8 @@
 """Adaptive training of a user's own model, data, optimizer and LR scheduler (real gloo ranks):
 a CNN weft has never seen, on a map-style dataset of the test's own class, with Adam and a
-StepLR schedule, resized 2 -> 4 -> 3 and surviving a SIGKILL, equals a single-process
-reference that trains the same global batches without resizing."""
+StepLR schedule, resized 2 -> 4 -> 3, surviving a SIGKILL and resumed from its checkpoint
+by another number of workers, equals a single-process reference that trains the same global
+batches without resizing."""
 
 from collections import Counter
 
@@ -14,7 +15,8 @@ from weft.adapt.host import run_elastic
 from weft.adapt.sharding import EpochSharder
 from weft.adapt.workload import check
 
-N, GLOBAL, STEPS = 480, 24, 40  # 20 steps per epoch, 2 epochs
+N, GLOBAL, STEPS = 360, 24, 30  # 15 steps per epoch, 2 epochs
+FIRST, KILL = 22, 14  # the first run's steps; the step a worker is SIGKILLed at
 
 
 class Digits(torch.utils.data.Dataset):
@@ -102,12 +104,20 @@ def reference(steps: int) -> dict:
 
 
 @pytest.mark.slow
-def test_user_model_adam_resize_and_sigkill_equal_the_reference():
-    cfg = AdaptConfig(workers=2, max_workers=4, epochs=2, max_steps=STEPS, batch_size=12,
-                      batch_rule="global", log_samples=True, kill=[26, 1])
+def test_user_model_adam_resize_sigkill_and_resume_equal_the_reference(tmp_path):
+    """One job, then its resumption: 2 -> 4 -> 3 workers, a SIGKILL (2 left), asynchronous
+    checkpoints; the job ends at step FIRST and 3 workers resume from its checkpoint to
+    STEPS. Parameters equal the reference's (1e-5), replicas and Adam states are identical
+    after every change, and each epoch's samples are trained exactly once."""
+    from weft.adapt import fit
+
+    ckpt = tmp_path / "ckpt"
+    cfg = AdaptConfig(workers=2, max_workers=4, epochs=2, max_steps=FIRST, batch_size=12,
+                      batch_rule="global", log_samples=True, kill=[KILL, 1],
+                      checkpoint=str(ckpt), checkpoint_every=5)
     w = workload().portable()
     assert check(w, cfg.workers, cfg.batch_size) == N
-    out = run_elastic(cfg, ScheduleResize({6: 4, 14: 3}), timeout=400, workload=w)
+    out = run_elastic(cfg, ScheduleResize({4: 4, 9: 3}), timeout=400, workload=w)
     reports = out["reports"]
     assert out["dead"] == {1: -9}
     finals = [r for r in reports.values() if r["role"] != "standby" and not r["left"]
@@ -133,16 +143,12 @@ def test_user_model_adam_resize_and_sigkill_equal_the_reference():
     for k, st in a["optim"]["state"].items():
         for name, v in st.items():
             assert torch.equal(v, b["optim"]["state"][k][name]), (k, name)
-    assert a["optim"]["param_groups"][0]["lr"] == pytest.approx(3e-3 * 0.5 ** (STEPS // 10))
-    # no sample lost or repeated: the steps' global batches tile each epoch's order exactly,
-    # and every rank trained on its own disjoint slice of its step's global batch
+    assert finals[0]["user_state"] == {"samples": FIRST * GLOBAL}  # rolled back with the model
+    (fail,) = [e for e in r0["events"] if e["kind"] == "failure"]
+    assert fail["step"] == KILL and fail["lost"] == [1]
+    # every rank trained its own disjoint slice of its step's global batch
     hist = {h["step"]: h for r in finals for h in r["history"]}
-    assert sorted(hist) == list(range(1, STEPS + 1))
-    for ep in (0, 1):
-        spans = sorted((h["at"][1], h["global_batch"]) for h in hist.values()
-                       if h["at"][0] == ep)
-        assert [lo for lo, n in spans] == list(range(0, N, GLOBAL))
-        assert {n for _, n in spans} == {GLOBAL}
+    assert sorted(hist) == list(range(1, FIRST + 1))
     slices: dict = {}
     for r in reports.values():
         for step, ep, idx in r.get("samples", []):
@@ -153,41 +159,38 @@ def test_user_model_adam_resize_and_sigkill_equal_the_reference():
         batch = order.permutation(ep)[lo:lo + GLOBAL].tolist()
         got = Counter(i for e, idx in parts for i in idx)
         assert {e for e, _ in parts} == {ep} and set(got.values()) == {1} and set(got) <= set(batch)
-        if step >= 26:  # every member of these steps reported (the victim's log died with it)
+        if step >= KILL:  # every member of these steps reported (the victim's log died with it)
             assert sorted(got) == sorted(batch)
-    assert finals[0]["user_state"] == {"samples": STEPS * GLOBAL}  # rolled back with the model
-    (fail,) = [e for e in r0["events"] if e["kind"] == "failure"]
-    assert fail["step"] == 26 and fail["lost"] == [1]
-    # the same parameters as the reference that never resized (S-SGD, tolerance 1e-5)
-    ref = reference(STEPS)
-    for k, v in ref.items():
-        torch.testing.assert_close(a["model"][k], v, rtol=0, atol=1e-5, msg=k)
-
-
-@pytest.mark.slow
-def test_resume_from_checkpoint_with_another_world_size(tmp_path):
-    """Two workers train 16 steps (asynchronous checkpoints every 5, and at the end), the job
-    ends; three workers resume from the checkpoint and finish: the parameters equal the
-    reference's, and the user's state went through the checkpoint."""
-    from weft.adapt import fit
-
-    ckpt = tmp_path / "ckpt"
-    common = dict(epochs=2, batch_size=12, batch_rule="global", max_workers=3, standby=0,
-                  checkpoint=str(ckpt), checkpoint_every=5)
-    first = fit(cnn, Digits(), nn.functional.cross_entropy, adam, scheduler=step_lr,
-                callbacks=[CountSamples()], state=Seen(),
-                config=dict(common, workers=2, max_steps=16), timeout=300)
-    assert [c["step"] for c in first["checkpoints"]] == [5, 10, 15, 16]
+    assert [c["step"] for c in r0["checkpoints"]] == [5, 10, 15, 20, FIRST]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]  # nothing half-written left
+
+    # everything lost: 3 workers resume from the checkpoint and finish
     second = fit(cnn, Digits(), nn.functional.cross_entropy, adam, scheduler=step_lr,
                  callbacks=[CountSamples()], state=Seen(),
-                 config=dict(common, workers=3, max_steps=STEPS, resume=True,
-                             checkpoint_every=0), timeout=300)
+                 config=dict(workers=3, max_workers=3, standby=0, epochs=2, max_steps=STEPS,
+                             batch_size=12, batch_rule="global", checkpoint=str(ckpt),
+                             resume=True), timeout=300)
     (resumed,) = [e for e in second["events"] if e["kind"] == "resume"]
-    assert resumed["step"] == 16 and "written by 2 worker(s), now 3" in resumed["detail"]
-    assert second["steps"] == STEPS and second["history"][0]["step"] == 17
+    assert resumed["step"] == FIRST and "written by 2 worker(s), now 3" in resumed["detail"]
+    assert "starts afresh (the checkpoint's was ScheduleResize)" in resumed["detail"]
+    assert second["steps"] == STEPS and second["history"][0]["step"] == FIRST + 1
     assert {h["world"] for h in second["history"]} == {3} and second["replicas_identical"]
-    assert second["user_state"] == {"samples": STEPS * GLOBAL}
+    assert second["user_state"] == {"samples": STEPS * GLOBAL}  # through the checkpoint
+    # no sample lost or repeated over both runs: the steps' global batches tile each epoch
+    hist.update({h["step"]: h for h in second["history"]})
+    assert sorted(hist) == list(range(1, STEPS + 1))
+    for ep in (0, 1):
+        spans = sorted((h["at"][1], h["global_batch"]) for h in hist.values()
+                       if h["at"][0] == ep)
+        assert [lo for lo, n in spans] == list(range(0, N, GLOBAL))
+        assert {n for _, n in spans} == {GLOBAL}
+    # the LR schedule went on through the resizes, the failure and the resumption
+    assert [hist[s]["lr"] for s in sorted(hist)] == pytest.approx(
+        [3e-3 * 0.5 ** (s // 10) for s in range(1, STEPS + 1)])
+    # the same parameters as the reference that never resized (S-SGD, tolerance 1e-5),
+    # at the end of the first run and after the resumption
+    for k, v in reference(FIRST).items():
+        torch.testing.assert_close(a["model"][k], v, rtol=0, atol=1e-5, msg=k)
     trained = second["model"].state_dict()
     for k, v in reference(STEPS).items():
         torch.testing.assert_close(trained[k], v, rtol=0, atol=1e-5, msg=k)

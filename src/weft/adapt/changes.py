@@ -90,8 +90,11 @@ class Changes:
             self.engine.sched.load_state_dict(extra["sched"])
         self.load_extras(extra)
         self.memberships[-1]["digest"] = self.engine.digest()
+        was, now = extra.get("policy_type"), type(self.policy).__qualname__
         self.event("resume", f"resumed from {self.cfg.checkpoint} at step {self.step} "
-                   f"(written by {m['world']} worker(s), now {self.mem.world})",
+                   f"(written by {m['world']} worker(s), now {self.mem.world})"
+                   + (f"; policy {now} starts afresh (the checkpoint's was {was})"
+                      if was not in (None, now) else ""),
                    checkpoint_world=m["world"])
 
     # -- planned resize ---------------------------------------------------------

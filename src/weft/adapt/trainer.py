@@ -117,6 +117,7 @@ class Trainer(Changes):
                 "batch_size": self.batch_size, "global_batch": self.global_batch,
                 "strategy": self.strategy.name, "round": getattr(self.strategy, "round", 0),
                 "monitors": self.monitors.state_dict(), "policy": pol,
+                "policy_type": type(self.policy).__qualname__,
                 "callbacks": C.states(self.callbacks),
                 "user": self.user.state_dict() if self.user is not None else None,
                 "last_step_time": self.last_step_time, "last_comm_time": self.last_comm_time,
@@ -139,7 +140,10 @@ class Trainer(Changes):
         if hasattr(self.strategy, "round"):
             self.strategy.round = s["round"]
         self.monitors.load_state_dict(s["monitors"])
-        if s["policy"] and hasattr(self.policy, "load_state_dict"):
+        # a run resumed under another policy starts that policy afresh
+        same = s.get("policy_type", type(self.policy).__qualname__) == \
+            type(self.policy).__qualname__
+        if s["policy"] and same and hasattr(self.policy, "load_state_dict"):
             self.policy.load_state_dict(s["policy"])
         C.load_states(self.callbacks, s["callbacks"])
         if self.user is not None and s["user"] is not None:
