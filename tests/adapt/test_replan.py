@@ -127,7 +127,8 @@ def test_membership_change_replans_the_allreduce_and_training_stays_exact(tmp_pa
     assert [(e["step"], e["why"]) for e in plans] == [(0, "start"), (4, "resize"), (9, "policy")]
     start, grown, asked = plans
     assert start["devices"] == ["a0", "a1"] and start["algorithm"] == "ring"
-    assert grown["devices"] == DEVICES and grown["algorithm"].startswith("packing")
+    # (the joiners' ranks follow the order their standbys answered in)
+    assert sorted(grown["devices"]) == DEVICES and grown["algorithm"].startswith("packing")
     assert grown["old_algorithm"] == "ring"
     # the prediction for the new members, next to keeping the old algorithm
     assert grown["predicted_comm_kept_s"] > grown["predicted_comm_s"] > 0

@@ -170,7 +170,7 @@ class Replanner:
                 for edge in route:
                     into = direct if len(route) == 1 else ratio
                     into[edge] = max(into.get(edge, 0.0), r)
-            out["pairs"][f"{devices[a]}-{devices[b]}"] = bw
+            out["pairs"]["-".join(sorted((devices[a], devices[b])))] = bw
         ratio.update(direct)  # a direct pair measures its link; longer routes only bound it
         self.scale.update({e: min(10.0, max(1e-3, r)) for e, r in ratio.items()})
         out["scale"] = {f"{u}>{v}": f for (u, v), f in sorted(self.scale.items())}
