@@ -43,7 +43,8 @@ def test_fsdp_plan_resized_2_to_4_reshards_and_matches_the_reference():
     work = Workload(SpecRef(f"{GPT}:model", kwargs=SMALL), SpecRef(f"{GPT}:dataset", kwargs=DATA),
                     SpecRef(f"{GPT}:loss_fn"), adam, plan=FSDP)
     cfg = AdaptConfig(workers=2, max_workers=4, epochs=1, max_steps=STEPS, batch_size=8,
-                      batch_rule="global", standby=2)
+                      batch_rule="global", standby=2,
+                      snapshot_every=STEPS)  # no failure here: no per-step state gathering
     out = run_elastic(cfg, ScheduleResize({4: 4}), timeout=400, workload=work)
     finals = [r for r in out["reports"].values() if r.get("rank") is not None]
     assert len(finals) == 4 and not out["dead"]
