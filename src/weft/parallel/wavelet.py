@@ -19,17 +19,22 @@ gradient over all ranks: with equal per-rank batches, exactly the gradient of on
 whose ranks take the waves' batches together. The tick wave's all-reduce runs while the
 tock wave computes; waiting for the tock wave's gradients is the price of that exactness.
 
-The phase is kept by one signal per step: when wave w's backward begins (its memory peak),
-its rank sends a one-element message to wave w+1's rank on the same worker, whose forward
-waits for it (bounded by `signal_timeout`). ``stagger=False`` launches the waves together
-(gang scheduling) for comparison. Every wave must run the same steps: one training forward
-(grad enabled, module in train mode) and one backward per step. Buffers (e.g. BatchNorm
-statistics) are made equal at construction and then kept per rank.
+The phase is kept by one signal per step: when wave w's backward reaches `signal_at` (0: its
+start, the wave's memory peak; 1: its end, when the gradients of every parameter exist and
+its activations are freed; in between, by default 0.5: that fraction of the parameters have
+gradients, so the next wave's forward overlaps the rest of this backward), its
+rank sends a one-element message to wave w+1's rank on the same worker, whose forward waits
+for it (bounded by `signal_timeout`). ``stagger=False`` launches the waves together (gang
+scheduling) for comparison. Every wave must run the same steps: one training forward (grad
+enabled, module in train mode) and one backward per step, and with ``signal_at > 0`` every
+parameter that requires grad must get a gradient. Buffers (e.g. BatchNorm statistics) are
+made equal at construction and then kept per rank.
 """
 
 from __future__ import annotations
 
 import datetime
+import math
 import time
 from collections.abc import Callable
 
@@ -140,10 +145,13 @@ class Wavelet(nn.Module):
     def __init__(self, module: nn.Module, waves: int = 2, stagger: bool = True,
                  make_communicator: Callable[[dist.ProcessGroup | None], Communicator]
                  = TorchCommunicator, bucket_cap_mb: float = 25.0,
-                 signal_timeout: float = 300.0):
+                 signal_at: float = 0.5, signal_timeout: float = 300.0):
         super().__init__()
         if not signal_timeout > 0:
             raise PlanError(f"signal_timeout must be > 0 seconds, got {signal_timeout!r}")
+        if not 0.0 <= signal_at <= 1.0:
+            raise PlanError(f"signal_at must be in [0, 1] (a fraction of the backward), got "
+                            f"{signal_at!r}")
         self.waves, self.stagger = waves, stagger
         self.wave, self.worker, self.workers = layout(waves)
         wave_group, worker_group = make_groups(waves)
@@ -163,6 +171,14 @@ class Wavelet(nn.Module):
         self._flag_out = torch.ones(1)
         self._sends: list = []
         self.steps = 0
+        self.signal_at = signal_at
+        params = [p for p in module.parameters() if p.requires_grad]
+        self._threshold = max(1, math.ceil(signal_at * len(params)))
+        self._armed: int | None = None   # the step whose signal waits for gradients
+        self._ready = 0
+        if signal_at > 0 and stagger and self.wave < waves - 1:
+            for p in params:
+                p.register_post_accumulate_grad_hook(self._on_grad)
         self.started: list[float] = []    # time.time() of each staggered forward's start
         self.signalled: list[float] = []  # ... and of each signal to the next wave
 
@@ -197,6 +213,14 @@ class Wavelet(nn.Module):
         self.signalled.append(time.time())
         self._sends = [dist.isend(self._flag_out, dst=self.next, tag=step % 2**20)]
 
+    def _on_grad(self, p) -> None:
+        if self._armed is None:
+            return
+        self._ready += 1
+        if self._ready >= self._threshold:
+            step, self._armed = self._armed, None
+            self._signal(step)
+
     def forward(self, *args, **kwargs):
         staggered = self._staggered()
         if staggered:
@@ -206,7 +230,9 @@ class Wavelet(nn.Module):
         if staggered:
             step = self.steps
             self.steps += 1
-            if self.wave < self.waves - 1:
+            if self.wave < self.waves - 1 and self.signal_at > 0:
+                self._armed, self._ready = step, 0
+            elif self.wave < self.waves - 1:
                 first = _first_tensor(out)
                 if first is None or not first.requires_grad:
                     raise PlanError("Wavelet: the forward's output has no tensor that requires "
