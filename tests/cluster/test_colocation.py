@@ -137,3 +137,46 @@ def test_load_reads_profiles_and_names_bad_fields(tmp_path):
             CoLocation({"a": np.ones(2)}, {"v100": 1.0}, **kw)
     with pytest.raises(ClusterError, match="v100"):
         CoLocation({"a": np.ones(2)}, {"v100": math.nan})
+
+
+def test_simulate_packs_only_pairs_that_fit(tmp_path, capsys, gavel_dir):
+    """`weft cluster simulate --colocation`: each packed policy under both rules; every pair
+    the offset run space-shares fits that accelerator's memory, the gang run shares none
+    (each job's peak alone is 0.8 of the memory)."""
+    from weft.cli import main
+
+    table = ThroughputTable.load(gavel_dir / "simulation_throughputs.json", ["v100", "p100", "k80"])
+    peaky = [8.0] + [2.0] * 7
+    spec = {"format": "weft.colocation/1", "memory": {"v100": 10, "p100": 10, "k80": 10},
+            "profiles": {name: {"bins": peaky} for name in table.job_types()}}
+    path = tmp_path / "co.json"
+    path.write_text(json.dumps(spec))
+    argv = ["cluster", "simulate", "--jobs", "12", "--rate", "0", "--cluster", "1:1:1",
+            "--gavel-dir", str(gavel_dir), "--policy", "max_min_fairness",
+            "--policy", "max_min_fairness_packed", "--colocation", str(path), "--no-progress"]
+    assert main(argv + ["--out", str(tmp_path / "o")]) == 0
+    out = capsys.readouterr().out
+    assert "co-location rule offset:" in out and "co-location rule gang: v100: 0/" in out
+    res = json.loads((tmp_path / "o" / "results.json").read_text())["results"]
+    assert [r["policy"] for r in res] == [
+        "max_min_fairness", "max_min_fairness_packed [offset co-location]",
+        "max_min_fairness_packed [gang co-location]"]
+    assert "shared_leases" not in res[0] or res[0]["shared_leases"] == []
+    offset, gang = res[1]["shared_leases"], res[2]["shared_leases"]
+    assert gang == [] and offset, (offset, gang)
+    co = CoLocation.load(path)
+    for a, b, accel, n in offset:
+        assert co.fits((a, 1), (b, 1), table, accel) and n > 0
+    # errors: exit 2, one line, nothing written
+    for extra, msg in ((["--policy", "fifo"], "needs a packed policy"),):
+        bad = argv[:8] + ["--gavel-dir", str(gavel_dir), "--colocation", str(path), "--no-progress",
+                          "--out", str(tmp_path / "bad")] + extra
+        assert main(bad) == 2
+        assert msg in capsys.readouterr().err
+        assert not (tmp_path / "bad").exists()
+    spec["memory"]["v100"] = "lots"
+    path.write_text(json.dumps(spec))
+    assert main(argv + ["--out", str(tmp_path / "bad")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("weft: error:") and "memory.v100" in err
+    assert not (tmp_path / "bad").exists()
