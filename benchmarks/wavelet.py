@@ -234,7 +234,7 @@ def main() -> None:
     p.add_argument("--workers", type=positive_int, default=2,
                    help="workers (devices); 2 ranks each")
     p.add_argument("--batch", type=positive_int, help="per-rank batch of each wave (default "
-                                                      "2048; quick 512)")
+                                                      "2048; quick 1024)")
     p.add_argument("--cap", type=size, help="memory cap per worker, e.g. 200MiB (default: one "
                                             "wave's peak with batch 2 x --batch)")
     p.add_argument("--signal-at", type=nonneg_float, default=None,
@@ -248,9 +248,9 @@ def main() -> None:
         p.error(f"argument --signal-at: must be in [0, 1], got {args.signal_at:g}")
     from weft.launch import launch
 
-    cfg = {"d_in": 256, "width": 512, "depth": 4, "batch": args.batch or (512 if args.quick
+    cfg = {"d_in": 256, "width": 512, "depth": 4, "batch": args.batch or (1024 if args.quick
                                                                           else 2048),
-           "warm": 1 if args.quick else 2, "steps": 2 if args.quick else 8,
+           "warm": 1 if args.quick else 2, "steps": 3 if args.quick else 8,
            "rounds": 2 if args.quick else 5,
            "pin": not args.no_pin and (os.cpu_count() or 1) >= args.workers,
            "cap": args.cap}

@@ -89,10 +89,12 @@ def _offsets_report(profiles, waves: int, budget: float | None, bins: int) -> di
     report = {"batch": top.batch_size, "waves": max(waves, 2), "bins": bins,
               "period_s": top.period, "plan": plan.to_dict()}
     if budget:
-        k, _ = max_waves(arr, budget)
+        limit = 4  # waves searched; both counts stop there, so they compare
+        k, _ = max_waves(arr, budget, limit=limit)
         report["budget_bytes"] = budget
+        report["max_waves_limit"] = limit
         report["max_waves_offset"] = k
-        report["max_waves_gang"] = int(budget // arr.max()) if arr.max() > 0 else 0
+        report["max_waves_gang"] = min(limit, int(budget // arr.max())) if arr.max() > 0 else limit
         if len(profiles) >= 2:
             lo = profiles[0]
             mem = LinearMemory(lo.batch_size, lo.bins(bins), top.batch_size, arr)
@@ -116,8 +118,11 @@ def _print_offsets(con, report: dict) -> None:
               f"step) {offs}; combined peak {fmt_bytes(p['combined_peak_bytes'])} vs "
               f"{fmt_bytes(p['gang_peak_bytes'])} gang-launched ({p['ratio']:.2f}x)")
     if "budget_bytes" in report:
-        con.print(f"budget {fmt_bytes(report['budget_bytes'])}: {report['max_waves_offset']} "
-                  f"wave(s) fit with offsets, {report['max_waves_gang']} gang-launched")
+        def most(k):
+            return f"{k} or more" if k >= report["max_waves_limit"] else str(k)
+        con.print(f"budget {fmt_bytes(report['budget_bytes'])}: {most(report['max_waves_offset'])} "
+                  f"wave(s) fit with offsets, {most(report['max_waves_gang'])} gang-launched "
+                  f"(searched up to {report['max_waves_limit']})")
     if "largest_batch" in report:
         lb = report["largest_batch"]
         con.print("largest total batch within the budget: " + ", ".join(
