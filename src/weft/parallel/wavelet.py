@@ -9,8 +9,9 @@ trough, and one wave's computation fills the other's communication gaps.
     # worker share a device. Every rank trains on its own part of the batch:
     model = Wavelet(net, waves=2)
     loss = loss_fn(model(x), y)      # the tock wave starts its forward when the tick wave
-    loss.backward()                  # starts its backward; gradients end up averaged over
-    opt.step(); opt.zero_grad()      # every rank of every wave
+    loss.backward()                  # is `signal_at` (default half) into its backward;
+    opt.step(); opt.zero_grad()      # gradients end up averaged over every rank of every wave
+    model.finish()                   # after the last step
 
 Each wave is an ordinary data-parallel job (`DataParallel`: bucketed all-reduces within the
 wave that overlap its backward). After its backward a rank averages its wave-averaged
