@@ -71,7 +71,8 @@ def _add(subparsers, name: str, help: str, deprecated: bool = False) -> None:
                      help="with --colocation: a pair that fits but has no measured pair throughput is left out "
                      "(skip, default) or gets the median co-located share of its type (median: a model)")
     sim.add_argument("--out", help="directory for results.json and jct_cdf.png")
-    sim.add_argument("--no-progress", action="store_true")
+    sim.add_argument("--quiet", "--no-progress", dest="no_progress", action="store_true",
+                     help="no progress bar")
     sim.set_defaults(func=cmd(_simulate))
 
     run = sub.add_parser("run", help="run jobs (model specs or commands) on local accelerator slots")
@@ -81,6 +82,7 @@ def _add(subparsers, name: str, help: str, deprecated: bool = False) -> None:
     run.add_argument("--round", type=positive_float, default=None, help="round length in seconds (default from cluster.yaml)")
     run.add_argument("--workdir", help="checkpoints and logs (default: a fresh runs/cluster/<time>)")
     run.add_argument("--out", help="results JSON (default: <workdir>/results.json)")
+    run.add_argument("--quiet", action="store_true", help="do not print each round's leases")
     run.set_defaults(func=cmd(_run))
 
 
@@ -222,7 +224,7 @@ def _run(args) -> int:
     workdir = Path(args.workdir) if args.workdir else run_dir("runs/cluster")
     out = args.out or workdir / "results.json"
     res = run_jobs(jobs, spec, args.policy, workdir=workdir,
-                   round_seconds=args.round or spec.round_seconds, out=out, verbose=True)
+                   round_seconds=args.round or spec.round_seconds, out=out, verbose=not args.quiet)
     print(f"all {len(res['jct'])} jobs finished; average JCT {sum(res['jct'].values()) / len(res['jct']):.1f} s, "
           f"{res['preemptions']} preemptions; wrote {out}")
     return 0
