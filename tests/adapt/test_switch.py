@@ -38,41 +38,53 @@ def test_strategy_switches_converge_and_invalid_actions_are_rejected():
     assert torch.equal(reports[0]["params"], reports[1]["params"])
 
 
-def _consensus_rank():
-    import torch.distributed as dist
 
-    from weft.adapt.guard import GuardedCommunicator
-    from weft.adapt.sync import consensus
+class _TwoRanks:
+    """The all-reduce of two replicas held in one process: averages the buffer with the
+    other replica's (given), and records this replica's buffer for the other."""
 
-    torch.manual_seed(0)
-    model = torch.nn.Linear(4, 2)
-    opt = torch.optim.Adam(model.parameters(), lr=0.1)
-    torch.manual_seed(1 + dist.get_rank())  # each rank its own data: states differ
-    for _ in range(2):
-        opt.zero_grad()
-        model(torch.randn(8, 4)).pow(2).mean().backward()
-        opt.step()
+    world_size = 2
 
-    def state():
-        return {"params": [p.detach().clone() for p in model.parameters()],
-                "moments": [(s["exp_avg"].clone(), s["exp_avg_sq"].clone())
-                            for s in opt.state.values()]}
+    def __init__(self, other=None):
+        self.other, self.sent = other, None
 
-    before = state()
-    consensus(model, opt, GuardedCommunicator(lambda: False, 60.0))
-    return before, state()
+    def all_reduce(self, flat, op="sum"):
+        assert op == "avg"
+        self.sent = flat.clone()
+        if self.other is not None:
+            flat.add_(self.other).div_(2)
 
 
 def test_switch_consensus_averages_adam_moments_and_parameters():
     """Strategy switches make replicas equal by averaging parameters AND optimizer state
     (Adam's moments), not only the parameters."""
-    from weft.launch import launch
+    from weft.adapt.sync import consensus
 
-    (b0, a0), (b1, a1) = launch(_consensus_rank, 2, timeout=60)
-    assert not torch.equal(b0["moments"][0][0], b1["moments"][0][0])  # they did differ
-    for key in ("params", "moments"):
-        flat = lambda s: [t for x in s[key] for t in (x if isinstance(x, tuple) else (x,))]  # noqa: E731
-        for x0, x1, y0, y1 in zip(flat(b0), flat(b1), flat(a0), flat(a1)):
-            assert torch.equal(y0, y1)
-            torch.testing.assert_close(y0, (x0.double() + x1.double()).div(2).to(x0.dtype),
-                                       rtol=0, atol=1e-7)
+    replicas = []
+    for seed in (1, 2):  # the same start, each replica its own data: states differ
+        torch.manual_seed(0)
+        model = torch.nn.Linear(4, 2)
+        opt = torch.optim.Adam(model.parameters(), lr=0.1)
+        torch.manual_seed(seed)
+        for _ in range(2):
+            opt.zero_grad()
+            model(torch.randn(8, 4)).pow(2).mean().backward()
+            opt.step()
+        replicas.append((model, opt))
+
+    def tensors(model, opt):
+        return [p.detach().clone() for p in model.parameters()] + [
+            s[k].clone() for s in opt.state.values() for k in ("exp_avg", "exp_avg_sq")]
+
+    before = [tensors(*r) for r in replicas]
+    assert not torch.equal(before[0][2], before[1][2])  # Adam's first moments differed
+    a = _TwoRanks()
+    consensus(*replicas[0], a)                 # rank 0's buffer, nothing to average yet
+    b = _TwoRanks(other=a.sent)
+    consensus(*replicas[1], b)                 # rank 1 averages with rank 0's
+    consensus(*replicas[0], _TwoRanks(other=b.sent))  # and rank 0 with rank 1's
+    after = [tensors(*r) for r in replicas]
+    for x0, x1, y0, y1 in zip(*before, *after):
+        assert torch.equal(y0, y1)
+        torch.testing.assert_close(y0, (x0.double() + x1.double()).div(2).to(x0.dtype),
+                                   rtol=0, atol=1e-7)
