@@ -8,8 +8,9 @@ Routes follow `weft.collectives.fabric.Fabric`'s rule, so the plan's communicati
 terms and the collectives' cost model see the same paths: the direct link when there is
 one, else the shortest route (hops first, then the wider links) whose intermediate hops
 are all forwarding devices (switches, NICs), else the shortest route through any device
-(e.g. a direct-connect fabric where servers forward). One Dijkstra per source device
-gives its routes to every destination (cached), instead of one networkx search per pair.
+(e.g. a direct-connect fabric where servers forward). Shortest routes among the
+forwarding devices are computed once per forwarding device (cached), so a route between
+two compute devices costs a look-up over their forwarding neighbours, not a search.
 """
 
 from __future__ import annotations
@@ -41,24 +42,32 @@ class Network:
         self.cap = np.array([d["bandwidth"] for *_, d in edges], dtype=float)
         self.lat = np.array([d["latency"] for *_, d in edges], dtype=float)
         self.adj: list[list[tuple[int, int, float]]] = [[] for _ in self.names]
+        self.radj: list[list[tuple[int, int, float]]] = [[] for _ in self.names]
         for i, (a, b, d) in enumerate(edges):
-            self.adj[self.index[a]].append((self.index[b], i, _weight(d["bandwidth"])))
-        self._trees: dict[tuple[int, bool], dict[int, int]] = {}  # (src, anywhere) -> pred link
+            w = _weight(d["bandwidth"])
+            self.adj[self.index[a]].append((self.index[b], i, w))
+            self.radj[self.index[b]].append((self.index[a], i, w))
+        self._trees: dict = {}  # (source, forwarding only) -> (distances, predecessor links)
         self._routes: dict[tuple[str, str], tuple[int, ...]] = {}
+        self._pairs: dict[tuple[str, str], tuple[float, float]] = {}
+        self._per_byte: dict = {}
+        self._compute: list[str] | None = None
 
     @property
     def compute_devices(self) -> list[str]:
         """Compute devices grouped by host (weft's rank order)."""
-        return [d for names in self.topology.hosts().values() for d in names]
+        if self._compute is None:
+            self._compute = [d for names in self.topology.hosts().values() for d in names]
+        return list(self._compute)
 
     def host(self, device: str) -> str:
         return self.topology.device(device).host
 
     # -- routes -----------------------------------------------------------------
-    def _tree(self, src: int, anywhere: bool) -> dict[int, int]:
-        """Shortest-route predecessor links from `src`; without `anywhere` only forwarding
-        devices are expanded (compute devices other than `src` are leaves)."""
-        key = (src, anywhere)
+    def _tree(self, src: int, forwarding_only: bool) -> tuple[dict[int, float], dict[int, int]]:
+        """Shortest-route distances and predecessor links from `src`, through forwarding
+        devices only (`forwarding_only`, `src` itself a forwarding device) or anywhere."""
+        key = (src, forwarding_only)
         if key in self._trees:
             return self._trees[key]
         dist, pred = {src: 0.0}, {}
@@ -67,25 +76,39 @@ class Network:
             d, u = heapq.heappop(heap)
             if d > dist[u]:
                 continue
-            if u != src and not anywhere and not self.forwards[u]:
-                continue
             for v, link, w in self.adj[u]:
+                if forwarding_only and not self.forwards[v]:
+                    continue
                 nd = d + w
                 if nd < dist.get(v, float("inf")) - 1e-12:
                     dist[v], pred[v] = nd, link
                     heapq.heappush(heap, (nd, v))
-        self._trees[key] = pred
-        return pred
+        self._trees[key] = (dist, pred)
+        return dist, pred
 
-    def _walk(self, pred: dict[int, int], src: int, dst: int) -> tuple[int, ...] | None:
-        if dst not in pred:
-            return None
+    def _walk(self, pred: dict[int, int], src: int, dst: int) -> list[int]:
         out, v = [], dst
         while v != src:
             link = pred[v]
             out.append(link)
             v = self.index[self.edges[link][0]]
-        return tuple(reversed(out))
+        return out[::-1]
+
+    def _forwarded(self, s: int, t: int) -> tuple[int, ...] | None:
+        """The best route s -> t whose inner hops are all forwarding devices (or None):
+        s -> a forwarding neighbour fa, the forwarding-only route fa -> fb, fb -> t."""
+        best, arg = float("inf"), None
+        for fa, la, wa in self.adj[s]:
+            if not self.forwards[fa]:
+                continue
+            dist, _ = self._tree(fa, True)
+            for fb, lb, wb in self.radj[t]:
+                if fb in dist and wa + dist[fb] + wb < best - 1e-12:
+                    best, arg = wa + dist[fb] + wb, (fa, la, fb, lb)
+        if arg is None:
+            return None
+        fa, la, fb, lb = arg
+        return (la, *self._walk(self._tree(fa, True)[1], fa, fb), lb)
 
     def route(self, a: str, b: str) -> tuple[int, ...]:
         """Link ids from device `a` to device `b` (empty when a == b)."""
@@ -103,10 +126,13 @@ class Network:
             except KeyError as exc:
                 raise TopologyError(f"unknown device {exc.args[0]!r} in topology "
                                     f"{self.topology.name!r}") from None
-            r = self._walk(self._tree(s, False), s, t) or self._walk(self._tree(s, True), s, t)
+            r = self._forwarded(s, t)
             if r is None:
-                raise TopologyError(f"topology {self.topology.name!r}: no route from {a!r} "
-                                    f"to {b!r}")
+                dist, pred = self._tree(s, False)
+                if t not in dist:
+                    raise TopologyError(f"topology {self.topology.name!r}: no route from "
+                                        f"{a!r} to {b!r}")
+                r = tuple(self._walk(pred, s, t))
         self._routes[key] = r
         return r
 
@@ -115,26 +141,46 @@ class Network:
         links = self.route(a, b)
         return [a] + [self.edges[i][1] for i in links]
 
+    def _pair(self, a: str, b: str) -> tuple[float, float]:
+        got = self._pairs.get((a, b))
+        if got is None:
+            r = self.route(a, b)
+            got = (min((float(self.cap[i]) for i in r), default=float("inf")),
+                   sum(float(self.lat[i]) for i in r))
+            self._pairs[a, b] = got
+        return got
+
     def bandwidth(self, a: str, b: str) -> float:
         """Bottleneck bandwidth of the route a -> b (inf for a == b)."""
-        r = self.route(a, b)
-        return float(self.cap[list(r)].min()) if r else float("inf")
+        return self._pair(a, b)[0]
 
     def latency(self, a: str, b: str) -> float:
-        return float(self.lat[list(self.route(a, b))].sum())
+        """Sum of the latencies along the route a -> b."""
+        return self._pair(a, b)[1]
 
     # -- loads --------------------------------------------------------------------
     def loads(self, transfers) -> np.ndarray:
         """Bytes each link carries for concurrent transfers [(src, dst, bytes), ...]."""
-        load = np.zeros(len(self.cap))
         links, amounts = [], []
         for a, b, nbytes in transfers:
             r = self.route(a, b)
             links.extend(r)
             amounts.extend([nbytes] * len(r))
-        if links:
-            np.add.at(load, np.asarray(links, dtype=np.int64), np.asarray(amounts, dtype=float))
-        return load
+        if not links:
+            return np.zeros(len(self.cap))
+        return np.bincount(np.asarray(links, dtype=np.int64), weights=np.asarray(amounts, float),
+                           minlength=len(self.cap))
+
+    def per_byte(self, pairs) -> tuple[float, float]:
+        """(seconds per byte at the most loaded link, longest latency) when every (src, dst)
+        pair sends at once (cached by the pairs)."""
+        key = tuple(pairs)
+        got = self._per_byte.get(key)
+        if got is None:
+            load = self.loads([(a, b, 1.0) for a, b in key])
+            lat = max((self.latency(a, b) for a, b in key), default=0.0)
+            got = self._per_byte[key] = (float((load / self.cap).max(initial=0.0)), lat)
+        return got
 
     def time(self, transfers) -> float:
         """Seconds for concurrent transfers when links are the only limit: the most loaded
