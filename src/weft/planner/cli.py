@@ -155,4 +155,7 @@ def register(sub) -> None:
     q.add_argument("--cache-dir", help="profile cache directory (default ~/.cache/weft/profiles)")
     q.add_argument("--no-cache", action="store_true", help="always re-profile")
     q.set_defaults(func=_plan_pipeline)
+    from weft.planner.auto_cli import register as register_auto  # plan auto, plan explain
+
+    register_auto(psub)
     p.set_defaults(func=lambda args: p.print_help() or 0)

@@ -239,7 +239,8 @@ def place(model: PlanModel, shape: Shape, pool: list[str] | None = None,
           budget_s: float = 5.0, exact_limit: int = 64) -> Placed:
     """The placement of `shape` on `model`'s topology (see the module doc)."""
     t0 = time.perf_counter()
-    pool = list(pool) if pool is not None else model.net.compute_devices
+    pool = list(pool) if pool is not None else model.rank_order(len(model.devices or
+                                                                 model.net.compute_devices))
     n = shape.world
     if n > len(pool):
         raise PlanError(f"the plan has {n} ranks but only {len(pool)} devices are available")

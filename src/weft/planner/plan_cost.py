@@ -169,9 +169,12 @@ class _LazyList(list):
 
 class PlanModel:
     def __init__(self, workload: Workload, topology: Topology | Network, costs: Costs = Costs(),
-                 communicator: str | None = None):
+                 communicator: str | None = None, devices: list[str] | None = None):
+        """`devices`: the launcher's order of devices (rank order); default the compute
+        devices grouped by host. `communicator` overrides each plan's."""
         self.workload = workload
         self.net = topology if isinstance(topology, Network) else Network(topology)
+        self.devices = list(devices) if devices is not None else None
         self.costs = costs
         self.communicator = communicator
         self._comm: dict[str, Comm] = {}
@@ -186,7 +189,7 @@ class PlanModel:
         return self._comm[c]
 
     def rank_order(self, world: int) -> list[str]:
-        devs = self.net.compute_devices
+        devs = self.devices if self.devices is not None else self.net.compute_devices
         if world > len(devs):
             raise PlanError(f"the plan needs {world} devices; topology "
                             f"{self.net.topology.name!r} has {len(devs)}")

@@ -1,0 +1,226 @@
+"""`weft plan auto` (search plans, place the best, write it) and `weft plan explain`.
+
+    weft plan auto --model examples/gpt.py --topology multi_node:2x4 --batch 64 --out plan.yaml
+    weft plan auto --model transformer:n_layer=48 --topology multi_node:128x8 --any
+    weft plan explain plan.yaml --model examples/gpt.py --topology multi_node:2x4 --batch 64
+"""
+
+from __future__ import annotations
+
+from weft.errors import PlanError
+
+
+def workload_of(args):
+    """(Workload, tensor-parallel rules, model or None) from --workload / --model."""
+    from weft.planner.workload import Workload, parse_transformer
+
+    rules = ()
+    if getattr(args, "tp_rules", None):
+        from weft.plan.io import load
+
+        rules = load(args.tp_rules).tensor_parallel
+    if args.workload:
+        return Workload.load(args.workload), rules, None
+    if not args.model:
+        raise PlanError("pass --model (a model spec, or transformer:key=value,...) or --workload")
+    if args.model.startswith("transformer:"):
+        from weft.planner.tp_rules import GPT_RULES
+
+        return parse_transformer(args.model), rules or GPT_RULES, None
+    from weft.model_spec import extra, load_model
+    from weft.planner.profile_units import profile_workload
+    from weft.planner.tp_rules import megatron_rules
+
+    model = load_model(args.model)
+    make = extra(args.model, "example_input")
+    if make is None:
+        raise PlanError(f"{args.model} defines no example_input(batch_size); the planner "
+                        "profiles the model on it")
+    rules = rules or megatron_rules(model)
+    wl = profile_workload(model, make, args.micro_batch, rules, repeats=args.repeats)
+    if args.save_workload:
+        wl.save(args.save_workload)
+    return wl, rules, model
+
+
+def costs_of(args):
+    from weft.planner.plan_cost import Costs
+
+    return Costs(compute_scale=args.compute_scale, optimizer_bw=args.optimizer_bw or 0.0,
+                 step_overhead_s=args.step_overhead or 0.0)
+
+
+def block_pattern(workload) -> tuple[str, ...]:
+    from weft.planner.shape import block_layers
+
+    pats = []
+    for i in block_layers(workload):
+        for m in workload.layers[i].modules:
+            p = ".".join("*" if a.isdigit() else a for a in m.split("."))
+            if p not in pats:
+                pats.append(p)
+    return tuple(pats)
+
+
+def runnable(global_batch: int):
+    """shape -> why weft.parallelize cannot run it (None: it can)."""
+    import torch
+
+    from weft.parallel.pp import check_pipeline
+    from weft.planner.workload import Workload
+
+    def why(shape, workload: Workload | None = None) -> str | None:
+        if shape.pp == 1:
+            return None
+        if shape.stages_per_rank > 1:
+            return "interleaved (several stages per rank)"
+        if shape.tp > 1:
+            return "tp with pp"
+        if shape.checkpoint:
+            return "checkpointing with pp"
+        from weft.plan.format import Mesh, Pipeline, Plan
+
+        plan = Plan(mesh=Mesh(shape.pp, shape.dp_replicate, shape.dp_shard, shape.tp),
+                    pipeline=Pipeline(split=tuple(f"s{i}" for i in range(shape.pp - 1)),
+                                      schedule=shape.schedule, microbatches=shape.microbatches))
+        try:
+            check_pipeline(plan, torch.empty(global_batch, 1))
+        except PlanError as exc:
+            return str(exc).split(":")[0]
+        return None
+    return why
+
+
+def _table(found, title: str):
+    from rich.table import Table
+
+    from weft.units import fmt_bytes
+
+    t = Table(title=title)
+    for col in ("#", "mesh", "schedule", "micro-batches", "ckpt", "step", "samples/s",
+                "memory", "bubble", "comm"):
+        t.add_column(col, justify="right" if col not in ("mesh", "schedule") else "left")
+    for i, e in enumerate(found.top):
+        s = e.shape
+        mesh = " ".join(f"{n}{getattr(s, d)}" for d, n in (("pp", "pp"), ("dp_replicate", "dp"),
+                                                            ("dp_shard", "fsdp"), ("tp", "tp"))
+                        if getattr(s, d) > 1) or "single"
+        sched = (s.schedule + (f" x{s.stages_per_rank}" if s.stages_per_rank > 1 else "")
+                 if s.pp > 1 else "-")
+        t.add_row(str(i + 1), mesh, sched, f"{s.microbatches} x {s.micro_batch:g}",
+                  "yes" if s.checkpoint else "no", f"{e.step_s * 1e3:.3f} ms",
+                  f"{s.global_batch / e.step_s:,.0f}", fmt_bytes(e.peak_bytes),
+                  f"{e.bubble:.1%}", f"{e.comm_share:.0%}")
+    return t
+
+
+def _auto(args) -> int:
+    from rich.console import Console
+
+    from weft.plan.io import load, save
+    from weft.planner.placement import place
+    from weft.planner.plan_cost import PlanModel
+    from weft.planner.search import Space, search
+    from weft.topology.io import resolve
+    from weft.units import fmt_bytes, parse_size
+
+    con = Console(width=max(Console().width, 110))
+    topo = resolve(args.topology).validate()
+    wl, rules, model = workload_of(args)
+    pm = PlanModel(wl, topo, costs_of(args))
+    devs = args.devices or len(pm.net.compute_devices)
+    used = pm.rank_order(devs)
+    try:
+        memory = parse_size(args.memory, "--memory") if args.memory else \
+            min(topo.device(d).memory for d in used)
+    except ValueError as exc:
+        raise PlanError(str(exc)) from None
+    space = Space(schedules=("gpipe", "1f1b"), interleaved=args.any,
+                  checkpoint=(False, True), runnable=None if args.any else runnable(args.batch))
+    found = search(wl, pm, devs, args.batch, memory, space, top=args.top)
+    con.print(_table(found, f"plans for {wl.name} on {devs} devices of {topo.name}, batch "
+                            f"{args.batch}, {fmt_bytes(memory)} per device"))
+    con.print(f"searched {found.candidates} candidates ({found.pruned_memory} pruned by memory, "
+              f"{sum(found.rejected.values())} rejected: {found.rejected or 'none'}), costed "
+              f"{found.evaluated}, in {found.seconds:.2f} s")
+    best = found.best
+    placement = None
+    if not args.no_place:
+        placed = place(pm, best.shape, budget_s=args.place_budget)
+        con.print(f"placement ({placed.method}): predicted {placed.estimate.step_s * 1e3:.3f} ms "
+                  f"vs rank order {placed.rank_order.step_s * 1e3:.3f} ms "
+                  f"({placed.gain:.2f}x), in {placed.seconds:.2f} s")
+        if placed.devices != used:
+            placement = tuple(placed.devices)
+        best = placed.estimate
+    if args.out:
+        blocks = block_pattern(wl)
+        plan = best.shape.to_plan(wl, rules, name=args.name, shard_modules=blocks,
+                                  checkpoint=blocks)
+        if placement:
+            from dataclasses import replace
+
+            plan = replace(plan, placement=placement)
+        path = save(plan, args.out)
+        plan = load(path)
+        if model is not None:
+            from weft.plan.check import check
+
+            check(plan, model, devs)
+        con.print(f"best plan written to {path}")
+    return 0
+
+
+def _explain(args) -> int:
+    from weft.plan.io import load
+    from weft.planner.explain import explain
+    from weft.planner.plan_cost import PlanModel
+    from weft.planner.shape import Shape
+    from weft.topology.io import resolve
+
+    plan = load(args.plan)
+    topo = resolve(args.topology).validate()
+    wl, _, model = workload_of(args)
+    pm = PlanModel(wl, topo, costs_of(args))
+    world = args.world or (plan.mesh.size if plan.mesh.resolved else len(pm.net.compute_devices))
+    shape = Shape.of(plan, wl, args.batch, world)
+    est = pm.estimate(shape, list(plan.placement) if plan.placement else None)
+    print(explain(est, wl, topo.name))
+    return 0
+
+
+def _common(q) -> None:
+    q.add_argument("--model", help="model spec (path.py[:attr]), profiled per layer, or "
+                   "transformer:n_layer=48,d_model=2048,... (analytic)")
+    q.add_argument("--workload", help="a saved workload JSON instead of --model")
+    q.add_argument("--save-workload", help="write the profiled workload JSON here")
+    q.add_argument("--topology", default="multi_node:2x4", help="builder spec or YAML file")
+    q.add_argument("--batch", type=int, default=64, help="global batch (samples per step)")
+    q.add_argument("--micro-batch", type=int, default=8, help="batch to profile the model at")
+    q.add_argument("--repeats", type=int, default=5, help="timed passes per profile")
+    q.add_argument("--tp-rules", help="a plan file whose tensor_parallel rules to use "
+                   "(default: Megatron-style rules found in the model)")
+    q.add_argument("--compute-scale", type=float, default=1.0,
+                   help="multiply profiled compute (contention with all ranks busy)")
+    q.add_argument("--optimizer-bw", type=float, help="bytes/s of parameters Adam updates")
+    q.add_argument("--step-overhead", type=float, help="seconds per step beyond the model")
+
+
+def register(psub) -> None:
+    q = psub.add_parser("auto", help="search plans for a model on a topology; write the best")
+    _common(q)
+    q.add_argument("--devices", type=int, help="devices to use (default: all compute devices)")
+    q.add_argument("--memory", help="memory per device, e.g. 80GB (default: the topology's)")
+    q.add_argument("--top", type=int, default=10, help="plans to list")
+    q.add_argument("--any", action="store_true", help="also plans weft.parallelize does not run "
+                   "yet (tp with pp, interleaved, checkpointing with pp)")
+    q.add_argument("--no-place", action="store_true", help="keep rank order")
+    q.add_argument("--place-budget", type=float, default=5.0, help="seconds for refinement")
+    q.add_argument("--name", default="auto", help="name of the written plan")
+    q.add_argument("--out", help="write the best plan (weft.plan/1 YAML or JSON) here")
+    q.set_defaults(func=_auto)
+    e = psub.add_parser("explain", help="predicted step time and memory of a plan, term by term")
+    e.add_argument("plan", help="plan file (weft.plan/1)")
+    _common(e)
+    e.add_argument("--world", type=int, help="world size for a mesh with a -1 degree")
+    e.set_defaults(func=_explain)
