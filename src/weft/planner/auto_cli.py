@@ -135,7 +135,7 @@ def _auto(args) -> int:
             min(topo.device(d).memory for d in used)
     except ValueError as exc:
         raise PlanError(str(exc)) from None
-    space = Space(schedules=("gpipe", "1f1b"), interleaved=args.any,
+    space = Space(schedules=tuple(args.schedules.split(",")), interleaved=args.any,
                   checkpoint=(False, True), runnable=None if args.any else runnable(args.batch))
     found = search(wl, pm, devs, args.batch, memory, space, top=args.top)
     con.print(_table(found, f"plans for {wl.name} on {devs} devices of {topo.name}, batch "
@@ -214,6 +214,8 @@ def register(psub) -> None:
     q.add_argument("--top", type=int, default=10, help="plans to list")
     q.add_argument("--any", action="store_true", help="also plans weft.parallelize does not run "
                    "yet (tp with pp, interleaved, checkpointing with pp)")
+    q.add_argument("--schedules", default="1f1b", help="pipeline schedules to search (gpipe,1f1b; "
+                   "GPipe takes 1F1B's time in the model and more memory)")
     q.add_argument("--no-place", action="store_true", help="keep rank order")
     q.add_argument("--place-budget", type=float, default=5.0, help="seconds for refinement")
     q.add_argument("--name", default="auto", help="name of the written plan")

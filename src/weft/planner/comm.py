@@ -59,6 +59,7 @@ class Comm:
         self._alg: dict = {}
         self._fabrics: dict = {}
         self._sigs: dict = {}
+        self._coll: dict = {}  # (id of a cached Groups, kind, bytes) -> seconds
 
     # -- groups --------------------------------------------------------------------
     def signature(self, group) -> tuple:
@@ -162,10 +163,14 @@ class Comm:
         n = gs.size
         if n < 2 or nbytes <= 0:
             return 0.0
-        worst = max(self.one(kind, g, nbytes)[0] for g in gs.reps.values())
-        steps = STEPS[kind] * (n - 1)
-        extra = steps * (nbytes / n) * (gs.together - gs.alone) / self.params.link_efficiency
-        return worst + max(extra, 0.0)
+        key = (id(gs), kind, float(nbytes))
+        got = self._coll.get(key)
+        if got is None:
+            worst = max(self.one(kind, g, nbytes)[0] for g in gs.reps.values())
+            steps = STEPS[kind] * (n - 1)
+            extra = steps * (nbytes / n) * (gs.together - gs.alone) / self.params.link_efficiency
+            got = self._coll[key] = worst + max(extra, 0.0)
+        return got
 
     def algorithm(self, kind: str, gs: Groups, nbytes: float) -> str:
         if gs.size < 2 or not gs.reps:
@@ -175,14 +180,18 @@ class Comm:
     def p2p(self, pairs, nbytes: float, latency_s: float | None = None) -> float:
         """Seconds for every (src, dst) pair to send `nbytes` at once."""
         pairs = [(a, b) for a, b in pairs if a != b]
-        if not pairs or nbytes <= 0:
+        return self.p2p_time(self.net.per_byte(pairs), nbytes, latency_s) if pairs else 0.0
+
+    def p2p_time(self, per_byte: tuple[float, float], nbytes: float,
+                 latency_s: float | None = None) -> float:
+        """`p2p` from the pairs' `Network.per_byte` (seconds per byte, latency)."""
+        if nbytes <= 0 or per_byte == (0.0, 0.0):
             return 0.0
         p = self.params
-        per, lat = self.net.per_byte(pairs)
-        link_t = nbytes * per / p.link_efficiency
+        per, lat = per_byte
         lat = lat if latency_s is None else latency_s
         copy = 2 * nbytes / p.copy_bw if p.copy_bw > 0 else 0.0
-        return link_t + lat + 2 * p.alpha + copy
+        return nbytes * per / p.link_efficiency + lat + 2 * p.alpha + copy
 
 
 def ring_link_time(comm: Comm, kind: str, group, nbytes: float) -> float:

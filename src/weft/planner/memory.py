@@ -33,6 +33,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from weft.planner.shape import Shape
 from weft.planner.workload import Workload
 
@@ -57,6 +59,20 @@ def in_flight(shape: Shape, stage: int) -> int:
     return k
 
 
+def _arrays(workload: Workload) -> dict:
+    got = workload.__dict__.get("_memory_arrays")
+    if got is None or got["n"] != len(workload):
+        ls = workload.layers
+        got = {"n": len(ls), "p_rep": np.array([l.params.rep for l in ls]),
+               "p_split": np.array([l.params.split for l in ls]),
+               "s_rep": np.array([l.saved.rep for l in ls]),
+               "s_split": np.array([l.saved.split for l in ls]),
+               "in": np.array([l.in_bytes for l in ls]),
+               "out": np.array([l.out_bytes for l in ls])}
+        workload.__dict__["_memory_arrays"] = got
+    return got
+
+
 def stage_memory(shape: Shape, workload: Workload, stage: int = 0) -> Memory:
     """Peak bytes per rank of pipeline rank `stage` (all its chunks for interleaved)."""
     t, S = shape.tp, (shape.dp_shard if shape.sharded else 1)
@@ -64,21 +80,23 @@ def stage_memory(shape: Shape, workload: Workload, stage: int = 0) -> Memory:
         S = shape.dp_replicate  # fully_shard over the replicate dim (ZeRO-3 on dp_replicate)
     chunks = [c for c in range(shape.stages) if c % shape.pp == stage % shape.pp] \
         if shape.stages_per_rank > 1 else [stage]
-    layers = [k for c in chunks for k in range(*shape.bounds[c])]
-    wl = workload.layers
-    P = sum(wl[k].params.at(t) for k in layers)
+    layers = np.array([k for c in chunks for k in range(*shape.bounds[c])], dtype=int)
+    a = _arrays(workload)
+    params = a["p_rep"][layers] + a["p_split"][layers] / t
+    saved = a["s_rep"][layers] + a["s_split"][layers] / t
+    P = float(params.sum())
     b = shape.micro_batch
     act_scale = 0.5 if shape.mixed and workload.param_dtype_bytes == 4 else 1.0
-    ck = set(shape.checkpoint)
-    kept = sum(wl[k].saved.at(t) for k in layers if k not in ck)
-    kept += sum(wl[k].in_bytes for k in layers if k in ck)
-    redo = max((wl[k].saved.at(t) for k in layers if k in ck), default=0.0)
+    ckset = set(shape.checkpoint)
+    ck = np.array([k in ckset for k in layers.tolist()], dtype=bool)
+    kept = float(saved[~ck].sum() + a["in"][layers][ck].sum())
+    redo = float(saved[ck].max(initial=0.0))
     act = (in_flight(shape, stage) * kept + redo) * b * act_scale
     terms = {"parameters": P / S,
              "optimizer state": shape.optimizer_states * P / S}
     fsdp_buf = 0.0
+    unit = float(params.max(initial=0.0))
     if shape.sharded:
-        unit = max((wl[k].params.at(t) for k in layers), default=0.0)
         fsdp_buf = 3 * unit * (1 - 1 / S)
         grads_kept, grads_step = P / S, P / S
     elif shape.flavour == "weft" and shape.dp > 1:
@@ -89,12 +107,12 @@ def stage_memory(shape: Shape, workload: Workload, stage: int = 0) -> Memory:
         grads_kept, grads_step = 0.0, P
     if shape.pp > 1 and shape.microbatches > 1:
         grads_kept = max(grads_kept, grads_step)
-        first, last = layers[0], layers[-1]
-        edge = (wl[first].in_bytes if first > 0 else 0.0) + \
-            (wl[last].out_bytes if last < len(wl) - 1 else 0.0)
-        terms["pipeline buffers"] = 2 * shape.microbatches * b * edge * act_scale
+        first, last = int(layers[0]), int(layers[-1])
+        edge = (a["in"][first] if first > 0 else 0.0) + \
+            (a["out"][last] if last < len(workload) - 1 else 0.0)
+        terms["pipeline buffers"] = 2 * shape.microbatches * b * float(edge) * act_scale
         act += terms["pipeline buffers"]
-    temp = max((wl[k].params.at(t) for k in layers), default=0.0) / max(1, S)
+    temp = unit / max(1, S)
     terms["gradients"] = max(grads_kept, grads_step)
     terms["activations"] = act - terms.get("pipeline buffers", 0.0)
     if fsdp_buf:
@@ -107,9 +125,19 @@ def stage_memory(shape: Shape, workload: Workload, stage: int = 0) -> Memory:
 
 def plan_memory(shape: Shape, workload: Workload) -> tuple[float, int, Memory]:
     """(peak bytes on the busiest rank, its pipeline rank, its terms)."""
-    best = None
-    for s in range(shape.pp):
-        m = stage_memory(shape, workload, s)
-        if best is None or m.peak > best[0]:
-            best = (m.peak, s, m)
-    return best
+    if shape.pp == 1:
+        m = stage_memory(shape, workload, 0)
+        return m.peak, 0, m
+    key = (shape, id(workload))
+    cache = workload.__dict__.setdefault("_memory_cache", {})
+    got = cache.get(key)
+    if got is None:
+        best = None
+        for s in range(shape.pp):
+            m = stage_memory(shape, workload, s)
+            if best is None or m.peak > best[0]:
+                best = (m.peak, s, m)
+        if len(cache) > 50000:
+            cache.clear()
+        got = cache[key] = best
+    return got

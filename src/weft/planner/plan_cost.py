@@ -181,6 +181,17 @@ class PlanModel:
         self._parts: dict = {}
         self._mesh: dict = {}
         self._groups: dict = {}
+        self._hops: dict = {}
+        ls = workload.layers
+        self._arrays = {
+            "fixed": np.array([l.fixed_s for l in ls]),
+            "f_rep": np.array([l.forward.rep for l in ls]),
+            "f_split": np.array([l.forward.split for l in ls]),
+            "b_rep": np.array([l.backward.rep for l in ls]),
+            "b_split": np.array([l.backward.split for l in ls]),
+            "p_rep": np.array([l.params.rep for l in ls]),
+            "p_split": np.array([l.params.split for l in ls]),
+            "colls": [tuple((c.kind, c.phase, c.nbytes) for c in l.collectives) for l in ls]}
 
     def comm(self, communicator: str) -> Comm:
         c = self.communicator or communicator
@@ -197,27 +208,28 @@ class PlanModel:
 
     # -- per micro-batch costs of one stage --------------------------------------------
     def _layer_costs(self, shape: Shape, comm: Comm, tp_groups) -> tuple[np.ndarray, ...]:
-        wl, t, b, k = self.workload, shape.tp, shape.micro_batch, self.costs.compute_scale
-        gs = tp_groups if t > 1 else None
-        fwd, bwd, tpc = [], [], []
-        ck = set(shape.checkpoint)
-        for i, l in enumerate(wl.layers):
-            f = (l.fixed_s / 2 + b * l.forward.at(t)) * k
-            bw = (l.fixed_s / 2 + b * l.backward.at(t)) * k + (f if i in ck else 0.0)
-            cf = cb = 0.0
-            if gs is not None:
-                for c in l.collectives:
-                    tc = comm.collective(c.kind, gs, c.nbytes * b)
-                    if c.phase == "forward":
-                        cf += tc
-                        if i in ck:
-                            cb += tc  # the recomputed forward repeats it
+        t, b, k = shape.tp, shape.micro_batch, self.costs.compute_scale
+        a = self._arrays
+        f = (a["fixed"] / 2 + b * (a["f_rep"] + a["f_split"] / t)) * k
+        bw = (a["fixed"] / 2 + b * (a["b_rep"] + a["b_split"] / t)) * k
+        ck = np.zeros(len(f), dtype=bool)
+        ck[list(shape.checkpoint)] = True
+        bw = bw + np.where(ck, f, 0.0)
+        cf, cb = np.zeros(len(f)), np.zeros(len(f))
+        if t > 1:
+            memo: dict = {}
+            for i, colls in enumerate(a["colls"]):
+                for kind, phase, nbytes in colls:
+                    key = (kind, nbytes * b)
+                    tc = memo.get(key)
+                    if tc is None:
+                        tc = memo[key] = comm.collective(kind, tp_groups, nbytes * b)
+                    if phase == "forward":
+                        cf[i] += tc
                     else:
-                        cb += tc
-            fwd.append(f + cf)
-            bwd.append(bw + cb)
-            tpc.append(cf + cb)
-        return np.array(fwd), np.array(bwd), np.array(tpc)
+                        cb[i] += tc
+            cb = cb + np.where(ck, cf, 0.0)  # the recomputed forward repeats its collectives
+        return f + cf, bw + cb, cf + cb
 
     def partition(self, shape: Shape, fwd: np.ndarray, bwd: np.ndarray,
                   p2p_bw: list[float]) -> tuple[tuple[int, int], ...]:
@@ -228,10 +240,11 @@ class PlanModel:
         if S > L:
             raise PlanError(f"{S} pipeline stages but the workload has {L} layers")
         wl = self.workload
-        linear = all(l.fixed_s == 0 for l in wl.layers)
+        linear = not self._arrays["fixed"].any()
         scale = shape.micro_batch if linear else 1.0  # per-sample costs give the same split
         key = (S, shape.tp, shape.checkpoint, None if linear else (shape.micro_batch,),
-               tuple(round(x, 3) for x in p2p_bw), tuple(np.round(fwd / scale, 15)))
+               tuple(round(x, 3) for x in p2p_bw), tuple(np.round(fwd / scale, 15)),
+               tuple(np.round(bwd / scale, 15)))
         got = self._parts.get(key)
         if got is not None:
             return got
@@ -247,6 +260,10 @@ class PlanModel:
         got = tuple(bounds)
         self._parts[key] = got
         return got
+
+    def _params_at(self, t: int, i: int, j: int) -> float:
+        a = self._arrays
+        return float(a["p_rep"][i:j].sum() + a["p_split"][i:j].sum() / t)
 
     def _dims(self, comm: Comm, gkey, groups) -> dict:
         """{dim: per pp coordinate, its `Groups`} (lazily, cached with the mesh groups)."""
@@ -271,11 +288,16 @@ class PlanModel:
         G = self._dims(comm, gkey, groups)
         fwd, bwd, tpc = self._layer_costs(shape, comm, G["tp"][0])
         S, b, M = shape.stages, shape.micro_batch, shape.microbatches
-        pipes = groups["pp"][0]
-        # every pipeline's stage s -> s+1 (chunks wrap round the pp ranks when interleaved)
-        hops = [[(p[s % shape.pp], p[(s + 1) % shape.pp]) for p in pipes] for s in range(S - 1)]
+        hops = self._hops.get((gkey, S))
+        if hops is None:  # every pipeline's stage s -> s+1 (chunks wrap round when interleaved)
+            pipes = groups["pp"][0]
+            hops = self._hops[gkey, S] = [
+                self.net.per_byte([(p[s % shape.pp], p[(s + 1) % shape.pp]) for p in pipes
+                                   if p[s % shape.pp] != p[(s + 1) % shape.pp]])
+                for s in range(S - 1)]
         probe = 1 << 20
-        p2p_bw = [probe / max(comm.p2p(h, probe, self.costs.latency_s), 1e-12) for h in hops]
+        p2p_bw = [probe / max(comm.p2p_time(h, probe, self.costs.latency_s), 1e-12)
+                  for h in hops]
         bounds = shape.bounds or self.partition(shape, fwd, bwd, p2p_bw)
         if len(bounds) != S:
             raise PlanError(f"{len(bounds)} stage ranges for {S} pipeline stages")
@@ -283,8 +305,8 @@ class PlanModel:
         stages, work = [], []
         for s, (i, j) in enumerate(bounds):
             f, bw_, tp = float(fwd[i:j].sum()), float(bwd[i:j].sum()), float(tpc[i:j].sum())
-            send = comm.p2p(hops[s], b * wl.layers[j - 1].out_bytes, self.costs.latency_s) \
-                if s < S - 1 else 0.0
+            send = comm.p2p_time(hops[s], b * wl.layers[j - 1].out_bytes,
+                                 self.costs.latency_s) if s < S - 1 else 0.0
             stages.append({"stage": s, "layers": (i, j), "forward_s": f, "backward_s": bw_,
                            "tp_s": tp, "send_s": send})
             work.append(f + bw_ + 2 * send)
@@ -297,8 +319,8 @@ class PlanModel:
             total, exposed = self._sync(shape, comm, G, r, stages)
             sync.append(exposed)
             sync_total.append(total)
-            P = sum(wl.layers[k].params.at(shape.tp) for c in range(S) if c % shape.pp == r
-                    for k in range(*bounds[c]))
+            P = sum(float(self._params_at(shape.tp, *bounds[c])) for c in range(S)
+                    if c % shape.pp == r)
             shard = shape.dp_shard if shape.sharded else 1
             opt.append(P / shard / self.costs.optimizer_bw if self.costs.optimizer_bw else 0.0)
         tail = max(x + y for x, y in zip(sync, opt))
@@ -318,11 +340,16 @@ class PlanModel:
 
     def _sync(self, shape: Shape, comm: Comm, groups, r: int, stages) -> tuple[float, float]:
         """(total, exposed) data-parallel seconds of pipeline rank r per step."""
-        wl, t = self.workload, shape.tp
+        t = shape.tp
+        a = self._arrays
         mine = [st for st in stages if st["stage"] % shape.pp == r]
         layers = [k for st in mine for k in range(*st["layers"])]
-        P = sum(wl.layers[k].params.at(t) for k in layers)
-        units = [wl.layers[k].params.at(t) for k in layers]
+        unit_bytes = a["p_rep"][layers] + a["p_split"][layers] / t
+        P = float(unit_bytes.sum())
+        tally: dict[float, int] = {}
+        for u in unit_bytes.tolist():
+            tally[u] = tally.get(u, 0) + 1
+        sizes, counts = list(tally), list(tally.values())
         window_b = sum(st["backward_s"] for st in mine)
         window_f = sum(st["forward_s"] for st in mine)
         if shape.dp < 2 or P == 0:
@@ -332,14 +359,14 @@ class PlanModel:
             dr = groups["dp_replicate"][r] if shape.dp_replicate > 1 else None
             if ds is None:  # fully_shard over dp_replicate alone (replicate fsdp, dp_shard 1)
                 ds, dr = dr, None
-            ag = sum(comm.collective("all_gather", ds, u) for u in units)
-            rs = sum(comm.collective("reduce_scatter", ds, u) for u in units)
+            ag = sum(c * comm.collective("all_gather", ds, u) for u, c in zip(sizes, counts))
+            rs = sum(c * comm.collective("reduce_scatter", ds, u) for u, c in zip(sizes, counts))
             ar = comm.collective("allreduce", dr, P / ds.size) if dr is not None else 0.0
             M = shape.microbatches
             total = M * 2 * ag + rs + ar
-            first = comm.collective("all_gather", ds, max(units))
+            first = comm.collective("all_gather", ds, float(unit_bytes.max()))
             exposed = M * (max(ag - window_f, first) + max(ag - window_b, 0.0)) + \
-                max(rs - window_b, comm.collective("reduce_scatter", ds, units[0])) + ar
+                max(rs - window_b, comm.collective("reduce_scatter", ds, float(unit_bytes[0]))) + ar
             return total, exposed
         dr = groups["dp_replicate"][r]
         bucket = shape.bucket_mb * 2**20
