@@ -123,6 +123,12 @@ def memory_rank(plan_dict: dict, spec: str, batch: int, steps: int = 2,
             "reset": ok, "mmap_fixed": fixed}
 
 
+def memory_ranks(plans: list[dict], spec: str, batch: int, steps: int = 2,
+                 config: dict | None = None) -> list[dict]:
+    """`memory_rank` for several plans in turn (one process start for all)."""
+    return [memory_rank(p, spec, batch, steps, config) for p in plans]
+
+
 def time_rank(plan_dict: dict, spec: str, batch: int, steps: int = 5, warmup: int = 2,
               config: dict | None = None) -> dict:
     """Per-step time (slowest rank, median over `steps`) after `warmup` steps."""
@@ -143,15 +149,27 @@ def time_rank(plan_dict: dict, spec: str, batch: int, steps: int = 5, warmup: in
     return {"rank": dist.get_rank(), "step_s": statistics.median(times), "steps": times}
 
 
+def time_ranks(plans: list[dict], spec: str, batch: int, steps: int = 5,
+               config: dict | None = None) -> list[dict]:
+    """`time_rank` for several plans in turn."""
+    return [time_rank(p, spec, batch, steps, config=config) for p in plans]
+
+
 def measure(plan, spec: str, world: int, batch: int, steps: int = 5, memory: bool = False,
-            config: dict | None = None, timeout: float = 300.0, **kw) -> list[dict]:
-    """Run `time_rank` (or `memory_rank`) on `world` local gloo ranks; one dict per rank."""
+            config: dict | None = None, timeout: float = 300.0, many: bool = False,
+            **kw) -> list:
+    """Run `time_rank` (or `memory_rank`) on `world` local gloo ranks; one dict per rank
+    (with `many`, `plan` is a list of plans and each rank returns a list, one per plan)."""
     from weft.launch import launch
     from weft.model_spec import resolve
     from weft.plan.io import resolve as resolve_plan
     from weft.plan.parse import to_dict
 
-    plan_dict = to_dict(resolve_plan(plan))
-    fn = memory_rank if memory else time_rank
+    if many:
+        plan_dict = [to_dict(resolve_plan(p)) for p in plan]
+        fn = memory_ranks if memory else time_ranks
+    else:
+        plan_dict = to_dict(resolve_plan(plan))
+        fn = memory_rank if memory else time_rank
     return launch(fn, world, args=(plan_dict, resolve(spec), batch, steps, config or {}),
                   timeout=timeout, **kw)
