@@ -13,8 +13,8 @@ import pytest
 
 from weft.plan.io import load
 from weft.plan.parse import from_dict, to_dict
-from weft.planner.memory import plan_memory
 from weft.planner.measure import measure, reset_peak
+from weft.planner.memory import plan_memory
 from weft.planner.profile_units import profile_workload
 from weft.planner.shape import Shape
 

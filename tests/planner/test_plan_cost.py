@@ -1,23 +1,25 @@
 """The plan cost model's pieces: routes, collectives, pipeline time, shapes."""
 
+import itertools
+
 import pytest
 
 from weft.collectives.costmodel import CostParams
 from weft.collectives.fabric import Fabric
 from weft.plan.check import check
+from weft.plan.describe import groups
 from weft.plan.format import Mesh
 from weft.planner.comm import Comm
 from weft.planner.network import Network
 from weft.planner.plan_cost import PlanModel, mesh_groups
 from weft.planner.shape import Shape
 from weft.planner.workload import Collective, Layer, Split, Workload, transformer
-from weft.plan.describe import groups
 from weft.topology.builders import dgx1, fat_tree, multi_node, ring
 
 
 def _hops_and_width(topo, path):
     g = topo.graph
-    return len(path) - 1, min(g.edges[a, b]["bandwidth"] for a, b in zip(path, path[1:]))
+    return len(path) - 1, min(g.edges[a, b]["bandwidth"] for a, b in itertools.pairwise(path))
 
 
 @pytest.mark.parametrize("topo", [dgx1(), multi_node(2, 3, style="switch"), multi_node(3, 2),

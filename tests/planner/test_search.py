@@ -6,7 +6,14 @@ from hypothesis import strategies as st
 
 from weft.plan.io import loads
 from weft.planner.plan_cost import Costs, PlanModel
-from weft.planner.search import Space, candidates, exhaustive, lower_bound, memory_floor, search
+from weft.planner.search import (
+    Space,
+    candidates,
+    exhaustive,
+    lower_bound,
+    memory_floor,
+    search,
+)
 from weft.planner.workload import transformer
 from weft.topology.builders import multi_node
 
@@ -78,16 +85,15 @@ def test_auto_writes_a_plan_that_loads(tmp_path, capsys):
     from weft.cli import main
 
     out = tmp_path / "plan.yaml"
-    rc = main(["plan", "auto", "--model", "transformer:n_layer=4,d_model=256,n_head=4,seq=64,"
-               "vocab=1024,flops=1e12", "--topology", "multi_node:2x2", "--batch", "16",
+    model = "transformer:n_layer=4,d_model=256,n_head=4,seq=64,vocab=1024,flops=1e12"
+    rc = main(["plan", "auto", "--model", model, "--topology", "multi_node:2x2", "--batch", "16",
                "--out", str(out), "--any"])
     assert rc == 0
     plan = loads(out.read_text(), str(out))
     assert plan.mesh.size == 4
     text = capsys.readouterr().out
     assert "best plan written" in text
-    rc = main(["plan", "explain", str(out), "--model", "transformer:n_layer=4,d_model=256,"
-               "n_head=4,seq=64,vocab=1024,flops=1e12", "--topology", "multi_node:2x2",
+    rc = main(["plan", "explain", str(out), "--model", model, "--topology", "multi_node:2x2",
                "--batch", "16"])
     assert rc == 0
     text = capsys.readouterr().out

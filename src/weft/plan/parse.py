@@ -5,9 +5,25 @@ from __future__ import annotations
 from dataclasses import fields
 from typing import Any
 
-from weft.plan.format import (COMMUNICATORS, DIMS, DTYPES, FORMAT, REPLICATE, STYLES,
-                              TORCH_SCHEDULES, WEFT_SCHEDULES, DataParallel, Mesh, MixedPrecision,
-                              LAYOUT, ErrorSource, Pipeline, Plan, TPRule, validate)
+from weft.plan.format import (
+    COMMUNICATORS,
+    DIMS,
+    DTYPES,
+    FORMAT,
+    LAYOUT,
+    REPLICATE,
+    STYLES,
+    TORCH_SCHEDULES,
+    WEFT_SCHEDULES,
+    DataParallel,
+    ErrorSource,
+    Mesh,
+    MixedPrecision,
+    Pipeline,
+    Plan,
+    TPRule,
+    validate,
+)
 
 
 class _Parser(ErrorSource):

@@ -180,7 +180,7 @@ def _explain(args) -> int:
 
     plan = load(args.plan)
     topo = resolve(args.topology).validate()
-    wl, _, model = workload_of(args)
+    wl, _, _ = workload_of(args)
     pm = PlanModel(wl, topo, costs_of(args))
     world = args.world or (plan.mesh.size if plan.mesh.resolved else len(pm.net.compute_devices))
     shape = Shape.of(plan, wl, args.batch, world)
@@ -226,3 +226,9 @@ def register(psub) -> None:
     _common(e)
     e.add_argument("--world", type=int, help="world size for a mesh with a -1 degree")
     e.set_defaults(func=_explain)
+    from weft.topology.cli import actions
+
+    if actions() is not None:  # `weft topology optimize` needs the planner
+        from weft.planner.fabric_cli import register as register_fabric
+
+        register_fabric(actions())

@@ -29,8 +29,14 @@ def _plan_pipeline(args) -> int:
     from rich.table import Table
 
     from weft.model_spec import load_model
-    from weft.planner import (ModelProfile, PlannerSettings, equal_layers, partition, predict,
-                              profile_model)
+    from weft.planner import (
+        ModelProfile,
+        PlannerSettings,
+        equal_layers,
+        partition,
+        predict,
+        profile_model,
+    )
     from weft.planner.settings import check_setting
     from weft.topology.io import resolve
     from weft.units import fmt_bytes, parse_size
@@ -155,7 +161,9 @@ def register(sub) -> None:
     q.add_argument("--cache-dir", help="profile cache directory (default ~/.cache/weft/profiles)")
     q.add_argument("--no-cache", action="store_true", help="always re-profile")
     q.set_defaults(func=_plan_pipeline)
-    from weft.planner.auto_cli import register as register_auto  # plan auto, plan explain
+    from weft.planner.auto_cli import (
+        register as register_auto,  # plan auto, plan explain
+    )
 
     register_auto(psub)
     p.set_defaults(func=lambda args: p.print_help() or 0)

@@ -31,6 +31,7 @@ from weft.collectives.ring import ring
 from weft.planner.network import Network, ring_pairs
 
 STEPS = {"allreduce": 2, "reduce_scatter": 1, "all_gather": 1}
+DEFAULT_PARAMS = CostParams()
 
 
 @dataclass(frozen=True)
@@ -52,7 +53,7 @@ class Groups:
 
 
 class Comm:
-    def __init__(self, network: Network, params: CostParams = CostParams(),
+    def __init__(self, network: Network, params: CostParams = DEFAULT_PARAMS,
                  communicator: str = "torch", exact: int = 16):
         self.net, self.params, self.communicator, self.exact = network, params, communicator, exact
         self._groups: dict = {}

@@ -24,7 +24,6 @@ import statistics
 import time
 
 
-
 def fixed_mmap_threshold() -> bool:
     """Make glibc give every allocation of 64 KiB or more its own mapping (returned to the
     system when freed) and trim the heap above 128 KiB; False where that is not glibc."""
@@ -69,20 +68,19 @@ def _batch(spec_mod, model, plan_obj, batch: int):
 
 def _train(plan_dict, spec: str, batch: int, steps: int, config: dict, timed: bool):
     import torch
-    import torch.distributed as dist
 
     from weft.model_spec import load_module
     from weft.parallel.apply import parallelize
     from weft.plan.parse import from_dict
 
     mod, _ = load_module(spec)
-    make = getattr(mod, "model")
+    make = mod.model
     model = make(**config) if callable(make) and not isinstance(make, torch.nn.Module) else make
     plan = from_dict(plan_dict, "<measured plan>")
     x, y = _batch(mod, model, plan, batch)
     pm = parallelize(model, plan, example_input=x)
     opt = torch.optim.Adam(pm.parameters(), lr=1e-4)
-    loss_fn = getattr(mod, "loss_fn")
+    loss_fn = mod.loss_fn
     if pm.pipeline is None:
         xs, ys = pm.shard(x), pm.shard(y)
     else:

@@ -39,7 +39,7 @@ import numpy as np
 from weft.collectives.costmodel import CostParams
 from weft.errors import PlanError
 from weft.plan.format import DIMS
-from weft.planner.comm import Comm
+from weft.planner.comm import DEFAULT_PARAMS, Comm
 from weft.planner.cost import CostModel
 from weft.planner.memory import Memory, plan_memory
 from weft.planner.network import Network
@@ -54,7 +54,7 @@ class Costs:
     """What the runtime and the machine cost beyond the workload and the topology."""
 
     compute_scale: float = 1.0  # measured slowdown with every rank computing at once
-    collective: CostParams = CostParams()  # per-message / per-byte CPU of collectives
+    collective: CostParams = DEFAULT_PARAMS  # per-message / per-byte CPU of collectives
     optimizer_bw: float = 0.0  # bytes of parameters the optimizer updates per second (0: free)
     step_overhead_s: float = 0.0
     latency_s: float | None = None  # point-to-point message latency (None: the links')
@@ -102,7 +102,7 @@ class _OneRankStages(CostModel):
         A = np.full((L + 1, W + 1), np.inf)
         choice = np.zeros((L + 1, W + 1, 2), dtype=int)
         A[L, 0] = 0.0
-        I = np.arange(L)[:, None]  # noqa: E741 - as in CostModel.table
+        I = np.arange(L)[:, None]
         J = np.arange(L + 1)[None, :]
         later = J > I
         for m in range(1, W + 1):
@@ -256,7 +256,7 @@ class PlanModel:
         for s in range(S - 1):
             bw[s, s + 1] = bw[s + 1, s] = p2p_bw[s % len(p2p_bw)] if p2p_bw else np.inf
         cm = _OneRankStages(prof, bw, np.full(S, np.inf), microbatches=1, stash=False)
-        _, bounds, reps = cm.solve()
+        _, bounds, _ = cm.solve()
         got = tuple(bounds)
         self._parts[key] = got
         return got
@@ -276,7 +276,7 @@ class PlanModel:
     # -- the whole plan ---------------------------------------------------------------------
     def estimate(self, shape: Shape, placement: list[str] | None = None,
                  memory_limit: float | None = None) -> Estimate:
-        wl, net = self.workload, self.net
+        wl = self.workload
         placement = list(placement) if placement is not None else self.rank_order(shape.world)
         if len(placement) != shape.world:
             raise PlanError(f"placement names {len(placement)} devices for {shape.world} ranks")

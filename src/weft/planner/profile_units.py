@@ -249,7 +249,7 @@ def profile_workload(model: nn.Module, example_input, micro_batch: int = 8,
     try:
         torch.manual_seed(0)
         x1, x2 = example_input(b), example_input(2 * b)
-        big, units = unit_modules(model)
+        big, _ = unit_modules(model)
         m1 = measure_units(model, x1, repeats)
         m2 = measure_units(model, x2, repeats)
         tp_ok = bool(rules) and any(r.style for r in rules)
@@ -283,7 +283,7 @@ def profile_workload(model: nn.Module, example_input, micro_batch: int = 8,
     sizes = {n: p.element_size() for n, p in model.named_parameters()}
     layers = []
     for gi, (lname, split_at, members) in enumerate(groups):
-        def tot(m, key):
+        def tot(m, key, members=members):
             return sum(m[key].get(u, 0.0) for u in members)
         f_fix, f_per = _fit(tot(m1, "forward"), tot(m2, "forward"), b)
         b_fix, b_per = _fit(tot(m1, "backward"), tot(m2, "backward"), b)

@@ -190,5 +190,13 @@ def _order(e: Estimate):
     return (round(e.step_s, 12), e.peak_bytes, e.shape.label())
 
 
-__all__ = ["Space", "Found", "search", "exhaustive", "candidates", "lower_bound",
-           "memory_floor", "itertools"]
+__all__ = [
+    "Found",
+    "Space",
+    "candidates",
+    "exhaustive",
+    "itertools",
+    "lower_bound",
+    "memory_floor",
+    "search",
+]
