@@ -51,7 +51,9 @@ def test_loads_add_on_shared_links():
 
 @pytest.mark.parametrize("params", [CostParams(), CostParams(alpha=1e-4, cores=2.0, copy_bw=2e9),
                                     CostParams(reduce_bw=1e9, step_overhead=1e-5,
-                                               link_efficiency=0.9)])
+                                               link_efficiency=0.9),
+                                    CostParams(alpha=2e-4, cores=2.0, forward_bw=1e9,
+                                               copy_bw=3e9, overlap=True)])
 @pytest.mark.parametrize("kind", ["allreduce", "reduce_scatter", "all_gather"])
 def test_ring_closed_form_is_the_cost_model(params, kind):
     topo = multi_node(2, 4, style="switch")

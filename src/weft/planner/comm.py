@@ -127,6 +127,8 @@ class Comm:
         link_t = float((load / (self.net.cap * p.link_efficiency)).max(initial=0.0))
         lat = max(self.net.latency(a, b) for a, b in pairs)
         copy = 1.0 / p.copy_bw if p.copy_bw > 0 else 0.0
+        relay = per * sum(len(self.net.route(a, b)) - 1 for a, b in pairs) / p.forward_bw \
+            if p.forward_bw > 0 else 0.0
         total = 0.0
         nsteps = STEPS[kind] * (n - 1)
         for s in range(nsteps):
@@ -134,9 +136,10 @@ class Comm:
             red = per / p.reduce_bw if reduce else 0.0
             cpu = 2 * p.alpha + red + 2 * per * copy
             if p.cores > 0:
-                cpu = max(cpu, (2 * n * p.alpha + n * red + 2 * n * per * copy
+                cpu = max(cpu, (2 * n * p.alpha + n * red + 2 * n * per * copy + relay
                                 + n * p.step_overhead) / p.cores)
-            total += link_t + cpu + lat + p.step_overhead
+            work = max(link_t, cpu) if p.overlap else link_t + cpu
+            total += work + lat + p.step_overhead
         return total
 
     def one(self, kind: str, group, nbytes: float) -> tuple[float, str]:

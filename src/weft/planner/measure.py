@@ -127,8 +127,8 @@ def memory_ranks(plans: list[dict], spec: str, batch: int, steps: int = 2,
     return [memory_rank(p, spec, batch, steps, config) for p in plans]
 
 
-def time_rank(plan_dict: dict, spec: str, batch: int, steps: int = 5, warmup: int = 2,
-              config: dict | None = None) -> dict:
+def time_rank(plan_dict: dict, spec: str, batch: int, steps: int = 5,
+              config: dict | None = None, warmup: int = 2) -> dict:
     """Per-step time (slowest rank, median over `steps`) after `warmup` steps."""
     import torch
     import torch.distributed as dist

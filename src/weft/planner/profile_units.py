@@ -136,9 +136,13 @@ class _Probe:
             h.remove()
 
 
-def measure_units(model: nn.Module, sample, repeats: int = 5) -> dict:
-    """Per unit (call order): forward and backward seconds (median), saved, input and output
-    bytes, for one forward + backward of `model` on `sample`."""
+def measure_units(model: nn.Module, sample, repeats: int = 5, statistic: str = "median") -> dict:
+    """Per unit (call order): forward and backward seconds (`statistic` over the repeats:
+    'median' or 'min'), saved, input and output bytes, for one forward + backward of
+    `model` on `sample`."""
+    pick = {"median": statistics.median, "min": min}.get(statistic)
+    if pick is None:
+        raise PlanError(f"statistic must be 'median' or 'min', got {statistic!r}")
     _, units = unit_modules(model)
     params = {p.untyped_storage().data_ptr() for p in model.parameters()}
     probe = _Probe(units, params)
@@ -168,8 +172,8 @@ def measure_units(model: nn.Module, sample, repeats: int = 5) -> dict:
     finally:
         probe.remove()
     order = runs[0][0]
-    fwd = {n: statistics.median(r[1].get(n, 0.0) for r in runs) for n in order}
-    bwd = {n: statistics.median(r[2].get(n, 0.0) for r in runs) for n in order}
+    fwd = {n: pick([r[1].get(n, 0.0) for r in runs]) for n in order}
+    bwd = {n: pick([r[2].get(n, 0.0) for r in runs]) for n in order}
     saved = dict(probe.saved)
     if "_gap" in saved and order:  # ops between units: charged to the last unit
         saved[order[-1]] = saved.get(order[-1], 0.0) + saved.pop("_gap")
@@ -237,9 +241,12 @@ def _split(whole: float, local: float, tp: int = 2) -> Split:
 
 def profile_workload(model: nn.Module, example_input, micro_batch: int = 8,
                      rules: tuple[TPRule, ...] = (), repeats: int = 5,
-                     threads: int | None = 1, name: str | None = None) -> Workload:
+                     threads: int | None = 1, name: str | None = None,
+                     statistic: str = "median") -> Workload:
     """The `Workload` of `model` (see the module doc). `example_input(b)` makes a batch of b
-    samples; `rules`: the tensor-parallel rules plans will use (none: tp 1 only)."""
+    samples; `rules`: the tensor-parallel rules plans will use (none: tp 1 only);
+    `statistic`: 'median' of the repeats, or 'min' (the uncontended time on a shared
+    machine; the contention is then a separate `compute_scale`)."""
     b = int(micro_batch)
     if b < 1:
         raise PlanError(f"micro_batch must be >= 1, got {micro_batch!r}")
@@ -250,8 +257,8 @@ def profile_workload(model: nn.Module, example_input, micro_batch: int = 8,
         torch.manual_seed(0)
         x1, x2 = example_input(b), example_input(2 * b)
         big, _ = unit_modules(model)
-        m1 = measure_units(model, x1, repeats)
-        m2 = measure_units(model, x2, repeats)
+        m1 = measure_units(model, x1, repeats, statistic)
+        m2 = measure_units(model, x2, repeats, statistic)
         tp_ok = bool(rules) and any(r.style for r in rules)
         values = []
         if tp_ok:
@@ -269,7 +276,8 @@ def profile_workload(model: nn.Module, example_input, micro_batch: int = 8,
                     values += [int(getattr(mods[mname], a)) for a in rule.divide]
             degrees = divisors_upto(values, 64)
             tp_ok = 2 in degrees
-        mloc = measure_units(local_model(model, rules, 2), x2, repeats) if tp_ok else m2
+        mloc = measure_units(local_model(model, rules, 2), x2, repeats, statistic) if tp_ok \
+            else m2
         style_io = _style_bytes(model, rules, x1) if tp_ok else {}
         styles = tp_styles(Plan(mesh=Mesh(tp=2), tensor_parallel=tuple(rules)), model) \
             if tp_ok else {}
