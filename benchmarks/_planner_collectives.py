@@ -73,24 +73,28 @@ def sweep(fabric, runner, sizes, base: dict, rounds: int, calib_rounds: int,
     measured = _run(runner, jobs, calib_rounds)
     samples = [(s, fabric, size, chunk, measured[key]) for key, s, chunk, size in jobs]
     params, fit_err = fit(samples, base_p)
-    rows = []
-    for size in sizes:
+    plan = {}
+    jobs = []
+    for size in sizes:  # every size's contenders in one run of the ranks
         r = ranked(fabric, "allreduce", size, params=params)
-        choice = r[0]
         best_of = {}
         for c in r:
             fam = "packing" if c.algorithm.startswith("packing") else c.algorithm
             if fam in ("ring", "dbtree", "packing") and fam not in best_of:
                 best_of[fam] = c
-        cands = {"choice": choice, **best_of}
-        jobs = [(name, c.schedule, c.chunk_bytes, size) for name, c in cands.items()]
-        got = _run(runner, jobs, rounds)
-        best = min(got[k] for k in best_of)
+        plan[size] = (r[0], best_of)
+        jobs += [((name, size), c.schedule, c.chunk_bytes, size)
+                 for name, c in {"choice": r[0], **best_of}.items()]
+    got = _run(runner, jobs, rounds)
+    rows = []
+    for size in sizes:
+        choice, best_of = plan[size]
+        best = min(got[k, size] for k in best_of)
         rows.append({"size": size, "choice": f"{choice.algorithm}/{choice.chunk_bytes >> 10}KiB",
-                     "predicted": choice.predicted, "measured": got["choice"],
-                     "vs_best": got["choice"] / best,
+                     "predicted": choice.predicted, "measured": got["choice", size],
+                     "vs_best": got["choice", size] / best,
                      "default_choice": _default_choice(fabric, size, base_p),
-                     **{f"{k}_s": got[k] for k in best_of}})
+                     **{f"{k}_s": got[k, size] for k in best_of}})
     return {"params": params, "fit_error": fit_err, "rows": rows, "calibration": measured}
 
 

@@ -106,10 +106,20 @@ def grid(world: int, rules, n_layer: int = 4):
     return {k: {"format": "weft.plan/1", "name": k, **v} for k, v in g.items()}
 
 
+_CALIBRATED: dict = {}
+
+
 def calibrate_local(world: int, wl, cfg, batch: int, quick: bool):
     """Costs of local gloo ranks, measured without the plans under test: compute
     contention (weft.planner.contention_local), gloo's collectives fitted to the ring
-    model on a one-host star, Adam's update rate."""
+    model on a one-host star, Adam's update rate (once per world size and model)."""
+    key = (world, tuple(sorted(cfg.items())), batch)
+    if key not in _CALIBRATED:
+        _CALIBRATED[key] = _calibrate_local(world, cfg, batch, quick)
+    return _CALIBRATED[key]
+
+
+def _calibrate_local(world: int, cfg, batch: int, quick: bool):
     import torch
 
     from weft.planner.plan_cost import Costs
@@ -117,8 +127,10 @@ def calibrate_local(world: int, wl, cfg, batch: int, quick: bool):
 
     gpt, model = _gpt(cfg)
     sample = gpt.example_input(max(1, batch // world))
-    c = contention_local(world, sample, model=model, rounds=2 if quick else 4) if world > 1 \
-        else {"compute_scale": 1.0}
+    if world > 1 and not quick:
+        c = contention_local(world, sample, model=model, rounds=4)
+    else:  # quick: not measured
+        c = {"compute_scale": 1.0}
     opt = torch.optim.Adam(model.parameters())
     for p in model.parameters():
         p.grad = torch.zeros_like(p)
@@ -131,7 +143,8 @@ def calibrate_local(world: int, wl, cfg, batch: int, quick: bool):
     opt_bw = nbytes * n / (time.perf_counter() - t0)
     params = fit_gloo(world, quick)
     print(f"calibration on {world} local ranks: compute_scale {c['compute_scale']:.2f} "
-          f"(contention_local), Adam {opt_bw / 1e9:.2f} GB/s of parameters")
+          f"({'not measured (--quick)' if quick else 'contention_local'}), Adam "
+          f"{opt_bw / 1e6:.0f} MB/s of parameters")
     return Costs(compute_scale=c["compute_scale"], collective=params, optimizer_bw=opt_bw)
 
 
@@ -204,13 +217,18 @@ def part_plans(args, figs):
     model = PlanModel(wl, topo, costs, devices=[f"h{i}" for i in range(world)])
     plans = grid(world, rules, cfg["n_layer"])
     if args.quick:
-        plans = {k: v for k, v in list(plans.items())[:3]}
+        plans = {k: v for k, v in list(plans.items())[:2]}
     steps = 3 if args.quick else 10
+    runnable = __import__("weft.planner.auto_cli", fromlist=["runnable"]).runnable(batch)
+    found = search(wl, model, world, batch, None, Space(runnable=runnable), top=3)
+    auto = found.best.shape.to_plan(wl, rules, name="auto", shard_modules=("blocks.*",),
+                                    checkpoint=("blocks.*",))
     measured = {}
-    rows = measure([from_dict(p) for p in plans.values()], SPEC, world, batch, steps=steps,
-                   config=cfg, many=True, timeout=600)
+    rows = measure([from_dict(p) for p in plans.values()] + [auto], SPEC, world, batch,
+                   steps=steps, config=cfg, many=True, timeout=600)
     for k, name in enumerate(plans):
         measured[name] = rows[0][k]["step_s"]
+    got = rows[0][len(plans)]["step_s"]
     pred = {n: model.estimate(Shape.of(from_dict(p), wl, batch, world)).step_s
             for n, p in plans.items()}
     for n in plans:
@@ -220,11 +238,6 @@ def part_plans(args, figs):
         figs.append(figure(f"plans/{n}/prediction_error", abs(err), "", 0.2, "lower"))
     rho = spearmanr([pred[n] for n in plans], [measured[n] for n in plans]).statistic
     figs.append(figure("plans/rank_correlation", rho, "", 0.9, "higher"))
-    runnable = __import__("weft.planner.auto_cli", fromlist=["runnable"]).runnable(batch)
-    found = search(wl, model, world, batch, None, Space(runnable=runnable), top=3)
-    auto = found.best.shape.to_plan(wl, rules, name="auto", shard_modules=("blocks.*",),
-                                    checkpoint=("blocks.*",))
-    got = measure(auto, SPEC, world, batch, steps=steps, config=cfg, timeout=600)[0]["step_s"]
     best = min(measured.values())
     dp = measured[f"dp{world}"]
     print(f"  auto plan {found.best.shape.label()}: predicted {found.best.step_s * 1e3:.2f} ms, "
@@ -316,7 +329,9 @@ def part_placement(args, figs):
     topo = two_hosts(inter=1e9)
     ok, why = _netns_ok()
     scale = args.mbit_per_gbs
-    costs = emulated_costs(4, cfg, batch, True)
+    from weft.planner.plan_cost import Costs
+
+    costs = Costs() if args.quick else emulated_costs(4, cfg, batch, False)
     if ok and not args.quick:
         with NetnsCluster(topo, mbit_per_gbs=scale) as c:
             model = PlanModel(wl, c.emulated_topology(), costs, devices=c.ranks)
@@ -387,7 +402,7 @@ def emulated_fabric(args, figs):
             "data_parallel": {"replicate": "weft"},
             "tensor_parallel": grid(4, rules, cfg["n_layer"])["tp4"]["tensor_parallel"]}
     shape = Shape.of(from_dict(plan), wl, batch, 8)
-    costs = emulated_costs(8, cfg, batch, True)
+    costs = emulated_costs(8, cfg, batch, args.quick)
     scale = args.mbit_per_gbs
     bw = 12.5e9
     emu = bw / 1e9 * scale * 1e6 / 8
