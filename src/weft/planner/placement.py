@@ -25,7 +25,8 @@ interleaves hosts, or when the job takes part of a host. `place` solves it:
 
 The result's `devices[r]` is the device of mesh rank r (row-major over pp, dp_replicate,
 dp_shard, tp); a plan carries it as its optional `placement` field, and a launcher starts
-rank r on that device (`rank_of_device`).
+rank r on that device (`rank_of_device`), or processes started in another order re-join
+as the mesh rank of their device (`join_as_placed`) before `weft.parallelize`.
 """
 
 from __future__ import annotations
@@ -283,3 +284,27 @@ def rank_of_device(plan: Plan, device: str) -> int:
     except ValueError:
         raise PlanError(f"placement: device {device!r} is not in the plan's placement "
                         f"{list(plan.placement)[:8]}...") from None
+
+
+def join_as_placed(placement, device: str, master: str, port: int, world: int,
+                   is_store: bool, timeout_s: float = 300.0) -> int:
+    """For a launcher that started processes in its own order: leave the current process
+    group and join a fresh one as the mesh rank whose device is `device`, so mesh rank r
+    runs on placement[r]. `master`:`port` is a TCP store hosted by the process with
+    `is_store` (exactly one). Returns the new rank."""
+    import datetime
+
+    import torch.distributed as dist
+
+    order = list(placement)
+    if device not in order:
+        raise PlanError(f"placement: device {device!r} is not in {order[:8]}...")
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+    rank = order.index(device)
+    store = dist.TCPStore(master, port, world, is_master=is_store,
+                          timeout=datetime.timedelta(seconds=timeout_s))
+    dist.init_process_group("gloo", store=store, rank=rank, world_size=world,
+                            timeout=datetime.timedelta(seconds=timeout_s))
+    return rank

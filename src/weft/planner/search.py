@@ -12,8 +12,9 @@ searched when asked for) and interleaved 1F1B with 2 stages per rank when allowe
 off or on; data parallelism by weft's DataParallel (dp_shard 1) or fully_shard (dp_shard
 > 1, HSDP with dp_replicate). Pruned before any costing: micro-batches that do not divide
 the batch, and meshes whose memory cannot fit even with the model spread evenly over the
-pipeline. Each remaining candidate has a lower bound on its step time (its compute spread
-perfectly over the pipeline ranks, no communication, no bubble); candidates are costed in
+pipeline. Each remaining candidate has a lower bound on its step time (its compute and
+its tensor-parallel collectives, each on one group alone, spread perfectly over the
+pipeline ranks; no other communication, no bubble); candidates are costed in
 the order of their bounds (`PlanModel.estimate`, which solves the pipeline split with the
 PipeDream partitioner) and the search stops once the next bound exceeds the k-th best
 time found: the top k are those of the exhaustive search under the same model
@@ -108,14 +109,27 @@ def candidates(workload: Workload, devices: int, global_batch: int, space: Space
     return out
 
 
-def lower_bound(model: PlanModel, shape: Shape) -> float:
-    """Step time if the compute were spread perfectly over the pipeline ranks."""
-    wl, b, t = model.workload, shape.micro_batch, shape.tp
-    k = model.costs.compute_scale
-    ck = set(shape.checkpoint)
-    work = sum(l.compute_s(b, t) + (b * l.forward.at(t) if i in ck else 0.0)
-               for i, l in enumerate(wl.layers))
-    return shape.microbatches * work * k / shape.pp + model.costs.step_overhead_s
+def lower_bound(model: PlanModel, shape: Shape, memo: dict | None = None) -> float:
+    """Step time if the compute and the tensor-parallel collectives (each on one tp group
+    alone, no link shared) were spread perfectly over the pipeline ranks."""
+    key = (shape.tp, shape.micro_batch, shape.checkpoint, shape.communicator)
+    per_mb = memo.get(key) if memo is not None else None
+    if per_mb is None:
+        wl, b, t = model.workload, shape.micro_batch, shape.tp
+        k = model.costs.compute_scale
+        ck = set(shape.checkpoint)
+        per_mb = sum(l.compute_s(b, t) + (b * l.forward.at(t) if i in ck else 0.0)
+                     for i, l in enumerate(wl.layers)) * k
+        if t > 1:
+            comm = model.comm(shape.communicator)
+            group = model.rank_order(t)
+            for i, l in enumerate(wl.layers):
+                for c in l.collectives:
+                    one = comm.one(c.kind, group, c.nbytes * b)[0]
+                    per_mb += one * (2 if c.phase == "forward" and i in ck else 1)
+        if memo is not None:
+            memo[key] = per_mb
+    return shape.microbatches * per_mb / shape.pp + model.costs.step_overhead_s
 
 
 def memory_floor(shape: Shape, workload: Workload) -> float:
@@ -143,6 +157,7 @@ def search(workload: Workload, model: PlanModel, devices: int, global_batch: int
     cands = candidates(workload, devices, global_batch, space, _max_tp(model, space))
     rejected: dict[str, int] = {}
     kept, pruned = [], 0
+    memo: dict = {}
     for c in cands:
         if memory is not None and memory_floor(c, workload) > memory:
             pruned += 1
@@ -151,7 +166,7 @@ def search(workload: Workload, model: PlanModel, devices: int, global_batch: int
         if why:
             rejected[why] = rejected.get(why, 0) + 1
             continue
-        kept.append((lower_bound(model, c), c.label(), c))
+        kept.append((lower_bound(model, c, memo), c.label(), c))
     kept.sort(key=lambda x: (x[0], x[1]))
     best: list[Estimate] = []
     evaluated = 0
