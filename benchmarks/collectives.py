@@ -13,7 +13,6 @@ fraction of the max-flow bound reached. Needs root for the namespace part
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import sys
@@ -21,9 +20,11 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
+from _common import emit, figure, parser  # noqa: E402
 
 # gloo on CPU: software overhead per message and per step, memory-bound adds.
 # Fitted on this 2-core machine (ranks and the emulated network share the cores)
@@ -184,15 +185,13 @@ def _loopback_rows(args) -> list[dict]:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="2 MiB, DGX-1 mesh and loopback only (< 1 minute)")
+    p = parser(__doc__)  # --quick: 2 MiB, DGX-1 mesh and loopback only (< 1 minute)
     p.add_argument("--shapes", default=None, help="comma list of dgx1-mesh,star4-slow,two-node")
     p.add_argument("--mbit-per-gbs", type=float, default=None,
                    help="emulated Mbit/s per GB/s of topology bandwidth (default: per shape, "
                         "weft.collectives.emulate.shapes.SCALE)")
     p.add_argument("--reps", type=int, default=1)
     p.add_argument("--loopback-ranks", type=int, default=4)
-    p.add_argument("--json", help="write results as a JSON list to this path")
     p.add_argument("--raw", help="write every measured row (all algorithms) as JSON here")
     p.add_argument("--sizes", dest="size_list", help="comma list of sizes (e.g. 4MB,16MB)")
     p.add_argument("--ops", dest="op_list", help="comma list of broadcast,allreduce (default both)")
@@ -238,7 +237,7 @@ def report(rows, args, elapsed) -> int:
 
     from weft.units import fmt_bytes
 
-    con = Console(width=200)
+    con = Console(width=200)  # the per-shape table is wide
     by = {(r["shape"], r["op"], r["size"], r["alg"]): r for r in rows}
     t = Table("shape", "op", "size", "gloo", "ring", "packing/auto", "choice", "vs ring",
               "vs gloo", "of bound", "predicted", "pred err", "ok", title="collectives (seconds)")
@@ -263,31 +262,22 @@ def report(rows, args, elapsed) -> int:
         name = f"{shape}/{op}/{fmt_bytes(size).replace(' ', '')}"
         big = size >= 16 << 20  # the targets are for 16 and 64 MiB (small sizes: a smoke run)
         if vs_ring:
-            metrics.append(dict(name=f"{name}/speedup_vs_ring", value=vs_ring, unit="x",
-                                target=1.5 if shape == "dgx1-mesh" and big else None, better="higher"))
-        metrics.append(dict(name=f"{name}/speedup_vs_gloo", value=vs_gloo, unit="x",
-                            target=0.9 if shape.startswith("loopback") and big else None,
-                            better="higher"))
+            metrics.append(figure(f"{name}/speedup_vs_ring", vs_ring, "x",
+                                  target=1.5 if shape == "dgx1-mesh" and big else None))
+        metrics.append(figure(f"{name}/speedup_vs_gloo", vs_gloo, "x",
+                              target=0.9 if shape.startswith("loopback") and big else None))
         if eff is not None:
-            metrics.append(dict(name=f"{name}/fraction_of_maxflow_bound", value=eff, unit="",
-                                target=0.9 if big else None, better="higher"))
-            metrics.append(dict(name=f"{name}/prediction_error", value=abs(err), unit="",
-                                target=0.2 if big else None, better="lower"))
+            metrics.append(figure(f"{name}/fraction_of_maxflow_bound", eff, "",
+                                  target=0.9 if big else None))
+            metrics.append(figure(f"{name}/prediction_error", abs(err), "",
+                                  target=0.2 if big else None, better="lower"))
     con.print(t)
     scales = sorted({(r["shape"], r["scale"]) for r in rows if "scale" in r})
-    con.print(f"emulated links (Mbit/s per GB/s of topology bandwidth): {dict(scales)}; "
-              f"bound = max-flow bound on the emulated rates; median of rounds (gloo's built-in on "
-              f"emulated links: {max((r['rounds'] for r in rows if 'scale' in r and r['alg'] == 'gloo'), default=0)} "
-              f"round(s)); total {elapsed:.0f} s")
-    for m in metrics:
-        if m["target"] is not None:
-            good = m["value"] >= m["target"] if m["better"] == "higher" else m["value"] <= m["target"]
-            con.print(f"  {m['name']}: {m['value']:.2f} (target {m['target']}) "
-                      f"{'met' if good else 'MISSED'}")
-    if args.json:
-        from weft.atomic import write_json
-
-        write_json(args.json, metrics, indent=1)
+    gloo_rounds = max((r["rounds"] for r in rows if "scale" in r and r["alg"] == "gloo"), default=0)
+    emit(metrics, args.json, "collectives: figures and targets",
+         conditions=f"emulated links (Mbit/s per GB/s of topology bandwidth): {dict(scales)}; "
+                    f"bound = max-flow bound on the emulated rates; median of rounds (gloo's "
+                    f"built-in on emulated links: {gloo_rounds} round(s)); total {elapsed:.0f} s")
     return 0 if all(r["ok"] for r in rows) else 1
 
 

@@ -7,10 +7,14 @@ same machine state). Prints per shape the step time of each, their paired ratio
 (torch time / weft time per round, median; aim >= 0.95: weft adds no overhead), tokens/s
 and the model-state memory per rank (local bytes of parameters, gradients and Adam state,
 the largest rank; on CUDA also the allocator's peak). The weft side trains through
-`model.step(x, y, loss_fn)` (the pipelined shape needs it; the others do forward+backward). Also weft's own DataParallel (dp,
-dp_tp) against the torch composition, as extra rows.
+`model.step(x, y, loss_fn)` (the pipelined shapes need it; the others do forward+backward).
+Also weft's own DataParallel (dp, dp_tp) against the torch composition, as extra rows. The
+pp_tp shape by hand writes the two stage modules itself (torch's pipeline tracer would bake
+the tensor-parallel head count); weft cuts the model at `blocks.<n/2>` with torch.fx.
 
     python benchmarks/parallelize.py [--quick] [--json out.json] [--shapes dp,fsdp]
+
+`--quick`: a smaller model and the shapes in QUICK_SHAPES only (all of them with --shapes).
 """
 
 from __future__ import annotations
@@ -43,12 +47,16 @@ SHAPES = {
     "dp_tp": ({"dp_replicate": 2, "tp": 2}, {"replicate": "fsdp"}, "dp_tp"),
     "fsdp_tp": ({"dp_shard": 2, "tp": 2}, {"shard_modules": ["blocks.*"]}, "fsdp_tp"),
     "pp_fsdp": ({"pp": 2, "dp_shard": 2}, {}, "pp_fsdp"),
+    "pp_tp": ({"pp": 2, "tp": 2}, {}, "pp_tp"),
     # weft's own replication runtime against torch's composition for the same shape
     "dp (weft DataParallel)": ({"dp_replicate": 4}, {"replicate": "weft"}, "ddp"),
     "dp_tp (weft DataParallel)": ({"dp_replicate": 2, "tp": 2}, {"replicate": "weft"}, "dp_tp"),
 }
 
 
+# --quick: one shape per kind of parallelism (data, sharded, tensor inside sharded, pipeline
+# with tensor), so that it stays under a minute on 2 cores
+QUICK_SHAPES = ("dp", "fsdp", "fsdp_tp", "pp_tp")
 MICRO = 2  # micro-batches of the pipelined shapes (GPipe, cut before the second half's blocks)
 
 
@@ -89,10 +97,53 @@ def _hand_pipeline(model, cfg, micro_x):
     return pipe.get_stage_module(rank), step, dp_rank, WORLD // 2
 
 
-def _hand(kind, model):
-    """The composition written directly with torch's APIs (what a user would write)."""
+def _hand_pp_tp(model, cfg):
+    """pp x tp by hand: TP on the model, the two stages written as modules (torch's tracer
+    would bake the head count), a PipelineStage each, GPipe."""
+    import gpt
+    from torch import nn
     from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.pipelining import PipelineStage, ScheduleGPipe
+
+    mesh = init_device_mesh("cpu", (2, WORLD // 2), mesh_dim_names=("pp", "tp"))
+    _tp_by_hand(model, mesh["tp"])
+    k = cfg["n_layer"] // 2
+
+    class First(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.tok, self.pos, self.blocks = model.tok, model.pos, model.blocks[:k]
+
+        def forward(self, idx):
+            x = self.tok(idx) + self.pos(torch.arange(idx.shape[1], device=idx.device))
+            for blk in self.blocks:
+                x = blk(x)
+            return x
+
+    class Last(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.blocks, self.ln_f, self.head = model.blocks[k:], model.ln_f, model.head
+
+        def forward(self, x):
+            for blk in self.blocks:
+                x = blk(x)
+            return self.head(self.ln_f(x))
+
+    rank = mesh.get_local_rank("pp")
+    module = First() if rank == 0 else Last()
+    stage = PipelineStage(module, rank, 2, torch.device("cpu"), group=mesh["pp"].get_group())
+    sched = ScheduleGPipe(stage, n_microbatches=MICRO, loss_fn=gpt.loss_fn)
+
+    def step(x, y):
+        if rank == 0:
+            sched.step(x)
+        else:
+            sched.step(target=y)
+    return module, step, 0, 1
+
+
+def _tp_by_hand(model, mesh):
     from torch.distributed.tensor import Replicate
     from torch.distributed.tensor.parallel import (
         ColwiseParallel,
@@ -100,18 +151,26 @@ def _hand(kind, model):
         parallelize_module,
     )
 
+    styles = {"tok": RowwiseParallel(input_layouts=Replicate()),
+              "head": ColwiseParallel(output_layouts=Replicate())}
+    for i, blk in enumerate(model.blocks):
+        blk.attn.n_head //= mesh.size()
+        styles.update({f"blocks.{i}.attn.q": ColwiseParallel(),
+                       f"blocks.{i}.attn.k": ColwiseParallel(),
+                       f"blocks.{i}.attn.v": ColwiseParallel(),
+                       f"blocks.{i}.attn.proj": RowwiseParallel(),
+                       f"blocks.{i}.mlp.fc": ColwiseParallel(),
+                       f"blocks.{i}.mlp.proj": RowwiseParallel()})
+    parallelize_module(model, mesh, styles)
+
+
+def _hand(kind, model):
+    """The composition written directly with torch's APIs (what a user would write)."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
     def tp(mesh):
-        styles = {"tok": RowwiseParallel(input_layouts=Replicate()),
-                  "head": ColwiseParallel(output_layouts=Replicate())}
-        for i, blk in enumerate(model.blocks):
-            blk.attn.n_head //= mesh.size()
-            styles.update({f"blocks.{i}.attn.q": ColwiseParallel(),
-                           f"blocks.{i}.attn.k": ColwiseParallel(),
-                           f"blocks.{i}.attn.v": ColwiseParallel(),
-                           f"blocks.{i}.attn.proj": RowwiseParallel(),
-                           f"blocks.{i}.mlp.fc": ColwiseParallel(),
-                           f"blocks.{i}.mlp.proj": RowwiseParallel()})
-        parallelize_module(model, mesh, styles)
+        _tp_by_hand(model, mesh)
 
     def shard(mesh):
         for blk in model.blocks:
@@ -169,6 +228,8 @@ def _runner(shape, cfg, batch, weft_side):
         if kind == "pp_fsdp":
             micro = x[:batch // (WORLD // 2) // MICRO, :-1]
             module, fwd_bwd, dp_rank, dp = _hand_pipeline(model, cfg, micro)
+        elif kind == "pp_tp":
+            module, fwd_bwd, dp_rank, dp = _hand_pp_tp(model, cfg)
         else:
             module = _hand(kind, model)
             dp = {"ddp": WORLD, "fsdp": WORLD, "hsdp": WORLD, "tp": 1, "dp_tp": 2,
@@ -229,9 +290,11 @@ def _worker(shapes, cfg, batch, steps, rounds):
 
 def main() -> None:
     p = parser(__doc__.splitlines()[0])
-    p.add_argument("--shapes", default=",".join(SHAPES), help="comma-separated plan shapes")
+    p.add_argument("--shapes", help="comma-separated plan shapes (default: all; with --quick "
+                                    f"{','.join(QUICK_SHAPES)})")
     args = p.parse_args()
-    shapes = [s.strip() for s in args.shapes.split(",")]
+    default = QUICK_SHAPES if args.quick else tuple(SHAPES)
+    shapes = [s.strip() for s in args.shapes.split(",")] if args.shapes else list(default)
     unknown = [s for s in shapes if s not in SHAPES]
     if unknown:
         p.error(f"unknown shape(s) {unknown}; known: {list(SHAPES)}")

@@ -11,6 +11,9 @@ layers. Measures samples/s of:
   * predicted (profile + measured link + measured runtime overhead + schedule
     simulation) vs measured throughput of the optimal plan (target within 15%),
 and the time to partition a 200-layer profile on 16 workers (target < 1 s).
+Then the GPT-style transformer of examples/gpt.py split at block boundaries
+(`_pipeline_gpt`): weft 1F1B-flush vs Schedule1F1B on the same equal-blocks split
+(target >= 1.0x) and the planner's best 2-stage partition vs equal blocks.
 The profile is taken on the benchmark's ranks one at a time (the other waits
 in a barrier): solo layer times. How much slower the ranks compute when both
 compute at once (2 cores, gloo's threads, other tenants) is measured on the
@@ -359,9 +362,15 @@ def main(argv=None) -> int:
                partition_figures() +
                [figure("load_average_1min_before", load0, "", better="lower"),
                 figure("load_average_1min_after", load1, "", better="lower")])
-    emit(figures, args.json, f"pipeline, 2 gloo ranks (CPU, one thread each), {M} "
-                             f"micro-batches of {MB}, {reps} repetitions of {steps} steps: "
-                             "ratios measured in this run")
+    import _pipeline_gpt
+
+    gsteps, greps = (2, 3) if args.quick else (4, 10)
+    gres = launch(_pipeline_gpt.rank_main, 2, args=(gsteps, greps), timeout=120)[0]
+    figures += _pipeline_gpt.figures(gres, gsteps, con)
+    emit(figures, args.json, f"pipeline, 2 gloo ranks (CPU, one thread each), MLP: {M} "
+                             f"micro-batches of {MB}, {reps} repetitions of {steps} steps; GPT: "
+                             f"{_pipeline_gpt.M} micro-batches of {_pipeline_gpt.MB} sequences, "
+                             f"{greps} repetitions of {gsteps} steps: ratios measured in this run")
     return 0
 
 

@@ -47,11 +47,26 @@ def test_bad_arguments_exit_2(argv, capsys):
 
 
 def test_train_dispatches_by_mode(tmp_path, capsys):
-    with pytest.raises(SystemExit) as e:  # neither --plan nor --policy
-        main(["train"])
-    assert e.value.code == 2
+    assert main(["train"]) == 2  # neither --plan nor --policy
     bad = tmp_path / "p.yaml"
     bad.write_text("policies: [{no_such_policy: {}}]\n")
     assert main(["train", "--policy", str(bad)]) == 2
     assert str(bad) in capsys.readouterr().err
     assert main(["train", "--plan", str(tmp_path / "missing.json")]) == 2
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["demo", "--batch", "0"], "--batch: must be >= 1"),
+    (["demo", "--batch", "62"], "--batch 62: must be a multiple of --ranks 4"),
+    (["demo", "--epochs", "0"], "--epochs: must be >= 1"),
+    (["cluster", "simulate", "--pop", "0"], "--pop: must be >= 1"),
+    (["cluster", "simulate", "--rate", "-1"], "--rate: must be >= 0"),
+])
+def test_bad_values_are_caught_before_any_rank_starts(argv, needle, tmp_path, monkeypatch, capsys):
+    # issue 14: these used to start ranks (25-40 s) and end in a rank's traceback, or be
+    # accepted silently
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert needle in err and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []

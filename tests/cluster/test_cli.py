@@ -49,7 +49,7 @@ def test_simulate_bad_trace_is_a_clear_error(tmp_path, capsys, gavel_dir):
                str(gavel_dir / "physical_cluster_throughputs.json"), "--out", str(tmp_path / "o"), "--no-progress"])
     assert rc == 2
     err = capsys.readouterr().err
-    assert f"{bad}:2: field 'arrival_time' must be >= 0" in err
+    assert f"{bad}:2: column 10 (arrival_time): must be >= 0, got '-3'" in err
     assert not (tmp_path / "o").exists()
 
 
@@ -79,3 +79,25 @@ def test_gavel_dir_is_an_option_or_an_environment_variable(tmp_path, monkeypatch
     assert gavel.gavel_dir() == tmp_path / "shared" / "data" / "gavel"
     assert main(["cluster", "simulate", "--gavel-dir", str(tmp_path / "nope"), "--no-progress"]) == 2
     assert "--gavel-dir" in capsys.readouterr().err
+
+
+def test_simulate_msr_trace_skip_unknown_prints_count_and_types(capsys, gavel_dir, tmp_path):
+    msr = gavel_dir / "traces/msr/seed=0/2869ce.trace"
+    rc = main(["cluster", "simulate", "--trace", str(msr), "--gavel-dir", str(gavel_dir)])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "2869ce.trace:" in err and "column 1 (job_type)" in err and "--skip-unknown" in err
+    # A prefix of the trace keeps the test fast.
+    short = tmp_path / "msr.trace"
+    short.write_text("\n".join(msr.read_text().splitlines()[:40]) + "\n")
+    rc = main(["cluster", "simulate", "--trace", str(short), "--skip-unknown", "--gavel-dir", str(gavel_dir),
+               "--policy", "fifo", "--semantics", "gavel", "--no-progress"])
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    assert "skipped 13 row(s) of 12 unknown (type, scale factor)" in err and "ResNet-50 (batch size 128) x32 (1)" in err
+    assert "semantics gavel" in out
+
+
+def test_skip_unknown_needs_a_trace(capsys):
+    assert main(["cluster", "simulate", "--skip-unknown", "--jobs", "5"]) == 2
+    assert "--skip-unknown" in capsys.readouterr().err

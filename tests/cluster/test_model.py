@@ -8,7 +8,7 @@ from weft.cluster.generate import generate_jobs
 from weft.cluster.model import Cluster, ClusterError
 from weft.cluster.spec import load_cluster, load_jobs
 from weft.cluster.throughputs import ThroughputTable
-from weft.cluster.trace import read_trace, write_trace
+from weft.cluster.trace import load_trace, read_trace, write_trace
 
 
 @pytest.fixture(scope="module")
@@ -45,11 +45,12 @@ def _bad_trace(tmp_path, gavel_dir, bad_line):
 
 
 @pytest.mark.parametrize("mutate,match", [
-    (lambda c: ["NoSuchNet (batch size 1)"] + c[1:], "unknown job type 'NoSuchNet"),
-    (lambda c: c[:9], "missing field"),
-    (lambda c: c[:9] + ["-5"], "arrival_time' must be >= 0"),
-    (lambda c: c[:5] + [""] + c[6:], "total_steps' is empty"),
-    (lambda c: c[:6] + ["x"] + c[7:], "scale_factor' must be a number"),
+    (lambda c: ["NoSuchNet (batch size 1)"] + c[1:], r"column 1 \(job_type\): 'NoSuchNet .* not in the throughput"),
+    (lambda c: c[:9], "expected 10 tab-separated columns .* got 9"),
+    (lambda c: c[:9] + ["-5"], r"column 10 \(arrival_time\): must be >= 0, got '-5'"),
+    (lambda c: c[:5] + [""] + c[6:], r"column 6 \(total_steps\): empty"),
+    (lambda c: c[:6] + ["x"] + c[7:], r"column 7 \(scale_factor\): must be a number, got 'x'"),
+    (lambda c: c[:6] + ["3"] + c[7:], "with scale factor 3 is not in the throughput table .* runs at scale factors"),
 ])
 def test_bad_trace_line_names_file_and_line(tmp_path, table, mutate, match, gavel_dir):
     good = (gavel_dir / "traces/physical_cluster/max_min_fairness.trace").read_text().splitlines()[0]
@@ -132,3 +133,54 @@ def test_jobs_name_a_model_spec_or_a_command(tmp_path):
         (tmp_path / "bad.yaml").write_text(f"jobs:\n  - {item}\n")
         with pytest.raises(ClusterError, match=r"bad.yaml: jobs\[0\]: .*" + match):
             load_jobs(tmp_path / "bad.yaml", table)
+
+
+def test_seven_column_msr_rows_read_like_their_ten_column_conversion(table, gavel_dir):
+    """The reference folder's 10-column file is the msr trace's known rows, converted."""
+    ref = gavel_dir / "reference" / "2869ce.10col.trace"
+    if not ref.exists():
+        pytest.skip(f"{ref} not present")
+    seven, skipped = load_trace(gavel_dir / "traces/msr/seed=0/2869ce.trace", table, skip_unknown=True)
+    ten = read_trace(ref, table)
+    assert sum(skipped.values()) == 179 and len(seven) == len(ten) == 354
+    assert {s for _, s in skipped} >= {16, 32}
+    assert [(j.job_id, j.key, j.arrival_time) for j in seven] == [(j.job_id, j.key, j.arrival_time) for j in ten]
+    assert [int(j.total_steps) for j in seven] == [int(j.total_steps) for j in ten]
+
+
+def test_seven_column_errors_name_the_msr_column(tmp_path, table):
+    p = tmp_path / "m.trace"
+    p.write_text("ResNet-18 (batch size 32)\tcmd\t--steps\t1\t1000\tsoon\t1\n")
+    with pytest.raises(ClusterError, match=rf"{p}:1: column 6 \(arrival_time\): must be a number, got 'soon'"):
+        read_trace(p, table)
+
+
+def test_job_scale_factors_reach_the_policy(table):
+    """An elastic job's allowed scale factors (and its throughput at each) are in the
+    Problem a policy solves."""
+    from weft.cluster.model import Cluster, Job
+    from weft.cluster.policies.base import SchedulingPolicy
+    from weft.cluster.problem import Allocation, build_problem
+    from weft.cluster.simulator import simulate
+
+    seen = []
+
+    class Recorder(SchedulingPolicy):
+        name = "recorder"
+
+        def solve(self, prob):
+            seen.append((list(prob.ids), prob.scale_options, prob.T_options))
+            X = np.zeros((prob.n, prob.k))
+            X[:, 0] = 1.0 / prob.n
+            return Allocation(X)
+
+    jobs = [Job(0, "ResNet-50 (batch size 64)", 1, 2000.0, scale_factors=(8, 1, 2, 4)),
+            Job(1, "A3C", 1, 500.0)]
+    cluster = Cluster({"v100": 8, "k80": 8})
+    prob = build_problem(jobs, cluster, table)
+    assert prob.scale_options == [(1, 2, 4, 8), (1,)]
+    np.testing.assert_allclose(prob.T_options[0][4], table.row(("ResNet-50 (batch size 64)", 4), ["v100", "k80"]))
+    simulate(jobs, cluster, table, Recorder(), 360.0)
+    assert seen and seen[0][0] == [0, 1] and seen[0][1] == [(1, 2, 4, 8), (1,)]
+    with pytest.raises(ClusterError, match="scale_factors .* include scale_factor 2"):
+        Job(2, "A3C", 2, 10.0, scale_factors=(1, 4))

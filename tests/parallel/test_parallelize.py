@@ -6,6 +6,7 @@ the reference runs the same `train` function in this process with the one-rank p
 """
 
 import contextlib
+import importlib.util
 import sys
 from pathlib import Path
 
@@ -21,6 +22,11 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 PLANS = EXAMPLES / "plans"
 sys.path.insert(0, str(EXAMPLES))
 import gpt
+import train_gpt
+
+# One world runs ~40 cases: about two minutes on a quiet 2-core machine, over five at a
+# load average of 30 (other jobs), so the tests that share it get a longer bound.
+pytestmark = pytest.mark.timeout(900)
 
 STEPS, BATCH, LR, WORLD = 3, 8, 1e-2, 4
 TOL = 1e-4  # relative: ||p - p_ref|| / ||p_ref|| per parameter tensor
@@ -39,10 +45,22 @@ def _plan(file, **over):
     return data
 
 
+HAVE_HF = importlib.util.find_spec("transformers") is not None
+
+
 def _task(name):
     if name == "gpt":
         train_set, _ = gpt.dataset(max_chars=20_000)
         return (lambda: gpt.model(n_layer=2)), train_set, gpt.loss_fn
+    if name == "hf-gpt2":  # a Hugging Face model built from a config, as it comes
+        from tests.parallel._zoo import hf_gpt2, hf_loss
+
+        return hf_gpt2, gpt.dataset(max_chars=20_000)[0], hf_loss
+    if name == "resnet":  # torchvision's ResNet layout (BatchNorm), on the digits
+        from tests.parallel._zoo import resnet
+        from weft.demo.data import digits
+
+        return resnet, digits()[0], torch.nn.functional.cross_entropy
     from weft.demo.data import digits
     from weft.demo.models import digits_cnn
 
@@ -52,9 +70,11 @@ def _task(name):
     return make, digits()[0], torch.nn.functional.cross_entropy
 
 
-def train(plan, task="gpt", steps=STEPS, start=0, load=None, save=None, accumulate=1):
+def train(plan, task="gpt", steps=STEPS, start=0, load=None, save=None, accumulate=1,
+          replicas=1):
     """The one training loop: only `plan` changes between runs (`accumulate`: the batch in
-    that many pieces, all but the last backward inside `model.no_sync()`)."""
+    that many pieces, all but the last backward inside `model.no_sync()`; `replicas`: the
+    forward in the pieces that many data-parallel replicas get, for BatchNorm's statistics)."""
     make, train_set, loss_fn = _task(task)
     example = torch.stack([train_set[i][0] for i in range(BATCH)])  # a global batch's shape
     model = weft.parallelize(make(), plan, example_input=example)
@@ -76,10 +96,16 @@ def train(plan, task="gpt", steps=STEPS, start=0, load=None, save=None, accumula
                     sync = model.no_sync() if j < len(pieces) - 1 else contextlib.nullcontext()
                     with sync:
                         (loss_fn(model(xs), ys) / accumulate).backward()
+            elif replicas > 1:  # DistributedSampler: replica r holds items r, r + R, ...
+                loss = sum(loss_fn(model(x[r::replicas]), y[r::replicas])
+                           for r in range(replicas)) / replicas
+                loss.backward()
             else:
                 out = model(x)
-                OUTPUT_DTYPES[model.plan.name] = out.dtype
-                loss = loss_fn(out.float(), y)
+                if torch.is_tensor(out):
+                    OUTPUT_DTYPES[model.plan.name] = out.dtype
+                    out = out.float()
+                loss = loss_fn(out, y)
                 loss.backward()
             opt.step()
             opt.zero_grad()
@@ -88,6 +114,8 @@ def train(plan, task="gpt", steps=STEPS, start=0, load=None, save=None, accumula
     return model.full_state_dict()
 
 
+FOUR_STAGES = {"split": ["blocks.0", "blocks.1", "ln_f"], "schedule": "interleaved",
+               "stages_per_rank": 2, "microbatches": 4}
 CASES = {
     "dp": {"plan": _plan("dp")},
     "dp-ddp": {"plan": _plan("dp", data_parallel={"replicate": "ddp"})},
@@ -104,10 +132,25 @@ CASES = {
     "fsdp-accumulate": {"plan": _plan("fsdp"), "accumulate": 2},
     "pp-dp": {"plan": _plan("pp_dp")},
     "pp-fsdp": {"plan": _plan("pp_fsdp")},
+    "pp-tp": {"plan": _plan("pp_tp")},
+    # two stages per rank: interleaved 1F1B with weft DP and recomputed blocks; a zero-bubble
+    # V schedule (stages 0,3 on pp rank 0) with TP inside the stages
+    "pp-dp-interleaved-ac": {"plan": _plan("pp_dp", pipeline=FOUR_STAGES,
+                                           activation_checkpoint=["blocks.*"])},
+    "pp-tp-zbv": {"plan": _plan("pp_tp", pipeline={**FOUR_STAGES,
+                                                   "schedule": "torch:ZBVZeroBubble"})},
     "digits-dp": {"plan": _plan("dp"), "task": "digits"},
     "digits-fsdp": {"plan": _plan("fsdp", data_parallel={"shard_modules": []}), "task": "digits"},
     "digits-hsdp": {"plan": _plan("hsdp", data_parallel={"shard_modules": ["[0-9]"]}),
                         "task": "digits"},
+    # models as libraries build them: DP and FSDP plans out of the box
+    "resnet-dp": {"plan": _plan("dp"), "task": "resnet"},
+    "resnet-fsdp": {"plan": _plan("fsdp", data_parallel={"shard_modules": ["layer*"]}),
+                    "task": "resnet"},
+    # run where transformers imports; skipped (importorskip) where it does not
+    "hf-gpt2-dp": {"plan": _plan("dp"), "task": "hf-gpt2"},
+    "hf-gpt2-fsdp": {"plan": _plan("fsdp", data_parallel={"shard_modules": ["transformer.h.*"]}),
+                     "task": "hf-gpt2"},
 }
 # Checkpoint chains: (plan, steps) saved, then loaded under the next plan for the rest.
 CHAINS = {
@@ -116,6 +159,7 @@ CHAINS = {
     "dp->hsdp": [("dp", 2), ("hsdp", 1)],
     "pp-dp->fsdp-tp": [("pp_dp", 2), ("fsdp_tp", 1)],
     "tp->pp-fsdp": [("tp", 1), ("pp_fsdp", 2)],
+    "fsdp->pp-tp": [("fsdp", 1), ("pp_tp", 2)],
 }
 
 
@@ -125,9 +169,21 @@ MIXED = {"fsdp-bf16": _plan("fsdp", name="fsdp-bf16", **BF16),
          "dp-tp-bf16": _plan("dp_tp", name="dp-tp-bf16", **BF16)}
 
 
+# docs/parallelize.md, steps 2-4: examples/train_gpt.py under these plans (step 1 is the
+# single-process reference; step 5, pp_dp_tp, needs 8 ranks: test_parallelize_8.py).
+DOC_STEPS = ("dp", "fsdp", "dp_tp")
+
+
+def doc_train(plan):
+    model, _, _ = train_gpt.train(plan, steps=STEPS, batch=BATCH, lr=LR)
+    return model.full_state_dict()
+
+
 def _world(ckpt_dir):
-    out = {}
+    out = {f"doc:{f}": doc_train(PLANS / f"{f}.yaml") for f in DOC_STEPS}
     for name, case in CASES.items():
+        if case.get("task") == "hf-gpt2" and not HAVE_HF:
+            continue
         out[name] = train(**case)
         out[name + ":local"] = LOCAL_SHAPES["last"]
     for name, plan in MIXED.items():
@@ -152,12 +208,20 @@ def world_results(tmp_path_factory):
 @pytest.fixture(scope="module")
 def references():
     single = _plan("single")
-    return {"gpt": train(single), "digits": train(single, task="digits")}
+    refs = {"gpt": train(single), "digits": train(single, task="digits"),
+            "doc": doc_train(PLANS / "single.yaml"),
+            # BatchNorm normalises over each replica's share: the reference does the same
+            "resnet": train(single, task="resnet", replicas=WORLD)}
+    if HAVE_HF:
+        refs["hf-gpt2"] = train(single, task="hf-gpt2")
+    return refs
 
 
-def _assert_close(state, ref, what):
+def _assert_close(state, ref, what, only=None):
     assert state.keys() == ref.keys(), what
     for k, v in ref.items():
+        if only is not None and k not in only:
+            continue
         err = float((state[k] - v).norm() / v.norm())
         assert err <= TOL, f"{what}: {k} differs from the single-process run by {err:.2e} (relative)"
 
@@ -165,13 +229,34 @@ def _assert_close(state, ref, what):
 @pytest.mark.slow
 @pytest.mark.parametrize("case", list(CASES) + list(CHAINS))
 def test_plan_matches_single_process(case, world_results, references):
-    results, _ = world_results
     task = CASES.get(case, {}).get("task", "gpt")
+    if task == "hf-gpt2":
+        pytest.importorskip("transformers")
+    results, _ = world_results
+    # BatchNorm's running statistics are each replica's own (weft DP: rank 0's); the
+    # parameters are what every replica must agree on with the reference
+    only = {n for n, _ in _task(task)[0]().named_parameters()} if task == "resnet" else None
+    ref = references[task]
     for rank, res in enumerate(results):
-        _assert_close(res[case], references[task], f"{case} rank {rank}")
+        state = res[case]
+        if task == "hf-gpt2":
+            from tests.parallel._zoo import without_key_bias
+
+            state, ref = without_key_bias(state), without_key_bias(references[task])
+        _assert_close(state, ref, f"{case} rank {rank}", only)
     # the parameters moved: a plan that trained nothing would not match a trained reference
     initial = _task(task)[0]().state_dict()
     assert any(not torch.allclose(initial[k], results[0][case][k]) for k in initial)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("step", DOC_STEPS)
+def test_incremental_path_changes_only_the_plan(step, world_results, references):
+    """The one training script of docs/parallelize.md reaches the single-process parameters
+    under each plan of the path."""
+    results, _ = world_results
+    for rank, res in enumerate(results):
+        _assert_close(res[f"doc:{step}"], references["doc"], f"train_gpt.py {step} rank {rank}")
 
 
 @pytest.mark.slow
@@ -181,8 +266,10 @@ def test_describe_says_what_each_rank_holds(case, world_results):
     really held after weft.parallelize."""
     import weft.plan as wp
 
-    results, _ = world_results
     task = CASES[case].get("task", "gpt")
+    if task == "hf-gpt2":
+        pytest.importorskip("transformers")
+    results, _ = world_results
     views = wp.describe(wp.from_dict(CASES[case]["plan"]), _task(task)[0](), WORLD)
     for rank, res in enumerate(results):
         said = {name: local for name, _, local, _ in views[rank].params}
@@ -259,16 +346,13 @@ def test_bad_plans_fail_in_the_rank_before_any_traffic():
 
 @pytest.mark.parametrize("over,message", [
     ({"pipeline": {"schedule": "pipedream"}}, "pipeline.schedule: 'pipedream' is not run"),
-    ({"pipeline": {"schedule": "interleaved", "stages_per_rank": 2, "split": ["blocks.0", "blocks.1",
-                                                                            "ln_f"]}},
-     "pipeline.schedule: 'interleaved' is not run"),
     ({"pipeline": {"split": "planner"}}, "pipeline.split: 'planner' is not run"),
-    ({"mesh": {"pp": 2, "tp": 2}, "tensor_parallel": [{"module": "head", "style": "colwise"}]},
-     "mesh.tp: 2 with mesh.pp=2 is not supported yet"),
     ({"mesh": {"pp": 2, "dp_replicate": 2}, "data_parallel": {"replicate": "ddp"}},
      "data_parallel.replicate: 'ddp' with mesh.pp > 1"),
-    ({"activation_checkpoint": ["blocks.*"]}, "activation_checkpoint: not applied"),
-    ({"example": None}, "needs weft.parallelize(..., example_input=)"),
+    ({"mesh": {"pp": 2, "dp_replicate": 2}, "pipeline": {**FOUR_STAGES,
+                                                         "schedule": "torch:ZBVZeroBubble"}},
+     "pipeline.schedule: 'torch:ZBVZeroBubble' splits backward"),
+    ({"mixed_precision": {"param_dtype": "bfloat16"}}, "mixed_precision: with mesh.pp > 1"),
     ({"example": torch.zeros(6, 32, dtype=torch.long)},
      "pipeline.microbatches: a global batch of 6 does not split into 1 replicas x 4"),
 ])

@@ -4,6 +4,7 @@ from pathlib import Path
 import pytest
 
 from weft.cli import main
+from weft.model_spec import fingerprint
 
 EXAMPLE = str(Path(__file__).resolve().parents[2] / "examples" / "mlp_digits.py")
 
@@ -18,7 +19,8 @@ def test_plan_then_train(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "equal-layers pipeline plan: 9 layers on 2 workers" in out and "samples/s" in out
     d = json.loads(plan.read_text())
-    assert d["format"] == "weft.pipeline-plan/1" and d["model"] == EXAMPLE
+    assert d["format"] == "weft.pipeline-plan/1" and d["model"] == EXAMPLE + ":model"
+    assert d["model_hash"] == fingerprint(EXAMPLE)
     assert [s["layers"] for s in d["stages"]] == [[0, 4], [4, 9]]
     png = tmp_path / "tl.png"
     rc = main(["train", "--plan", str(plan), "--max-steps", "3", "--timeline", str(png)])

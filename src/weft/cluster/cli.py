@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from weft.args import nonneg_float, nonneg_int, positive_float, positive_int
 from weft.cluster.model import Cluster, ClusterError
 
 DEPRECATED = "weft: warning: `weft schedule` is deprecated and will be removed in the next release; use `weft cluster`"
@@ -36,9 +37,14 @@ def _add(subparsers, name: str, help: str, deprecated: bool = False) -> None:
     src = sim.add_mutually_exclusive_group()
     src.add_argument("--trace", help="Gavel .trace file to replay")
     src.add_argument("--jobs-spec", help="weft jobs.yaml to replay")
-    sim.add_argument("--jobs", type=int, default=300, help="jobs to generate (default 300)")
-    sim.add_argument("--rate", type=float, default=5.6, help="arrivals per hour, 0 = all at t=0 (default 5.6)")
-    sim.add_argument("--seed", type=int, default=0)
+    sim.add_argument("--skip-unknown", action="store_true",
+                     help="with --trace: skip rows whose (job type, scale factor) has no throughput, or scale "
+                     "factor 0 (the msr traces have many); prints how many and which")
+    sim.add_argument("--semantics", choices=["weft", "gavel"], default="weft",
+                     help="weft's simulator (default) or Gavel's round loop and policy flavours (docs/cluster.md)")
+    sim.add_argument("--jobs", type=positive_int, default=300, help="jobs to generate (default 300)")
+    sim.add_argument("--rate", type=nonneg_float, default=5.6, help="arrivals per hour, 0 = all at t=0 (default 5.6)")
+    sim.add_argument("--seed", type=nonneg_int, default=0)
     sim.add_argument("--multi-gpu", action="store_true", help="scale factors 1/2/4/8 (p=.7/.1/.15/.05)")
     sim.add_argument("--priorities", action="store_true", help="20%% of jobs get weight 5")
     sim.add_argument("--throughputs",
@@ -48,11 +54,12 @@ def _add(subparsers, name: str, help: str, deprecated: bool = False) -> None:
     sim.add_argument("--cluster", default="36:36:36", help="V100:P100:K80 counts or type=count,... (default 36:36:36)")
     sim.add_argument("--cluster-spec", help="weft cluster.yaml (overrides --cluster/--throughputs)")
     sim.add_argument("--policy", action="append", help="policy name (repeatable; default max_min_fairness)")
-    sim.add_argument("--pop", type=int, default=1, help="POP partitions k (default 1 = full solve)")
-    sim.add_argument("--round", type=float, default=None, help="round length in seconds (default 360)")
+    sim.add_argument("--pop", type=positive_int, default=1, help="POP partitions k (default 1 = full solve)")
+    sim.add_argument("--round", type=positive_float, default=None, help="round length in seconds (default 360)")
     sim.add_argument("--window", help="LO:HI job indices to average JCT over (default: all)")
-    sim.add_argument("--resolve-every", type=float, default=0.0,
-                     help="re-solve the policy at most every this many seconds (Gavel: 1920; default 0: on every change)")
+    sim.add_argument("--resolve-every", type=positive_float, default=None,
+                     help="re-solve the policy at most every this many seconds (default: 0, on every change, "
+                     "with --semantics weft; 1920 as in Gavel with --semantics gavel)")
     sim.add_argument("--out", help="directory for results.json and jct_cdf.png")
     sim.add_argument("--no-progress", action="store_true")
     sim.set_defaults(func=cmd(_simulate))
@@ -61,7 +68,7 @@ def _add(subparsers, name: str, help: str, deprecated: bool = False) -> None:
     run.add_argument("cluster", help="cluster.yaml (slots per type, throughputs used to emulate speed)")
     run.add_argument("jobs", help="jobs.yaml (each job a model spec or a command; see docs/cluster.md)")
     run.add_argument("--policy", default="max_min_fairness")
-    run.add_argument("--round", type=float, default=None, help="round length in seconds (default from cluster.yaml)")
+    run.add_argument("--round", type=positive_float, default=None, help="round length in seconds (default from cluster.yaml)")
     run.add_argument("--workdir", help="checkpoints and logs (default: a fresh runs/cluster/<time>)")
     run.add_argument("--out", help="results JSON (default: <workdir>/results.json)")
     run.set_defaults(func=cmd(_run))
@@ -105,7 +112,7 @@ def _simulate(args) -> int:
     from weft.cluster.simulator import simulate
     from weft.cluster.spec import load_cluster, load_jobs
     from weft.cluster.throughputs import ThroughputTable
-    from weft.cluster.trace import read_trace
+    from weft.cluster.trace import load_trace
 
     round_s = args.round
     if args.cluster_spec:
@@ -121,8 +128,14 @@ def _simulate(args) -> int:
             tp = gavel_dir(args.gavel_dir) / "simulation_throughputs.json"
         table = ThroughputTable.load(tp, cluster.types)
     round_s = round_s or 360.0
+    if args.skip_unknown and not args.trace:
+        raise ClusterError("--skip-unknown: only with --trace")
     if args.trace:
-        jobs = read_trace(args.trace, table)
+        jobs, skipped = load_trace(args.trace, table, args.skip_unknown)
+        if skipped:
+            kinds = ", ".join(f"{t} x{s} ({n})" for (t, s), n in sorted(skipped.items()))
+            print(f"weft: warning: {args.trace}: skipped {sum(skipped.values())} row(s) of "
+                  f"{len(skipped)} unknown (type, scale factor): {kinds}", file=sys.stderr)
     elif args.jobs_spec:
         jobs = load_jobs(args.jobs_spec, table)
     else:
@@ -132,8 +145,8 @@ def _simulate(args) -> int:
     for name in args.policy or ["max_min_fairness"]:
         policy = get_policy(name, pop_k=args.pop, seed=args.seed)
         results.append(simulate(jobs, cluster, table, policy, round_s, window, progress=not args.no_progress,
-                                resolve_every=args.resolve_every))
-    t = Table(title=f"{len(jobs)} jobs on {cluster.counts}, {round_s:g} s rounds")
+                                resolve_every=args.resolve_every, semantics=args.semantics, seed=args.seed))
+    t = Table(title=f"{len(jobs)} jobs on {cluster.counts}, {round_s:g} s rounds, semantics {args.semantics}")
     t.add_column("policy", no_wrap=True)
     for col in ("avg JCT (h)", "vs first", "makespan (h)", "util", "FTF mean", "FTF max", "solves"):
         t.add_column(col)

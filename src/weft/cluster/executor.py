@@ -78,7 +78,7 @@ def run_jobs(jobs: list[Job], spec, policy: str = "max_min_fairness", workdir: s
     if not 0 < round_s < float("inf"):
         raise ClusterError(f"round_seconds must be a positive number, got {round_s}")
     workdir.mkdir(parents=True, exist_ok=True)
-    mech = RoundMechanism(cluster, round_s)
+    mech = RoundMechanism(cluster, round_s, type_blind=not pol.aware)
     pending = sorted(jobs, key=lambda j: j.arrival_time)
     by_id = {j.job_id: j for j in jobs}
     active: list[int] = []

@@ -6,6 +6,14 @@ allocation row over types. Per type, units are ranked by
 (infinite when it has received none), and chosen greedily while their scale
 factor fits in what is left; a job appears in at most one chosen unit. Idle
 accelerators are then offered to remaining runnable units (work conserving).
+
+``type_blind=True`` (for heterogeneity-agnostic policies) ranks all (unit, type)
+pairs in one queue by the same priority, so each job follows its allocation's
+split over types however idle the cluster is; ties between types (every unit
+starts at infinite priority everywhere) go to a type order shuffled every round
+with ``seed``. Walking the types in a fixed order instead would hand an idle
+cluster's agnostic jobs the first type (V100) every round, a baseline that
+quietly knows which type is fastest.
 Placement keeps a job on the accelerators it held last round when possible
 (lease extension) and packs multi-accelerator jobs on as few servers as possible.
 """
@@ -29,9 +37,12 @@ class Lease:
 
 
 class RoundMechanism:
-    def __init__(self, cluster: Cluster, round_seconds: float = 360.0, work_conserving: bool = True):
+    def __init__(self, cluster: Cluster, round_seconds: float = 360.0, work_conserving: bool = True,
+                 type_blind: bool = False, seed: int = 0):
         self.cluster, self.round_seconds = cluster, float(round_seconds)
         self.work_conserving = work_conserving
+        self.type_blind = type_blind
+        self.rng = np.random.default_rng(seed)
         self.types = cluster.types
         # Workers of type j live on servers of per_server[j] slots; global ids.
         self.server_of: dict[str, np.ndarray] = {}
@@ -82,12 +93,17 @@ class RoundMechanism:
         busy: set[int] = set()
         chosen: dict[Unit, int] = {}
         free = [self.cluster.counts[t] for t in self.types]
-        for j in range(k):
-            order = np.lexsort((-alloc[:, j], -prio[:, j]))
-            free[j] = self._pick(order, j, free[j], units, scale, busy, chosen, alloc[:, j] > 1e-9)
+        walk = list(range(k))
+        if self.type_blind:
+            walk = [int(j) for j in self.rng.permutation(k)]
+            self._pick_global(prio, alloc, walk, free, units, scale, busy, chosen)
+        else:
+            for j in walk:
+                order = np.lexsort((-alloc[:, j], -prio[:, j]))
+                free[j] = self._pick(order, j, free[j], units, scale, busy, chosen, alloc[:, j] > 1e-9)
         if self.work_conserving:
             order = np.argsort(-(alloc - share).sum(axis=1), kind="stable")
-            for j in range(k):
+            for j in walk:
                 if free[j] > 0:
                     free[j] = self._pick(order, j, free[j], units, scale, busy, chosen, runnable[:, j])
         leases = self._place(chosen, units, scale)
@@ -95,6 +111,21 @@ class RoundMechanism:
             self.received[u][j] += self.round_seconds
         self.last = {m: lease for u, lease in leases.items() for m in self.members(u)}
         return leases
+
+    def _pick_global(self, prio, alloc, walk, free, units, scale, busy, chosen) -> None:
+        """One queue over all (unit, type) pairs with a positive allocation."""
+        rank = np.empty(len(walk), int)
+        rank[walk] = np.arange(len(walk))
+        ui, tj = np.nonzero(alloc > 1e-9)
+        for q in np.lexsort((rank[tj], -alloc[ui, tj], -prio[ui, tj])):
+            i, j = int(ui[q]), int(tj[q])
+            u = units[i]
+            mem = self.members(u)
+            if u in chosen or any(m in busy for m in mem) or scale[i] > free[j]:
+                continue
+            chosen[u] = j
+            busy.update(mem)
+            free[j] -= int(scale[i])
 
     def _pick(self, order, j, free, units, scale, busy, chosen, eligible) -> int:
         for i in order:

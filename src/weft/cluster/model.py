@@ -27,7 +27,10 @@ class Job:
     deadline in seconds after arrival (``None`` for none). ``task`` is what the
     executor runs (a ``tasks.ModelTask`` or ``tasks.CommandTask``; None: the
     default model); ``trace_command`` is a Gavel trace's command column, kept
-    only to write the trace back.
+    only to write the trace back. ``scale_factors`` lists the numbers of
+    accelerators the job could run at (an elastic job: e.g. 1, 2, 4, 8; default
+    just ``scale_factor``); policies see them as ``Problem.scale_options`` with
+    the throughput at each (``Problem.T_options``), for Sia-style allocation.
     """
 
     job_id: int
@@ -40,10 +43,15 @@ class Job:
     trace_command: str = ""
     name: str = ""
     task: Any = None
+    scale_factors: tuple[int, ...] | None = None
 
     @property
     def key(self) -> tuple[str, int]:
         return (self.job_type, self.scale_factor)
+
+    @property
+    def scale_options(self) -> tuple[int, ...]:
+        return self.scale_factors or (self.scale_factor,)
 
     def __post_init__(self) -> None:
         if self.scale_factor < 1:
@@ -52,6 +60,12 @@ class Job:
             raise ClusterError(f"job {self.job_id}: total_steps must be > 0, got {self.total_steps}")
         if self.arrival_time < 0 or not math.isfinite(self.arrival_time):
             raise ClusterError(f"job {self.job_id}: arrival_time must be >= 0, got {self.arrival_time}")
+        if self.scale_factors is not None:
+            opts = tuple(sorted({int(s) for s in self.scale_factors}))
+            if not opts or opts[0] < 1 or self.scale_factor not in opts:
+                raise ClusterError(f"job {self.job_id}: scale_factors {list(self.scale_factors)} must be >= 1 "
+                                   f"and include scale_factor {self.scale_factor}")
+            self.scale_factors = opts
         if not (self.priority_weight > 0):
             raise ClusterError(f"job {self.job_id}: priority_weight must be > 0, got {self.priority_weight}")
 

@@ -32,6 +32,9 @@ class Problem:
     pairs: np.ndarray = None        # (P, 2) job indices
     TP: np.ndarray = None           # (P, k, 2) pair throughputs
     types: list = field(default_factory=list)
+    ids: np.ndarray = None          # (n,) job ids (default 0..n-1)
+    scale_options: list = None      # per job: the scale factors it may run at (ascending)
+    T_options: list = None          # per job: {scale: (k,) throughputs at that scale}
 
     def __post_init__(self):
         n, k = self.T.shape
@@ -49,6 +52,10 @@ class Problem:
             self.TP = np.zeros((0, k, 2))
         if not self.types:
             self.types = [f"t{j}" for j in range(k)]
+        self.ids = np.arange(n) if self.ids is None else np.asarray(self.ids, int)
+        if self.scale_options is None:
+            self.scale_options = [(int(s),) for s in self.scale]
+            self.T_options = [{int(s): self.T[m]} for m, s in enumerate(self.scale)]
 
     @property
     def n(self) -> int:
@@ -72,7 +79,8 @@ class Problem:
         keep = (pos[self.pairs[:, 0]] >= 0) & (pos[self.pairs[:, 1]] >= 0) if len(self.pairs) else np.zeros(0, bool)
         sub = Problem(self.T[idx], self.scale[idx], self.counts * fraction, self.weight[idx],
                       self.remaining[idx], self.elapsed[idx], self.deadline[idx], self.arrival[idx],
-                      self.prices, pos[self.pairs[keep]], self.TP[keep], list(self.types))
+                      self.prices, pos[self.pairs[keep]], self.TP[keep], list(self.types), self.ids[idx],
+                      [self.scale_options[i] for i in idx], [self.T_options[i] for i in idx])
         sub.pair_origin = np.flatnonzero(keep)   # row of each sub-problem pair in self.pairs
         return sub
 
@@ -152,11 +160,15 @@ def build_problem(jobs: list[Job], cluster: Cluster, table: ThroughputTable, now
     T = np.array([table.row(j.key, types) for j in jobs]).reshape(len(jobs), len(types))
     rem = np.array([max(j.total_steps - done_steps.get(j.job_id, 0.0), 0.0) for j in jobs])
     dl = np.array([(j.arrival_time + j.slo - now) if j.slo else np.inf for j in jobs])
+    options = [j.scale_options for j in jobs]
+    T_options = [{s: (table.row((j.job_type, s), types) if table.has((j.job_type, s)) else np.zeros(len(types)))
+                  for s in opts} for j, opts in zip(jobs, options)]
     prob = Problem(T, [j.scale_factor for j in jobs], [cluster.counts[t] for t in types],
                    [j.priority_weight for j in jobs], rem,
                    np.array([now - j.arrival_time for j in jobs]), dl,
                    np.array([j.arrival_time for j in jobs]),
-                   np.array([cluster.prices[t] for t in types]), types=list(types))
+                   np.array([cluster.prices[t] for t in types]), types=list(types),
+                   ids=np.array([j.job_id for j in jobs], int), scale_options=options, T_options=T_options)
     if with_pairs:
         from weft.cluster.pairs import candidate_pairs
         prob.pairs, prob.TP = candidate_pairs(jobs, prob, table, types, max_partners)

@@ -54,12 +54,31 @@ class SimResult:
                 "preemptions": self.preemptions}
 
 
+SEMANTICS = ("weft", "gavel")
+
+
 def simulate(jobs: list[Job], cluster: Cluster, table: ThroughputTable, policy: SchedulingPolicy,
              round_seconds: float = 360.0, measure: tuple[int, int] | None = None,
-             progress: bool = False, max_partners: int = 4, resolve_every: float = 0.0) -> SimResult:
+             progress: bool = False, max_partners: int = 4, resolve_every: float | None = None,
+             semantics: str = "weft", seed: int = 0, ablate=()) -> SimResult:
     """``resolve_every`` > 0 re-solves at most that often (Gavel's simulator
     waits 1920 s between allocation resets); until then, new jobs have no
-    allocation and wait, and finished jobs are dropped from the old one."""
+    allocation and wait, and finished jobs are dropped from the old one.
+    Default: 0 (on every change) for weft's semantics, 1920 s for Gavel's.
+
+    ``semantics="gavel"`` runs Gavel's own simulator loop (``gavel_sim``: round
+    ends, integer steps, re-solve cadence, type shuffle, FIFO's zero-priority
+    skip, Gavel's flavour of each policy); ``seed`` seeds its random draws.
+    weft's semantics also use ``seed`` for the agnostic policies' type order.
+    ``ablate`` (gavel semantics only) leaves out named behaviours of Gavel
+    (``gavel_sim.ABLATIONS``) to measure their effect."""
+    if semantics not in SEMANTICS:
+        raise ClusterError(f"semantics {semantics!r}: choose from {', '.join(SEMANTICS)}")
+    if semantics == "gavel":
+        from weft.cluster.gavel_sim import RESET_SECONDS, simulate_gavel
+        return simulate_gavel(jobs, cluster, table, policy, round_seconds, measure, seed,
+                              RESET_SECONDS if resolve_every is None else resolve_every, ablate)
+    resolve_every = resolve_every or 0.0
     types = cluster.types
     check_runnable(jobs, cluster, table)
     order = sorted(range(len(jobs)), key=lambda i: jobs[i].arrival_time)
@@ -68,7 +87,7 @@ def simulate(jobs: list[Job], cluster: Cluster, table: ThroughputTable, policy: 
         raise ClusterError(f"measure window {measure} is outside the {len(jobs)} jobs")
     targets = {jobs[i].job_id for i in window_idx}
     by_id = {j.job_id: j for j in jobs}
-    mech = RoundMechanism(cluster, round_seconds)
+    mech = RoundMechanism(cluster, round_seconds, type_blind=not getattr(policy, "aware", True), seed=seed)
     done: dict[int, float] = {}
     finish: dict[int, float] = {}
     active: list[int] = []
@@ -142,17 +161,26 @@ def simulate(jobs: list[Job], cluster: Cluster, table: ThroughputTable, policy: 
         bar.close()
     jct = {m: finish[m] - by_id[m].arrival_time for m in finish}
     makespan = max(finish.values()) - min(j.arrival_time for j in jobs) if finish else 0.0
-    ftf = {}
-    for m in jct:
-        job = by_id[m]
-        row = table.row(job.key, types)
-        teq = row @ (np.array([cluster.counts[x] for x in types]) / total_acc)
-        n_avg = occupancy[m] / max(rounds_in[m], 1)
-        fair = teq * min(1.0, total_acc / (n_avg * job.scale_factor))
-        ftf[m] = jct[m] / (job.total_steps / fair)
+    ftf = finish_time_fairness(jct, by_id, table, cluster, occupancy, rounds_in)
     return SimResult(policy.name, jct, sorted(targets), makespan, busy / (total_acc * max(t, 1e-9)),
                      ftf, rounds, solves, solve_s, time.perf_counter() - start, preempt,
                      extra={"arrivals_ran_out": measure is not None and ran_out is not None})
+
+
+def finish_time_fairness(jct: dict, by_id: dict, table: ThroughputTable, cluster: Cluster,
+                         occupancy: dict, rounds_in: dict) -> dict[int, float]:
+    """rho per finished job: its JCT over its time alone with a 1/n share of the
+    cluster, n being the number of active jobs averaged over the rounds it lived."""
+    types = cluster.types
+    total_acc = sum(cluster.counts.values())
+    ftf = {}
+    for m, t in jct.items():
+        job = by_id[m]
+        teq = table.row(job.key, types) @ (np.array([cluster.counts[x] for x in types]) / total_acc)
+        n_avg = occupancy.get(m, 1.0) / max(rounds_in.get(m, 1), 1)
+        fair = teq * min(1.0, total_acc / (max(n_avg, 1.0) * job.scale_factor))
+        ftf[m] = t / (job.total_steps / fair)
+    return ftf
 
 
 def _drop_finished(units, A, scale, runnable, rates, finish):

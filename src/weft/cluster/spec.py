@@ -88,14 +88,17 @@ def load_jobs(path: str | Path, table: ThroughputTable | None = None) -> list[Jo
         for req in ("type", "steps"):
             if req not in item:
                 raise ClusterError(f"{where}: missing field '{req}'")
-        unknown = set(item) - {"type", "scale_factor", "steps", "arrival", "weight", "slo", "name", *TASK_FIELDS}
+        unknown = set(item) - {"type", "scale_factor", "scale_factors", "steps", "arrival", "weight", "slo", "name",
+                               *TASK_FIELDS}
         if unknown:
             raise ClusterError(f"{where}: unknown field(s) {sorted(unknown)}")
         task = parse_task(item, where, path.parent)
         try:
             job = Job(i, str(item["type"]), int(item.get("scale_factor", 1)), float(item["steps"]),
                       float(item.get("arrival", 0.0)), float(item.get("weight", 1.0)),
-                      None if item.get("slo") is None else float(item["slo"]), name=str(item.get("name", "")), task=task)
+                      None if item.get("slo") is None else float(item["slo"]), name=str(item.get("name", "")), task=task,
+                      scale_factors=None if item.get("scale_factors") is None
+                      else tuple(int(x) for x in item["scale_factors"]))
         except ClusterError as exc:
             raise ClusterError(f"{where}: {exc}") from None
         except (TypeError, ValueError) as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from weft.args import nonneg_int, positive_int
 from weft.errors import WeftError
 
 # `weft demo --adaptive`: SMA -> S-SGD when the noise scale passes 40, workers 2 -> 4 (step 30)
@@ -20,10 +21,9 @@ def _demo(args) -> int:
 
     from weft.demo.run import DemoConfig, run_demo
 
-    if args.ranks < 1:
-        raise WeftError(f"--ranks must be >= 1, got {args.ranks}")
-    if args.epochs < 1:
-        raise WeftError(f"--epochs must be >= 1, got {args.epochs}")
+    if args.batch % args.ranks:
+        raise WeftError(f"--batch {args.batch}: must be a multiple of --ranks {args.ranks} "
+                        "(every rank takes the same share of the global batch)")
     if args.adaptive:
         return _adaptive(args)
     con = Console()
@@ -49,12 +49,13 @@ def _adaptive(args) -> int:
 
 def register(sub) -> None:
     p = sub.add_parser("demo", help="train a CNN on digits with data parallelism on local ranks")
-    p.add_argument("--ranks", type=int, default=4, help="local ranks (default 4)")
-    p.add_argument("--epochs", type=int, default=15)
-    p.add_argument("--batch", type=int, default=64, help="global batch size (default 64)")
+    p.add_argument("--ranks", type=positive_int, default=4, help="local ranks (default 4)")
+    p.add_argument("--epochs", type=positive_int, default=15)
+    p.add_argument("--batch", type=positive_int, default=64,
+                   help="global batch size, a multiple of --ranks (default 64)")
     p.add_argument("--backend", choices=["weft", "ddp"], default="weft",
                    help="weft's data-parallel runtime or torch DDP")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=nonneg_int, default=0)
     p.add_argument("--out", default="runs", help="folder for run directories (default runs/)")
     p.add_argument("--adaptive", action="store_true",
                    help="adaptive demo instead: workers 2->4->3 without restart, SMA->S-SGD "

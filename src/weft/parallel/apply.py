@@ -11,8 +11,10 @@ field and value, before any process-group traffic), build the DeviceMesh, tensor
 parallelism (parallelize_module), activation checkpointing, then data parallelism:
 fully_shard (dp_shard > 1, or HSDP), weft's DataParallel (any Communicator, e.g.
 the topology-aware WeftCommunicator) or torch DDP over dp_replicate. Plans with
-mesh.pp > 1 are cut into stages by torch.distributed.pipelining first (weft.parallel.pp)
-and train with `model.step(x, y, loss_fn)`, which every plan offers.
+mesh.pp > 1 are cut into stages at module names first (weft.parallel.split: the stages
+hold the model's own submodules), tensor- and data-parallelized stage by stage, and train
+through torch.distributed.pipelining's schedules with `model.step(x, y, loss_fn)`, which
+every plan offers (weft.parallel.pp).
 
 What torch 2.13 does on gloo (CPU), tried here: DeviceMesh, parallelize_module
 (all styles), fully_shard incl. HSDP and FSDP+TP (gloo has reduce_scatter and
@@ -54,23 +56,26 @@ def parallelize(model: nn.Module, plan: Plan | str | os.PathLike | dict, *,
 
     `memory`: bytes per device for the memory check (default: the CUDA device's total;
     unknown on CPU). `communicator`: a Communicator for replicate 'weft' instead of the one
-    the plan names. `example_input`: a global batch of inputs (only shapes matter), needed by
-    plans with mesh.pp > 1 (their stages are traced on one micro-batch of it; such plans
-    train with `model.step`, which every plan offers). Works
+    the plan names. `example_input`: optionally a global batch of inputs (only shapes
+    matter); plans with mesh.pp > 1 then check that it splits into dp x micro-batches before
+    any traffic (such plans train with `model.step`, which every plan offers). Works
     without a process group for a one-rank plan.
     """
     plan = resolve(plan)
     world = dist.get_world_size() if dist.is_initialized() else 1
     device = torch.device(device) if device is not None else device_for_backend()
     plan = check(plan, model, world, memory if memory is not None else device_memory(device))
+    stages = None
     if plan.mesh.pp > 1:
         from weft.parallel.pp import check_pipeline
+        from weft.parallel.split import split_model
 
         check_pipeline(plan, example_input)
+        stages = split_model(model, plan.pipeline.split)  # before any traffic: errors first
     model.to(device)
     mesh = build_mesh(plan, device) if world > 1 else None
-    if plan.mesh.pp > 1:
-        return _pipelined(model, plan, mesh, device, example_input, communicator)
+    if stages is not None:
+        return _pipelined(stages, plan, mesh, device, communicator)
     if mesh is not None and plan.mesh.tp > 1:
         from weft.parallel.tensor import apply_tensor_parallel
 
@@ -87,20 +92,31 @@ def parallelize(model: nn.Module, plan: Plan | str | os.PathLike | dict, *,
     return Parallel(model, runner, plan, mesh, device)
 
 
-def _pipelined(model, plan, mesh, device, example_input, communicator) -> Parallel:
+def _pipelined(stages, plan, mesh, device, communicator) -> Parallel:
+    """This rank's stages (the model's own submodules): TP, activation checkpointing and
+    fully_shard inside each, then weft DataParallel over all of them, then the schedule."""
     from weft.parallel.pp import PipelineRunner
+    from weft.parallel.split import stage_holder
 
-    pipe = PipelineRunner(model, plan, mesh, device, example_input)
-    stage, runner = pipe.module, pipe.module
+    pipe = PipelineRunner(stages, plan, mesh, device)
     flavour = plan.data_parallel.flavour(plan.mesh)
-    if plan.mesh.dp_shard > 1 or (flavour == "fsdp" and plan.mesh.dp > 1):
-        from weft.parallel.fsdp import apply_fully_shard
+    fsdp = plan.mesh.dp_shard > 1 or (flavour == "fsdp" and plan.mesh.dp > 1)
+    for mod in pipe.modules:
+        if plan.mesh.tp > 1:
+            from weft.parallel.tensor import apply_tensor_parallel
 
-        apply_fully_shard(stage, plan, mesh)
-    elif plan.mesh.dp_replicate > 1:  # gradient hooks on the stage's parameters
-        runner = _replicate(stage, plan, mesh, device, flavour, communicator)
+            apply_tensor_parallel(mod, plan, mesh["tp"], strict=False)
+        apply_activation_checkpointing(mod, plan.activation_checkpoint)
+        if fsdp:
+            from weft.parallel.fsdp import apply_fully_shard
+
+            apply_fully_shard(mod, plan, mesh)
+    held = stage_holder(pipe.modules)  # the model's names, after TP/FSDP replaced parameters
+    runner = held
+    if not fsdp and plan.mesh.dp_replicate > 1:  # gradient hooks on the stages' parameters
+        runner = _replicate(held, plan, mesh, device, flavour, communicator)
     pipe.build()
-    return Parallel(stage, runner, plan, mesh, device, pipeline=pipe)
+    return Parallel(held, runner, plan, mesh, device, pipeline=pipe)
 
 
 def _replicate(model, plan, mesh, device, flavour, communicator) -> nn.Module:
@@ -174,13 +190,15 @@ class Parallel(nn.Module):
         return self.runner(*args, **kwargs)
 
     def step(self, inputs, targets, loss_fn) -> torch.Tensor | None:
-        """Forward and backward on this rank's batch; returns the loss (detached). The same call
-        for every plan: pipelined plans run their schedule over the micro-batches and return
-        the loss on the last stage's ranks only (None elsewhere)."""
+        """Forward and backward on this rank's batch (moved to the plan's device); returns the
+        loss (detached). The same call for every plan: pipelined plans run their schedule
+        over the micro-batches and return the loss on the last stage's ranks only (None
+        elsewhere)."""
         if self.pipeline is not None:
             return self.pipeline.step(inputs, targets, loss_fn)
         args = inputs if isinstance(inputs, tuple) else (inputs,)
-        loss = loss_fn(self(*args), targets)
+        args = tuple(a.to(self.device) if torch.is_tensor(a) else a for a in args)
+        loss = loss_fn(self(*args), targets.to(self.device))
         loss.backward()
         return loss.detach()
 

@@ -1,4 +1,5 @@
-"""`weft train --plan plan.json`: run a pipeline plan on local ranks."""
+"""`weft train --plan FILE`: a weft.plan/1 plan (weft.parallelize, in weft.parallel.run) or a
+pipeline plan from `weft plan pipeline` (weft's own pipeline runtime), by the file's format."""
 
 from __future__ import annotations
 
@@ -46,17 +47,42 @@ def _train(args) -> int:
 
 
 def add_arguments(p) -> None:
-    """Pipeline options of `weft train` (the command itself is wired in weft.train_cli)."""
-    p.add_argument("--model", help="model spec path.py[:attr] or module:attr (default: the plan's)")
+    """Options of `weft train --plan` (the command itself is wired in weft.train_cli)."""
+    from weft.args import nonneg_int, output_dir, positive_float, positive_int, size
+
+    p.add_argument("--model", help="model spec path.py[:attr] or module:attr (a pipeline plan "
+                                   "has a default: the one it was planned for)")
+    p.add_argument("--global-batch", dest="global_batch", type=positive_int, default=32,
+                   help="weft.plan/1: samples per step over all replicas (default 32)")
+    p.add_argument("--seed", type=nonneg_int, default=0, help="weft.plan/1: data order seed")
+    p.add_argument("--quiet", action="store_true", help="weft.plan/1: no progress bar")
+    p.add_argument("--backend", choices=("auto", "gloo", "nccl"), default="auto",
+                   help="weft.plan/1: process-group backend (auto: nccl when every local rank "
+                        "has a GPU, else gloo)")
+    p.add_argument("--device-memory", dest="device_memory", type=size,
+                   help="weft.plan/1: memory per device for the plan check, e.g. 16GiB "
+                        "(default: the GPU's; unknown on the CPU)")
+    p.add_argument("--save", type=output_dir,
+                   help="weft.plan/1: write a checkpoint folder here at the end (loads under "
+                        "any other plan)")
+    p.add_argument("--resume", help="weft.plan/1: continue from this checkpoint folder")
     p.add_argument("--schedule", default="1f1b",
-                   help="gpipe | 1f1b | interleaved | pipedream (with --plan)")
-    p.add_argument("--chunks", type=int, default=2, help="chunks per stage for interleaved")
-    p.add_argument("--timeline", help="write the pipeline timeline PNG here")
-    p.add_argument("--timeout", type=float, default=120.0, help="per-collective timeout (s)")
+                   help="pipeline plans: gpipe | 1f1b | interleaved | pipedream (a weft.plan/1 "
+                        "plan names its own in pipeline.schedule)")
+    p.add_argument("--chunks", type=positive_int, default=2,
+                   help="pipeline plans: chunks per stage for interleaved")
+    p.add_argument("--timeline", help="pipeline plans: write the pipeline timeline PNG here")
+    p.add_argument("--timeout", type=positive_float, default=120.0,
+                   help="per-collective timeout (s)")
 
 
 def train(args) -> int:
-    """`weft train --plan`: defaults for options shared with `weft train --policy`."""
+    """`weft train --plan`: a weft.plan/1 plan, or a pipeline plan with the defaults for
+    options shared with `weft train --policy`."""
+    from weft.parallel.run import plan_kind, train_plan
+
+    if plan_kind(args.plan) == "weft":
+        return train_plan(args)
     args.epochs = 1 if args.epochs is None else args.epochs
     args.lr = 0.05 if args.lr is None else args.lr
     return _train(args)

@@ -103,8 +103,9 @@ def ReplicateParallel(use_local_output: bool = True):
     return _replicate_style()(use_local_output=use_local_output)
 
 
-def apply_tensor_parallel(model: nn.Module, plan: Plan, tp_mesh) -> nn.Module:
-    """Divide the rules' attributes, then parallelize each matched module with its style."""
+def apply_tensor_parallel(model: nn.Module, plan: Plan, tp_mesh, strict: bool = True) -> nn.Module:
+    """Divide the rules' attributes, then parallelize each matched module with its style
+    (`strict=False`: rules matching nothing are skipped, for one pipeline stage)."""
     from torch.distributed.tensor.parallel import parallelize_module
 
     tp = plan.mesh.tp
@@ -113,7 +114,7 @@ def apply_tensor_parallel(model: nn.Module, plan: Plan, tp_mesh) -> nn.Module:
         for name in matching(rule.module, model):
             for attr in rule.divide:
                 setattr(modules[name], attr, getattr(modules[name], attr) // tp)
-    styles = tp_styles(plan, model)
+    styles = tp_styles(plan, model, strict)
     # Outer modules first: a prepare_input on a block wraps the block, its children keep theirs.
     for name in sorted(styles, key=lambda n: n.count(".")):
         parallelize_module(modules[name], tp_mesh, style_for(styles[name][1], modules[name]))

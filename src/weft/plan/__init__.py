@@ -9,9 +9,25 @@ base modules, topology and collectives (it sits below weft.parallel).
 """
 
 from weft.plan.check import check, layout, match, matching, memory_per_rank
-from weft.plan.describe import RankView, coords_of, describe, format_description, groups, show
-from weft.plan.format import (DIMS, FORMAT, DataParallel, Mesh, MixedPrecision, Pipeline, Plan,
-                              TPRule, validate)
+from weft.plan.describe import (
+                              RankView,
+                              coords_of,
+                              describe,
+                              format_description,
+                              groups,
+                              show,
+)
+from weft.plan.format import (
+                              DIMS,
+                              FORMAT,
+                              DataParallel,
+                              Mesh,
+                              MixedPrecision,
+                              Pipeline,
+                              Plan,
+                              TPRule,
+                              validate,
+)
 from weft.plan.io import dumps, load, loads, resolve, save
 from weft.plan.parse import from_dict, to_dict
 

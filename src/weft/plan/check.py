@@ -70,12 +70,13 @@ class ParamLayout:
     stage: int | None
 
 
-def tp_styles(plan: Plan, model: nn.Module) -> dict[str, tuple[int, object]]:
-    """{module name: (rule index, rule)} for rules with a style; errors on no match or overlap."""
+def tp_styles(plan: Plan, model: nn.Module, strict: bool = True) -> dict[str, tuple[int, object]]:
+    """{module name: (rule index, rule)} for rules with a style; errors on overlap, and (strict)
+    on a rule that matches no module (not strict: a pipeline stage holds part of the model)."""
     out: dict[str, tuple[int, object]] = {}
     for i, rule in enumerate(plan.tensor_parallel):
         names = matching(rule.module, model)
-        if not names:
+        if not names and strict:
             raise _no_match(f"tensor_parallel[{i}].module", rule.module, model)
         if rule.style is None:
             continue
@@ -87,9 +88,19 @@ def tp_styles(plan: Plan, model: nn.Module) -> dict[str, tuple[int, object]]:
     return out
 
 
-def check(plan: Plan, model: nn.Module, world: int, device_memory: float | None = None) -> Plan:
-    """The plan resolved for `world` ranks, checked against `model` (see the module docstring)."""
-    plan = plan.resolve(world)
+def check(plan: Plan, model: nn.Module, world: int, device_memory: float | None = None,
+          source: str | None = None) -> Plan:
+    """The plan resolved for `world` ranks, checked against `model` (see the module docstring).
+    `source` (e.g. the plan's file name) starts every error message when given."""
+    try:
+        return _check(plan.resolve(world, source), model, device_memory)
+    except PlanError as exc:
+        if source and not str(exc).startswith(f"{source}: "):
+            raise PlanError(f"{source}: {exc}") from None
+        raise
+
+
+def _check(plan: Plan, model: nn.Module, device_memory: float | None) -> Plan:
     tp = plan.mesh.tp
     modules = dict(model.named_modules())
     styles = tp_styles(plan, model)
@@ -149,9 +160,12 @@ def layout(plan: Plan, model: nn.Module) -> list[ParamLayout]:
     styles = tp_styles(plan, model) if plan.mesh.tp > 1 else {}
     fsdp = plan.mesh.dp_shard > 1 or plan.data_parallel.flavour(plan.mesh) == "fsdp"
     stage_of = _stages(plan, model)
-    out = []
+    out, seen = [], set()
     for mod_name, mod in model.named_modules():
         for pname, p in mod.named_parameters(recurse=False):
+            if id(p) in seen:  # a tied weight is held once, under its first name
+                continue
+            seen.add(id(p))
             full = f"{mod_name}.{pname}" if mod_name else pname
             tp_dim, style = None, None
             if mod_name in styles:

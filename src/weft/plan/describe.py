@@ -75,13 +75,16 @@ class RankView:
         return total
 
 
-def describe(plan: Plan, model: nn.Module, world: int | None = None) -> list[RankView]:
-    """One RankView per rank; the plan is checked against `model` first."""
+def describe(plan: Plan, model: nn.Module, world: int | None = None,
+             source: str | None = None) -> list[RankView]:
+    """One RankView per rank; the plan is checked against `model` first (errors start with
+    `source` when given)."""
     if world is None:
         world = plan.mesh.size if plan.mesh.resolved else None
         if world is None:
-            raise PlanError("mesh: a degree is -1 (inferred); give the world size")
-    plan = check(plan, model, world)
+            raise PlanError(f"{source + ': ' if source else ''}mesh: {plan.mesh.degrees()} has an "
+                            "inferred (-1) degree; give the world size (--world N)")
+    plan = check(plan, model, world, source=source)
     m, fl = plan.mesh, plan.data_parallel.flavour(plan.mesh)
     params = layout(plan, model)
     views = []
@@ -123,7 +126,7 @@ def _fmt_bytes(n: float) -> str:
 def format_description(plan: Plan, views: list[RankView], params: bool = True) -> str:
     """Plain text: the mesh, its groups, and per rank its coordinates and parameter pieces."""
     m = plan.mesh.resolve(len(views))
-    lines = [f"plan {plan.name or '(unnamed)'}: {len(views)} ranks, mesh "
+    lines = [f"plan {plan.name or '(unnamed)'}: {len(views)} rank{'s' * (len(views) != 1)}, mesh "
              + " x ".join(f"{d}={getattr(m, d)}" for d in DIMS)
              + f"; data parallel: {plan.data_parallel.flavour(m)}"
              + (f" over {m.dp_replicate} replicas" if m.dp_replicate > 1 else "")
@@ -143,7 +146,7 @@ def format_description(plan: Plan, views: list[RankView], params: bool = True) -
             lines.append(f"{d} groups: " + " ".join("[" + ",".join(map(str, g)) + "]" for g in gs))
     for v in views:
         coords = " ".join(f"{d}={i}" for d, i in v.coords.items())
-        stage = "" if v.stages == [0] else f", stage(s) {v.stages}"
+        stage = "" if m.pp == 1 else f", stage(s) {v.stages}"
         if v.stages is None:
             stage = ", stage chosen by the planner at run time"
         lines.append(f"rank {v.rank} ({coords}{stage}): {v.numel:,} parameters "
@@ -165,7 +168,8 @@ def show(plan: Plan | str | os.PathLike, model: nn.Module | str, world: int | No
     """The text `weft plan show PLAN --model SPEC [--world N]` prints."""
     from weft.plan.io import resolve
 
+    source = None if isinstance(plan, (Plan, dict)) else str(plan)
     plan = resolve(plan)
     if isinstance(model, str):
         model = _load_model(model)
-    return format_description(plan, describe(plan, model, world), params=params)
+    return format_description(plan, describe(plan, model, world, source), params=params)

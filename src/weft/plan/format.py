@@ -134,7 +134,8 @@ class TPRule:
 
 @dataclass(frozen=True)
 class Pipeline:
-    """Pipeline parallelism over the pp dim (parsed and validated; run in phase 2)."""
+    """Pipeline parallelism over the pp dim: stages cut before the named modules (run by
+    weft.parallel.pp with torch.distributed.pipelining's schedules)."""
 
     split: tuple[str, ...] | str = "planner"  # module names starting stages 1.., or "planner"
     schedule: str = "1f1b"
@@ -160,10 +161,16 @@ class Plan:
     format: str = FORMAT
     placement: tuple[str, ...] = ()  # device of each mesh rank (optional)
 
-    def resolve(self, world: int) -> Plan:
-        """This plan with the -1 mesh degree filled from `world`, validated again."""
-        plan = replace(self, mesh=self.mesh.resolve(world))
-        validate(plan, self.name or "<plan>")
+    def resolve(self, world: int, source: str | None = None) -> Plan:
+        """This plan with the -1 mesh degree filled from `world`, validated again (errors
+        start with `source`, e.g. the plan's file, when given)."""
+        try:
+            plan = replace(self, mesh=self.mesh.resolve(world))
+        except PlanError as exc:
+            if source:
+                raise PlanError(f"{source}: {exc}") from None
+            raise
+        validate(plan, source or self.name or "<plan>")
         return plan
 
 

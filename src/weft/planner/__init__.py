@@ -15,12 +15,14 @@ from weft.planner.contention import balanced_bounds, contention, contention_loca
 from weft.planner.cost import CostModel, workers_of
 from weft.planner.hierarchy import Hierarchy, is_hierarchical, partition_hierarchical
 from weft.planner.overhead import Calibration, calibrate, calibrate_local
-from weft.planner.partition import equal_layers, partition
+from weft.planner.partition import (equal_blocks, equal_layers, from_split_points, partition,
+                                     partition_stages)
 from weft.planner.predict import predict
 from weft.planner.profile import LayerProfile, ModelProfile, profile_model
 from weft.planner.settings import PlannerSettings
 
 __all__ = ["profile_model", "ModelProfile", "LayerProfile", "partition", "partition_hierarchical",
-           "equal_layers", "predict", "CostModel", "Hierarchy", "is_hierarchical", "workers_of",
+           "partition_stages", "from_split_points", "equal_layers", "equal_blocks", "predict",
+           "CostModel", "Hierarchy", "is_hierarchical", "workers_of",
            "calibrate", "calibrate_local", "Calibration", "contention", "contention_local",
            "balanced_bounds", "PlannerSettings"]

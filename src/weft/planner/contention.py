@@ -55,6 +55,7 @@ def stage_pass(model: nn.Module, sample: torch.Tensor, layers: tuple[int, int] |
     stage is first, parameter gradients accumulate. With `split`, a pair of functions
     (forward, backward of that forward's output), to be called alternately."""
     from weft.parallel.pipeline.layers import as_sequential
+    from weft.planner.profile import input_safe
 
     seq = as_sequential(model, sample, trace)
     L = len(seq)
@@ -64,8 +65,9 @@ def stage_pass(model: nn.Module, sample: torch.Tensor, layers: tuple[int, int] |
                         f"model's {L} layers")
     with torch.no_grad():
         x = seq[:first](sample) if first else sample
-    part = seq[first:end]
+    stage = seq[first:end]
     inp = x.detach().requires_grad_(first > 0 and x.is_floating_point())
+    part = input_safe(stage, inp)  # on a copy if it changes its input in place (as the runtime)
 
     def run():
         out = part(inp)

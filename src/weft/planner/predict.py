@@ -17,7 +17,8 @@ takes that much longer, and ``step_overhead_s`` is added once per step
 gradients (ring cost, plus with ``cpu_copy_bw`` the copies of the bytes each
 replica sends and receives; ``allreduce_bw`` instead when set) before the next
 step. PipeDream is simulated over many micro-batches and reported at its steady
-rate.
+rate. A parameter shared by two stages (`shared_across`: a tied embedding) has its gradient
+all-reduced over every rank holding it after that (ring cost over those ranks).
 """
 
 from __future__ import annotations
@@ -35,6 +36,37 @@ from weft.topology.model import Topology
 def _latency(topo: Topology, a: str, b: str) -> float:
     link = topo.link(a, b)
     return link.latency if link else 1e-6
+
+
+def shared_across(plan: PipelinePlan, profile: ModelProfile,
+                  chunks_per_stage: int = 1) -> list[dict]:
+    """The profile's shared parameters that layers of two or more of the plan's stages use:
+    ``{"names", "layers", "stages", "ranks", "bytes"}`` each (their gradients are summed over
+    those ranks every step, `weft.parallel.pipeline.shared`)."""
+    bounds = plan.chunk_bounds(chunks_per_stage)
+    S, out = plan.num_stages, []
+    for e in profile.shared:
+        stages = sorted({c % S for c, (a, b) in enumerate(bounds)
+                         for i in e["layers"] if a <= i < b})
+        if len(stages) > 1:
+            ranks = sorted(r for s in stages for r in plan.stages[s].ranks)
+            out.append({"names": list(e["names"]), "layers": list(e["layers"]),
+                        "stages": stages, "ranks": ranks, "bytes": float(e["bytes"])})
+    return out
+
+
+def _ring_time(ranks: list[int], nbytes: float, devs, topology: Topology,
+               settings: PlannerSettings) -> float:
+    """A ring all-reduce of `nbytes` over `ranks` (as the replicas' gradient sync)."""
+    r = len(ranks)
+    if r < 2:
+        return 0.0
+    ring = 2 * (r - 1) / r * nbytes  # bytes each member sends and receives
+    if settings.allreduce_bw:
+        return ring / settings.allreduce_bw
+    bw = min(topology.path_bandwidth(devs[a], devs[b])
+             for a, b in zip(ranks, ranks[1:] + ranks[:1]))
+    return ring / bw + (2 * ring / settings.cpu_copy_bw if settings.cpu_copy_bw else 0.0)
 
 
 def predict(plan: PipelinePlan, profile: ModelProfile, topology: Topology,
@@ -58,8 +90,7 @@ def predict(plan: PipelinePlan, profile: ModelProfile, topology: Topology,
     ranks = [st.ranks for st in plan.stages]
     bounds = plan.chunk_bounds(chunks_per_stage)
     k = settings.compute_scale
-    cpu_copy_bw, latency_s, allreduce_bw = (settings.cpu_copy_bw, settings.latency_s,
-                                            settings.allreduce_bw)
+    cpu_copy_bw, latency_s = settings.cpu_copy_bw, settings.latency_s
     if contention not in ("all", "overlap"):
         raise PlanError(f"contention must be 'all' or 'overlap', got {contention!r}")
     fwd = [sum(l.forward_s for l in prof.layers[i:j]) for i, j in bounds]
@@ -105,15 +136,12 @@ def predict(plan: PipelinePlan, profile: ModelProfile, topology: Topology,
         scales, res = settle_scales(sched, k, run)
     sync = 0.0
     for st in plan.stages:
-        r = st.replicas
-        if r > 1:
+        if st.replicas > 1:
             params = sum(l.param_bytes for l in prof.layers[st.first:st.end])
-            bw = min(topology.path_bandwidth(devs[a], devs[b])
-                     for a, b in zip(st.ranks, st.ranks[1:] + st.ranks[:1]))
-            ring = 2 * (r - 1) / r * params  # bytes each replica sends and receives
-            t = ring / allreduce_bw if allreduce_bw else \
-                ring / bw + (2 * ring / cpu_copy_bw if cpu_copy_bw else 0.0)
-            sync = max(sync, t)
+            sync = max(sync, _ring_time(st.ranks, params, devs, topology, settings))
+    if schedule != "pipedream":  # then the shared parameters' gradients, one group at a time
+        sync += sum(_ring_time(e["ranks"], e["bytes"], devs, topology, settings)
+                    for e in shared_across(plan, profile, chunks_per_stage))
     if schedule == "pipedream":
         # steady state: the busiest rank's work per micro-batch (no flush, no bubble)
         per_mb = max(res["busy"].values()) / n

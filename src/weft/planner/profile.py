@@ -11,6 +11,11 @@ autograd keeps for the backward, measured with `saved_tensors_hooks`, and
 layer holds while one micro-batch is in flight. All numbers are for
 `batch_size` samples; `scaled(b)` rescales times and activations linearly.
 
+A layer that changes its input in place (``nn.ReLU(inplace=True)`` at the start of a
+layer) runs on a copy of its input, as the pipeline runtime runs such a stage. Each layer
+records the modules it runs (``modules``, for split points by module name), and the
+profile the parameters two or more layers share (``shared``: tied embeddings).
+
 Profiles are cached as JSON under `cache_dir` (default `~/.cache/weft/profiles`),
 keyed by the model's structure, the input shape/dtype and the torch version.
 """
@@ -31,7 +36,8 @@ import torch.nn as nn
 from weft.atomic import write_text
 from weft.errors import PlanError
 from weft.files import read_json
-from weft.parallel.pipeline.layers import as_sequential
+from weft.parallel.pipeline.layers import (as_sequential, find_blocks, layer_modules,
+                                           mutates_input, shared_parameters)
 
 FORMAT = "weft.profile/1"
 
@@ -46,6 +52,7 @@ class LayerProfile:
     saved_bytes: float = 0.0
     peak_bytes: float = 0.0
     output_shape: tuple = ()
+    modules: tuple = ()  # qualified names of the modules the layer runs
 
     @property
     def compute_s(self) -> float:
@@ -60,6 +67,7 @@ class ModelProfile:
     input_shape: tuple = ()
     dtype: str = "float32"
     meta: dict = field(default_factory=dict)
+    shared: list = field(default_factory=list)  # [{"names", "layers", "numel", "bytes"}]
 
     def __len__(self) -> int:
         return len(self.layers)
@@ -74,23 +82,30 @@ class ModelProfile:
                   for l in self.layers]
         return ModelProfile(layers, batch_size, self.input_bytes * f,
                             (batch_size, *self.input_shape[1:]) if self.input_shape else (),
-                            self.dtype, dict(self.meta))
+                            self.dtype, dict(self.meta), [dict(e) for e in self.shared])
+
+    def layer_modules(self) -> list[list[str]]:
+        """Per layer, the modules it runs (what split points are matched against)."""
+        return [list(l.modules) for l in self.layers]
 
     def to_dict(self) -> dict:
         return {"format": FORMAT, "batch_size": self.batch_size, "input_bytes": self.input_bytes,
                 "input_shape": list(self.input_shape), "dtype": self.dtype, "meta": self.meta,
-                "layers": [dict(asdict(l), output_shape=list(l.output_shape)) for l in self.layers]}
+                "shared": self.shared,
+                "layers": [dict(asdict(l), output_shape=list(l.output_shape),
+                                modules=list(l.modules)) for l in self.layers]}
 
     @classmethod
     def from_dict(cls, d: dict, source: str = "<dict>") -> "ModelProfile":
         if not isinstance(d, dict) or d.get("format") != FORMAT:
             raise PlanError(f"{source}: not a weft profile (format must be {FORMAT!r})")
         try:
-            layers = [LayerProfile(**dict(l, output_shape=tuple(l.get("output_shape", ()))))
+            layers = [LayerProfile(**dict(l, output_shape=tuple(l.get("output_shape", ())),
+                                          modules=tuple(l.get("modules", ()))))
                       for l in d["layers"]]
             return cls(layers, int(d["batch_size"]), float(d.get("input_bytes", 0)),
                        tuple(d.get("input_shape", ())), d.get("dtype", "float32"),
-                       d.get("meta", {}))
+                       d.get("meta", {}), list(d.get("shared", [])))
         except (KeyError, TypeError) as exc:
             raise PlanError(f"{source}: malformed profile: {exc}") from None
 
@@ -116,10 +131,20 @@ def _time(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-def profile_layer(name: str, layer: nn.Module, x: torch.Tensor, repeats: int = 5):
+def input_safe(layer: nn.Module, x: torch.Tensor):
+    """`layer` as a function of its (leaf) input: on a copy when it changes its input in
+    place (as the runtime runs such a stage), so every call sees the same input."""
+    if mutates_input(layer, x):
+        return lambda inp: layer(inp.clone())
+    return layer
+
+
+def profile_layer(name: str, layer: nn.Module, x: torch.Tensor, repeats: int = 5,
+                  modules: tuple = ()):
     """Profile one layer on input `x`; returns (LayerProfile, its output)."""
     params = [p for p in layer.parameters() if p.requires_grad]
     inp = x.detach().requires_grad_(x.is_floating_point())
+    run = input_safe(layer, inp)
     saved = []
 
     def pack(t):
@@ -127,25 +152,25 @@ def profile_layer(name: str, layer: nn.Module, x: torch.Tensor, repeats: int = 5
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out = layer(inp)
+        out = run(inp)
     if not torch.is_tensor(out):
         raise PlanError(f"layer {name!r} returns {type(out).__name__}; pipeline layers must "
                         "return one tensor")
-    fwd = _time(lambda: layer(inp), repeats)
+    fwd = _time(lambda: run(inp), repeats)
     wrt = [inp] * inp.requires_grad + params
     bwd = 0.0
     if out.requires_grad and wrt:
         grad = torch.ones_like(out)
 
         def backward():
-            o = layer(inp)
+            o = run(inp)
             torch.autograd.grad(o, wrt, grad, allow_unused=True)
 
         bwd = max(_time(backward, repeats) - fwd, 0.0)  # backward() above re-runs the forward
     pbytes = float(sum(_nbytes(p) for p in layer.parameters()))
     sbytes = float(sum(saved))
     prof = LayerProfile(name, fwd, bwd, _nbytes(out), pbytes, sbytes,
-                        2 * pbytes + sbytes + _nbytes(out), tuple(out.shape))
+                        2 * pbytes + sbytes + _nbytes(out), tuple(out.shape), tuple(modules))
     return prof, out.detach()
 
 
@@ -178,10 +203,15 @@ def sequence_times(layers: list[nn.Module], sample: torch.Tensor, repeats: int =
         raise PlanError(f"statistic must be 'median' or 'min', got {statistic!r}")
     pick = statistics.median if statistic == "median" else min
     L, tick = len(layers), time.perf_counter
-    runs_f, runs_b = [], []
+    runs_f, runs_b, runners = [], [], []
+    h = sample
+    with torch.no_grad():  # which layers change their input in place (run on a copy)
+        for layer in layers:
+            runners.append(input_safe(layer, h))
+            h = layer(h.clone())
     for rep in range(repeats + 1):  # the first pass is a warm-up
         fw, bw, xs, outs, h = [0.0] * L, [0.0] * L, [], [], sample
-        for k, layer in enumerate(layers):
+        for k, layer in enumerate(runners):
             inp = h.detach().requires_grad_(k > 0 and h.is_floating_point())
             t0 = tick()
             out = layer(inp)
@@ -210,8 +240,13 @@ def sequence_times(layers: list[nn.Module], sample: torch.Tensor, repeats: int =
 
 
 def structure_key(model: nn.Module, sample: torch.Tensor) -> str:
+    """The cache key of a profile: the layers' structure and code, which parameters they
+    share, the input and the torch version."""
+    seq = model if isinstance(model, nn.Sequential) else None
+    tied = [e["layers"] for e in shared_parameters(seq)] if seq is not None else []
+    code = "".join(getattr(layer, "code", "") for layer in seq) if seq is not None else ""
     text = (f"{model!r}|{tuple(sample.shape)}|{sample.dtype}|{torch.__version__}|"
-            f"{torch.get_num_threads()}")
+            f"{torch.get_num_threads()}|{tied}|{code}")
     return hashlib.sha256(text.encode()).hexdigest()[:20]
 
 
@@ -222,16 +257,17 @@ def default_cache_dir() -> Path:
 def profile_model(model: nn.Module, sample: torch.Tensor, repeats: int = 5,
                   cache_dir: str | os.PathLike | None = None, use_cache: bool = True,
                   threads: int | None = 1, trace: str = "auto",
-                  statistic: str = "median") -> ModelProfile:
+                  statistic: str = "median", output: str | None = None) -> ModelProfile:
     """Profile every layer of `model` on the batch `sample` (first dim = batch size).
 
     `threads` sets torch's intra-op threads while profiling (default 1, what each
     local rank uses); None keeps the current setting. `trace` picks how a
     non-Sequential model is cut into layers: 'fx', 'export' or 'auto' (fx, then
     torch.export on `sample`; see `weft.parallel.pipeline.layers`). `statistic`: per-layer 'median'
-    of the repeats (default) or 'min' (see `sequence_times`).
+    of the repeats (default) or 'min' (see `sequence_times`). `output`: the field of a
+    structured model output the loss uses (`as_sequential`).
     """
-    seq = as_sequential(model, sample, trace)
+    seq = as_sequential(model, sample, trace, output)
     old = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
@@ -251,8 +287,9 @@ def _profile(seq, model, sample, repeats, cache_dir, use_cache, statistic) -> Mo
             pass  # a stale or broken cache entry is simply rebuilt
     layers, x = [], sample
     with torch.enable_grad():
-        for name, layer in seq.named_children():
-            prof, x = profile_layer(name, layer, x, 1)  # bytes, shapes; times are replaced
+        for (name, layer), mods in zip(seq.named_children(), layer_modules(seq)):
+            # bytes, shapes; times are replaced
+            prof, x = profile_layer(name, layer, x, 1, tuple(mods))
             layers.append(prof)
         fwd, bwd = sequence_times(list(seq.children()), sample, repeats, statistic)
     layers = [replace(l, forward_s=f, backward_s=b) for l, f, b in zip(layers, fwd, bwd)]
@@ -260,8 +297,11 @@ def _profile(seq, model, sample, repeats, cache_dir, use_cache, statistic) -> Mo
     result = ModelProfile(layers, int(sample.shape[0]), _nbytes(sample), tuple(sample.shape),
                           str(sample.dtype).replace("torch.", ""),
                           {"model": type(model).__name__, "torch": torch.__version__,
+                           "blocks": find_blocks(model),
                            "threads": torch.get_num_threads(), "statistic": statistic,
-                           "stage_overhead_s": stage_overhead})
+                           "stage_overhead_s": stage_overhead},
+                          [{k: e[k] for k in ("names", "layers", "numel", "bytes")}
+                           for e in shared_parameters(seq)])
     if use_cache:
         result.save(path)
     return result

@@ -25,9 +25,33 @@ class Branchy(nn.Module):
         return x if x.sum() > 0 else -x
 
 
-class Untraceable(nn.Module):
+class Body(nn.Module):
     def __init__(self):
         super().__init__()
+        self.act, self.branch = nn.ReLU(), Branchy()
+
+    def forward(self, x):
+        return self.branch(self.act(x))
+
+
+class Untraceable(nn.Module):
+    """The data-dependent branch sits in an ordinary submodule (not a block): traced through."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Linear(8, 8)
+        self.body = Body()
+
+    def forward(self, x):
+        return self.body(self.stem(x))
+
+
+class BranchInBlock(nn.Module):
+    """The same branch inside a block (a child of an nn.Sequential): a leaf of the trace."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
         self.stem = nn.Linear(8, 8)
         self.body = nn.Sequential(nn.ReLU(), Branchy())
 
@@ -51,8 +75,18 @@ def test_untraceable_model_names_failing_module_and_split_points():
     with pytest.raises(PlanError) as err:
         as_sequential(Untraceable())
     msg = str(err.value)
-    assert "'body.1'" in msg and "Branchy" in msg
+    assert "'body.branch'" in msg and "Branchy" in msg
     assert "split points: stem, body" in msg
+
+
+def test_block_with_data_dependent_branch_runs_as_itself():
+    model = BranchInBlock()
+    seq = as_sequential(model)
+    assert [n for n, _ in seq.named_children()] == ["stem", "body_0", "body_1"]
+    assert seq[2].get_submodule("body.1") is model.body[1]  # the model's own block object
+    for sign in (1.0, -1.0):  # both branches, decided at run time
+        x = sign * torch.randn(4, 8).abs()
+        assert torch.equal(seq(x), model(x))
 
 
 class Block(nn.Module):
@@ -118,5 +152,5 @@ def test_neither_fx_nor_export_names_failing_module():
         as_sequential(Untraceable(), torch.randn(2, 8))
     msg = str(err.value)
     assert "torch.fx" in msg and "torch.export" in msg
-    assert "module 'body.1' (Branchy)" in msg
+    assert "module 'body.branch' (Branchy)" in msg
     assert "split points: stem, body" in msg

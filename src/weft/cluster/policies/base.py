@@ -12,6 +12,7 @@ class SchedulingPolicy:
     description = ""
     sense = "max"           # whether a larger objective is better ("max") or smaller ("min")
     packed = False          # True when the policy uses space-sharing pair variables
+    aware = True            # False: heterogeneity-agnostic (the mechanism then places it type-blind)
 
     def __init__(self, packed: bool = False):
         """`packed=True` selects the space-sharing variant (pair rows); its name gets `_packed`."""

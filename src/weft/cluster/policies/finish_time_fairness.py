@@ -40,18 +40,21 @@ class FinishTimeFairness(SchedulingPolicy):
             return None
         return rem / denom
 
-    def solve(self, prob: Problem) -> Allocation:
+    def solve(self, prob: Problem, baseline: np.ndarray | None = None) -> Allocation:
+        """``baseline[m]`` replaces the denominator ``elapsed + rem / fair`` of rho
+        (Gavel counts the isolated-equivalent time of past progress instead of elapsed)."""
         if prob.n == 0:
             return self.empty(prob)
         rem = np.maximum(prob.remaining, 1e-9)
-        D = prob.elapsed + rem / fair_throughput(prob)
+        fair = fair_throughput(prob)
+        D = prob.elapsed + rem / fair if baseline is None else np.asarray(baseline, float)
         blocks = LPBlocks(prob, packed=self.packed)
         A0, b0 = blocks.base_constraints()
         A = sp.vstack([A0, -blocks.eff]).tocsr()
         c = np.zeros(blocks.nv)
         best = prob.T.max(axis=1)
         lo = float(((prob.elapsed + rem / np.maximum(best, 1e-12)) / D).max())
-        hi = 1.0
+        hi = max(1.0, float(((prob.elapsed + rem / fair) / D).max()))   # the fair share is feasible
         while hi - lo > self.rel_tol * hi:
             mid = 0.5 * (lo + hi)
             need = self._need(prob, mid, D, rem)
@@ -61,13 +64,13 @@ class FinishTimeFairness(SchedulingPolicy):
         v = fill_max_sum(blocks, prob.equal_share_throughput(),
                          need / prob.equal_share_throughput() * (1 - 1e-7), self.name)
         alloc = blocks.allocation(v, 0.0)
-        alloc.objective = self.evaluate(prob, alloc)
+        alloc.objective = self.evaluate(prob, alloc, baseline)
         return alloc
 
-    def evaluate(self, prob: Problem, alloc: Allocation) -> float:
+    def evaluate(self, prob: Problem, alloc: Allocation, baseline: np.ndarray | None = None) -> float:
         rem = np.maximum(prob.remaining, 1e-9)
         eff = alloc.effective_throughput(prob)
-        D = prob.elapsed + rem / fair_throughput(prob)
+        D = prob.elapsed + rem / fair_throughput(prob) if baseline is None else np.asarray(baseline, float)
         with np.errstate(divide="ignore"):
             finish = prob.elapsed + np.where(eff > 0, rem / np.maximum(eff, 1e-300), np.inf)
         return float((finish / D).max())

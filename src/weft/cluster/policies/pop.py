@@ -20,7 +20,7 @@ class Pop(SchedulingPolicy):
         self.threads = threads or min(k, 8)
         self.name = f"{inner.name}+pop{k}"
         self.description = f"{inner.description} (POP, {k} sub-problems)"
-        self.sense, self.packed = inner.sense, inner.packed
+        self.sense, self.packed, self.aware = inner.sense, inner.packed, inner.aware
 
     def solve(self, prob: Problem) -> Allocation:
         if self.k == 1 or prob.n <= self.k:

@@ -38,4 +38,6 @@ def get_policy(name: str, pop_k: int = 1, seed: int = 0) -> SchedulingPolicy:
     if key not in POLICIES:
         raise ClusterError(f"unknown policy {name!r}; choose from {', '.join(POLICIES)}")
     policy = POLICIES[key]()
+    if hasattr(policy, "seed"):
+        policy.seed = seed
     return Pop(policy, pop_k, seed) if pop_k > 1 else policy

@@ -1,22 +1,36 @@
 """Turn an ordinary `nn.Module` into a chain of layers that a pipeline can cut.
 
-An `nn.Sequential` already is one: each child is a layer. Any other model is
-traced with `torch.fx`; its graph nodes, in execution order, are grouped so
-that a cut between two groups carries exactly one tensor (the only value that
-is still needed later). A residual block therefore stays in one layer, while a
-plain chain of ops yields one layer per op. The result is an `nn.Sequential`
-of `torch.fx.GraphModule`s (named after the nodes they hold).
+    seq = as_sequential(model)                        # nn.Sequential, one tensor in and out
+    find_blocks(model)                                # ['blocks.0', 'blocks.1', ...]
+    split_bounds(seq, ["blocks.2"])                   # [(0, 3), (3, 6)]: layer ranges
+    stages = split_by_names(model, ["blocks.2"])      # one module per stage
 
-A model `torch.fx` cannot trace (shape-dependent control flow, ...) is
-captured with `torch.export.export` on an example input instead (batch
-dimension dynamic where the model allows it): its ATen graph is cut only
-where the top-level submodule changes (from each node's ``nn_module_stack``;
-the children of an `nn.Sequential` count as top-level) and one tensor is live,
-so layers are the model's blocks, not single ATen ops.
+An `nn.Sequential` already is a chain: each child is a layer. Any other model is traced with
+`torch.fx` with its *blocks* as leaf modules (`find_blocks`: the children of `nn.ModuleList`
+/ `nn.Sequential` / `nn.ModuleDict` containers, such as the transformer layers of a GPT or the
+residual blocks of a ResNet stage); its graph nodes, in execution order, are grouped so that a
+cut between two groups carries exactly one tensor (the only value still needed later). A
+12-block transformer therefore offers a cut before every block, a residual block stays in one
+layer, and root-level code (embeddings, heads, a plain chain of ops) yields one layer per
+op. Each layer is a `torch.fx.GraphModule` that calls the model's own block objects under
+their own qualified names (``blocks.3``), so a stage's blocks can be changed in place (e.g.
+tensor-parallelised) and a block's forward runs as written, reading its attributes at run time.
 
-A model that neither can capture gets a `PlanError` naming the innermost
-module that fails and the top-level children at which the user can split the
-model by hand.
+A model `torch.fx` cannot trace (shape-dependent control flow in the top-level forward, a
+forward taking ``**kwargs`` like Hugging Face's), or whose traced blocks cannot be separated
+(a value computed from the input's size, such as an attention mask built from
+``x.shape[1]``, flows into every block), is captured with `torch.export.export` on an
+example input instead (batch dimension dynamic where the model allows it): its ATen graph is
+cut only between blocks (from each node's ``nn_module_stack``; outside blocks, between
+modules) and where one tensor is live, so layers are the model's blocks, not single ATen ops.
+Values that need neither the input's data nor a parameter (position ids, attention masks) are
+recomputed by each layer that uses them instead of being carried across cuts. These layers
+are ATen graphs: they hold the model's parameters, not its block objects.
+
+A structured output (tuple, dict, dataclass, Hugging Face ``ModelOutput``) is reduced to its
+only tensor, or to the field `output` names (``output="logits"``); with several tensors and
+no `output`, the `PlanError` lists them. A model that neither path can capture gets a
+`PlanError` naming the innermost module that fails and the children at which to split it.
 """
 
 from __future__ import annotations
@@ -24,42 +38,48 @@ from __future__ import annotations
 from collections import OrderedDict
 
 import torch
-import torch.fx as fx
 import torch.nn as nn
 
 from weft.errors import PlanError
+from weft.parallel.pipeline.capture import (NoSymbol, block_key, cut, export_graph,
+                                            find_blocks, trace_fx)
 
 METHODS = ("auto", "fx", "export")
-_SEQ = "torch.nn.modules.container.Sequential"
+MODULES_ATTR = "weft_modules"  # on each layer: the qualified names of the modules it runs
+
+__all__ = ["as_sequential", "find_blocks", "layer_modules", "split_bounds", "split_by_names",
+           "shared_parameters", "mutates_input", "METHODS"]
 
 
-def as_sequential(model: nn.Module, example: torch.Tensor | None = None,
-                  method: str = "auto") -> nn.Sequential:
-    """`model` as an `nn.Sequential` of layers with one tensor in and one out.
-
-    method: 'fx' (symbolic tracing only), 'export' (torch.export only; needs
-    `example`) or 'auto' (fx, then torch.export when fx fails and `example` is given).
-    """
-    if isinstance(model, nn.Sequential):
-        return model
+def _capture(model: nn.Module, example, method: str, output: str | None):
+    """(Cut, layers) of a non-Sequential model."""
     if method not in METHODS:
         raise PlanError(f"trace method must be one of {', '.join(METHODS)}, got {method!r}")
     fx_exc = None
     if method in ("auto", "fx"):
         try:
-            gm = fx.symbolic_trace(model)
+            gm = trace_fx(model)
         except Exception as exc:  # noqa: BLE001 - any tracing failure becomes a PlanError
             fx_exc = exc
         else:
-            return _chain(gm, model)
+            traced = _layers(cut(gm, model, output=output))
+            if method == "fx" or example is None or not _merged_blocks(traced[0], model):
+                return traced
+            try:  # a value besides the hidden state flows into every block: try export
+                exported = _capture(model, example, "export", output)
+            except PlanError:
+                return traced
+            return exported if len(exported[1]) > len(traced[1]) else traced
     if method == "fx" or example is None:
         note = "" if method == "fx" else "; or pass an example input to try torch.export"
         raise PlanError(_fx_message(model, fx_exc) + note)
     try:
         try:
-            return _chain(_export(model, example, dynamic=True), model, cut_key=_top_module)
-        except _NoSymbol:  # a batch size the cut pieces cannot recompute: specialise
-            return _chain(_export(model, example, dynamic=False), model, cut_key=_top_module)
+            return _layers(cut(export_graph(model, example, True), model, block_key(model),
+                               output))
+        except NoSymbol:  # a batch size the cut pieces cannot recompute: specialise
+            return _layers(cut(export_graph(model, example, False), model, block_key(model),
+                               output))
     except PlanError:
         raise
     except Exception as exc:  # noqa: BLE001
@@ -71,41 +91,124 @@ def as_sequential(model: nn.Module, example: torch.Tensor | None = None,
         raise PlanError(msg) from exc
 
 
-# -- torch.export ---------------------------------------------------------------
-class _NoSymbol(Exception):
-    """A cut piece needs a symbolic size that its one input tensor does not carry."""
+def _merged_blocks(c, model: nn.Module) -> bool:
+    """Whether some piece of `c` runs two or more of the model's blocks."""
+    blocks = set(find_blocks(model))
+    return any(len(blocks.intersection(c.modules(k))) > 1 for k in range(len(c.groups)))
 
 
-def _export(model: nn.Module, example: torch.Tensor, dynamic: bool) -> fx.GraphModule:
-    from torch.export import Dim, export
-
-    # a dynamic batch size where the model allows it (Dim.AUTO specialises otherwise)
-    ep = export(model, (example,), dynamic_shapes=({0: Dim.AUTO},) if dynamic else None)
-    gm = ep.module()
-    for n in list(gm.graph.nodes):  # the input guard check is not part of any layer
-        if n.op == "call_module" and str(n.target).startswith("_guards") and not n.users:
-            gm.graph.erase_node(n)
-    gm.recompile()
-    return gm
+def _layers(c):
+    layers = OrderedDict()
+    for k, label in enumerate(c.labels):
+        layer = c.piece(k, k + 1)
+        setattr(layer, MODULES_ATTR, c.modules(k))
+        layers[label] = layer
+    return c, nn.Sequential(layers)
 
 
-def _top_module(node: fx.Node) -> str | None:
-    """The top-level block a node belongs to (children of nn.Sequentials count)."""
-    stack = list((node.meta.get("nn_module_stack") or {}).values())
-    for path, typ in stack:
-        if path and typ != path and not str(typ).endswith(_SEQ):
-            return path
-    return None
+def as_sequential(model: nn.Module, example: torch.Tensor | None = None,
+                  method: str = "auto", output: str | None = None) -> nn.Sequential:
+    """`model` as an `nn.Sequential` of layers with one tensor in and one out.
+
+    method: 'fx' (symbolic tracing only), 'export' (torch.export only; needs `example`) or
+    'auto' (fx, then torch.export when fx fails and `example` is given). output: the field
+    of a structured output to keep (see the module doc).
+    """
+    if isinstance(model, nn.Sequential):
+        return model
+    return _capture(model, example, method, output)[1]
 
 
-def _symbol(node: fx.Node):
-    """The sympy symbol a node's SymInt value is (e.g. the batch size), else None."""
-    val = node.meta.get("val")
-    if isinstance(val, torch.SymInt) and val.node.expr.is_Symbol:
-        return val.node.expr
-    return None
+def layer_modules(seq: nn.Sequential) -> list[list[str]]:
+    """For each layer of `seq` (from `as_sequential`), the qualified names (in the original
+    model) of the modules it runs; for a plain `nn.Sequential`, each child and its
+    submodules."""
+    out = []
+    for name, layer in seq.named_children():
+        mods = getattr(layer, MODULES_ATTR, None)
+        if mods is None:
+            mods = [name] + [f"{name}.{sub}" for sub, _ in layer.named_modules() if sub]
+        out.append(list(mods))
+    return out
 
 
+def split_bounds(seq, split_points: list[str]) -> list[tuple[int, int]]:
+    """The layer ranges of the stages that start at the modules `split_points` names (in
+    model order; the first stage starts at layer 0). `seq` is an `as_sequential` result or
+    its `layer_modules`. A stage starts at the first layer that runs its module."""
+    mods = layer_modules(seq) if isinstance(seq, nn.Module) else [list(m) for m in seq]
+    if isinstance(split_points, str):
+        split_points = [split_points]
+    starts = [0]
+    for sp in split_points:
+        sp = str(sp).strip()
+        hits = [i for i, ms in enumerate(mods) if any(m == sp or m.startswith(sp + ".")
+                                                      for m in ms)]
+        if not hits:
+            known = [m for ms in mods for m in ms if m.count(".") <= sp.count(".")]
+            raise PlanError(f"split point {sp!r} names no module that the model's layers run; "
+                            f"modules at that depth: {_short(list(dict.fromkeys(known)))}")
+        k = hits[0]
+        if k == 0:
+            raise PlanError(f"split point {sp!r} is in the model's first layer: a stage must "
+                            "start after it")
+        if k <= starts[-1]:
+            raise PlanError(f"split point {sp!r} starts layer {k}, not after the previous "
+                            f"split point's layer {starts[-1]}: give split points in model "
+                            "order, each in a later layer")
+        starts.append(k)
+    return list(zip(starts, starts[1:] + [len(mods)]))
+
+
+def split_by_names(model: nn.Module, split_points: list[str], example=None,
+                   method: str = "auto", output: str | None = None) -> list[nn.Module]:
+    """`model` cut before each module `split_points` names: one module per stage, taking one
+    tensor and returning one. Each stage holds the model's own submodules under their
+    qualified names (``stage.get_submodule("blocks.3") is model.blocks[3]``; its
+    ``state_dict`` keys are the model's), so a stage's blocks can be parallelised in place
+    (e.g. `parallelize_module` with name patterns). Chaining the stages computes `model`."""
+    if isinstance(model, nn.Sequential):
+        names = [n for n, _ in model.named_children()]
+        return [nn.Sequential(OrderedDict((names[i], model[i]) for i in range(a, b)))
+                for a, b in split_bounds(model, split_points)]
+    c, seq = _capture(model, example, method, output)
+    return [c.piece(a, b) for a, b in split_bounds(seq, split_points)]
+
+
+def shared_parameters(seq: nn.Sequential) -> list[dict]:
+    """Parameters that two or more layers of `seq` use (tied embeddings, a module called
+    twice): ``{"names": [...], "layers": [...], "numel": n, "bytes": b, "param": p}`` each,
+    ordered by first layer."""
+    found: dict[int, dict] = {}
+    for i, layer in enumerate(seq):
+        for name, p in layer.named_parameters(remove_duplicate=False):
+            e = found.setdefault(id(p), {"names": [], "layers": [], "numel": p.numel(),
+                                         "bytes": p.numel() * p.element_size(), "param": p})
+            if name not in e["names"]:
+                e["names"].append(name)
+            if i not in e["layers"]:
+                e["layers"].append(i)
+    return sorted((e for e in found.values() if len(e["layers"]) > 1),
+                  key=lambda e: (e["layers"], e["names"]))
+
+
+def mutates_input(module: nn.Module, x: torch.Tensor) -> bool:
+    """Whether `module` changes its input in place (an in-place op on it or on a view of it):
+    run on a copy of `x` without gradients, compare the version counter. A stage input that
+    autograd tracks must then be copied first (an in-place op on a leaf that requires grad
+    is an error)."""
+    probe = x.detach().clone()
+    before = probe._version
+    with torch.no_grad():
+        module(probe)
+    return probe._version != before
+
+
+def _short(names: list[str]) -> str:
+    return ", ".join(names[:12]) + (", ..." if len(names) > 12 else "")
+
+
+# -- messages -------------------------------------------------------------------------
 def _innermost_export_failure(model: nn.Module, example: torch.Tensor, exc: Exception):
     """The deepest submodule whose own export (on its real input) fails, with its error."""
     from torch.export import export
@@ -136,7 +239,6 @@ def _innermost_export_failure(model: nn.Module, example: torch.Tensor, exc: Exce
     return descend(model, "", exc)
 
 
-# -- messages -------------------------------------------------------------------
 def _first_line(err: Exception) -> str:
     text = str(err).strip()
     return f"{type(err).__name__}: {text.splitlines()[0] if text else ''}"
@@ -152,103 +254,29 @@ def _hint(model: nn.Module, name: str) -> str:
     if not kids:
         return "write the model as an nn.Sequential of traceable layers"
     return (f"split the model by hand: write it as nn.Sequential over its children "
-            f"(split points: {', '.join(kids[:12])}{', ...' if len(kids) > 12 else ''}), "
-            f"or make {name or type(model).__name__} traceable")
+            f"(split points: {_short(kids)}), or make {name or type(model).__name__} traceable")
 
 
 def _fx_message(model: nn.Module, exc: Exception) -> str:
-    name, mod, err = _innermost_failure(model, "", exc)
+    name, mod, err = _innermost_failure(model, "", exc, set(find_blocks(model)))
     return (f"cannot trace {type(model).__name__} with torch.fx: {_where(name, mod, model)} "
             f"fails: {_first_line(err)}; {_hint(model, name)}")
 
 
-def _innermost_failure(mod: nn.Module, prefix: str, exc: Exception):
-    """The deepest submodule whose own trace fails (the culprit), with its error."""
+def _innermost_failure(mod: nn.Module, prefix: str, exc: Exception, blocks: set):
+    """The deepest submodule whose own trace fails (the culprit), with its error; blocks are
+    leaves of the trace, so they are not culprits."""
     for name, child in mod.named_children():
         full = f"{prefix}.{name}" if prefix else name
+        if full in blocks:
+            continue
         if isinstance(child, (nn.ModuleList, nn.ModuleDict)):  # no forward: look inside
-            found = _innermost_failure(child, full, exc)
+            found = _innermost_failure(child, full, exc, blocks)
             if found[0] != full:
                 return found
             continue
         try:
-            fx.symbolic_trace(child)
+            trace_fx(child)
         except Exception as child_exc:  # noqa: BLE001
-            return _innermost_failure(child, full, child_exc)
+            return _innermost_failure(child, full, child_exc, blocks)
     return prefix, mod, exc
-
-
-# -- cutting a graph into a chain -------------------------------------------------
-def _chain(gm: fx.GraphModule, root: nn.Module, cut_key=None) -> nn.Sequential:
-    """Cut `gm` after node i iff node i is the only value defined so far that is used
-    later (and, with `cut_key`, the key changes between node i and node i+1)."""
-    inputs = [n for n in gm.graph.nodes if n.op == "placeholder"]
-    nodes = [n for n in gm.graph.nodes if n.op not in ("placeholder", "output", "get_attr")]
-    syms = {n for n in nodes if _symbol(n) is not None}  # recomputed where used (_extract)
-    if len(inputs) != 1:
-        raise PlanError(f"{type(root).__name__}.forward takes {len(inputs)} inputs; a pipeline "
-                        "needs exactly one tensor input")
-    out_node = next(n for n in gm.graph.nodes if n.op == "output")
-    result = out_node.args[0]
-    while isinstance(result, (tuple, list)) and len(result) == 1:
-        result = result[0]
-    if not isinstance(result, fx.Node):
-        raise PlanError(f"{type(root).__name__}.forward returns {type(result).__name__}; a "
-                        "pipeline needs a model that returns one tensor")
-    order = {n: i for i, n in enumerate(nodes)}
-    end = len(nodes)
-
-    def last_use(n):
-        return max((order.get(u, end) for u in n.users), default=-1)
-
-    uses = {n: last_use(n) for n in nodes}
-    in_use = last_use(inputs[0])
-    groups, current = [], []
-    for i, n in enumerate(nodes):
-        current.append(n)
-        if i == end - 1:
-            groups.append(current)
-            break
-        live = [m for m in nodes[: i + 1] if uses[m] > i and m not in syms]
-        live += [inputs[0]] if in_use > i else []
-        if live == [n] and (cut_key is None or cut_key(n) != cut_key(nodes[i + 1])):
-            groups.append(current)
-            current = []
-    layers, seen = OrderedDict(), set()
-    src = inputs[0]
-    for g, grp in enumerate(groups):
-        out = result if g == len(groups) - 1 else grp[-1]
-        if cut_key is not None:
-            label = next((k for k in map(cut_key, grp) if k), grp[0].name)
-        else:
-            label = grp[0].name if len(grp) == 1 else f"{grp[0].name}..{grp[-1].name}"
-        label = label.replace(".", "_")
-        while label in seen:
-            label += "_"
-        seen.add(label)
-        layers[label] = _extract(gm, grp, src, out)
-        src = grp[-1]
-    return nn.Sequential(layers)
-
-
-def _extract(gm: fx.GraphModule, group: list[fx.Node], src: fx.Node, out: fx.Node):
-    """A GraphModule running `group` on the one tensor `src` and returning `out`."""
-    g = fx.Graph()
-    env = {src: g.placeholder("x")}
-
-    def arg(a):
-        if a not in env and a.op == "get_attr":  # parameters/buffers: shared with gm
-            env[a] = g.get_attr(a.target)
-        elif a not in env and _symbol(a) is not None:  # a size: read it off the input
-            shape = getattr(src.meta.get("val"), "shape", ())
-            dims = [d for d, v in enumerate(shape)
-                    if isinstance(v, torch.SymInt) and v.node.expr == _symbol(a)]
-            if not dims:
-                raise _NoSymbol(a.name)
-            env[a] = g.call_function(torch.ops.aten.sym_size.int, (env[src], dims[0]))
-        return env[a]
-
-    for n in group:
-        env[n] = g.node_copy(n, arg)
-    g.output(arg(out))
-    return fx.GraphModule(gm, g)

@@ -11,11 +11,19 @@ ahead and waited on by the action that needs it, each wait bounded by its own
 ``recv_timeout`` (a `TransferTimeout` names the stage, the peer rank, the
 micro-batch and the timeout), and so is the final wait for this step's
 sends. Replicated stages sum (flush) or average (PipeDream) their
-gradients with a `Communicator` all-reduce over the stage's group.
+gradients with a `Communicator` all-reduce over the stage's group, and a parameter that
+layers of two stages use (a tied embedding) has its gradient summed over every rank holding
+a copy (`weft.parallel.pipeline.shared`), so the copies stay bit-identical.
+
+In-place operations are safe anywhere: the shape pass notes which chunks change their input
+in place (`layers.mutates_input`'s version-counter test), and those chunks run on a copy of
+their input, so autograd's leaf (the received activation) is never modified; the shape pass
+itself restores the model's buffers (batch-norm statistics) and the random state.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import time
 from typing import Callable
@@ -27,8 +35,9 @@ import torch.nn as nn
 from weft.collectives.communicator import TorchCommunicator
 from weft.errors import PlanError, WeftError
 from weft.parallel.pipeline.actions import COMPUTE, Action
-from weft.parallel.pipeline.layers import as_sequential
+from weft.parallel.pipeline.layers import as_sequential, split_bounds
 from weft.parallel.pipeline.schedule import build_schedule, validate_schedule
+from weft.parallel.pipeline.shared import SharedGrads
 from weft.parallel.pipeline.stash import WeightStash
 from weft.tensors import flatten, unflatten
 
@@ -41,17 +50,57 @@ class TransferTimeout(WeftError, RuntimeError):
     """A pipeline receive did not complete within its timeout (or its peer failed)."""
 
 
+@contextlib.contextmanager
+def preserved(module: nn.Module):
+    """Run a block without changing `module`'s buffers (batch-norm statistics) or the random
+    state: what a shape pass must not disturb for training to equal the single-process run."""
+    bufs = [b for b in module.buffers()]
+    saved = [b.detach().clone() for b in bufs]
+    with torch.random.fork_rng(devices=[]):
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for b, v in zip(bufs, saved):
+                    b.copy_(v)
+
+
+def check_layers(plan, layers: nn.Sequential) -> None:
+    """PlanError unless `layers` are the ones `plan` was made for (count and names)."""
+    names = [n for n, _ in layers.named_children()]
+    if plan.num_layers != len(names) or (plan.layer_names and plan.layer_names != names):
+        planned = plan.layer_names or []
+        raise PlanError(
+            f"the plan was made for {plan.num_layers} layers ({_few(planned)}) but the model "
+            f"has {len(names)} ({_few(names)}) with trace={plan.trace!r}: the model changed "
+            "or is cut differently since planning; plan it again")
+
+
+def _few(names: list[str]) -> str:
+    return ", ".join(names[:6]) + (", ..." if len(names) > 6 else "") if names else "no names"
+
+
 class Pipeline:
-    def __init__(self, model: nn.Module, bounds: list[tuple[int, int]],
+    """`bounds`: the layer range of every chunk, or the module names at which chunks start
+    (split points, e.g. ``["blocks.4"]``; see `layers.split_bounds`)."""
+
+    def __init__(self, model: nn.Module, bounds: list[tuple[int, int]] | list[str],
                  stage_ranks: list[list[int]], loss_fn: Callable, schedule: str = "1f1b",
                  microbatches: int = 4, optimizer: Callable = _sgd, vertical_sync: bool = False,
                  record: bool = False, keep_log: bool = False,
                  example_input: torch.Tensor | None = None, trace: str = "auto",
-                 recv_timeout: float = 120.0):
+                 recv_timeout: float = 120.0, output: str | None = None):
         # example_input: a micro-batch, needed only for models torch.fx cannot trace
         # (they are captured with torch.export; the same cut as profile_model's)
-        self.layers = as_sequential(model, example_input, trace)
-        self.bounds, self.stage_ranks = list(bounds), [list(r) for r in stage_ranks]
+        self.layers = as_sequential(model, example_input, trace, output)
+        if bounds and all(isinstance(b, str) for b in bounds):
+            bounds = split_bounds(self.layers, list(bounds))
+        self.bounds, self.stage_ranks = [tuple(b) for b in bounds], [list(r) for r in stage_ranks]
+        ends = [0] + [b for _, b in self.bounds]
+        if any(a != e for (a, _), e in zip(self.bounds, ends)) or ends[-1] != len(self.layers) \
+                or any(b <= a for a, b in self.bounds):
+            raise PlanError(f"chunk bounds {[list(b) for b in self.bounds]} must cover the "
+                            f"model's {len(self.layers)} layers in order, each non-empty")
         self.S, self.C = len(stage_ranks), len(bounds)
         if self.C % self.S:
             raise PlanError(f"{self.C} chunks cannot be spread over {self.S} stages")
@@ -74,11 +123,20 @@ class Pipeline:
                 group = dist.new_group(reps)
                 if self.rank in reps:
                     self.comm = TorchCommunicator(group)
+        self.shared = SharedGrads(self.layers, self.bounds, self.stage_ranks, self.rank)
+        if self.shared and schedule == "pipedream":
+            e = self.shared.entries[0]
+            raise PlanError(f"parameter {' = '.join(e['names'])} is used by stages "
+                            f"{e['stages']}; the pipedream schedule updates each stage at its "
+                            "own time and cannot keep the copies equal: use a flush schedule "
+                            "(gpipe, 1f1b, interleaved) or put those layers in one stage")
         self.my_chunks = [c for c in range(self.C) if c % self.S == self.stage]
-        self.modules = {c: nn.Sequential(*self.layers[bounds[c][0]:bounds[c][1]])
+        self.modules = {c: nn.Sequential(*self.layers[self.bounds[c][0]:self.bounds[c][1]])
                         for c in self.my_chunks}
-        self.params = [p for c in self.my_chunks for p in self.modules[c].parameters()
-                       if p.requires_grad]
+        params = {id(p): p for c in self.my_chunks for p in self.modules[c].parameters()
+                  if p.requires_grad}  # a parameter two of its chunks use appears once
+        self.params = list(params.values())
+        self._mutates: list[bool] = [False] * self.C
         self.optimizer = optimizer(self.params) if self.params else None
         self.stash = {c: WeightStash(self.modules[c], keep_log) for c in self.my_chunks}
         self.events: list[tuple] = []
@@ -87,20 +145,32 @@ class Pipeline:
 
     @classmethod
     def from_plan(cls, model, plan, loss_fn, schedule="1f1b", chunks_per_stage: int = 1, **kw):
+        """The pipeline `plan` describes (a plan given by split points is resolved against the
+        model's layers; a plan made for other layers is refused)."""
+        kw.setdefault("microbatches", plan.microbatches)
+        kw.setdefault("trace", plan.trace)
+        kw.setdefault("output", plan.output)
+        layers = as_sequential(model, kw.get("example_input"), kw["trace"], kw["output"])
+        plan.resolve(layers)
+        check_layers(plan, layers)
         ranks = [st.ranks for st in plan.stages]
         bounds = plan.chunk_bounds(chunks_per_stage)  # interleaved: chunk c on stage c % S
-        kw.setdefault("microbatches", plan.microbatches)
-        return cls(model, bounds, ranks, loss_fn, schedule, **kw)
+        return cls(layers, bounds, ranks, loss_fn, schedule, **kw)
 
     # -- helpers ---------------------------------------------------------------
     def _boundary_shapes(self, x: torch.Tensor) -> list[torch.Size]:
+        """The (shape, dtype) every chunk returns for a micro-batch like `x` (and which chunks
+        change their input in place): the whole model run once on a copy of `x`, with the
+        model's buffers and the random state left as they were."""
         key = (tuple(x.shape), x.dtype)
         if key not in self._shapes:
-            shapes, h = [], x
-            with torch.no_grad():
-                for i, j in self.bounds:
+            shapes, h = [], x.detach().clone()
+            with torch.no_grad(), preserved(self.layers):
+                for c, (i, j) in enumerate(self.bounds):
+                    inp, version = h, h._version
                     for layer in self.layers[i:j]:
                         h = layer(h)
+                    self._mutates[c] = self._mutates[c] or inp._version != version
                     shapes.append((h.shape, h.dtype))
             self._shapes[key] = shapes
         return self._shapes[key]
@@ -142,17 +212,21 @@ class Pipeline:
             f"sending{cause}")
 
     def _sync_grads(self, op: str) -> None:
-        if self.comm is None or not self.params:
+        """All-reduce the gradients over this stage's replicas (shared parameters are summed
+        over every copy by `SharedGrads` instead)."""
+        params = [p for p in self.params if id(p) not in self.shared.ids]
+        if self.comm is None or not params:
             return
-        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
         flat = flatten(grads)
         self.comm.all_reduce(flat, op=op)
-        for p, g in zip(self.params, unflatten(flat, self.params)):
+        for p, g in zip(params, unflatten(flat, params)):
             p.grad = g.clone()
 
     # -- the executor ------------------------------------------------------------
     def _run(self, actions: list[Action], xs, ys, shapes, versions=None) -> list[float]:
         inbox, pending, saved, grads_in, sends, losses = {}, {}, {}, {}, [], []
+        self._shapes_now = shapes
         async_mode = self.kind == "pipedream"
         computes = [k for k, a in enumerate(actions) if a.kind in COMPUTE]
         f_versions = [versions[a.mb] for a in actions if a.kind == "F"] if versions else []
@@ -174,12 +248,17 @@ class Pipeline:
                 if c == 0:
                     inp = xs[mb]
                 else:
-                    inp = self._take(("F", mb, c), inbox, pending).requires_grad_(True)
+                    inp = self._take(("F", mb, c), inbox, pending)
+                    inp.requires_grad_(inp.is_floating_point())
                     t0 = time.time()
+                # a chunk that changes its input in place runs on a copy (autograd's leaf,
+                # or the caller's batch, stays as it is)
+                run_on = inp.clone() if self._mutates[c] else inp
                 if async_mode:
-                    out = self.stash[c].forward(mb, inp, versions[mb] if versions else None)
+                    out = self.stash[c].forward(mb, inp, versions[mb] if versions else None,
+                                                run_on)
                 else:
-                    out = self.modules[c](inp)
+                    out = self.modules[c](run_on)
                 if c == self.C - 1:
                     loss = self.loss_fn(out, ys[mb])
                     losses.append(float(loss.detach()))
@@ -196,11 +275,16 @@ class Pipeline:
                 if async_mode:
                     gx = self.stash[c].backward(mb, out if c == self.C - 1 else None, grad)
                 else:
-                    torch.autograd.backward(out, grad)
+                    if out.requires_grad:
+                        torch.autograd.backward(out, grad)
                     gx = inp.grad if c > 0 else None
                 grads_in[(mb, c)] = gx
             elif a.kind == "SEND_B":
-                self._send(grads_in.pop((mb, c)), a, "B", c - 1, inbox, sends)
+                gx = grads_in.pop((mb, c))
+                if gx is None:  # an input that carries no gradient (integers): zeros
+                    shape, dtype = self._shapes_now[c - 1]
+                    gx = torch.zeros(shape, dtype=dtype)
+                self._send(gx, a, "B", c - 1, inbox, sends)
             elif a.kind == "U":
                 self._sync_grads("avg")
                 self.optimizer.step()
@@ -249,6 +333,7 @@ class Pipeline:
         actions = self.schedule()[self.rank]
         losses = self._run(actions, xs, ys, self._boundary_shapes(xs[0]))
         self._sync_grads("sum")
+        self.shared.sync()
         if self.optimizer is not None:
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)

@@ -48,13 +48,17 @@ class WeightStash:
                                       for p in self.params]
         return self.versions[version]
 
-    def forward(self, mb: int, x: torch.Tensor, version: int | None = None) -> torch.Tensor:
+    def forward(self, mb: int, x: torch.Tensor, version: int | None = None,
+                run_on: torch.Tensor | None = None) -> torch.Tensor:
+        """Run the chunk on `x` (or on `run_on`, a copy of `x` for a chunk that changes its
+        input in place; the backward still returns the gradient of `x`)."""
         version = self.version if version is None else version
         if version > self.version:
             raise PlanError(f"micro-batch {mb} asks for weight version {version} but this stage "
                             f"is at {self.version}")
         weights = self._snapshot(version)
-        out = functional_call(self.module, dict(zip(self.names, weights)), (x,))
+        out = functional_call(self.module, dict(zip(self.names, weights)),
+                              (x if run_on is None else run_on,))
         self.saved[mb] = (x, out, version)
         if self.keep_log:
             self.log[mb] = {"fwd_version": version, "fwd_checksum": _checksum(weights)}

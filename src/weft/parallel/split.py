@@ -1,0 +1,171 @@
+"""Cut an unmodified model into pipeline stages at named modules, keeping its own submodules.
+
+    stages = split_model(model, ["blocks.2"])   # two GraphModules: ..blocks.1 | blocks.2..
+
+torch.fx traces the model's forward with every module that is not an ancestor of a split
+point as a leaf (called, not traced into), and the graph is cut before each split point's
+call. Stage i is a GraphModule holding the model's own submodule objects under their own
+dotted names (`tok`, `blocks.0`, ...), so parameter names do not change (checkpoints move
+between plans) and tensor parallelism, activation checkpointing and fully_shard apply inside
+a stage as in the whole model: a block's forward runs, it is not traced, so nothing about
+shapes or head counts is baked in (torch.distributed.pipelining's tracer bakes both).
+
+Values that cross a cut are the stage's outputs and the next stage's inputs (passed through
+the stages in between); they must be tensors. Parameters shared by two stages (tied weights)
+are refused. The model's forward above the split modules must be traceable by torch.fx (no
+Python control flow on tensor values). Errors are PlanErrors naming `pipeline.split`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from torch import fx, nn
+
+from weft.errors import PlanError
+
+
+def _ancestors(split: Sequence[str]) -> set[str]:
+    out = {""}
+    for s in split:
+        atoms = s.split(".")
+        out.update(".".join(atoms[:i]) for i in range(1, len(atoms)))
+    return out
+
+
+def trace(model: nn.Module, split: Sequence[str]) -> fx.Graph:
+    """The model's forward as an fx graph whose leaves are the modules below the cuts."""
+    inner = _ancestors(split)
+    for i, s in enumerate(split):
+        if s in inner:
+            raise PlanError(f"pipeline.split[{i}]: {s!r} contains another split point")
+
+    class _Tracer(fx.Tracer):
+        def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+            return qualname not in inner
+
+    try:
+        return _Tracer().trace(model)
+    except Exception as exc:  # noqa: BLE001 - any tracing failure is the model's forward
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise PlanError(f"pipeline.split: cannot cut {type(model).__name__} at {list(split)}: "
+                        f"torch.fx cannot trace its forward ({type(exc).__name__}: {first[:200]}); "
+                        "a pipelined model's forward, above the modules it is cut at, must be a "
+                        "traceable chain of module calls (no Python control flow on tensor "
+                        "values)") from None
+
+
+def _stage_of_nodes(graph: fx.Graph, split: Sequence[str]) -> dict[fx.Node, int]:
+    index = {s: i + 1 for i, s in enumerate(split)}
+    seen: dict[str, fx.Node] = {}
+    stage, cur = {}, 0
+    for node in graph.nodes:
+        if node.op == "call_module" and node.target in index:
+            k = index[node.target]
+            if node.target in seen:
+                raise PlanError(f"pipeline.split[{k - 1}]: {node.target!r} is called more than "
+                                "once by forward; cut at a module called once")
+            if k != cur + 1:
+                raise PlanError(f"pipeline.split[{k - 1}]: forward calls {node.target!r} before "
+                                f"{split[cur]!r}; list split points in the order forward calls "
+                                "them")
+            seen[node.target], cur = node, k
+        stage[node] = cur
+    for i, s in enumerate(split):
+        if s not in seen:
+            raise PlanError(f"pipeline.split[{i}]: forward never calls {s!r}, so no stage can "
+                            "start there")
+    return stage
+
+
+def split_model(model: nn.Module, split: Sequence[str]) -> list[fx.GraphModule]:
+    """len(split) + 1 stage modules; stage i's forward takes stage i-1's outputs."""
+    split = list(split)
+    graph = trace(model, split)
+    stage = _stage_of_nodes(graph, split)
+    n = len(split) + 1
+    nodes = [nd for nd in graph.nodes if nd.op not in ("get_attr", "output")]
+    output = next(nd for nd in graph.nodes if nd.op == "output")
+    # live[s]: values made before stage s and used at or after it (stage s's inputs)
+    live: list[list[fx.Node]] = [[] for _ in range(n + 1)]
+    for s in range(1, n):
+        users_from = [nd for nd in graph.nodes if nd.op != "get_attr" and stage[nd] >= s]
+        used = {a for u in users_from for a in u.all_input_nodes}
+        live[s] = [nd for nd in nodes if stage[nd] < s and nd in used]
+    params: dict[int, list[str]] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        params.setdefault(id(p), []).append(name)
+    owner: dict[int, int] = {}
+    modules = []
+    for s in range(n):
+        g = fx.Graph()
+        env: dict[fx.Node, fx.Node] = {}
+        for nd in live[s]:
+            env[nd] = g.placeholder(nd.name)
+
+        def arg(a, g=g, env=env, s=s):
+            if a.op == "get_attr":
+                if a not in env:
+                    env[a] = g.get_attr(a.target)
+                    _claim(model, a.target, s, owner, params)
+                return env[a]
+            return env[a]
+        for nd in nodes:
+            if stage[nd] == s and nd not in env:
+                env[nd] = g.node_copy(nd, arg)
+        if s == n - 1:
+            g.output(fx.node.map_arg(output.args[0], arg))
+        else:
+            outs = [env[nd] for nd in live[s + 1]]
+            g.output(outs[0] if len(outs) == 1 else tuple(outs))
+        gm = fx.GraphModule(model, g, class_name=f"Stage{s}")
+        for p in gm.parameters():
+            _claim_param(id(p), s, owner, params)
+        modules.append(gm)
+    return modules
+
+
+def _claim(model: nn.Module, target: str, s: int, owner: dict, params: dict) -> None:
+    obj = model
+    for atom in target.split("."):
+        obj = getattr(obj, atom)
+    if isinstance(obj, nn.Parameter):
+        _claim_param(id(obj), s, owner, params)
+
+
+def _claim_param(pid: int, s: int, owner: dict, params: dict) -> None:
+    if owner.setdefault(pid, s) != s:
+        names = params.get(pid, ["?"])
+        also = f" (also named {', '.join(map(repr, names[1:]))})" if len(names) > 1 else ""
+        raise PlanError(f"pipeline.split: parameter {names[0]!r}{also} is used by stages "
+                        f"{owner[pid]} and {s} (tied weights); pipeline stages cannot share "
+                        "parameters: cut so that its users share a stage")
+
+
+def stage_holder(stages: Sequence[nn.Module]) -> nn.Module:
+    """One module holding the given stages' submodules and parameters under the model's own
+    names (what a rank running several stages trains, saves and loads)."""
+    if len(stages) == 1:
+        return stages[0]
+    holder = nn.Module()
+    for st in stages:
+        _merge(holder, st)
+    return holder
+
+
+def _merge(dst: nn.Module, src: nn.Module) -> None:
+    for name, p in src._parameters.items():
+        if p is not None:
+            dst.register_parameter(name, p)
+    for name, b in src._buffers.items():
+        if b is not None:
+            dst.register_buffer(name, b)
+    for name, child in src._modules.items():
+        have = dst._modules.get(name)
+        if have is None and type(child) is nn.Module:  # a container fx made for a dotted path
+            have = nn.Module()
+            dst.add_module(name, have)
+        if have is None:
+            dst.add_module(name, child)
+        elif have is not child:
+            _merge(have, child)
