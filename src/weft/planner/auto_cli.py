@@ -122,7 +122,7 @@ def _auto(args) -> int:
     from weft.planner.plan_cost import PlanModel
     from weft.planner.search import Space, search
     from weft.topology.io import resolve
-    from weft.units import fmt_bytes, parse_size
+    from weft.units import fmt_bytes
 
     con = Console(width=max(Console().width, 110))
     topo = resolve(args.topology).validate()
@@ -130,12 +130,8 @@ def _auto(args) -> int:
     pm = PlanModel(wl, topo, costs_of(args))
     devs = args.devices or len(pm.net.compute_devices)
     used = pm.rank_order(devs)
-    try:
-        memory = parse_size(args.memory, "--memory") if args.memory else \
-            min(topo.device(d).memory for d in used)
-    except ValueError as exc:
-        raise PlanError(str(exc)) from None
-    space = Space(schedules=tuple(args.schedules.split(",")), interleaved=args.any,
+    memory = args.memory or min(topo.device(d).memory for d in used)
+    space = Space(schedules=args.schedules, interleaved=args.any,
                   checkpoint=(False, True), runnable=None if args.any else runnable(args.batch))
     found = search(wl, pm, devs, args.batch, memory, space, top=args.top)
     con.print(_table(found, f"plans for {wl.name} on {devs} devices of {topo.name}, batch "
@@ -189,42 +185,73 @@ def _explain(args) -> int:
     return 0
 
 
+def schedules(text: str) -> tuple[str, ...]:
+    """--schedules: a comma-separated subset of gpipe,1f1b."""
+    import argparse
+
+    names = tuple(n.strip().lower() for n in text.split(",") if n.strip())
+    bad = [n for n in names if n not in ("gpipe", "1f1b")]
+    if bad or not names:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected gpipe, 1f1b or gpipe,1f1b")
+    return names
+
+
 def _common(q) -> None:
+    from weft.args import (
+        existing_file,
+        nonneg_float,
+        output_file,
+        positive_float,
+        positive_int,
+        size,
+    )
+
     q.add_argument("--model", help="model spec (path.py[:attr]), profiled per layer, or "
                    "transformer:n_layer=48,d_model=2048,... (analytic)")
-    q.add_argument("--workload", help="a saved workload JSON instead of --model")
-    q.add_argument("--save-workload", help="write the profiled workload JSON here")
+    q.add_argument("--workload", type=existing_file,
+                   help="a saved workload JSON instead of --model")
+    q.add_argument("--save-workload", type=output_file,
+                   help="write the profiled workload JSON here")
     q.add_argument("--topology", default="multi_node:2x4", help="builder spec or YAML file")
-    q.add_argument("--batch", type=int, default=64, help="global batch (samples per step)")
-    q.add_argument("--micro-batch", type=int, default=8, help="batch to profile the model at")
-    q.add_argument("--repeats", type=int, default=5, help="timed passes per profile")
-    q.add_argument("--tp-rules", help="a plan file whose tensor_parallel rules to use "
+    q.add_argument("--batch", type=positive_int, default=64, help="global batch (samples per step)")
+    q.add_argument("--micro-batch", type=positive_int, default=8,
+                   help="batch to profile the model at")
+    q.add_argument("--repeats", type=positive_int, default=5, help="timed passes per profile")
+    q.add_argument("--tp-rules", type=existing_file,
+                   help="a plan file whose tensor_parallel rules to use "
                    "(default: Megatron-style rules found in the model)")
-    q.add_argument("--compute-scale", type=float, default=1.0,
+    q.add_argument("--compute-scale", type=positive_float, default=1.0,
                    help="multiply profiled compute (contention with all ranks busy)")
-    q.add_argument("--optimizer-bw", type=float, help="bytes/s of parameters Adam updates")
-    q.add_argument("--step-overhead", type=float, help="seconds per step beyond the model")
+    q.add_argument("--optimizer-bw", type=size,
+                   help="parameter bytes/s Adam updates, e.g. 2GB/s (default: not charged)")
+    q.add_argument("--step-overhead", type=nonneg_float, help="seconds per step beyond the model")
 
 
 def register(psub) -> None:
+    from weft.args import existing_file, nonneg_float, output_file, positive_int, size
+
     q = psub.add_parser("auto", help="search plans for a model on a topology; write the best")
     _common(q)
-    q.add_argument("--devices", type=int, help="devices to use (default: all compute devices)")
-    q.add_argument("--memory", help="memory per device, e.g. 80GB (default: the topology's)")
-    q.add_argument("--top", type=int, default=10, help="plans to list")
+    q.add_argument("--devices", type=positive_int,
+                   help="devices to use (default: all compute devices)")
+    q.add_argument("--memory", type=size,
+                   help="memory per device, e.g. 80GB (default: the topology's)")
+    q.add_argument("--top", type=positive_int, default=10, help="plans to list")
     q.add_argument("--any", action="store_true", help="also plans weft.parallelize does not run "
                    "yet (tp with pp, interleaved, checkpointing with pp)")
-    q.add_argument("--schedules", default="1f1b", help="pipeline schedules to search (gpipe,1f1b; "
-                   "GPipe takes 1F1B's time in the model and more memory)")
+    q.add_argument("--schedules", type=schedules, default="1f1b",
+                   help="pipeline schedules to search (gpipe,1f1b; GPipe takes 1F1B's time "
+                   "in the model and more memory)")
     q.add_argument("--no-place", action="store_true", help="keep rank order")
-    q.add_argument("--place-budget", type=float, default=5.0, help="seconds for refinement")
+    q.add_argument("--place-budget", type=nonneg_float, default=5.0, help="seconds for refinement")
     q.add_argument("--name", default="auto", help="name of the written plan")
-    q.add_argument("--out", help="write the best plan (weft.plan/1 YAML or JSON) here")
+    q.add_argument("--out", type=output_file,
+                   help="write the best plan (weft.plan/1 YAML or JSON) here")
     q.set_defaults(func=_auto)
     e = psub.add_parser("explain", help="predicted step time and memory of a plan, term by term")
-    e.add_argument("plan", help="plan file (weft.plan/1)")
+    e.add_argument("plan", type=existing_file, help="plan file (weft.plan/1)")
     _common(e)
-    e.add_argument("--world", type=int, help="world size for a mesh with a -1 degree")
+    e.add_argument("--world", type=positive_int, help="world size for a mesh with a -1 degree")
     e.set_defaults(func=_explain)
     from weft.topology.cli import actions
 

@@ -22,15 +22,10 @@ def _optimize(args) -> int:
     from weft.planner.shape import Shape
     from weft.topology.io import save as save_topology
     from weft.topology.optical import circuits
-    from weft.units import fmt_rate, parse_size
+    from weft.units import fmt_rate
 
     plan = load(args.plan)
-    try:
-        bw = parse_size(args.port_bandwidth, "--port-bandwidth")
-    except ValueError as exc:
-        raise PlanError(str(exc)) from None
-    if args.ports < 1:
-        raise PlanError(f"--ports must be >= 1, got {args.ports}")
+    bw = args.port_bandwidth
     world = args.servers or (plan.mesh.size if plan.mesh.resolved else None)
     if world is None:
         raise PlanError("the plan's mesh has a -1 degree: give --servers N")
@@ -48,8 +43,9 @@ def _optimize(args) -> int:
             args.ports
         t.add_row(name, f"{step * 1e3:.3f} ms", f"{step / res.times['optical']:.2f}x", str(used))
     con.print(t)
+    rounds = [(r, round(s * 1e3, 3)) for r, s, _ in res.optical.history]
     con.print(f"chosen: ports per server {res.optical.split} (rings per dimension; 'all': rings "
-              f"over every server), rounds {[(r, round(s * 1e3, 3)) for r, s, _ in res.optical.history]}")
+              f"over every server), rounds {rounds}")
     path = save_topology(res.optical.topology, args.out)
     con.print(f"topology written to {path}")
     if args.plan_out:
@@ -59,17 +55,21 @@ def _optimize(args) -> int:
 
 
 def register(tsub) -> None:
+    from weft.args import existing_file, nonneg_float, output_file, positive_int, size
     from weft.planner.auto_cli import _common
 
     q = tsub.add_parser("optimize", help="choose circuits (optical ports) and placement for a "
                         "plan; compare with ring / torus / fat tree of the same ports")
-    q.add_argument("--plan", required=True, help="plan file (weft.plan/1)")
+    q.add_argument("--plan", type=existing_file, required=True, help="plan file (weft.plan/1)")
     _common(q)
-    q.add_argument("--ports", type=int, required=True, help="optical ports per server")
-    q.add_argument("--port-bandwidth", default="12.5GB/s", help="bytes/s of one circuit")
-    q.add_argument("--servers", type=int, help="servers (default: the plan's world size)")
-    q.add_argument("--rounds", type=int, default=4, help="topology / placement alternations")
-    q.add_argument("--place-budget", type=float, default=1.0, help="seconds per placement")
-    q.add_argument("--out", required=True, help="write the chosen topology (YAML) here")
-    q.add_argument("--plan-out", help="also write the plan with the chosen placement here")
+    q.add_argument("--ports", type=positive_int, required=True, help="optical ports per server")
+    q.add_argument("--port-bandwidth", type=size, default="12.5GB/s", help="bytes/s of one circuit")
+    q.add_argument("--servers", type=positive_int, help="servers (default: the plan's world size)")
+    q.add_argument("--rounds", type=positive_int, default=4,
+                   help="topology / placement alternations")
+    q.add_argument("--place-budget", type=nonneg_float, default=1.0, help="seconds per placement")
+    q.add_argument("--out", type=output_file, required=True,
+                   help="write the chosen topology (YAML) here")
+    q.add_argument("--plan-out", type=output_file,
+                   help="also write the plan with the chosen placement here")
     q.set_defaults(func=_optimize)
