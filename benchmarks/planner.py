@@ -479,11 +479,13 @@ def part_collectives(args, figs):
 
 
 def main(argv=None) -> int:
+    from weft.args import positive_float, positive_int
+
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--parts", default=",".join(PARTS), help=f"comma list of {','.join(PARTS)}")
-    p.add_argument("--world", type=int, default=4, help="local gloo ranks for the plans part")
-    p.add_argument("--batch", type=int, default=32, help="global batch of the GPT plans")
-    p.add_argument("--mbit-per-gbs", type=float, default=4.0,
+    p.add_argument("--world", type=positive_int, default=4, help="local gloo ranks for the plans part")
+    p.add_argument("--batch", type=positive_int, default=32, help="global batch of the GPT plans")
+    p.add_argument("--mbit-per-gbs", type=positive_float, default=4.0,
                    help="emulated Mbit/s per GB/s of topology bandwidth")
     args = p.parse_args(argv)
     parts = args.parts.split(",")
