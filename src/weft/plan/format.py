@@ -23,8 +23,9 @@ loop do not change when the plan does::
 
 Mesh dims, outermost first: pp, dp_replicate, dp_shard, tp (tp varies fastest, so
 a tp group is made of neighbouring ranks). `placement` (optional, written by
-`weft plan auto`) names the device each mesh rank runs on, in rank order; a launcher
-starts rank r on placement[r] (`weft.planner.placement.rank_of_device`). Module patterns are matched per dotted
+`weft plan auto`) names the device each mesh rank runs on, in rank order: processes
+that name their device ($WEFT_DEVICE) get the mesh rank of it (`weft.parallel.mesh`),
+else a launcher starts rank r on placement[r]. Module patterns are matched per dotted
 atom with fnmatch (``*`` never crosses a dot; a ``**`` atom matches any depth).
 Every error names the field and the value.
 """
