@@ -25,9 +25,11 @@ def register(subparsers) -> None:
     d.add_argument("--criterion", default="apoz", choices=["apoz", "magnitude"])
     d.add_argument("--keep", type=fraction, default=0.5, help="fraction of each channel group kept (default 0.5)")
     d.add_argument("--steps", type=nonneg_int, default=300, help="fine-tuning steps per subnet (default 300)")
+    d.add_argument("--fade", type=nonneg_float, default=0.4,
+                   help="fraction of the steps spent fading out the channels to be removed (default 0.4)")
     d.add_argument("--batch-size", type=positive_int, default=64)
-    d.add_argument("--lr", type=positive_float, default=1e-3)
-    d.add_argument("--distill", type=nonneg_float, default=0.5, help="weight of the original's probabilities (default 0.5)")
+    d.add_argument("--lr", type=positive_float, default=6e-3)
+    d.add_argument("--distill", type=nonneg_float, default=0.0, help="weight of the original's probabilities (default 0: labels only)")
     d.add_argument("--distill-temperature", type=positive_float, default=2.0)
     d.add_argument("--calib-fraction", type=fraction, default=0.15)
     d.add_argument("--seed", type=nonneg_int, default=0)
@@ -108,7 +110,7 @@ def _decompose(args) -> int:
     from weft.serve.decomposition import DecomposeConfig, decompose
 
     cfg = DecomposeConfig(groups=args.groups, grouping=args.grouping, criterion=args.criterion, keep=args.keep,
-                          steps=args.steps, batch_size=args.batch_size, lr=args.lr, distill=args.distill,
+                          steps=args.steps, fade=args.fade, batch_size=args.batch_size, lr=args.lr, distill=args.distill,
                           distill_temperature=args.distill_temperature, calib_fraction=args.calib_fraction, seed=args.seed,
                           on_unsupported="freeze" if args.freeze_unsupported else "error")
     cfg.check()
