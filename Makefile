@@ -23,7 +23,7 @@ demo: $(STAMP)
 	$(BIN)/weft demo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=30
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/dp_scaling.py --quick

@@ -27,11 +27,8 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
-
+from _common import emit, figure, parser  # also puts weft's sources first on the path
 from rich.console import Console
 from rich.table import Table
 
@@ -70,11 +67,10 @@ def jct_part(table, cluster, args, metrics, console):
         t.add_row(label, f"{h:.1f}", f"{base / h:.2f}x", f"{paper_h:.1f}",
                   f"{PAPER['max_min_fairness_agnostic'] / paper_h:.1f}x", f"{r.utilization:.2f}",
                   str(r.solves), f"{r.wall_seconds:.0f}")
-        metrics.append({"name": f"avg_jct_{name}", "value": h, "unit": "h", "target": None, "better": "lower"})
+        metrics.append(figure(f"avg_jct_{name}", h, "h", better="lower"))
         if name != "max_min_fairness_agnostic":
-            metrics.append({"name": f"jct_speedup_{name}_vs_agnostic", "value": base / h, "unit": "x",
-                            "target": round(PAPER["max_min_fairness_agnostic"] / paper_h, 2),
-                            "better": "higher"})
+            metrics.append(figure(f"jct_speedup_{name}_vs_agnostic", base / h, "x",
+                                  target=round(PAPER["max_min_fairness_agnostic"] / paper_h, 2)))
     console.print(t)
 
 
@@ -101,20 +97,17 @@ def solve_part(table, cluster, args, metrics, console):
         ratio = pop.objective / full.objective
         t.add_row(str(n), f"{full_s:.3f}", f"{pop_s:.3f}", f"{full_s / pop_s:.1f}x", f"{ratio:.4f}", f"{agg_s:.3f}")
         metrics += [
-            {"name": f"solve_s_full_{n}", "value": full_s, "unit": "s", "target": 1.0 if n == 2048 else None,
-             "better": "lower"},
-            {"name": f"solve_s_pop8_{n}", "value": pop_s, "unit": "s", "target": 2.0 if n == 8192 else None,
-             "better": "lower"},
-            {"name": f"pop8_objective_gap_{n}", "value": 1 - ratio, "unit": "fraction",
-             "target": 0.01 if n == 8192 else None, "better": "lower"},
+            figure(f"solve_s_full_{n}", full_s, "s", target=1.0 if n == 2048 else None, better="lower"),
+            figure(f"solve_s_pop8_{n}", pop_s, "s", target=2.0 if n == 8192 else None, better="lower"),
+            figure(f"pop8_objective_gap_{n}", 1 - ratio, "fraction", target=0.01 if n == 8192 else None,
+                   better="lower"),
         ]
     console.print(t)
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="small run (< 1 min)")
-    ap.add_argument("--json", help="write metrics as a JSON list here")
+    ap = parser(__doc__)
+    ap.formatter_class = argparse.RawDescriptionHelpFormatter
     ap.add_argument("--jobs", type=int, help="jobs to generate (default: 8x the window's end); the run stops "
                     "when the window is done, later jobs are competition as in Gavel")
     ap.add_argument("--window", help="LO:HI jobs to average JCT over (default 4000:5000 as in Gavel; quick 100:180)")
@@ -146,11 +139,11 @@ def main(argv=None) -> int:
     if not args.skip_jct:
         jct_part(table, cluster, args, metrics, console)
     solve_part(table, cluster, args, metrics, console)
-    if args.json:
-        from weft.atomic import write_json
-
-        write_json(args.json, metrics, indent=1)
-    return 0
+    return emit(metrics, args.json, "Gavel LAS reproduction and policy solve time", conditions=(
+        f"simulated 36 V100 + 36 P100 + 36 K80, Gavel's throughput table, {args.rate} jobs/h, seed "
+        f"{args.seed}, JCT over jobs {args.window[0]}-{args.window[1]}, re-solve every "
+        f"{args.resolve_every:.0f} s, semantics {args.semantics}; solve times on this machine "
+        f"for {', '.join(map(str, args.sizes))} active jobs"))
 
 
 if __name__ == "__main__":

@@ -96,3 +96,14 @@ def test_malformed_values_fail_in_one_line_and_write_nothing(cmd, action, data, 
     assert any(o in lines[0] for o in action.option_strings), err
     assert "Traceback" not in err
     assert list(work.iterdir()) == []
+
+
+# Commands that train, simulate or run jobs for more than a few seconds: each shows progress
+# and takes --quiet (issue 14: "progress on every long command, quiet with --quiet").
+LONG = [("demo",), ("train",), ("cluster", "simulate"), ("cluster", "run")]
+
+
+@pytest.mark.parametrize("cmd", LONG, ids=" ".join)
+def test_long_commands_take_quiet(cmd):
+    parser = dict(COMMANDS)[cmd]
+    assert "--quiet" in {s for a in parser._actions for s in a.option_strings}

@@ -21,6 +21,7 @@ _COMMAND_MODULES = [
     "weft.topology.cli",
     "weft.collectives.cli",
     "weft.planner.cli",
+    "weft.planner.profile_cli",
     "weft.train_cli",
     "weft.cluster.cli",
     "weft.serve.cli",

@@ -1,4 +1,6 @@
 import itertools
+import json
+import re
 import time
 
 import numpy as np
@@ -122,6 +124,24 @@ def test_bad_plan_file_names_field(tmp_path):
     p.write_text('{"format": "weft.pipeline-plan/1", "num_layers": 4, '
                  '"stages": [{"layers": [0, 2], "ranks": [0]}, {"layers": [3, 4], "ranks": [1]}]}')
     with pytest.raises(PlanError, match=r"plan.json: stage 1: layers \[3, 4\] must start at 2"):
+        PipelinePlan.load(p)
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("micro_batch", -4, "micro_batch: must be an integer >= 1, got -4"),
+    ("microbatches", 0, "microbatches: must be an integer >= 1, got 0"),
+    ("microbatches", 2.5, "microbatches: must be an integer >= 1, got 2.5"),
+    ("workers", "four", "workers: must be an integer >= 1, got 'four'"),
+    ("workers", 3, "workers: 3 but the stages use 2 ranks"),
+])
+def test_bad_plan_counts_are_refused_on_load(tmp_path, field, value, message):
+    # issue 14: these used to reach the ranks ("negative dimension", ZeroDivisionError) or pass
+    d = {"format": "weft.pipeline-plan/1", "num_layers": 4, "workers": 2,
+         "stages": [{"layers": [0, 2], "ranks": [0]}, {"layers": [2, 4], "ranks": [1]}]}
+    PipelinePlan.from_dict(d)
+    p = tmp_path / "plan.json"
+    p.write_text(json.dumps({**d, field: value}))
+    with pytest.raises(PlanError, match=re.escape(f"plan.json: {message}")):
         PipelinePlan.load(p)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from weft.args import nonneg_float, nonneg_int, positive_float, positive_int
+from weft.args import existing_file, nonneg_float, nonneg_int, positive_float, positive_int
 from weft.cluster.model import Cluster, ClusterError
 
 DEPRECATED = "weft: warning: `weft schedule` is deprecated and will be removed in the next release; use `weft cluster`"
@@ -60,8 +60,19 @@ def _add(subparsers, name: str, help: str, deprecated: bool = False) -> None:
     sim.add_argument("--resolve-every", type=positive_float, default=None,
                      help="re-solve the policy at most every this many seconds (default: 0, on every change, "
                      "with --semantics weft; 1920 as in Gavel with --semantics gavel)")
+    sim.add_argument("--colocation", type=existing_file, metavar="PROFILES",
+                     help="weft.colocation/1 file (memory per accelerator type, a memory profile per job "
+                     "type): packed policies share an accelerator only between jobs whose combined memory "
+                     "peak fits it (docs/wavelet.md)")
+    sim.add_argument("--colocation-rule", choices=["offset", "gang", "both"], default="both",
+                     help="with --colocation: combined peak with the best launch offset (Wavelet), with both "
+                     "jobs launched together, or each packed policy under both (default) for the JCT effect")
+    sim.add_argument("--colocation-unmeasured", choices=["skip", "median"], default="skip",
+                     help="with --colocation: a pair that fits but has no measured pair throughput is left out "
+                     "(skip, default) or gets the median co-located share of its type (median: a model)")
     sim.add_argument("--out", help="directory for results.json and jct_cdf.png")
-    sim.add_argument("--no-progress", action="store_true")
+    sim.add_argument("--quiet", "--no-progress", dest="no_progress", action="store_true",
+                     help="no progress bar")
     sim.set_defaults(func=cmd(_simulate))
 
     run = sub.add_parser("run", help="run jobs (model specs or commands) on local accelerator slots")
@@ -71,6 +82,7 @@ def _add(subparsers, name: str, help: str, deprecated: bool = False) -> None:
     run.add_argument("--round", type=positive_float, default=None, help="round length in seconds (default from cluster.yaml)")
     run.add_argument("--workdir", help="checkpoints and logs (default: a fresh runs/cluster/<time>)")
     run.add_argument("--out", help="results JSON (default: <workdir>/results.json)")
+    run.add_argument("--quiet", action="store_true", help="do not print each round's leases")
     run.set_defaults(func=cmd(_run))
 
 
@@ -141,11 +153,17 @@ def _simulate(args) -> int:
     else:
         jobs = generate_jobs(table, args.jobs, args.rate or None, args.seed, args.multi_gpu, args.priorities)
     window = _window(args.window, len(jobs))
+    policies = [get_policy(name, pop_k=args.pop, seed=args.seed) for name in args.policy or ["max_min_fairness"]]
+    tables = _colocation_tables(args, table, policies)
     results = []
-    for name in args.policy or ["max_min_fairness"]:
-        policy = get_policy(name, pop_k=args.pop, seed=args.seed)
-        results.append(simulate(jobs, cluster, table, policy, round_s, window, progress=not args.no_progress,
-                                resolve_every=args.resolve_every, semantics=args.semantics, seed=args.seed))
+    for policy in policies:
+        for label, tab in (tables if policy.packed else [("", table)]):
+            r = simulate(jobs, cluster, tab, policy, round_s, window, progress=not args.no_progress,
+                         resolve_every=args.resolve_every, semantics=args.semantics, seed=args.seed)
+            if label:
+                r.policy = f"{r.policy} [{label}]"
+                r.extra["colocation"] = label
+            results.append(r)
     t = Table(title=f"{len(jobs)} jobs on {cluster.counts}, {round_s:g} s rounds, semantics {args.semantics}")
     t.add_column("policy", no_wrap=True)
     for col in ("avg JCT (h)", "vs first", "makespan (h)", "util", "FTF mean", "FTF max", "solves"):
@@ -165,6 +183,34 @@ def _simulate(args) -> int:
     return 0
 
 
+def _colocation_tables(args, table, policies):
+    """[(label, throughput table)] the packed policies run with: Gavel's table unchanged
+    without --colocation, else the table whose pairs fit memory under each chosen rule."""
+    if args.colocation is None:
+        if args.colocation_rule != "both" or args.colocation_unmeasured != "skip":
+            raise ClusterError("--colocation-rule/--colocation-unmeasured: only with --colocation")
+        return [("", table)]
+    if not any(p.packed for p in policies):
+        raise ClusterError(f"--colocation {args.colocation}: needs a packed policy "
+                           "(--policy max_min_fairness_packed or min_makespan_packed)")
+    from weft.cluster.colocation import CoLocation
+
+    rules = ["offset", "gang"] if args.colocation_rule == "both" else [args.colocation_rule]
+    out = []
+    for rule in rules:
+        co = CoLocation.load(args.colocation, rule=rule, unmeasured=args.colocation_unmeasured)
+        missing = sorted({k[0] for k in table.keys} - set(co.profiles))
+        if missing and rule == rules[0]:
+            print(f"weft: warning: {args.colocation}: no memory profile for {len(missing)} job type(s) "
+                  f"(never co-located): {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}",
+                  file=sys.stderr)
+        summary = co.summary(table)
+        fits = ", ".join(f"{t}: {n['fit_' + rule]}/{n['pairs']} pairs fit" for t, n in summary.items())
+        print(f"co-location rule {rule}: {fits}")
+        out.append((f"{rule} co-location", co.table(table)))
+    return out
+
+
 def _run(args) -> int:
     from weft.cluster.executor import check_jobs, run_jobs
     from weft.cluster.spec import load_cluster, load_jobs
@@ -178,7 +224,7 @@ def _run(args) -> int:
     workdir = Path(args.workdir) if args.workdir else run_dir("runs/cluster")
     out = args.out or workdir / "results.json"
     res = run_jobs(jobs, spec, args.policy, workdir=workdir,
-                   round_seconds=args.round or spec.round_seconds, out=out, verbose=True)
+                   round_seconds=args.round or spec.round_seconds, out=out, verbose=not args.quiet)
     print(f"all {len(res['jct'])} jobs finished; average JCT {sum(res['jct'].values()) / len(res['jct']):.1f} s, "
           f"{res['preemptions']} preemptions; wrote {out}")
     return 0

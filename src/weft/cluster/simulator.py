@@ -51,7 +51,8 @@ class SimResult:
                 "utilization": self.utilization, "ftf_mean": float(np.mean(rho)), "ftf_max": float(np.max(rho)),
                 "jobs_measured": len(self.window), "jobs_completed": len(self.jct), "rounds": self.rounds,
                 "solves": self.solves, "solve_seconds": self.solve_seconds, "wall_seconds": self.wall_seconds,
-                "preemptions": self.preemptions}
+                "preemptions": self.preemptions,
+                **{k: self.extra[k] for k in ("colocation", "shared_leases") if k in self.extra}}
 
 
 SEMANTICS = ("weft", "gavel")
@@ -97,6 +98,7 @@ def simulate(jobs: list[Job], cluster: Cluster, table: ThroughputTable, policy: 
     dirty, units, last_units = True, [], set()
     ran_out = None                            # time the last job arrived with the window unfinished
     last_solve = None
+    shared: dict[tuple[str, str, str], int] = {}  # (job type, job type, accel type) -> leases
     start = time.perf_counter()
     bar = _Bar(len(targets), policy.name) if progress else None
     total_acc = sum(cluster.counts.values())
@@ -128,6 +130,9 @@ def simulate(jobs: list[Job], cluster: Cluster, table: ThroughputTable, policy: 
         for u, lease in leases.items():
             i = uidx[u]
             j = types.index(lease.accel_type)
+            if isinstance(u, tuple):  # a space-shared pair: which job types on which accelerator
+                kind = (by_id[u[0]].key[0], by_id[u[1]].key[0], lease.accel_type)
+                shared[kind] = shared.get(kind, 0) + 1
             longest = 0.0
             for side, m in enumerate(RoundMechanism.members(u)):
                 rate = rates[i][j, side]
@@ -164,7 +169,8 @@ def simulate(jobs: list[Job], cluster: Cluster, table: ThroughputTable, policy: 
     ftf = finish_time_fairness(jct, by_id, table, cluster, occupancy, rounds_in)
     return SimResult(policy.name, jct, sorted(targets), makespan, busy / (total_acc * max(t, 1e-9)),
                      ftf, rounds, solves, solve_s, time.perf_counter() - start, preempt,
-                     extra={"arrivals_ran_out": measure is not None and ran_out is not None})
+                     extra={"arrivals_ran_out": measure is not None and ran_out is not None,
+                            "shared_leases": [[*k, n] for k, n in sorted(shared.items())]})
 
 
 def finish_time_fairness(jct: dict, by_id: dict, table: ThroughputTable, cluster: Cluster,

@@ -28,7 +28,7 @@ def _demo(args) -> int:
         return _adaptive(args)
     con = Console()
     cfg = DemoConfig(ranks=args.ranks, epochs=args.epochs, backend=args.backend, out=args.out,
-                     global_batch=args.batch, seed=args.seed)
+                     global_batch=args.batch, seed=args.seed, progress=not args.quiet)
     con.print(f"[bold]weft demo[/bold]: digits CNN, data parallel on {cfg.ranks} local gloo ranks "
               f"({cfg.backend} backend), {cfg.epochs} epochs, global batch {cfg.global_batch}")
     rep = run_demo(cfg)
@@ -61,4 +61,5 @@ def register(sub) -> None:
                    help="adaptive demo instead: workers 2->4->3 without restart, SMA->S-SGD "
                         "switch on the gradient noise scale, an invalid action rejected")
     p.add_argument("--kill", action="store_true", help="with --adaptive: SIGKILL a worker mid-run")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_demo)

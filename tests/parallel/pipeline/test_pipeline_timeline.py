@@ -1,7 +1,7 @@
 import pytest
 
 from weft.parallel.pipeline.schedule import build_schedule, simulate_pipeline
-from weft.parallel.pipeline.timeline import bubble_fraction, draw
+from weft.parallel.pipeline.timeline import bubble_fraction, draw, figure
 
 
 def simulated_events(kind, S, M):
@@ -30,3 +30,17 @@ def test_draw_writes_png(tmp_path):
     out = draw(events, tmp_path / "t" / "timeline.png")
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not list(out.parent.glob(".*"))  # no temp file left behind
+
+
+@pytest.mark.parametrize("ranks", [1, 2, 4])
+def test_legend_covers_no_rank_row(ranks):
+    # issue 14: the legend sat on rank 0's bars (upper right inside the axes)
+    events, _ = simulated_events("1f1b", ranks, 4)
+    fig = figure(events)
+    fig.canvas.draw()
+    ax = fig.axes[0]
+    legend, bars = ax.get_legend().get_window_extent(), ax.get_window_extent()
+    title = ax.title.get_window_extent()
+    assert legend.y0 >= bars.y1 - 1e-6           # above the plotting area: no row under it
+    assert legend.y1 <= title.y0 + 1e-6          # and below the title
+    assert 0 <= legend.x0 and legend.x1 <= fig.bbox.x1

@@ -59,6 +59,9 @@ def compute_order(kind: str, stage_ranks: list[list[int]], microbatches: int,
                   chunks_per_stage: int = 1) -> dict[int, list[Action]]:
     """Per-rank compute-only action lists (F, B, and U for pipedream) of schedule `kind` on
     virtual stages `stage_ranks[s]` (replicas)."""
+    if kind == "ticktock":  # two waves of micro-batches whose memory peaks interleave
+        from weft.parallel.pipeline.ticktock import compute_order as ticktock
+        return ticktock(stage_ranks, microbatches, chunks_per_stage)
     if kind not in KINDS:
         raise PlanError(f"unknown schedule {kind!r}; choose one of {', '.join(KINDS)}")
     S, M, v = len(stage_ranks), microbatches, chunks_per_stage

@@ -230,10 +230,10 @@ class PipelinePlan:
                                 f"{len(ranks)} ranks")
             stages.append(Stage(layers, ranks, list(e.get("devices", [])),
                                 float(e.get("time_s", 0)), float(e.get("memory_bytes", 0))))
+        micro_batch, microbatches = (_count(d, k, source) for k in ("micro_batch", "microbatches"))
         try:
             num_layers = int(d["num_layers"]) if not split or "num_layers" in d else 0
-            plan = cls(stages, num_layers, int(d.get("micro_batch", 1)),
-                       int(d.get("microbatches", 1)),
+            plan = cls(stages, num_layers, micro_batch, microbatches,
                        d.get("method", "split points" if split else "optimal"), d.get("model"),
                        d.get("topology"), list(d.get("layer_names", [])),
                        float(d.get("bottleneck_s", 0)), float(d.get("predicted_samples_per_s", 0)),
@@ -242,9 +242,13 @@ class PipelinePlan:
         except (KeyError, TypeError, ValueError) as exc:
             raise PlanError(f"{source}: bad or missing field ({exc})") from None
         try:
-            return plan.validate()
+            plan.validate()
         except PlanError as exc:
             raise PlanError(f"{source}: {exc}") from None
+        if "workers" in d and _count(d, "workers", source) != plan.workers:
+            raise PlanError(f"{source}: workers: {d['workers']} but the stages use "
+                            f"{plan.workers} ranks")
+        return plan
 
     def save(self, path: str | os.PathLike) -> Path:
         from weft.atomic import write_text
@@ -263,6 +267,14 @@ class PipelinePlan:
         if msg:
             warnings.warn(f"{path}: {msg}", ModelChangedWarning, stacklevel=2)
         return plan
+
+
+def _count(d: dict, key: str, source: str) -> int:
+    """A plan field that counts something: an integer >= 1 (1 when absent)."""
+    v = d.get(key, 1)
+    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+        raise PlanError(f"{source}: {key}: must be an integer >= 1, got {v!r}")
+    return v
 
 
 def _locate(spec: str | None, folder: Path) -> str | None:

@@ -42,6 +42,11 @@ def bubble_fraction(events: list[tuple], ranks: int | None = None) -> float:
 
 def draw(events: list[tuple], path: str | os.PathLike, title: str = "pipeline timeline") -> Path:
     """Draw one row per rank (forward blue, backward green, update red, waits grey)."""
+    return save_figure(figure(events, title), path, dpi=120)
+
+
+def figure(events: list[tuple], title: str = "pipeline timeline"):
+    """The timeline figure; its legend sits above the bars, never on a rank's row."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -62,10 +67,10 @@ def draw(events: list[tuple], path: str | os.PathLike, title: str = "pipeline ti
     ax.set_yticklabels([f"rank {r}" for r in ranks])
     ax.invert_yaxis()
     ax.set_xlabel("time (ms)")
-    ax.set_title(f"{title} - bubble {bubble_fraction(events, len(ranks)):.1%}")
+    ax.set_title(f"{title} - bubble {bubble_fraction(events, len(ranks)):.1%}", pad=22)
     ax.legend(handles=[Patch(color=COLORS[k], label=lab) for k, lab in
                        (("F", "forward"), ("B", "backward"), ("U", "update"),
                         ("SEND_F", "send"), ("wait", "wait (recv)"))],
-              loc="upper right", fontsize=7, ncol=5)
+              loc="lower center", bbox_to_anchor=(0.5, 1.0), fontsize=7, ncol=5, frameon=False)
     fig.tight_layout()
-    return save_figure(fig, path, dpi=120)
+    return fig

@@ -1,0 +1,312 @@
+"""Wavelet tick-tock: memory and throughput of two waves on the same workers, measured.
+
+One launch of 2 x W local gloo ranks (W workers; worker w's two ranks pinned to core w when
+there are enough cores: the two waves share a device). Every rank trains an MLP with SGD
+(no momentum: what a step holds at its peak is weights, gradient buckets and activations).
+Figures:
+
+* memory: on every worker, both waves' allocated bytes over time (each process records its
+  allocator's events with `weft.planner.memprofile.AllocationRecorder`; the two timelines are
+  summed on the shared wall clock), peak over the measured steps; tick-tock (the tock wave
+  starts when the tick wave is `--signal-at` into its backward, `Wavelet`'s default unless
+  given) against the same two waves gang-launched (target <= 0.8x), and against one wave with
+  the summed batch;
+* throughput: samples/s of tick-tock (2 x W ranks, per-rank batch b) against one wave with the
+  same total batch (W ranks, per-rank batch 2b), rounds alternated, median (target >= 1.0x);
+* the largest total batch that fits a memory cap (default: what one wave with batch 2b per
+  worker needs): peaks measured at two batch sizes per way of running, a line through them,
+  and tick-tock then measured at its largest batch (shrunk and measured again if over);
+* the offset planner's combined peak for two copies of one wave's measured step, for
+  comparison with the measured tick-tock.
+
+    python benchmarks/wavelet.py [--quick] [--json out.json] [--workers 2] [--batch 2048]
+                                 [--signal-at 0.5] [--plot memory.png]
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from _common import emit, figure, parser
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+
+def _net(cfg):
+    torch.manual_seed(0)
+    layers, d = [], cfg["d_in"]
+    for _ in range(cfg["depth"]):
+        layers += [nn.Linear(d, cfg["width"]), nn.ReLU()]
+        d = cfg["width"]
+    return nn.Sequential(*layers, nn.Linear(d, 10))
+
+
+def _batch(b, cfg, seed):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(b, cfg["d_in"], generator=g), torch.randint(0, 10, (b,), generator=g)
+
+
+def _steps(model, opt, x, y, n, rec=None):
+    for _ in range(n):
+        if rec is not None:
+            rec.mark("step")
+        opt.zero_grad(set_to_none=True)
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    if rec is not None:
+        rec.mark("end")
+
+
+def _train(cfg, how, b, n, rec=None, one_group=None):
+    """Build and train (n steps) one way of running: 'ticktock' / 'gang' (every rank, batch b)
+    or 'one' (wave 0's ranks only, batch b, DataParallel over them)."""
+    from weft.collectives.communicator import TorchCommunicator
+    from weft.parallel import DataParallel
+    from weft.parallel.wavelet import Wavelet
+
+    rank = dist.get_rank()
+    net = _net(cfg)
+    if how == "one":
+        model = DataParallel(net, communicator=TorchCommunicator(one_group))
+    else:
+        model = Wavelet(net, waves=2, stagger=how == "ticktock", signal_at=cfg["signal_at"])
+    opt = torch.optim.SGD(net.parameters(), lr=0.01)
+    x, y = _batch(b, cfg, seed=rank)
+    _steps(model, opt, x, y, n, rec)
+    if how != "one":
+        model.finish()
+
+
+def _memory(cfg, how, b, one_group):
+    """This rank's allocated-bytes timeline (ns, bytes) and the measured window."""
+    from weft.planner.memprofile import AllocationRecorder
+
+    wave = dist.get_rank() // (dist.get_world_size() // 2)
+    if how == "one" and wave == 1:
+        dist.barrier()
+        return None
+    with AllocationRecorder() as rec:
+        _train(cfg, how, b, cfg["warm"] + cfg["steps"], rec, one_group)
+    dist.barrier()
+    t, v = rec.timeline()
+    steps = rec.marks["step"]
+    return {"t": t, "bytes": v, "start": steps[cfg["warm"]], "end": rec.marks["end"][0],
+            "steps": steps[cfg["warm"]:] + rec.marks["end"]}
+
+
+def _rate(cfg, how, b, one_group):
+    """Seconds for cfg['steps'] steps (after cfg['warm'] untimed ones), between barriers."""
+    wave = dist.get_rank() // (dist.get_world_size() // 2)
+    runs = not (how == "one" and wave == 1)
+    if runs:
+        _train(cfg, how, b, cfg["warm"], one_group=one_group)
+    dist.barrier()
+    t0 = time.perf_counter()
+    if runs:
+        _train(cfg, how, b, cfg["steps"], one_group=one_group)
+    dist.barrier()
+    return time.perf_counter() - t0
+
+
+def _worker(cfg):
+    world = dist.get_world_size()
+    n = world // 2
+    wave, worker = divmod(dist.get_rank(), n)
+    if cfg["pin"]:
+        os.sched_setaffinity(0, {worker % os.cpu_count()})
+    one_group = dist.new_group(list(range(n)))
+    b = cfg["batch"]
+    out = {"wave": wave, "worker": worker, "mem": {}, "rate": {"ticktock": [], "one": []}}
+    for per_wave in (b // 2, b):
+        for how in ("ticktock", "gang"):
+            out["mem"][(how, 2 * per_wave)] = _memory(cfg, how, per_wave, one_group)
+        out["mem"][("one", 2 * per_wave)] = _memory(cfg, "one", 2 * per_wave, one_group)
+    # every rank sees every timeline, so all agree on the largest batch to verify
+    everyone = [None] * world
+    dist.all_gather_object(everyone, {k: out[k] for k in ("wave", "worker", "mem")})
+    cap = cfg["cap"] or _peaks(everyone, "one", 2 * b)
+    totals = (b, 2 * b)
+    largest = {h: _line_max(totals, [_peaks(everyone, h, t) for t in totals], cap)
+               for h in ("ticktock", "gang", "one")}
+    # measure tick-tock at the line's largest batch; if it does not fit, shrink and re-measure
+    big = max(2, min(largest["ticktock"], 64 * b) // 2 * 2)
+    tries = []
+    for _ in range(3):
+        out["mem"][("ticktock", big)] = mine = _memory(cfg, "ticktock", big // 2, one_group)
+        dist.all_gather_object(everyone, {"wave": wave, "worker": worker,
+                                          "mem": {("ticktock", big): mine}})
+        peak = _peaks(everyone, "ticktock", big)
+        tries.append((big, peak))
+        if peak <= cap:
+            break
+        big = max(2, int(big * cap / peak * 0.99) // 2 * 2)
+    out.update(cap=cap, largest=largest, tries=tries)
+    for _ in range(cfg["rounds"]):
+        out["rate"]["ticktock"].append(_rate(cfg, "ticktock", b, one_group))
+        out["rate"]["one"].append(_rate(cfg, "one", 2 * b, one_group))
+    return out
+
+
+def combined_peak(timelines) -> float:
+    """Peak of the sum of step functions (ns, bytes) over the window all of them cover."""
+    start = max(tl["start"] for tl in timelines)
+    end = min(tl["end"] for tl in timelines)
+    times = np.unique(np.concatenate([tl["t"][(tl["t"] >= start) & (tl["t"] <= end)]
+                                      for tl in timelines] + [np.array([start])]))
+    total = np.zeros(len(times))
+    for tl in timelines:
+        idx = np.searchsorted(tl["t"], times, side="right") - 1
+        total += np.where(idx >= 0, tl["bytes"][np.clip(idx, 0, None)], 0.0)
+    return float(total.max())
+
+
+def _peaks(results, how, total):
+    """Per worker: the peak of its ranks' combined memory; the worst worker's."""
+    by_worker = {}
+    for r in results:
+        tl = r["mem"].get((how, total)) if "mem" in r else r
+        if tl is not None:
+            by_worker.setdefault(r["worker"], []).append(tl)
+    return max(combined_peak(tls) for tls in by_worker.values())
+
+
+def _line_max(x, y, cap):
+    """Largest x (an integer) on the line through the two points (x, y) with y <= cap."""
+    slope = (y[1] - y[0]) / (x[1] - x[0])
+    if slope <= 0:
+        return float("inf")
+    return int(x[0] + (cap - y[0]) / slope)
+
+
+def _planned(results, cfg, bins=128):
+    """The offset planner on one wave's measured step (the tick rank of worker 0)."""
+    from weft.planner.memprofile import MemoryProfile
+    from weft.planner.offsets import plan_offsets
+
+    tl = next(r for r in results if r["wave"] == 0 and r["worker"] == 0)["mem"][
+        ("ticktock", 2 * cfg["batch"])]
+    s0, s1 = tl["steps"][0], tl["steps"][1]
+    inside = (tl["t"] > s0) & (tl["t"] <= s1)
+    before = np.searchsorted(tl["t"], s0, side="right") - 1
+    prof = MemoryProfile([0.0] + list((tl["t"][inside] - s0) / 1e9),
+                         [float(tl["bytes"][before])] + list(tl["bytes"][inside]),
+                         (s1 - s0) / 1e9)
+    return plan_offsets([prof.bins(bins)] * 2)
+
+
+def _plot(results, cfg, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from weft.atomic import save_figure
+
+    fig, axes = plt.subplots(2, 1, figsize=(8, 6), sharey=True)
+    for ax, how in zip(axes, ("ticktock", "gang")):
+        tls = [r["mem"][(how, 2 * cfg["batch"])] for r in results if r["worker"] == 0]
+        start = max(tl["start"] for tl in tls)
+        end = min(tl["end"] for tl in tls)
+        times = np.linspace(start, end, 2000)
+        total = np.zeros(len(times))
+        for wave, tl in enumerate(tls):
+            idx = np.clip(np.searchsorted(tl["t"], times, side="right") - 1, 0, None)
+            ax.plot((times - start) / 1e9, tl["bytes"][idx] / 2**20, lw=1,
+                    label=("tick", "tock")[wave] + " wave")
+            total += tl["bytes"][idx]
+        ax.plot((times - start) / 1e9, total / 2**20, lw=1.5, color="k", label="together")
+        ax.set_title(f"worker 0, {'tick-tock' if how == 'ticktock' else 'gang-launched'}")
+        ax.set_ylabel("allocated (MiB)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    axes[-1].set_xlabel("seconds")
+    save_figure(fig, path, dpi=110, bbox_inches="tight")
+
+
+def main() -> None:
+    from weft.args import nonneg_float, output_file, positive_int, size
+
+    p = parser(__doc__)
+    p.add_argument("--workers", type=positive_int, default=2,
+                   help="workers (devices); 2 ranks each")
+    p.add_argument("--batch", type=positive_int, help="per-rank batch of each wave (default "
+                                                      "2048; quick 1024)")
+    p.add_argument("--cap", type=size, help="memory cap per worker, e.g. 200MiB (default: one "
+                                            "wave's peak with batch 2 x --batch)")
+    p.add_argument("--signal-at", type=nonneg_float, default=None,
+                   help="how far into its backward the tick wave starts the tock wave (0: its "
+                        "start, 1: its end; default: Wavelet's default)")
+    p.add_argument("--plot", type=output_file, metavar="PNG",
+                   help="draw worker 0's memory over time")
+    p.add_argument("--no-pin", action="store_true", help="do not pin a worker's ranks to a core")
+    args = p.parse_args()
+    if args.signal_at is not None and args.signal_at > 1:
+        p.error(f"argument --signal-at: must be in [0, 1], got {args.signal_at:g}")
+    from weft.launch import launch
+
+    cfg = {"d_in": 256, "width": 512, "depth": 4, "batch": args.batch or (1024 if args.quick
+                                                                          else 2048),
+           "warm": 1 if args.quick else 2, "steps": 3 if args.quick else 8,
+           "rounds": 2 if args.quick else 5,
+           "pin": not args.no_pin and (os.cpu_count() or 1) >= args.workers,
+           "cap": args.cap}
+    import inspect
+
+    from weft.parallel.wavelet import Wavelet
+
+    default = inspect.signature(Wavelet).parameters["signal_at"].default
+    cfg["signal_at"] = default if args.signal_at is None else args.signal_at
+    W, b = args.workers, cfg["batch"]
+    t0 = time.time()
+    results = launch(_worker, 2 * W, args=(cfg,), timeout=600)
+    mib = 2.0 ** 20
+    tt, gang, one = (_peaks(results, h, 2 * b) for h in ("ticktock", "gang", "one"))
+    rate = {h: W * 2 * b * cfg["steps"] / np.array(results[0]["rate"][h])
+            for h in ("ticktock", "one")}
+    ratios = rate["ticktock"] / rate["one"]
+    plan = _planned(results, cfg)
+    cap, largest, tries = results[0]["cap"], results[0]["largest"], results[0]["tries"]
+    big, at_big = tries[-1]
+    figures = [
+        figure("memory: tick-tock / gang-launched (2 waves, peak per worker)", tt / gang, "x",
+               target=0.8, better="lower"),
+        figure("memory: tick-tock, 2 waves", tt / mib, "MiB", better="lower"),
+        figure("memory: gang-launched, 2 waves", gang / mib, "MiB", better="lower"),
+        figure("memory: one wave, summed batch", one / mib, "MiB", better="lower"),
+        figure("memory: tick-tock / one wave, summed batch", tt / one, "x", better="lower"),
+        figure("planner: 2 offset waves / gang (one wave's measured step)", plan.ratio, "x",
+               better="lower"),
+        figure("throughput: tick-tock / one wave, same total batch", float(np.median(ratios)),
+               "x", target=1.0),
+        figure("throughput: tick-tock", float(np.median(rate["ticktock"])), "samples/s"),
+        figure("throughput: one wave", float(np.median(rate["one"])), "samples/s"),
+        figure(f"largest total batch per worker under {cap / mib:.0f} MiB: tick-tock",
+               largest["ticktock"], "samples"),
+        figure(f"largest total batch per worker under {cap / mib:.0f} MiB: one wave",
+               largest["one"], "samples"),
+        figure(f"largest total batch per worker under {cap / mib:.0f} MiB: gang 2 waves",
+               largest["gang"], "samples"),
+        figure(f"tick-tock at batch {big} (try {len(tries)}): measured peak / cap", at_big / cap,
+               "x", target=1.0, better="lower"),
+    ]
+    cond = (f"{W} workers x 2 waves = {2 * W} gloo ranks on 127.0.0.1 "
+            f"({'each worker pinned to one core' if cfg['pin'] else 'unpinned'}), 1 thread "
+            f"each; tock starts at {cfg['signal_at']:g} of the tick's backward; MLP {cfg['d_in']}-{'-'.join([str(cfg['width'])] * cfg['depth'])}-10, SGD "
+            f"without momentum, per-rank batch {b} per wave (one wave: {2 * b}); memory: "
+            f"allocator events (c10 CPU allocator via torch.profiler) over {cfg['steps']} "
+            f"steps after {cfg['warm']}; throughput: median of {cfg['rounds']} alternated "
+            f"rounds of {cfg['steps']} steps; largest batch: a line through the peaks at total "
+            f"batch {b} and {2 * b}, then tick-tock measured there (shrunk and re-measured, up to "
+            f"3 tries, if over the cap); {time.time() - t0:.0f} s; load average "
+            f"{os.getloadavg()[0]:.1f}")
+    if args.plot:
+        _plot(results, cfg, args.plot)
+    emit(figures, args.json, "Wavelet tick-tock (measured on local processes)", cond)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,74 @@
+"""Tick-tock waves train exactly like one wave on the summed batch, and keep their phase."""
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from weft.launch import launch
+from weft.parallel.wavelet import Wavelet, layout
+
+STEPS, BATCH, SEED = 4, 48, 3   # BATCH: the global batch of every step
+
+
+def _net():
+    torch.manual_seed(SEED)
+    return nn.Sequential(nn.Linear(12, 32), nn.Tanh(), nn.Linear(32, 32), nn.ReLU(),
+                         nn.Linear(32, 5))
+
+
+def _data():
+    g = torch.Generator().manual_seed(11)
+    return torch.randn(STEPS * BATCH, 12, generator=g), torch.randint(0, 5, (STEPS * BATCH,),
+                                                                      generator=g)
+
+
+def _train(model, part=0, parts=1):
+    opt = torch.optim.SGD(model.parameters(), lr=0.2, momentum=0.9)
+    x, y = _data()
+    local = BATCH // parts
+    for s in range(STEPS):
+        lo = s * BATCH + part * local
+        opt.zero_grad(set_to_none=True)
+        nn.functional.cross_entropy(model(x[lo:lo + local]), y[lo:lo + local]).backward()
+        opt.step()
+
+
+MODES = {"at backward start": {"signal_at": 0.0}, "default (half the backward)": {},
+         "at backward end": {"signal_at": 1.0}, "gang": {"stagger": False}}
+
+
+def _worker(waves):
+    out = {}
+    for mode, kw in MODES.items():
+        torch.manual_seed(SEED + dist.get_rank())  # unequal starts: the broadcast must fix them
+        net = nn.Sequential(nn.Linear(12, 32), nn.Tanh(), nn.Linear(32, 32), nn.ReLU(),
+                            nn.Linear(32, 5))
+        model = Wavelet(net, waves=waves, bucket_cap_mb=0.001, **kw)
+        _train(model, dist.get_rank(), dist.get_world_size())
+        model.finish()
+        out[mode] = ({k: v.clone() for k, v in net.state_dict().items()},
+                        layout(waves), model.started, model.signalled)
+    return out
+
+
+def test_tick_tock_equals_one_wave_on_the_summed_batch():
+    ref = _net()
+    _train(ref)                                  # one process, the whole batch
+    ranks = launch(_worker, 4, args=(2,), timeout=120)   # 2 waves x 2 workers
+    for mode in MODES:
+        for rank, res in enumerate(ranks):
+            state, (wave, worker, workers), _, _ = res[mode]
+            assert (wave, worker, workers) == (rank // 2, rank % 2, 2)
+            for k, v in ref.state_dict().items():
+                assert torch.allclose(state[k], v, atol=1e-5, rtol=0), \
+                    (mode, rank, k, (state[k] - v).abs().max())
+    # in phase: on each worker the tock wave's forward of step s starts only after the tick
+    # wave's backward of step s began (the signal), and before its step s + 1 began
+    for mode in list(MODES)[:3]:
+        for worker in range(2):
+            tick, tock = ranks[worker][mode], ranks[2 + worker][mode]
+            assert len(tick[3]) == len(tock[2]) == STEPS
+            for s in range(STEPS):
+                assert tick[3][s] <= tock[2][s]
+                if s + 1 < STEPS:
+                    assert tock[2][s] <= tick[3][s + 1]
