@@ -100,7 +100,7 @@ def test_malformed_values_fail_in_one_line_and_write_nothing(cmd, action, data, 
 
 # Commands that train, simulate or run jobs for more than a few seconds: each shows progress
 # and takes --quiet (issue 14: "progress on every long command, quiet with --quiet").
-LONG = [("demo",), ("train",), ("cluster", "simulate"), ("cluster", "run")]
+LONG = [("demo",), ("train",), ("cluster", "simulate"), ("cluster", "run"), ("serve", "decompose")]
 
 
 @pytest.mark.parametrize("cmd", LONG, ids=" ".join)

@@ -35,6 +35,7 @@ def register(subparsers) -> None:
     d.add_argument("--seed", type=nonneg_int, default=0)
     d.add_argument("--freeze-unsupported", action="store_true",
                    help="keep the channels an unsupported layer touches instead of stopping")
+    d.add_argument("--quiet", action="store_true", help="no per-subnet progress lines")
     d.set_defaults(func=_decompose)
 
     r = sub.add_parser("run", help="serve a bundle (or an original model) over HTTP")
@@ -120,7 +121,8 @@ def _decompose(args) -> int:
     model = load_model(args.model)
     train, test = load_data(args.data)
     console = Console()
-    bundle = decompose(model, train, test, cfg, log=lambda s: console.print(s, highlight=False))
+    bundle = decompose(model, train, test, cfg,
+                       log=None if args.quiet else lambda s: console.print(s, highlight=False))
     bundle.provenance["source"] = {"model": str(Path(args.model).resolve()), "data": args.data}
     bundle.save(out)
     orig = bundle.provenance["original"]
