@@ -30,6 +30,7 @@ from _common import emit, figure, parser
 import torch
 
 from weft.serve import Bundle, DecomposeConfig, Ensemble, WorkerPool, decompose, evaluate
+from weft.serve import decomposition as D
 from weft.serve import testbed as tb
 from weft.serve.workers import cpu_count
 
@@ -48,7 +49,8 @@ def _prepare(cfg: dict, use_cache: bool, log) -> tuple[Path, Path, tuple]:
     """(original bundle dir, decomposed bundle dir, test set), trained or from the cache."""
     key = hashlib.sha256(json.dumps({k: cfg[k] for k in ("size", "copies", "test_copies", "width", "blocks",
                                                          "epochs", "groups", "keep", "steps")}
-                                    | {"torch": torch.__version__, "testbed": hashlib.sha256(Path(tb.__file__).read_bytes()).hexdigest()},
+                                    | {"torch": torch.__version__, "testbed": hashlib.sha256(Path(tb.__file__).read_bytes()).hexdigest(),
+                                       "decomposition": hashlib.sha256(Path(D.__file__).read_bytes()).hexdigest()},
                                     sort_keys=True).encode()).hexdigest()[:12]
     cache = ROOT / "runs" / "bench-cache" / f"sensai-{key}"
     orig_dir, dec_dir = cache / "original", cache / "decomposed"

@@ -49,6 +49,8 @@ BAD = {
                               st.sampled_from(["nan", "inf", "slow", ""])),
     A.fraction: st.one_of(st.floats(min_value=1.0001, max_value=1e9).map(repr),
                           st.floats(max_value=0).map(repr), st.sampled_from(["nan", "half"])),
+    A.port: st.one_of(st.integers(max_value=-1).map(str), st.integers(min_value=65536).map(str),
+                      st.sampled_from(["http", "80.5", ""])),
     A.size: st.one_of(st.sampled_from(["lots", "-5MB", "0", "0GB", "5 apples", "nan"]),
                       st.integers(max_value=0).map(str)),
     A.output_file: st.sampled_from(["/proc/nope/out.json", "/proc/nope/deeper/x.png", "."]),
@@ -98,7 +100,7 @@ def test_malformed_values_fail_in_one_line_and_write_nothing(cmd, action, data, 
 
 # Commands that train, simulate or run jobs for more than a few seconds: each shows progress
 # and takes --quiet (issue 14: "progress on every long command, quiet with --quiet").
-LONG = [("demo",), ("train",), ("cluster", "simulate"), ("cluster", "run")]
+LONG = [("demo",), ("train",), ("cluster", "simulate"), ("cluster", "run"), ("serve", "decompose")]
 
 
 @pytest.mark.parametrize("cmd", LONG, ids=" ".join)

@@ -49,6 +49,7 @@ NOT_RUN = {
 }
 # Small sizes for the README commands that are run here.
 SMALL = {"weft train --plan": ["--max-steps", "2"], "weft serve decompose": ["--steps", "4"],
+         "weft plan auto": ["--repeats", "1", "--place-budget", "0.5"],
          "weft train --policy": ["--max-steps", "6"]}
 
 

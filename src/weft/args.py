@@ -83,6 +83,14 @@ def fraction(text: str) -> float:
     return x
 
 
+def port(text: str) -> int:
+    """A TCP port, 0..65535 (0: the system picks a free one)."""
+    x = _number(text, int, "a port number")
+    if not 0 <= x <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port in 0..65535, got {text}")
+    return x
+
+
 def size(text: str) -> float:
     """A byte count or rate > 0: '256MB', '16GiB', '25GB/s', '1e6'."""
     if text.strip().startswith("-"):

@@ -7,6 +7,7 @@ the reference runs the same `train` function in this process with the one-rank p
 
 import contextlib
 import importlib.util
+import os
 import sys
 from pathlib import Path
 
@@ -33,6 +34,7 @@ TOL = 1e-4  # relative: ||p - p_ref|| / ||p_ref|| per parameter tensor
 BF16 = {"mixed_precision": {"param_dtype": "bfloat16", "reduce_dtype": "float32"}}
 OUTPUT_DTYPES = {}  # plan name -> dtype of the model's output in the last step
 LOCAL_SHAPES = {}  # "last" -> {parameter name: shape this rank holds} of the last parallelize
+COORDS = {}  # "last" -> this rank's mesh coordinate (pp, dp_replicate, dp_shard, tp)
 
 
 def _plan(file, **over):
@@ -80,6 +82,7 @@ def train(plan, task="gpt", steps=STEPS, start=0, load=None, save=None, accumula
     model = weft.parallelize(make(), plan, example_input=example)
     LOCAL_SHAPES["last"] = {n: tuple(getattr(p, "_local_tensor", p).shape)
                             for n, p in model.module.named_parameters()}
+    COORDS["last"] = tuple(model.mesh.get_coordinate()) if model.mesh is not None else None
     opt = torch.optim.Adam(model.parameters(), lr=LR)
     if load:
         assert model.load(load, opt) == {"step": start}
@@ -124,6 +127,10 @@ CASES = {
     "hsdp": {"plan": _plan("hsdp")},
     "tp": {"plan": _plan("tp")},
     "dp-tp": {"plan": _plan("dp_tp")},
+    # a placement (weft plan auto's): mesh rank r is the process on device placement[r];
+    # each process names its device through $WEFT_DEVICE ("d{rank}": process g is on dg)
+    "dp-tp-placed": {"plan": _plan("dp_tp", placement=["d3", "d1", "d2", "d0"]),
+                     "device": "d{rank}"},
     "dp-tp-fsdp-replicate": {"plan": _plan("dp_tp", data_parallel={"replicate": "fsdp"})},
     "fsdp-tp": {"plan": _plan("fsdp_tp")},
     "dp-tp-sp": {"plan": _plan("tp_sp")},
@@ -179,13 +186,36 @@ def doc_train(plan):
     return model.full_state_dict()
 
 
-def _world(ckpt_dir):
-    out = {f"doc:{f}": doc_train(PLANS / f"{f}.yaml") for f in DOC_STEPS}
-    for name, case in CASES.items():
-        if case.get("task") == "hf-gpt2" and not HAVE_HF:
-            continue
+def _run_case(out, name, case):
+    case = dict(case)
+    device = case.pop("device", None)
+    if device:
+        os.environ["WEFT_DEVICE"] = device
+    try:
         out[name] = train(**case)
-        out[name + ":local"] = LOCAL_SHAPES["last"]
+    finally:
+        os.environ.pop("WEFT_DEVICE", None)
+    out[name + ":local"] = LOCAL_SHAPES["last"]
+    out[name + ":coords"] = COORDS["last"]
+
+
+def _world(ckpt_dir):
+    out = {}
+    # the placed plan first: it renumbers the processes, which only a process's first mesh
+    # may do; a later placement that would renumber them again is refused
+    before = dist.get_rank()
+    _run_case(out, "dp-tp-placed", CASES["dp-tp-placed"])
+    out["placed:ranks"] = (before, dist.get_rank())
+    again = {**CASES["dp-tp-placed"], "plan": _plan("dp_tp", placement=["d0", "d1", "d2", "d3"])}
+    try:
+        _run_case({}, "again", again)
+    except PlanError as exc:
+        out["placed:again"] = str(exc)
+    out.update({f"doc:{f}": doc_train(PLANS / f"{f}.yaml") for f in DOC_STEPS})
+    for name, case in CASES.items():
+        if (case.get("task") == "hf-gpt2" and not HAVE_HF) or name == "dp-tp-placed":
+            continue
+        _run_case(out, name, case)
     for name, plan in MIXED.items():
         out[name] = (train(plan), OUTPUT_DTYPES[name])
     for name, chain in CHAINS.items():
@@ -250,6 +280,24 @@ def test_plan_matches_single_process(case, world_results, references):
 
 
 @pytest.mark.slow
+def test_placement_decides_each_process_mesh_coordinate(world_results):
+    """Process g (on device dg) becomes the mesh rank whose device is dg, and the plan still
+    trains to the reference (above); a second renumbering in the same process is refused."""
+    import numpy as np
+
+    results, _ = world_results
+    placement = CASES["dp-tp-placed"]["plan"]["placement"]
+    shape = (1, WORLD // 2, 1, 2)  # pp, dp_replicate, dp_shard, tp
+    for g, res in enumerate(results):
+        r = placement.index(f"d{g}")
+        assert res["placed:ranks"] == (g, r)
+        assert res["dp-tp-placed:coords"] == tuple(np.unravel_index(r, shape)), g
+        # later plans without a placement: rank order, in the new numbering
+        assert res["dp-tp:coords"] == tuple(np.unravel_index(r, shape))
+        assert "only the first weft.parallelize" in res["placed:again"]
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("step", DOC_STEPS)
 def test_incremental_path_changes_only_the_plan(step, world_results, references):
     """The one training script of docs/parallelize.md reaches the single-process parameters
@@ -271,7 +319,8 @@ def test_describe_says_what_each_rank_holds(case, world_results):
         pytest.importorskip("transformers")
     results, _ = world_results
     views = wp.describe(wp.from_dict(CASES[case]["plan"]), _task(task)[0](), WORLD)
-    for rank, res in enumerate(results):
+    for res in results:
+        rank = res["placed:ranks"][1]  # the mesh rank of the process (renumbered, _world)
         said = {name: local for name, _, local, _ in views[rank].params}
         assert res[case + ":local"] == said, (case, rank)
 

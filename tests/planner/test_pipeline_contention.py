@@ -224,7 +224,7 @@ def test_plan_cli_compute_scale(tmp_path, capsys):
     for sa, sb in zip(a["stages"], b["stages"]):  # no copy or overhead terms: compute only
         assert sb["time_s"] == pytest.approx(2 * sa["time_s"], rel=1e-9)
     assert main(base + ["--compute-scale", "0"]) == 2
-    assert "--compute-scale must be a finite number > 0" in capsys.readouterr().err
+    assert "plan pipeline: --compute-scale: must be > 0, got 0" in capsys.readouterr().err
 
 
 def test_overlap_fractions_exact():

@@ -60,7 +60,8 @@ def _setup_bad(files):
 
 @pytest.mark.parametrize("args, message", [
     (["--groups", "11"], "groups=11: must be between 1 and the model's 10 classes"),
-    (["--keep", "0"], r"keep=0.0: expected a fraction in \(0, 1\]"),
+    (["--keep", "0"], r"--keep: must be in \(0, 1\], got 0"),
+    (["--keep", "1.5"], r"--keep: must be in \(0, 1\], got 1.5"),
     (["--model", "weights.pt"], r"weights.pt: holds a (dict|OrderedDict), not an nn.Module"),
     (["--model", "conv.pt"], "not a classifier"),
     (["--model", "missing.pt"], "missing.pt: no such model file"),
@@ -95,7 +96,8 @@ def test_run_errors_are_named(tiny_bundle, tmp_path, capsys):
         ([str(tmp_path / "none.pt"), "--input-shape", "1,8,8"], "none.pt: no such model file"),
         ([str(tmp_path / "none.pt"), "--input-shape", "1,x"], "--input-shape '1,x': expected integers"),
         ([str(tiny_bundle.path), "--workers", "5"], "workers=5: must be between 1 and the bundle's 3 subnets"),
-        ([str(tiny_bundle.path), "--queue", "0"], "queue_size=0: expected >= 1"),
+        ([str(tiny_bundle.path), "--queue", "0"], "--queue: must be >= 1, got 0"),
+        ([str(tiny_bundle.path), "--port", "70000"], "--port: must be a port in 0..65535, got 70000"),
     ]
     broken = tmp_path / "broken"
     shutil.copytree(tiny_bundle.path, broken)

@@ -122,3 +122,44 @@ def test_bad_decomposition_input_is_named(kwargs, message, digits_sets):
 def test_a_model_that_is_not_a_classifier_is_refused(digits_sets):
     with pytest.raises(UnsupportedModelError, match="not a classifier"):
         decompose(nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU()), digits_sets[0])
+
+
+def test_fading_ends_where_removal_starts(digits_model, digits_sets):
+    """After the fade the removed channels contribute exactly 0: the physically pruned subnet
+    answers what the faded whole model answers, and fading changed the kept weights."""
+    import dataclasses
+
+    from weft.serve import decomposition as D
+    from weft.serve.pruning import prune, replace_head
+
+    torch.manual_seed(0)
+    x, y = digits_sets[0].tensors
+    graph = analyze(digits_model, (1, 8, 8))
+    stats = class_statistics(graph, x, y)
+    classes = [0, 1, 2]
+    kept = select_channels(graph, stats, classes, 0.5, "apoz")
+    whole = prune(graph, {})
+    replace_head(whole, graph.head, classes, True)
+    before = {k: v.clone() for k, v in whole.state_dict().items()}
+    target = D._targets(y, torch.zeros(len(y), 10), classes, True, 10, 2.0)
+    cfg = DecomposeConfig(batch_size=32)
+    seen = []
+    original = D._fine_tune
+
+    def spy(sub, *a, **kw):  # the last forward of the fade runs with every removed channel at 0
+        out = original(sub, *a, **kw)
+        with torch.no_grad():
+            seen.append(sub(x[:64]))
+        return out
+
+    D._fine_tune = spy
+    try:
+        D._fade_out(whole, graph, kept, x, target, cfg, steps=5, seed=0)
+    finally:
+        D._fine_tune = original
+    sub = prune(dataclasses.replace(graph, gm=whole), kept)
+    with torch.no_grad():
+        torch.testing.assert_close(sub.eval()(x[:64]), seen[0])
+        assert not torch.allclose(whole(x[:64]), seen[0])  # without the fade hooks: the channels are back
+    assert any(not torch.equal(before[k], v) for k, v in whole.state_dict().items())
+    assert sum(p.numel() for p in sub.parameters()) < sum(p.numel() for p in whole.parameters())

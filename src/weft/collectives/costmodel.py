@@ -7,6 +7,17 @@ the step's transfers put on the link divided by its bandwidth (contention:
 transfers sharing a link share its bandwidth), plus a per-message overhead
 times the most messages any rank handles in the step, plus the longest route
 latency, plus the time to add received data (reduce) at `reduce_bw`.
+
+The executor's CPU cost (`CostParams`): `alpha` per message at each end (Python,
+gloo, the socket calls), `copy_bw` per byte sent or received (the kernel's copies),
+`forward_bw` per byte per host a message is forwarded through (emulated clusters,
+where hosts route in software) and `step_overhead` per time step and rank; with
+`cores` > 0 every rank (and forwarding host) shares that many cores, so a time step
+costs at least the whole step's CPU work spread over them. With `overlap` a time
+step costs the larger of its link time and its CPU time (the dataflow executor moves
+one piece while it handles another's messages) instead of their sum. `fit` finds the
+CPU parameters from measured runs (`weft.collectives.costmodel.fit`), so the autotuner
+ranks candidates right where the CPU, not the links, is the limit.
 """
 
 from __future__ import annotations
@@ -28,6 +39,8 @@ class CostParams:
     cores: float = 0.0  # >0: all ranks share this many CPU cores (one-machine emulation)
     link_efficiency: float = 1.0  # fraction of a link's rate that transfers reach (TCP: ~0.93)
     copy_bw: float = 0.0  # >0: bytes/s a rank copies to send or receive (one host: kernel copies)
+    forward_bw: float = 0.0  # >0: bytes/s a host's CPU forwards a message it relays (emulation)
+    overlap: bool = False  # a time step costs max(link, CPU) instead of link + CPU
 
 
 def pieces_for(schedule: Schedule, nbytes: int, chunk_bytes: int) -> int:
@@ -54,11 +67,14 @@ def _step_loads(schedule: Schedule, fabric: Fabric, numel: int, itemsize: int, l
         red = np.zeros(n)
         cp = np.zeros(n)
         lat = 0.0
+        fwd = 0.0
         for t in step:
             b = seg_bytes[t.seg]
             if b == 0:
                 continue
-            for e in fabric.route(t.src, t.dst):
+            route = fabric.route(t.src, t.dst)
+            fwd += b * (len(route) - 1)
+            for e in route:
                 load[links[e]] += b
             msgs[t.src] += 1
             msgs[t.dst] += 1
@@ -69,7 +85,7 @@ def _step_loads(schedule: Schedule, fabric: Fabric, numel: int, itemsize: int, l
                 red[t.dst] += b
             lat = max(lat, fabric.latency(t.src, t.dst))
         out.append((load, msgs.max(initial=0), red.max(initial=0), lat, nmsg, red.sum(),
-                    cp.max(initial=0), cp.sum()))
+                    cp.max(initial=0), cp.sum(), fwd))
     return out
 
 
@@ -95,6 +111,8 @@ def predict(schedule: Schedule, fabric: Fabric, nbytes: int, chunk_bytes: int = 
     # per-byte CPU seconds: adding received data, and copying it (when copy_bw > 0)
     red = red / params.reduce_bw + np.array([x[6] for x in per]) / p * copy
     allred = allred / params.reduce_bw + np.array([x[7] for x in per]) / p * copy
+    if params.forward_bw > 0:
+        allred = allred + np.array([x[8] for x in per]) / p / params.forward_bw
     s = len(per)
     total = 0.0
     # Time step k runs schedule steps max(0, k-p+1) .. min(k, s-1), each for one piece.
@@ -108,8 +126,54 @@ def predict(schedule: Schedule, fabric: Fabric, nbytes: int, chunk_bytes: int = 
         if params.cores > 0:  # ranks share cores: the whole step's CPU work, spread over them
             cpu = max(cpu, ((ca[hi] - ca[lo]) * params.alpha + (car[hi] - car[lo])
                             + fabric.n * params.step_overhead) / params.cores)
-        total += link_t + cpu + lat[lo:hi].max(initial=0.0) + params.step_overhead
+        work = max(link_t, cpu) if params.overlap else link_t + cpu
+        total += work + lat[lo:hi].max(initial=0.0) + params.step_overhead
     return total
+
+
+FIT = ("alpha", "copy_bw", "forward_bw", "step_overhead")
+
+
+def fit(samples, base: CostParams = CostParams(), free=FIT) -> tuple[CostParams, float]:
+    """CPU parameters that best predict measured runs: `samples` are (schedule, fabric,
+    nbytes, chunk_bytes, seconds). Least squares on log(predicted / measured) over the
+    logs of the `free` fields (bandwidths as seconds per byte; a field may go to zero),
+    trying `base.overlap` both ways. Returns the parameters and their mean |relative
+    error|."""
+    from dataclasses import replace
+
+    from scipy.optimize import least_squares
+
+    samples = list(samples)
+    if not samples:
+        raise ValueError("fit needs at least one measured run")
+
+    def params_of(x, overlap):
+        kw = {}
+        for name, v in zip(free, x):
+            v = float(np.exp(v))
+            kw[name] = (1.0 / v if v > 1e-15 else 0.0) if name.endswith("_bw") else v
+        return replace(base, overlap=overlap, **kw)
+
+    def start(name):
+        v = getattr(base, name)
+        if name.endswith("_bw"):
+            return np.log(1.0 / v) if v > 0 else np.log(1e-9)
+        return np.log(max(v, 1e-7))
+
+    def residuals(x, overlap):
+        pr = params_of(x, overlap)
+        return [np.log(max(predict(s, f, n, c, pr), 1e-12) / t) for s, f, n, c, t in samples]
+
+    best = None
+    for overlap in (False, True):
+        x0 = np.array([start(name) for name in free])
+        res = least_squares(residuals, x0, args=(overlap,), bounds=(-40.0, 5.0), x_scale=1.0,
+                            max_nfev=200)
+        err = float(np.mean(np.abs(np.expm1(np.asarray(residuals(res.x, overlap))))))
+        if best is None or err < best[1]:
+            best = (params_of(res.x, overlap), err)
+    return best
 
 
 def allreduce_rate_bound(fabric: Fabric) -> float:

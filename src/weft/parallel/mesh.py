@@ -7,6 +7,7 @@ import os
 import torch
 import torch.distributed as dist
 
+from weft.errors import PlanError
 from weft.plan.format import DIMS, Plan
 
 
@@ -24,16 +25,117 @@ def device_memory(device: torch.device) -> float | None:
     return None
 
 
+DEVICE_ENV = "WEFT_DEVICE"
+
+
+def this_device() -> str | None:
+    """The topology device this process runs on: $WEFT_DEVICE, with {rank}, {local_rank},
+    {node} (torchrun's GROUP_RANK) and {host} filled in, e.g. 'n{node}.gpu{local_rank}'
+    set once for a whole torchrun job. None when unset."""
+    import socket
+
+    text = os.environ.get(DEVICE_ENV)
+    if not text:
+        return None
+    env = os.environ
+    fields = {"rank": env.get("RANK", ""), "local_rank": env.get("LOCAL_RANK", ""),
+              "node": env.get("GROUP_RANK", ""), "host": socket.gethostname().split(".")[0]}
+    try:
+        return text.format(**fields)
+    except (KeyError, IndexError, ValueError) as exc:
+        raise PlanError(f"${DEVICE_ENV}={text!r}: unknown or malformed field {exc}; "
+                        f"use {{rank}}, {{local_rank}}, {{node}} or {{host}}") from None
+
+
+def mesh_ranks(placement, devices: list[str | None]) -> list[int]:
+    """The process rank of every mesh rank under a plan's `placement` (mesh rank r runs
+    on device placement[r]), given the device each process runs on (`devices[g]`).
+
+    No placement, or no process that knows its device: rank order (the launcher started
+    process r on placement[r]). Otherwise every process must name a distinct device of
+    the placement."""
+    world = len(devices)
+    if not placement or all(d is None for d in devices):
+        return list(range(world))
+    where = " (set $WEFT_DEVICE in every process, or in none)"
+    missing = [g for g, d in enumerate(devices) if d is None]
+    if missing:
+        raise PlanError(f"placement: processes {missing[:8]} do not know their device{where}")
+    if len(placement) != world:
+        raise PlanError(f"placement: {len(placement)} devices for {world} processes")
+    index = {d: r for r, d in enumerate(placement)}
+    unknown = [(g, d) for g, d in enumerate(devices) if d not in index]
+    if unknown:
+        g, d = unknown[0]
+        raise PlanError(f"placement: process {g} runs on {d!r}, which is not in the plan's "
+                        f"placement {list(placement)[:8]}{' ...' if world > 8 else ''}")
+    seen: dict[str, int] = {}
+    for g, d in enumerate(devices):
+        if d in seen:
+            raise PlanError(f"placement: processes {seen[d]} and {g} both run on {d!r}")
+        seen[d] = g
+    out = [0] * world
+    for g, d in enumerate(devices):
+        out[index[d]] = g
+    return out
+
+
 def build_mesh(plan: Plan, device: torch.device):
     """A DeviceMesh over all ranks with dims (pp, dp_replicate, dp_shard, tp), tp fastest.
 
     Size-1 dims are kept so that every slice the runtime asks for exists; the plan's
-    mesh must be resolved (`weft.plan.check`) first.
+    mesh must be resolved (`weft.plan.check`) first. With a `placement` and processes
+    that know their device (`this_device`), mesh rank r is the process on placement[r]
+    (`mesh_ranks`; every process learns the others' devices by one all-gather): the
+    processes re-join the default process group numbered as their mesh ranks (`rejoin`),
+    so afterwards `dist.get_rank()` is the mesh rank (process groups made before are
+    gone); only the first mesh of a process may do that. torch numbers a subgroup's ranks
+    in sorted order, so permuting the ranks of a DeviceMesh instead would misorder the
+    shards of its collectives.
     """
     from torch.distributed.device_mesh import init_device_mesh
 
     shape = tuple(getattr(plan.mesh, d) for d in DIMS)
+    if plan.placement:
+        try:
+            mine: tuple = (this_device(), None)
+        except PlanError as exc:  # raised below on every rank, not here alone
+            mine = (None, str(exc))
+        got: list = [None] * dist.get_world_size()
+        dist.all_gather_object(got, mine)
+        errors = [e for _, e in got if e]
+        if errors:
+            raise PlanError(errors[0])
+        order = mesh_ranks(plan.placement, [d for d, _ in got])
+        if order != list(range(len(order))):
+            if _MESHES_BUILT:  # the same on every rank: they all built the same meshes
+                raise PlanError("placement: it renumbers the processes, which only the first "
+                                "weft.parallelize of a process may do (torch caches sharding "
+                                "per mesh, and would reuse groups the re-join removes)")
+            rejoin(order.index(dist.get_rank()))
+    _MESHES_BUILT.append(plan.name)
     return init_device_mesh(device.type, shape, mesh_dim_names=DIMS)
+
+
+_MESHES_BUILT: list[str] = []  # plans whose mesh this process built
+
+
+def rejoin(rank: int, timeout_s: float = 300.0) -> None:
+    """Leave the default process group and join a new one (same backend, same store under
+    a fresh prefix, same world) as `rank`. Every process calls it at once."""
+    import datetime
+
+    from torch.distributed.distributed_c10d import _get_default_store
+
+    store, backend = _get_default_store(), dist.get_backend()
+    world = dist.get_world_size()
+    generation = int(os.environ.get("WEFT_REJOINS", "0")) + 1
+    os.environ["WEFT_REJOINS"] = str(generation)
+    dist.barrier()
+    dist.destroy_process_group()
+    dist.init_process_group(backend, store=dist.PrefixStore(f"weft/rejoin{generation}", store),
+                            rank=rank, world_size=world,
+                            timeout=datetime.timedelta(seconds=timeout_s))
 
 
 def coordinates(mesh) -> dict[str, int]:

@@ -19,9 +19,13 @@ loop do not change when the plan does::
     pipeline: {split: [blocks.1], schedule: 1f1b, microbatches: 4}
     activation_checkpoint: ["blocks.*"]
     mixed_precision: {param_dtype: bfloat16, reduce_dtype: float32}
+    placement: [n0.gpu0, n0.gpu1, n1.gpu0, n1.gpu1]   # optional: the device of each rank
 
 Mesh dims, outermost first: pp, dp_replicate, dp_shard, tp (tp varies fastest, so
-a tp group is made of neighbouring ranks). Module patterns are matched per dotted
+a tp group is made of neighbouring ranks). `placement` (optional, written by
+`weft plan auto`) names the device each mesh rank runs on, in rank order: processes
+that name their device ($WEFT_DEVICE) get the mesh rank of it (`weft.parallel.mesh`),
+else a launcher starts rank r on placement[r]. Module patterns are matched per dotted
 atom with fnmatch (``*`` never crosses a dot; a ``**`` atom matches any depth).
 Every error names the field and the value.
 """
@@ -156,6 +160,7 @@ class Plan:
     mixed_precision: MixedPrecision | None = None
     name: str = ""
     format: str = FORMAT
+    placement: tuple[str, ...] = ()  # device of each mesh rank (optional)
 
     def resolve(self, world: int, source: str | None = None) -> Plan:
         """This plan with the -1 mesh degree filled from `world`, validated again (errors
@@ -225,6 +230,13 @@ def validate(plan: Plan, source: str = "<plan>") -> None:
                 raise p.fail(f"{where}.desired_input_layouts",
                              f"{len(r.desired_input_layouts)} layouts for "
                              f"{len(r.input_layouts)} input_layouts")
+    if plan.placement:
+        dup = sorted({d for d in plan.placement if plan.placement.count(d) > 1})
+        if dup:
+            raise p.fail("placement", f"device(s) {dup} are given to more than one rank")
+        if mesh.resolved and len(plan.placement) != mesh.size:
+            raise p.fail("placement", f"{len(plan.placement)} devices for a mesh of "
+                         f"{mesh.size} ranks")
     pipe = plan.pipeline
     if mesh.pp not in (1, -1) and pipe is None:
         raise p.fail("mesh.pp", f"{mesh.pp} needs a 'pipeline' section (split, schedule, "

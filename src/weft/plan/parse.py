@@ -80,7 +80,7 @@ def from_dict(data: Any, source: str = "<plan>") -> Plan:
     """Build and validate a Plan from plain data; errors name `source`, the field and the value."""
     p = _Parser(source)
     top = ("format", "name", "mesh", "data_parallel", "tensor_parallel", "pipeline",
-           "activation_checkpoint", "mixed_precision")
+           "activation_checkpoint", "mixed_precision", "placement")
     data = p.mapping("top level", data, top)
     if "format" not in data:
         raise p.fail("format", f"missing; a plan starts with 'format: {FORMAT}'")
@@ -131,8 +131,9 @@ def from_dict(data: Any, source: str = "<plan>") -> Plan:
     if data.get("mixed_precision") is not None:
         md = p.mapping("mixed_precision", data["mixed_precision"], ("param_dtype", "reduce_dtype"))
         mp = MixedPrecision(**{k: p.choice(f"mixed_precision.{k}", v, DTYPES) for k, v in md.items()})
+    placement = p.strings("placement", data.get("placement", []))
     plan = Plan(mesh=mesh, data_parallel=dp, tensor_parallel=rules, pipeline=pipe,
-                activation_checkpoint=ac, mixed_precision=mp, name=name)
+                activation_checkpoint=ac, mixed_precision=mp, name=name, placement=placement)
     validate(plan, source)
     return plan
 
@@ -219,4 +220,6 @@ def to_dict(plan: Plan) -> dict:
     if plan.mixed_precision is not None:
         out["mixed_precision"] = {"param_dtype": plan.mixed_precision.param_dtype,
                                   "reduce_dtype": plan.mixed_precision.reduce_dtype}
+    if plan.placement:
+        out["placement"] = list(plan.placement)
     return out

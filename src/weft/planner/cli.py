@@ -199,4 +199,7 @@ def register(sub) -> None:
     from weft.plan.cli import add_show
 
     add_show(psub)  # weft plan show (weft.plan/1 plans)
+    from weft.planner.auto_cli import register as register_auto
+
+    register_auto(psub)  # weft plan auto, weft plan explain
     p.set_defaults(func=lambda args: p.print_help() or 0)

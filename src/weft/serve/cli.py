@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 
+from weft.args import fraction, nonneg_float, nonneg_int, port, positive_float, positive_int
 from weft.serve.errors import ServeError
 
 
@@ -19,35 +20,38 @@ def register(subparsers) -> None:
                    help="training data: a .pt file {'x', 'y'[, 'x_test', 'y_test']} of tensors, or "
                         "MODULE:FUNCTION returning (train, test) TensorDatasets, e.g. weft.serve.testbed:digits")
     d.add_argument("--out", required=True, help="bundle folder to write (replaced atomically)")
-    d.add_argument("--groups", type=int, help="number of subnets (default: one per class)")
+    d.add_argument("--groups", type=positive_int, help="number of subnets (default: one per class)")
     d.add_argument("--grouping", default="kmeans", choices=["kmeans", "confusion"])
     d.add_argument("--criterion", default="apoz", choices=["apoz", "magnitude"])
-    d.add_argument("--keep", type=float, default=0.5, help="fraction of each channel group kept (default 0.5)")
-    d.add_argument("--steps", type=int, default=300, help="fine-tuning steps per subnet (default 300)")
-    d.add_argument("--batch-size", type=int, default=64)
-    d.add_argument("--lr", type=float, default=1e-3)
-    d.add_argument("--distill", type=float, default=0.5, help="weight of the original's probabilities (default 0.5)")
-    d.add_argument("--distill-temperature", type=float, default=2.0)
-    d.add_argument("--calib-fraction", type=float, default=0.15)
-    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--keep", type=fraction, default=0.5, help="fraction of each channel group kept (default 0.5)")
+    d.add_argument("--steps", type=nonneg_int, default=300, help="fine-tuning steps per subnet (default 300)")
+    d.add_argument("--fade", type=nonneg_float, default=0.4,
+                   help="fraction of the steps spent fading out the channels to be removed (default 0.4)")
+    d.add_argument("--batch-size", type=positive_int, default=64)
+    d.add_argument("--lr", type=positive_float, default=6e-3)
+    d.add_argument("--distill", type=nonneg_float, default=0.0, help="weight of the original's probabilities (default 0: labels only)")
+    d.add_argument("--distill-temperature", type=positive_float, default=2.0)
+    d.add_argument("--calib-fraction", type=fraction, default=0.15)
+    d.add_argument("--seed", type=nonneg_int, default=0)
     d.add_argument("--freeze-unsupported", action="store_true",
                    help="keep the channels an unsupported layer touches instead of stopping")
+    d.add_argument("--quiet", action="store_true", help="no per-subnet progress lines")
     d.set_defaults(func=_decompose)
 
     r = sub.add_parser("run", help="serve a bundle (or an original model) over HTTP")
     r.add_argument("source", help="a bundle folder, or a model .pt served whole as the baseline")
     r.add_argument("--input-shape", help="one input's shape, e.g. 1,32,32 (needed for a model .pt)")
-    r.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
-    r.add_argument("--threads", type=int, help="intra-op threads per worker (default cores // workers)")
+    r.add_argument("--workers", type=positive_int, default=1, help="worker processes (default 1)")
+    r.add_argument("--threads", type=positive_int, help="intra-op threads per worker (default cores // workers)")
     r.add_argument("--in-process", action="store_true", help="run every subnet in the server process")
     r.add_argument("--host", default="127.0.0.1")
-    r.add_argument("--port", type=int, default=8000)
-    r.add_argument("--max-batch", type=int, default=32)
-    r.add_argument("--max-delay-ms", type=float, default=0.0,
+    r.add_argument("--port", type=port, default=8000)
+    r.add_argument("--max-batch", type=positive_int, default=32)
+    r.add_argument("--max-delay-ms", type=nonneg_float, default=0.0,
                    help="how long a request waits for others to batch with (default 0: batches form only "
                         "from requests that queued while the predictor was busy)")
-    r.add_argument("--queue", type=int, default=256, help="requests that may wait; more get 503 (default 256)")
-    r.add_argument("--request-timeout", type=float, default=30.0)
+    r.add_argument("--queue", type=positive_int, default=256, help="requests that may wait; more get 503 (default 256)")
+    r.add_argument("--request-timeout", type=positive_float, default=30.0)
     r.add_argument("--access-log", action="store_true")
     r.set_defaults(func=_run)
 
@@ -107,7 +111,7 @@ def _decompose(args) -> int:
     from weft.serve.decomposition import DecomposeConfig, decompose
 
     cfg = DecomposeConfig(groups=args.groups, grouping=args.grouping, criterion=args.criterion, keep=args.keep,
-                          steps=args.steps, batch_size=args.batch_size, lr=args.lr, distill=args.distill,
+                          steps=args.steps, fade=args.fade, batch_size=args.batch_size, lr=args.lr, distill=args.distill,
                           distill_temperature=args.distill_temperature, calib_fraction=args.calib_fraction, seed=args.seed,
                           on_unsupported="freeze" if args.freeze_unsupported else "error")
     cfg.check()
@@ -117,7 +121,8 @@ def _decompose(args) -> int:
     model = load_model(args.model)
     train, test = load_data(args.data)
     console = Console()
-    bundle = decompose(model, train, test, cfg, log=lambda s: console.print(s, highlight=False))
+    bundle = decompose(model, train, test, cfg,
+                       log=None if args.quiet else lambda s: console.print(s, highlight=False))
     bundle.provenance["source"] = {"model": str(Path(args.model).resolve()), "data": args.data}
     bundle.save(out)
     orig = bundle.provenance["original"]

@@ -36,9 +36,19 @@ def _save(args) -> int:
     return 0
 
 
+_ACTIONS: list = []  # the `weft topology` sub-parsers (higher layers add actions to it)
+
+
+def actions():
+    """`weft topology`'s sub-parsers, for actions a higher layer provides (e.g. `optimize`,
+    which needs the planner); None before `register` ran."""
+    return _ACTIONS[-1] if _ACTIONS else None
+
+
 def register(sub) -> None:
     p = sub.add_parser("topology", help="inspect, draw and save topologies")
     tsub = p.add_subparsers(dest="topology_command", metavar="ACTION", required=True)
+    _ACTIONS.append(tsub)
     s = tsub.add_parser("show", help="print a topology (a YAML file or a builder like dgx1, ring:8)")
     s.add_argument("spec", help="YAML file or builder: dgx1, ring:N, full_mesh:N, nvswitch:N, "
                                 "multi_node:NODESxPER, fat_tree:K")

@@ -1,0 +1,121 @@
+"""The collectives part of benchmarks/planner.py: fit the executor's CPU costs, then check
+the autotuner's choice against ring / tree / packing measured in the same run.
+
+Per shape (loopback ranks, or an emulated cluster in network namespaces):
+1. calibration: ring, double binary tree and packing with 1 and 4 trees at 512 KiB and
+   8 MiB (pieces of 32 KiB, 256 KiB and 2 MiB) are timed, and `costmodel.fit` finds the
+   CPU parameters (per message, per byte copied, per byte forwarded, per step) that
+   predict them best;
+2. sweep: at every size, the autotuner's choice under the fitted model and the model's
+   best piece size for ring, tree and packing are timed in interleaved rounds (median);
+   the choice must be within 5% of the best of the three and within 20% of its
+   prediction. Sizes of the sweep are not those of the calibration.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+CALIBRATION = [(alg, size, chunk) for alg in ("ring", "dbtree", "packing:1", "packing:4")
+               for size in (512 << 10, 8 << 20) for chunk in (32 << 10, 256 << 10, 2 << 20)]
+BASE = dict(alpha=10e-6, reduce_bw=0.5e9, step_overhead=20e-6, cores=float(os.cpu_count()),
+            link_efficiency=0.97)
+LOOPBACK_BASE = dict(alpha=150e-6, reduce_bw=8e9, step_overhead=100e-6,
+                     cores=float(os.cpu_count()), link_efficiency=1.0, copy_bw=2.5e9)
+
+
+def time_runs(job_file: str, rounds: int) -> dict:
+    """In every rank: run each (key, schedule, chunk, size) job, interleaved rounds; the
+    slowest rank's time per run; median per key."""
+    from weft.collectives.executor import execute
+
+    torch.set_num_threads(1)
+    jobs = pickle.loads(Path(job_file).read_bytes())
+    bufs = {size: torch.ones(size // 4) for _, _, _, size in jobs}
+    for key, sched, chunk, size in jobs:  # warm-up (and buffers)
+        execute(sched, bufs[size], chunk_bytes=chunk, timeout=600)
+    times: dict = {key: [] for key, *_ in jobs}
+    for _ in range(rounds):
+        for key, sched, chunk, size in jobs:
+            dist.barrier()
+            t0 = time.perf_counter()
+            execute(sched, bufs[size], chunk_bytes=chunk, timeout=600)
+            t = torch.tensor([time.perf_counter() - t0], dtype=torch.float64)
+            dist.all_reduce(t, op=dist.ReduceOp.MAX)
+            times[key].append(float(t))
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def _run(runner, jobs, rounds: int) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "jobs.pkl")
+        Path(path).write_bytes(pickle.dumps(jobs))
+        return runner(path, rounds)
+
+
+def sweep(fabric, runner, sizes, base: dict, rounds: int, calib_rounds: int,
+          calibration=CALIBRATION) -> dict:
+    """Calibrate on `fabric` (runs through `runner(job_file, rounds)`), then sweep."""
+    from weft.collectives.autotune import ranked, schedule_for
+    from weft.collectives.costmodel import CostParams, fit
+
+    base_p = CostParams(**base)
+    jobs = [((alg, size, chunk), schedule_for(fabric, "allreduce", alg), chunk, size)
+            for alg, size, chunk in calibration]
+    measured = _run(runner, jobs, calib_rounds)
+    samples = [(s, fabric, size, chunk, measured[key]) for key, s, chunk, size in jobs]
+    params, fit_err = fit(samples, base_p)
+    plan = {}
+    jobs = []
+    for size in sizes:  # every size's contenders in one run of the ranks
+        r = ranked(fabric, "allreduce", size, params=params)
+        best_of = {}
+        for c in r:
+            fam = "packing" if c.algorithm.startswith("packing") else c.algorithm
+            if fam in ("ring", "dbtree", "packing") and fam not in best_of:
+                best_of[fam] = c
+        plan[size] = (r[0], best_of)
+        jobs += [((name, size), c.schedule, c.chunk_bytes, size)
+                 for name, c in {"choice": r[0], **best_of}.items()]
+    got = _run(runner, jobs, rounds)
+    rows = []
+    for size in sizes:
+        choice, best_of = plan[size]
+        best = min(got[k, size] for k in best_of)
+        rows.append({"size": size, "choice": f"{choice.algorithm}/{choice.chunk_bytes >> 10}KiB",
+                     "predicted": choice.predicted, "measured": got["choice", size],
+                     "vs_best": got["choice", size] / best,
+                     "default_choice": _default_choice(fabric, size, base_p),
+                     **{f"{k}_s": got[k, size] for k in best_of}})
+    return {"params": params, "fit_error": fit_err, "rows": rows, "calibration": measured}
+
+
+def _default_choice(fabric, size, base) -> str:
+    from weft.collectives.autotune import ranked
+
+    c = ranked(fabric, "allreduce", size, params=base)[0]
+    return f"{c.algorithm}/{c.chunk_bytes >> 10}KiB"
+
+
+def loopback_runner(n: int):
+    from weft.launch import launch
+
+    def run(job_file, rounds):
+        return launch(time_runs, n, args=(job_file, rounds), timeout=600)[0]
+    return run
+
+
+def netns_runner(cluster):
+    def run(job_file, rounds):
+        return cluster.run(f"{Path(__file__).resolve()}:time_runs",
+                           {"job_file": job_file, "rounds": rounds}, timeout=3600,
+                           op_timeout=600)[0]
+    return run

@@ -1,0 +1,261 @@
+"""`weft plan auto` (search plans, place the best, write it) and `weft plan explain`.
+
+    weft plan auto --model examples/gpt.py --topology multi_node:2x4 --batch 64 --out plan.yaml
+    weft plan auto --model transformer:n_layer=48 --topology multi_node:128x8 --any
+    weft plan explain plan.yaml --model examples/gpt.py --topology multi_node:2x4 --batch 64
+"""
+
+from __future__ import annotations
+
+from weft.errors import PlanError
+
+
+def workload_of(args):
+    """(Workload, tensor-parallel rules, model or None) from --workload / --model."""
+    from weft.planner.workload import Workload, parse_transformer
+
+    rules = ()
+    if getattr(args, "tp_rules", None):
+        from weft.plan.io import load
+
+        rules = load(args.tp_rules).tensor_parallel
+    if args.workload:
+        return Workload.load(args.workload), rules, None
+    if not args.model:
+        raise PlanError("pass --model (a model spec, or transformer:key=value,...) or --workload")
+    if args.model.startswith("transformer:"):
+        from weft.planner.tp_rules import GPT_RULES
+
+        return parse_transformer(args.model), rules or GPT_RULES, None
+    from weft.model_spec import extra, load_model
+    from weft.planner.profile_units import profile_workload
+    from weft.planner.tp_rules import megatron_rules
+
+    model = load_model(args.model)
+    make = extra(args.model, "example_input")
+    if make is None:
+        raise PlanError(f"{args.model} defines no example_input(batch_size); the planner "
+                        "profiles the model on it")
+    rules = rules or megatron_rules(model)
+    wl = profile_workload(model, make, args.micro_batch, rules, repeats=args.repeats)
+    if args.save_workload:
+        wl.save(args.save_workload)
+    return wl, rules, model
+
+
+def costs_of(args):
+    from weft.planner.plan_cost import Costs
+
+    return Costs(compute_scale=args.compute_scale, optimizer_bw=args.optimizer_bw or 0.0,
+                 step_overhead_s=args.step_overhead or 0.0)
+
+
+def block_pattern(workload) -> tuple[str, ...]:
+    from weft.planner.shape import block_layers
+
+    pats = []
+    for i in block_layers(workload):
+        for m in workload.layers[i].modules:
+            p = ".".join("*" if a.isdigit() else a for a in m.split("."))
+            if p not in pats:
+                pats.append(p)
+    return tuple(pats)
+
+
+def runnable(global_batch: int):
+    """shape -> why weft.parallelize cannot run it (None: it can)."""
+    import torch
+
+    from weft.parallel.pp import check_pipeline
+    from weft.planner.workload import Workload
+
+    def why(shape, workload: Workload | None = None) -> str | None:
+        if shape.pp == 1:
+            return None
+        if shape.stages_per_rank > 1:
+            return "interleaved (several stages per rank)"
+        if shape.tp > 1:
+            return "tp with pp"
+        if shape.checkpoint:
+            return "checkpointing with pp"
+        from weft.plan.format import Mesh, Pipeline, Plan
+
+        plan = Plan(mesh=Mesh(shape.pp, shape.dp_replicate, shape.dp_shard, shape.tp),
+                    pipeline=Pipeline(split=tuple(f"s{i}" for i in range(shape.pp - 1)),
+                                      schedule=shape.schedule, microbatches=shape.microbatches))
+        try:
+            check_pipeline(plan, torch.empty(global_batch, 1))
+        except PlanError as exc:
+            return str(exc).split(":")[0]
+        return None
+    return why
+
+
+def _table(found, title: str):
+    from rich.table import Table
+
+    from weft.units import fmt_bytes
+
+    t = Table(title=title)
+    for col in ("#", "mesh", "schedule", "micro-batches", "ckpt", "step", "samples/s",
+                "memory", "bubble", "comm"):
+        t.add_column(col, justify="right" if col not in ("mesh", "schedule") else "left")
+    for i, e in enumerate(found.top):
+        s = e.shape
+        mesh = " ".join(f"{n}{getattr(s, d)}" for d, n in (("pp", "pp"), ("dp_replicate", "dp"),
+                                                            ("dp_shard", "fsdp"), ("tp", "tp"))
+                        if getattr(s, d) > 1) or "single"
+        sched = (s.schedule + (f" x{s.stages_per_rank}" if s.stages_per_rank > 1 else "")
+                 if s.pp > 1 else "-")
+        t.add_row(str(i + 1), mesh, sched, f"{s.microbatches} x {s.micro_batch:g}",
+                  "yes" if s.checkpoint else "no", f"{e.step_s * 1e3:.3f} ms",
+                  f"{s.global_batch / e.step_s:,.0f}", fmt_bytes(e.peak_bytes),
+                  f"{e.bubble:.1%}", f"{e.comm_share:.0%}")
+    return t
+
+
+def _auto(args) -> int:
+    from rich.console import Console
+
+    from weft.plan.io import load, save
+    from weft.planner.placement import place
+    from weft.planner.plan_cost import PlanModel
+    from weft.planner.search import Space, search
+    from weft.topology.io import resolve
+    from weft.units import fmt_bytes
+
+    con = Console(width=max(Console().width, 110))
+    topo = resolve(args.topology).validate()
+    wl, rules, model = workload_of(args)
+    pm = PlanModel(wl, topo, costs_of(args))
+    devs = args.devices or len(pm.net.compute_devices)
+    used = pm.rank_order(devs)
+    memory = args.memory or min(topo.device(d).memory for d in used)
+    space = Space(schedules=args.schedules, interleaved=args.any,
+                  checkpoint=(False, True), runnable=None if args.any else runnable(args.batch))
+    found = search(wl, pm, devs, args.batch, memory, space, top=args.top)
+    con.print(_table(found, f"plans for {wl.name} on {devs} devices of {topo.name}, batch "
+                            f"{args.batch}, {fmt_bytes(memory)} per device"))
+    con.print(f"searched {found.candidates} candidates ({found.pruned_memory} pruned by memory, "
+              f"{sum(found.rejected.values())} rejected: {found.rejected or 'none'}), costed "
+              f"{found.evaluated}, in {found.seconds:.2f} s")
+    best = found.best
+    placement = None
+    if not args.no_place:
+        placed = place(pm, best.shape, budget_s=args.place_budget)
+        con.print(f"placement ({placed.method}): predicted {placed.estimate.step_s * 1e3:.3f} ms "
+                  f"vs rank order {placed.rank_order.step_s * 1e3:.3f} ms "
+                  f"({placed.gain:.2f}x), in {placed.seconds:.2f} s")
+        if placed.devices != used:
+            placement = tuple(placed.devices)
+        best = placed.estimate
+    if args.out:
+        blocks = block_pattern(wl)
+        plan = best.shape.to_plan(wl, rules, name=args.name, shard_modules=blocks,
+                                  checkpoint=blocks)
+        if placement:
+            from dataclasses import replace
+
+            plan = replace(plan, placement=placement)
+        path = save(plan, args.out)
+        plan = load(path)
+        if model is not None:
+            from weft.plan.check import check
+
+            check(plan, model, devs)
+        con.print(f"best plan written to {path}")
+    return 0
+
+
+def _explain(args) -> int:
+    from weft.plan.io import load
+    from weft.planner.explain import explain
+    from weft.planner.plan_cost import PlanModel
+    from weft.planner.shape import Shape
+    from weft.topology.io import resolve
+
+    plan = load(args.plan)
+    topo = resolve(args.topology).validate()
+    wl, _, _ = workload_of(args)
+    pm = PlanModel(wl, topo, costs_of(args))
+    world = args.world or (plan.mesh.size if plan.mesh.resolved else len(pm.net.compute_devices))
+    shape = Shape.of(plan, wl, args.batch, world)
+    est = pm.estimate(shape, list(plan.placement) if plan.placement else None)
+    print(explain(est, wl, topo.name))
+    return 0
+
+
+def schedules(text: str) -> tuple[str, ...]:
+    """--schedules: a comma-separated subset of gpipe,1f1b."""
+    import argparse
+
+    names = tuple(n.strip().lower() for n in text.split(",") if n.strip())
+    bad = [n for n in names if n not in ("gpipe", "1f1b")]
+    if bad or not names:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected gpipe, 1f1b or gpipe,1f1b")
+    return names
+
+
+def _common(q) -> None:
+    from weft.args import (
+        existing_file,
+        nonneg_float,
+        output_file,
+        positive_float,
+        positive_int,
+        size,
+    )
+
+    q.add_argument("--model", help="model spec (path.py[:attr]), profiled per layer, or "
+                   "transformer:n_layer=48,d_model=2048,... (analytic)")
+    q.add_argument("--workload", type=existing_file,
+                   help="a saved workload JSON instead of --model")
+    q.add_argument("--save-workload", type=output_file,
+                   help="write the profiled workload JSON here")
+    q.add_argument("--topology", default="multi_node:2x4", help="builder spec or YAML file")
+    q.add_argument("--batch", type=positive_int, default=64, help="global batch (samples per step)")
+    q.add_argument("--micro-batch", type=positive_int, default=8,
+                   help="batch to profile the model at")
+    q.add_argument("--repeats", type=positive_int, default=5, help="timed passes per profile")
+    q.add_argument("--tp-rules", type=existing_file,
+                   help="a plan file whose tensor_parallel rules to use "
+                   "(default: Megatron-style rules found in the model)")
+    q.add_argument("--compute-scale", type=positive_float, default=1.0,
+                   help="multiply profiled compute (contention with all ranks busy)")
+    q.add_argument("--optimizer-bw", type=size,
+                   help="parameter bytes/s Adam updates, e.g. 2GB/s (default: not charged)")
+    q.add_argument("--step-overhead", type=nonneg_float, help="seconds per step beyond the model")
+
+
+def register(psub) -> None:
+    from weft.args import existing_file, nonneg_float, output_file, positive_int, size
+
+    q = psub.add_parser("auto", help="search plans for a model on a topology; write the best")
+    _common(q)
+    q.add_argument("--devices", type=positive_int,
+                   help="devices to use (default: all compute devices)")
+    q.add_argument("--memory", type=size,
+                   help="memory per device, e.g. 80GB (default: the topology's)")
+    q.add_argument("--top", type=positive_int, default=10, help="plans to list")
+    q.add_argument("--any", action="store_true", help="also plans weft.parallelize does not run "
+                   "yet (tp with pp, interleaved, checkpointing with pp)")
+    q.add_argument("--schedules", type=schedules, default="1f1b",
+                   help="pipeline schedules to search (gpipe,1f1b; GPipe takes 1F1B's time "
+                   "in the model and more memory)")
+    q.add_argument("--no-place", action="store_true", help="keep rank order")
+    q.add_argument("--place-budget", type=nonneg_float, default=5.0, help="seconds for refinement")
+    q.add_argument("--name", default="auto", help="name of the written plan")
+    q.add_argument("--out", type=output_file,
+                   help="write the best plan (weft.plan/1 YAML or JSON) here")
+    q.set_defaults(func=_auto)
+    e = psub.add_parser("explain", help="predicted step time and memory of a plan, term by term")
+    e.add_argument("plan", type=existing_file, help="plan file (weft.plan/1)")
+    _common(e)
+    e.add_argument("--world", type=positive_int, help="world size for a mesh with a -1 degree")
+    e.set_defaults(func=_explain)
+    from weft.topology.cli import actions
+
+    if actions() is not None:  # `weft topology optimize` needs the planner
+        from weft.planner.fabric_cli import register as register_fabric
+
+        register_fabric(actions())

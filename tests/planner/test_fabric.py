@@ -1,0 +1,43 @@
+"""The optical fabric chosen for a plan: port budget, never worse than the ring, the CLI."""
+
+import pytest
+
+from weft.planner.fabric import optimize_fabric
+from weft.planner.shape import Shape
+from weft.planner.workload import transformer
+from weft.topology.io import load
+from weft.topology.optical import circuits
+
+BW = 12.5e9
+
+
+@pytest.mark.parametrize("shape", [Shape(dp_replicate=4, tp=2, global_batch=16, flavour="weft"),
+                                   Shape(pp=2, tp=4, global_batch=16, microbatches=4)],
+                         ids=lambda s: s.label())
+def test_chosen_fabric_respects_ports_and_beats_or_ties_the_ring(shape):
+    wl = transformer(n_layer=4, d_model=1024, n_head=8, seq=512, flops=100e12)
+    res = optimize_fabric(wl, shape, ports=4, bandwidth=BW, rounds=2, place_budget=0.3)
+    assert max(circuits(res.optical.topology, BW).values()) <= 4
+    assert res.times["optical"] <= res.times["ring"] * (1 + 1e-9)
+    assert res.times["fat tree"] <= res.times["optical"] * (1 + 1e-9)  # the non-blocking ideal
+    assert sorted(res.optical.placement) == sorted(res.topologies["optical"].device_names)
+
+
+def test_topology_optimize_cli(tmp_path, capsys):
+    from weft.cli import main
+
+    model = "transformer:n_layer=4,d_model=512,n_head=8,seq=256,flops=1e13"
+    plan = tmp_path / "p.yaml"
+    plan.write_text("format: weft.plan/1\nmesh: {dp_replicate: 2, tp: 4}\n"
+                    "tensor_parallel: [{module: blocks.*.attn.q, style: colwise}]\n")
+    out = tmp_path / "topo.yaml"
+    assert main(["topology", "optimize", "--plan", str(plan), "--model", model, "--batch", "8",
+                 "--ports", "4", "--out", str(out), "--rounds", "2", "--place-budget",
+                 "0.2"]) == 0
+    topo = load(out)
+    assert len(topo.compute_devices) == 8
+    assert max(circuits(topo, BW).values()) <= 4
+    text = capsys.readouterr().out
+    assert "torus" in text and "ring" in text and "fat tree" in text
+    assert main(["topology", "optimize", "--plan", str(plan), "--model", model, "--ports", "0",
+                 "--out", str(out)]) == 2

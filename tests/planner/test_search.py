@@ -1,0 +1,128 @@
+"""The plan search: the same choice as exhaustive search under the same cost model."""
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from weft.plan.io import loads
+from weft.planner.plan_cost import Costs, PlanModel
+from weft.planner.search import (
+    Space,
+    candidates,
+    exhaustive,
+    lower_bound,
+    memory_floor,
+    search,
+)
+from weft.planner.workload import transformer
+from weft.topology.builders import multi_node
+
+GiB = 2**30
+
+
+def _labels(found):
+    return [(e.shape.label(), round(e.step_s, 12)) for e in found.top]
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(n_layer=st.integers(2, 6), d_model=st.sampled_from([256, 512, 1024]),
+       seq=st.sampled_from([128, 512]), nodes=st.integers(1, 2), per=st.sampled_from([2, 4]),
+       inter=st.sampled_from([1e9, 12.5e9]), mem=st.sampled_from([None, 0.25, 2.0]),
+       batch=st.sampled_from([8, 16]), interleaved=st.booleans(), top=st.integers(1, 5))
+def test_search_equals_exhaustive(n_layer, d_model, seq, nodes, per, inter, mem, batch,
+                                  interleaved, top):
+    if nodes * per < 2:
+        return
+    wl = transformer(n_layer=n_layer, d_model=d_model, n_head=8, seq=seq, vocab=4096,
+                     flops=5e12, dtype_bytes=4)
+    model = PlanModel(wl, multi_node(nodes, per, inter=inter), Costs(compute_scale=1.1))
+    space = Space(interleaved=interleaved)
+    memory = None if mem is None else mem * GiB
+    n = nodes * per
+    a = search(wl, model, n, batch, memory, space, top=top)
+    b = exhaustive(wl, model, n, batch, memory, space, top=top)
+    assert _labels(a) == _labels(b)
+    assert a.evaluated <= b.evaluated
+
+
+def test_bounds_are_bounds():
+    """The pruning bounds never exceed the exact values, for every candidate."""
+    wl = transformer(n_layer=6, d_model=512, n_head=8, seq=256, vocab=4096, flops=5e12)
+    model = PlanModel(wl, multi_node(2, 4, inter=2e9))
+    space = Space(interleaved=True)
+    for c in candidates(wl, 8, 32, space, 4):
+        est = model.estimate(c)
+        assert lower_bound(model, c) <= est.step_s * (1 + 1e-9), c.label()
+        assert memory_floor(c, wl) <= est.peak_bytes * (1 + 1e-9), c.label()
+
+
+def test_memory_limit_and_runnable_constraint_are_honoured():
+    wl = transformer(n_layer=8, d_model=1024, n_head=8, seq=512, vocab=8192, flops=5e12,
+                     dtype_bytes=4)
+    model = PlanModel(wl, multi_node(2, 4))
+    free = search(wl, model, 8, 32, None, Space(), top=3).best
+    limit = free.peak_bytes * 0.5
+    tight = search(wl, model, 8, 32, limit, Space(), top=20)
+    assert tight.top and all(e.peak_bytes <= limit for e in tight.top)
+
+    def no_pp(shape):
+        return "pp" if shape.pp > 1 else None
+    found = search(wl, model, 8, 32, None, Space(runnable=no_pp), top=20)
+    assert all(e.shape.pp == 1 for e in found.top) and found.rejected.get("pp")
+
+
+def test_a_large_search_finishes_within_memory():
+    """12 layers on 64 devices (the benchmark times 48 on 1,024): the best fits memory and
+    the bound pruned part of the space."""
+    wl = transformer(n_layer=12, d_model=2048, n_head=16, seq=2048, flops=300e12)
+    model = PlanModel(wl, multi_node(8, 8, style="switch"))
+    found = search(wl, model, 64, 256, 8 * GiB, Space(interleaved=True), top=5)
+    best = found.best
+    assert best.peak_bytes <= 16 * GiB
+    assert best.shape.world == 64 and found.evaluated < found.candidates
+
+
+def test_auto_writes_a_plan_that_loads(tmp_path, capsys):
+    from weft.cli import main
+
+    out = tmp_path / "plan.yaml"
+    model = "transformer:n_layer=4,d_model=256,n_head=4,seq=64,vocab=1024,flops=1e12"
+    rc = main(["plan", "auto", "--model", model, "--topology", "multi_node:2x2", "--batch", "16",
+               "--out", str(out), "--any"])
+    assert rc == 0
+    plan = loads(out.read_text(), str(out))
+    assert plan.mesh.size == 4
+    text = capsys.readouterr().out
+    assert "best plan written" in text
+    rc = main(["plan", "explain", str(out), "--model", model, "--topology", "multi_node:2x2",
+               "--batch", "16"])
+    assert rc == 0
+    text = capsys.readouterr().out
+    for term in ("compute", "tensor-parallel collectives", "pipeline bubble",
+                 "data-parallel exposed", "optimizer state", "activations"):
+        assert term in text
+
+
+def test_auto_refuses_bad_input(capsys):
+    from weft.cli import main
+
+    assert main(["plan", "auto", "--model", "transformer:n_layer=x", "--topology",
+                 "ring:4"]) == 2
+    assert "n_layer" in capsys.readouterr().err
+    assert main(["plan", "auto", "--topology", "ring:4"]) == 2
+
+
+@pytest.mark.parametrize("spec", ["examples/gpt.py"])
+def test_auto_on_a_real_model_writes_a_runnable_plan(tmp_path, spec):
+    """Profiled GPT: the written plan passes weft.plan.check against the model."""
+    from weft.cli import main
+
+    out = tmp_path / "p.yaml"
+    assert main(["plan", "auto", "--model", spec, "--topology", "multi_node:2x2", "--batch",
+                 "16", "--micro-batch", "4", "--repeats", "1", "--out", str(out),
+                 "--top", "3"]) == 0
+    from weft.model_spec import load_model
+    from weft.plan.check import check
+
+    plan = loads(out.read_text())
+    check(plan, load_model(spec), 4)
