@@ -35,6 +35,10 @@ COVERED = {
     "weft demo --adaptive [--kill]": "tests.demo.test_cli::test_adaptive_demo_with_a_killed_worker_runs",
 }
 NOT_RUN = {
+    "weft train --policy examples/elastic.yaml --model examples/gpt_spec.py":
+        "two GPT workers and two warm standbys, about 45 s of CPU even at 6 steps; "
+        "tests/adapt/test_cli.py::test_train_a_model_spec_and_a_script runs --model and --script "
+        "on a small spec, tests/adapt/test_plans.py the GPT example under adaptation",
     "weft train --policy P --nnodes 1:4 --nproc-per-node 2 --rdzv-endpoint node0:29400":
         "needs the other machines (tests/adapt/test_multinode.py runs two agents on 127.0.0.1)",
     "weft cluster run examples/cluster/cluster.yaml examples/cluster/jobs.yaml":
@@ -53,7 +57,9 @@ def _lines(text: str, table_is_commands: bool) -> list[tuple[str, bool]]:
     """(command, complete): shell-block lines and README table rows are complete command
     lines; a `weft ...` in a sentence may name a command and some options only."""
     found = []
-    for block in re.findall(r"```(?:sh|bash|console|shell)?\n(.*?)```", text, re.S):
+    for lang, block in re.findall(r"```(\w*)\n(.*?)```", text, re.S):  # every fence pairs
+        if lang not in ("", "sh", "bash", "console", "shell"):
+            continue
         for line in re.sub(r"\\\n\s*", " ", block).splitlines():
             line = line.split(" #")[0].strip()
             if line.startswith("weft "):

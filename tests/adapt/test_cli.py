@@ -67,3 +67,83 @@ def test_bad_node_options_are_clear_cli_errors(tmp_path, capsys):
     for extra, msg in cases:
         assert main(["train", "--policy", str(policy), *extra]) == 2
         assert msg in capsys.readouterr().err
+
+
+NET = '''
+import torch
+from torch import nn
+
+
+def model():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+
+
+def dataset():
+    x = torch.randn(96, 4, generator=torch.Generator().manual_seed(0))
+    y = (x[:, 0] > 0).long() + (x[:, 1] > 0).long()
+    return torch.utils.data.TensorDataset(x, y), torch.utils.data.TensorDataset(x[:32], y[:32])
+
+
+loss_fn = nn.functional.cross_entropy
+
+
+def optimizer(params):
+    return torch.optim.Adam(params, lr=0.01)
+
+
+def scheduler(opt):
+    return torch.optim.lr_scheduler.StepLR(opt, step_size=2, gamma=0.5)
+'''
+
+SCRIPT = '''
+import net
+import weft.adapt as wa
+
+if __name__ == "__main__":
+    wa.fit(net.model, net.dataset, net.loss_fn, net.optimizer, scheduler=net.scheduler,
+           config={"workers": 1, "max_workers": 1, "max_steps": 5, "batch_size": 8})
+'''
+
+
+def test_train_a_model_spec_and_a_script(tmp_path, capsys):
+    import torch
+
+    (tmp_path / "net.py").write_text(NET)
+    (tmp_path / "train.py").write_text(SCRIPT)
+    policy = tmp_path / "p.yaml"
+    policy.write_text("train: {workers: 1, max_workers: 1, max_steps: 4, batch_size: 8}\n")
+    assert main(["train", "--policy", str(policy), "--model", str(tmp_path / "net.py"),
+                 "--out", str(tmp_path / "a")]) == 0
+    [run] = (tmp_path / "a").iterdir()
+    report = json.loads((run / "report.json").read_text())
+    assert report["steps"] == 4 and report["test_loss"] > 0
+    assert [h["lr"] for h in report["history"]] == [0.01, 0.005, 0.005, 0.0025]  # StepLR ran
+    state = torch.load(run / "model.pt")
+    assert set(state) == {"0.weight", "0.bias", "2.weight", "2.bias"}
+    # the script's fit() takes the policy file's settings and the command line's options
+    assert main(["train", "--policy", str(policy), "--script", str(tmp_path / "train.py"),
+                 "--max-steps", "2", "--out", str(tmp_path / "b")]) == 0
+    [run] = (tmp_path / "b").iterdir()
+    assert json.loads((run / "report.json").read_text())["steps"] == 2
+    assert "trained model:" in capsys.readouterr().out
+
+
+def test_bad_adaptive_training_options_are_clear_cli_errors(tmp_path, capsys):
+    policy = tmp_path / "p.yaml"
+    policy.write_text("policies: []\n")
+    (tmp_path / "nodata.py").write_text("import torch\nmodel = torch.nn.Linear(2, 2)\n")
+    cases = [(["--data", "d.py:fn"], "--data and --parallel-plan need --model"),
+             (["--script", str(tmp_path / "missing.py")], "--script: " + str(tmp_path)),
+             (["--resume", str(tmp_path / "none")], "nothing to resume from"),
+             (["--resume", str(tmp_path / "c1"), "--checkpoint", str(tmp_path / "c2")],
+              "pass one of them"),
+             (["--workers", "0"], "--workers: must be >= 1, got 0"),
+             (["--rdzv-timeout", "-1"], "--rdzv-timeout: must be > 0"),
+             (["--model", str(tmp_path / "nodata.py")], "defines no dataset()"),
+             (["--batch-rule", "global", "--algorithm", "spiral"], "unknown algorithm 'spiral'")]
+    for extra, msg in cases:
+        assert main(["train", "--policy", str(policy), "--out", str(tmp_path / "r"),
+                     *extra]) == 2, extra
+        assert msg in capsys.readouterr().err, extra
+    assert not (tmp_path / "r").exists()

@@ -36,3 +36,55 @@ def test_strategy_switches_converge_and_invalid_actions_are_rejected():
         assert r["step"] == len(r["history"]) == 6 * -(-1437 // 32)
         assert r["accuracy"] >= 0.95, r["accuracy"]
     assert torch.equal(reports[0]["params"], reports[1]["params"])
+
+
+
+class _TwoRanks:
+    """The all-reduce of two replicas held in one process: averages the buffer with the
+    other replica's (given), and records this replica's buffer for the other."""
+
+    world_size = 2
+
+    def __init__(self, other=None):
+        self.other, self.sent = other, None
+
+    def all_reduce(self, flat, op="sum"):
+        assert op == "avg"
+        self.sent = flat.clone()
+        if self.other is not None:
+            flat.add_(self.other).div_(2)
+
+
+def test_switch_consensus_averages_adam_moments_and_parameters():
+    """Strategy switches make replicas equal by averaging parameters AND optimizer state
+    (Adam's moments), not only the parameters."""
+    from weft.adapt.sync import consensus
+
+    replicas = []
+    for seed in (1, 2):  # the same start, each replica its own data: states differ
+        torch.manual_seed(0)
+        model = torch.nn.Linear(4, 2)
+        opt = torch.optim.Adam(model.parameters(), lr=0.1)
+        torch.manual_seed(seed)
+        for _ in range(2):
+            opt.zero_grad()
+            model(torch.randn(8, 4)).pow(2).mean().backward()
+            opt.step()
+        replicas.append((model, opt))
+
+    def tensors(model, opt):
+        return [p.detach().clone() for p in model.parameters()] + [
+            s[k].clone() for s in opt.state.values() for k in ("exp_avg", "exp_avg_sq")]
+
+    before = [tensors(*r) for r in replicas]
+    assert not torch.equal(before[0][2], before[1][2])  # Adam's first moments differed
+    a = _TwoRanks()
+    consensus(*replicas[0], a)                 # rank 0's buffer, nothing to average yet
+    b = _TwoRanks(other=a.sent)
+    consensus(*replicas[1], b)                 # rank 1 averages with rank 0's
+    consensus(*replicas[0], _TwoRanks(other=b.sent))  # and rank 0 with rank 1's
+    after = [tensors(*r) for r in replicas]
+    for x0, x1, y0, y1 in zip(*before, *after):
+        assert torch.equal(y0, y1)
+        torch.testing.assert_close(y0, (x0.double() + x1.double()).div(2).to(x0.dtype),
+                                   rtol=0, atol=1e-7)

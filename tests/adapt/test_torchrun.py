@@ -47,7 +47,8 @@ def test_resize_inside_torchrun_without_restarting(tmp_path):
     [out] = (tmp_path / "runs").glob("*/report.json")  # one report: from the final rank 0
     assert (out.parent / "loss.png").stat().st_size > 1000
     report = json.loads(out.read_text())
-    assert [(e["step"], e["kind"], e["new"]) for e in report["events"]] == \
+    assert [(e["step"], e["kind"], e["new"]) for e in report["events"]
+            if e["kind"] != "replan"] == \
         [(10, "resize", 3), (25, "resize", 2)]
     workers = report["workers"]
     for wid in ("0", "1"):  # torchrun's ranks 0 and 1 trained throughout in the same process

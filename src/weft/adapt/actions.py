@@ -47,7 +47,15 @@ class SwitchStrategy:
     strategy: str
 
 
-Action = Union[Resize, SetBatchSize, SetLR, SwitchStrategy]
+@dataclass(frozen=True)
+class Replan:
+    """Re-plan the collectives for the current members now (`measure`: first re-measure the
+    links between them with timed point-to-point transfers, e.g. after a slowdown)."""
+
+    measure: bool = True
+
+
+Action = Union[Resize, SetBatchSize, SetLR, SwitchStrategy, Replan]
 
 
 def _is_int(v: Any) -> bool:
@@ -64,6 +72,13 @@ def validate(action: Any, ctx: Any) -> str | None:
             return f"Resize(workers={w}): at least {ctx.min_workers} worker(s) required"
         if w > ctx.max_workers:
             return f"Resize(workers={w}): more than max_workers={ctx.max_workers}"
+        rule = getattr(ctx, "batch_rule", "per_worker")
+        if rule == "per_worker" and w * ctx.batch_size > ctx.dataset_size:
+            return (f"Resize(workers={w}): global batch {w * ctx.batch_size} ({w} x "
+                    f"{ctx.batch_size}) exceeds the dataset ({ctx.dataset_size} samples)")
+        if rule == "global" and w > ctx.global_batch:
+            return (f"Resize(workers={w}): more workers than samples in the global batch "
+                    f"({ctx.global_batch})")
         return None
     if isinstance(action, SetBatchSize):
         b = action.per_worker
@@ -85,17 +100,19 @@ def validate(action: Any, ctx: Any) -> str | None:
             return (f"SwitchStrategy({action.strategy!r}): unknown strategy; "
                     f"choose one of {', '.join(STRATEGIES)}")
         return None
-    return (f"{action!r} is not an action (expected Resize, SetBatchSize, SetLR or "
-            "SwitchStrategy)")
+    if isinstance(action, Replan):
+        return None
+    return (f"{action!r} is not an action (expected Resize, SetBatchSize, SetLR, "
+            "SwitchStrategy or Replan)")
 
 
 def from_dict(d: Any, where: str = "action") -> Action:
     """Build an action from YAML: {resize: 4} | {batch_size: 32, scale_lr: sqrt} | {lr: 0.1} |
-    {switch: sma}. Values are checked later by `validate` (so a bad one is rejected at run time
+    {switch: sma} | {replan: true} (true: re-measure the links first). Values are checked later by `validate` (so a bad one is rejected at run time
     like any other invalid action); unknown keys are an error now."""
     if not isinstance(d, dict) or len(set(d) - {"scale_lr"}) != 1:
         raise PolicyError(f"{where}: expected one of {{resize: N}}, {{batch_size: N}}, {{lr: X}}, "
-                        f"{{switch: NAME}}, got {d!r}")
+                          f"{{switch: NAME}}, {{replan: BOOL}}, got {d!r}")
     (key,) = set(d) - {"scale_lr"}
     v = d[key]
     if key == "resize":
@@ -106,4 +123,7 @@ def from_dict(d: Any, where: str = "action") -> Action:
         return SetLR(v)
     if key == "switch":
         return SwitchStrategy(v)
-    raise PolicyError(f"{where}: unknown action {key!r}; use resize, batch_size, lr or switch")
+    if key == "replan":
+        return Replan(bool(v))
+    raise PolicyError(f"{where}: unknown action {key!r}; use resize, batch_size, lr, switch or "
+                      "replan")

@@ -16,6 +16,11 @@ report. Every agent, the host's included:
   warm standbys (at most `standby` per node when that is set);
 - claims on-demand spawn requests (`spawn_req`) while it has a free slot;
 - announces a local worker that died (`dead/<wid>` = exit code);
+- gives each process a slot and, with `devices`, that slot's device of the job's
+  topology (the re-planner places members on them);
+- stops starting standbys after `MAX_STANDBY_FAILURES` of them failed in a row (e.g. the
+  user's model factory fails on this machine) and says why (`nostandby/<n>`), so a
+  scale-out grows by what there is instead of waiting;
 - stops when the job shuts down (or aborts), then sets `agent_done/<n>`.
 
 A node may join while the job runs (up to MAX nodes): its slots add capacity
@@ -42,6 +47,7 @@ from weft.adapt.worker import child_main
 from weft.errors import LaunchError
 
 log = logging.getLogger("weft.adapt")
+MAX_STANDBY_FAILURES = 2
 
 
 @dataclass(frozen=True)
@@ -117,11 +123,19 @@ def open_store(endpoint: tuple[str, int] | None, timeout: float) -> tuple[dist.T
 class NodeAgent:
     """Starts and watches the worker processes of one machine."""
 
-    def __init__(self, store: dist.TCPStore, host: str, port: int, slots: int | None):
+    def __init__(self, store: dist.TCPStore, host: str, port: int, slots: int | None,
+                 devices: list[str] | None = None):
         self.store, self.host, self.port = store, host, port
         store.wait(["job"])
-        self.cfg, self.policy = pickle.loads(store.get("job"))
-        self.slots = slots or self.cfg.max_workers
+        # The policy and workload pass through as bytes: only the workers unpickle them (a
+        # machine's agent need not import the user's classes).
+        self.cfg, self.policy, self.workload = pickle.loads(store.get("job")), \
+            store.get("job_policy"), store.get("job_workload")
+        self.slots = slots or (len(devices) if devices else self.cfg.max_workers)
+        self.devices = list(devices) if devices else None
+        if self.devices is not None and len(self.devices) < self.slots:
+            raise LaunchError(f"--devices names {len(self.devices)} device(s) for "
+                              f"{self.slots} process slot(s) on this machine")
         self.max_nodes = int(store.get("max_nodes"))
         self.node = store.add("node_seq", 1)
         if self.node > self.max_nodes:
@@ -136,6 +150,8 @@ class NodeAgent:
         self.ready: set[int] = set()  # standbys that are warm (model built, registered)
         self.dead: dict[int, int] = {}
         self.stopped: set[int] = set()  # terminated by this agent at shutdown: not deaths
+        self.slot_of: dict[int, int] = {}
+        self.standby_failures = 0  # in a row
         self.started = False
         self._beat = 0.0
         self._free = None
@@ -155,14 +171,32 @@ class NodeAgent:
             self._free = free
 
     def spawn(self, wid: int, standby: bool) -> None:
+        slot = min(set(range(self.slots + len(self.procs) + 1)) - set(self.slot_of.values()))
+        device = self.devices[slot] if self.devices and slot < len(self.devices) else None
         p = self.ctx.Process(target=child_main, name=f"weft-adapt{wid}", daemon=False,
-                             args=(self.cfg, self.policy, wid, self.host, self.port, standby))
+                             args=(self.cfg, self.policy, wid, self.host, self.port, standby,
+                                   self.workload, device))
         p.start()
         self.procs[wid] = p
+        self.slot_of[wid] = slot
         (self.standby if standby else self.active).add(wid)
 
     def new_standby(self) -> None:
         self.spawn(self.store.add("wid_seq", 1) - 1, True)
+
+    def _standby_failed(self, wid: int) -> None:
+        self.standby_failures += 1
+        if self.standby_failures >= MAX_STANDBY_FAILURES:
+            first = self.store.get(f"joiner_error/{wid}").decode().splitlines()[0]
+            why = (f"{self.standby_failures} standby worker(s) on node {self.node} failed to "
+                   f"start (last, worker {wid}: {first})")
+            if not self.store.check([f"nostandby/{self.node}"]):
+                log.warning("%s; no more standbys on this node", why)
+            self.store.set(f"nostandby/{self.node}", why)
+
+    @property
+    def gave_up(self) -> bool:
+        return self.standby_failures >= MAX_STANDBY_FAILURES
 
     def start(self) -> None:
         key = f"start/{self.node}"
@@ -183,14 +217,19 @@ class NodeAgent:
                 self.dead[wid] = p.exitcode
                 s.set(f"dead/{wid}", str(p.exitcode))
                 log.warning("worker %d (pid %d) died with exit code %s", wid, p.pid, p.exitcode)
+                if wid in self.standby and s.check([f"joiner_error/{wid}"]):
+                    self._standby_failed(wid)
+            elif wid in self.standby and wid in self.ready:
+                self.standby_failures = 0
             self.active.discard(wid)
             self.standby.discard(wid)
+            self.slot_of.pop(wid, None)
             del self.procs[wid]
         for wid in [w for w in self.standby if s.check([f"assign/{w}"])]:
             self.standby.discard(wid)
             self.active.add(wid)
         self.beat()
-        if stopping or not self.started:
+        if stopping or not self.started or self.gave_up:
             return
         free = self.slots - len(self.active) - len(self.standby)
         cap = self.slots if self.cfg.standby is None else self.cfg.standby
@@ -240,10 +279,10 @@ class NodeAgent:
 
 
 def join_elastic(store: dist.TCPStore, endpoint: tuple[str, int],
-                 nproc_per_node: int | None = None) -> int:
+                 nproc_per_node: int | None = None, devices: list[str] | None = None) -> int:
     """A non-host machine: serve the job whose store is `store` (at `endpoint`) until it
     ends. Returns this node's number."""
-    agent = NodeAgent(store, endpoint[0], endpoint[1], nproc_per_node)
+    agent = NodeAgent(store, endpoint[0], endpoint[1], nproc_per_node, devices)
     log.info("node %d joined the job at %s:%d with %d slot(s)", agent.node, *endpoint,
              agent.slots)
     agent.run_until_shutdown()

@@ -27,10 +27,12 @@ from weft.adapt.config import AdaptConfig
 from weft.errors import LaunchError
 
 
-def publish_job(store, cfg: AdaptConfig, policy: Any, nodes: Nodes) -> None:
+def publish_job(store, cfg: AdaptConfig, policy: Any, nodes: Nodes, workload=None) -> None:
     store.set("max_nodes", str(nodes.max_nodes))
     store.add("wid_seq", cfg.workers)  # wids 0..workers-1 are the initial workers
-    store.set("job", pickle.dumps((cfg, policy)))
+    store.set("job_policy", pickle.dumps(policy))
+    store.set("job_workload", pickle.dumps(workload))
+    store.set("job", pickle.dumps(cfg))
 
 
 def _place(store, cfg: AdaptConfig, n_nodes: int) -> None:
@@ -56,8 +58,10 @@ def _members_now(store, epoch: int) -> tuple[int, list[int]]:
 
 def collect(store) -> dict:
     n = store.add("wid_seq", 0)
-    out: dict = {"reports": {}, "pids": {}, "dead": {}}
+    out: dict = {"reports": {}, "pids": {}, "dead": {}, "joiner_errors": {}}
     for w in range(n):
+        if store.check([f"joiner_error/{w}"]):
+            out["joiner_errors"][w] = store.get(f"joiner_error/{w}").decode()
         if store.check([f"report/{w}"]):
             out["reports"][w] = pickle.loads(store.get(f"report/{w}"))
         if store.check([f"pid/{w}"]):
@@ -68,16 +72,19 @@ def collect(store) -> dict:
 
 
 def run_elastic(cfg: AdaptConfig, policy: Any = None, timeout: float = 600.0,
-                nodes: Nodes | None = None, store: dist.TCPStore | None = None) -> dict:
+                nodes: Nodes | None = None, store: dist.TCPStore | None = None,
+                workload=None) -> dict:
     """Host an elastic job: the store, this machine's node agent and, with `nodes`, the
-    agents of other machines that join it (see weft.adapt.agent). Returns
-    {"reports": {wid: report}, "pids": {wid: pid}, "dead": {wid: exitcode}}."""
+    agents of other machines that join it (see weft.adapt.agent). `workload`: what to
+    train (weft.adapt.workload.Workload; default the digits example). Returns
+    {"reports": {wid: report}, "pids": {wid: pid}, "dead": {wid: exitcode},
+    "joiner_errors": {wid: traceback}}."""
     nodes = nodes or Nodes()
     if store is None:
         store, _ = open_store(nodes.endpoint, cfg.join_timeout)
     host = nodes.endpoint[0] if nodes.endpoint else "127.0.0.1"
-    publish_job(store, cfg, policy, nodes)
-    agent = NodeAgent(store, host, store.port, nodes.nproc_per_node)
+    publish_job(store, cfg, policy, nodes, workload)
+    agent = NodeAgent(store, host, store.port, nodes.nproc_per_node, cfg.devices)
     deadline = time.monotonic() + timeout
     epoch = 0
     try:

@@ -9,6 +9,8 @@ the processes stay. Keys:
     members/<e>       JSON list of wids (written by the launcher for e=0)
     standby_seq, standby/<k>  registry of warm standby workers (their wids)
     assign/<wid>      the epoch a standby joiner must join
+    note/<e>          why epoch e has fewer members than asked (e.g. standbys failed)
+    nostandby/<n>     node agent n gave up starting standbys (they failed); the reason
     spawn_req         count of standbys asked for when none was free; node agents
                       with a free slot claim them (spawn_claimed) and start one
     node_seq, node/<n>, nodehb/<n>, free/<n>  node agents, their heartbeats and
@@ -179,12 +181,19 @@ class Membership:
             new = list(self.members[:new_world])
             grow = new_world - self.world
             if grow > 0:
-                joiners = self._take_standbys(grow)
+                joiners, why = self._take_standbys(grow)
                 new += joiners
                 for w in joiners:
                     self._set(f"assign/{w}", e + 1)
+                if why:
+                    self.store.set(f"note/{e + 1}", why)
             self._set(f"members/{e + 1}", new)
         return self.join(e + 1)
+
+    def note(self, epoch: int) -> str:
+        """Why epoch `epoch` got fewer members than asked ("" if it did not)."""
+        key = f"note/{epoch}"
+        return self.store.get(key).decode() if self.store.check([key]) else ""
 
     # -- standbys and capacity ----------------------------------------------
     def register_standby(self) -> None:
@@ -201,22 +210,36 @@ class Membership:
                 out.append(w)
         return out
 
-    def _take_standbys(self, n: int) -> list[int]:
-        """Up to `n` live standbys, waiting (bounded) for agents to start missing ones."""
+    def _given_up(self) -> str | None:
+        """Why no standby will come (every live node agent gave up starting them), else None."""
+        nodes = [k for k in range(1, self.store.add("node_seq", 0) + 1) if self._node_alive(k)]
+        if not nodes or not all(self.store.check([f"nostandby/{k}"]) for k in nodes):
+            return None
+        return self.store.get(f"nostandby/{nodes[0]}").decode()
+
+    def _take_standbys(self, n: int) -> tuple[list[int], str]:
+        """Up to `n` live standbys, waiting (bounded) for agents to start missing ones;
+        and why there are fewer ("" when there are enough)."""
         deadline = time.monotonic() + self.standby_timeout
         asked = 0
         while True:
             avail = self.available_standbys()
             if len(avail) >= n:
-                return avail[:n]
+                return avail[:n], ""
             if len(avail) + asked < n:  # ask node agents with a free slot to start more
                 self.store.add("spawn_req", n - len(avail) - asked)
                 asked = n - len(avail)
+            why = self._given_up()
+            if why:
+                log.warning("scale-out wanted %d more worker(s); %d available: %s", n,
+                            len(avail), why)
+                return avail, why
             if time.monotonic() > deadline:  # grow by what there is (maybe nothing)
                 log.warning("scale-out wanted %d more worker(s) but only %d standby worker(s) "
                             "became available within %g s (no free process slot on a live "
-                            "node?)", n, len(avail), self.join_timeout)
-                return avail
+                            "node?)", n, len(avail), self.standby_timeout)
+                return avail, f"only {len(avail)} standby worker(s) came within " \
+                              f"{self.standby_timeout:g} s"
             time.sleep(0.05)
 
     def _node_alive(self, n: int) -> bool:

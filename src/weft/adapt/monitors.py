@@ -33,8 +33,8 @@ import torch
 from weft.tensors import flatten
 
 # Layout of the packed statistics tensor (all summed across ranks).
-N_STATS = 6
-_SQNORM, _LOSS_SUM, _COUNT, _STEP_TIME, _RANKS, _CAPACITY = range(N_STATS)
+N_STATS = 7
+_SQNORM, _LOSS_SUM, _COUNT, _STEP_TIME, _RANKS, _CAPACITY, _COMM_TIME = range(N_STATS)
 
 
 def noise_scale_terms(sq_small: float, sq_big: float, b_small: float, b_big: float) -> tuple[float, float]:
@@ -75,11 +75,12 @@ def flat_grad(params) -> torch.Tensor:
 
 
 def pack(local_sq_norm: float, loss_sum: float, count: int, step_time: float,
-         capacity: float = 0.0) -> torch.Tensor:
+         capacity: float = 0.0, comm_time: float = 0.0) -> torch.Tensor:
     """This rank's contribution to the summed statistics tensor (`capacity`: the number of
-    workers the cluster can host now, contributed by rank 0 only, 0 elsewhere)."""
-    return torch.tensor([local_sq_norm, loss_sum, float(count), step_time, 1.0, capacity],
-                        dtype=torch.float64)
+    workers the cluster can host now, contributed by rank 0 only, 0 elsewhere; `step_time`
+    and `comm_time`: this rank's previous step and the part of it spent synchronising)."""
+    return torch.tensor([local_sq_norm, loss_sum, float(count), step_time, 1.0, capacity,
+                         comm_time], dtype=torch.float64)
 
 
 @dataclass
@@ -87,7 +88,8 @@ class Monitors:
     """Turns reduced statistics into the metrics dict that policies read.
 
     Metrics: loss (global mean), samples, throughput (samples/s, from the
-    mean step time), step_time, and when gradients were measured on equal
+    mean step time), step_time and comm_time (the previous step's, mean over
+    ranks; comm_time is its synchronisation part), and when gradients were measured on equal
     per-worker batches: grad_sq_small, grad_sq_big, grad_norm_sq (|G|^2 est.),
     grad_variance (tr(Sigma) est.), grad_snr (|G|^2 / (tr(Sigma)/B_big): the
     signal to noise of the averaged gradient), noise_scale (B_simple, EMA).
@@ -108,7 +110,7 @@ class Monitors:
         n = max(1.0, r[_RANKS])
         count = r[_COUNT]
         m = {"loss": r[_LOSS_SUM] / count if count else float("nan"), "samples": count,
-             "step_time": r[_STEP_TIME] / n}
+             "step_time": r[_STEP_TIME] / n, "comm_time": r[_COMM_TIME] / n}
         m["throughput"] = count / m["step_time"] if m["step_time"] > 0 else float("nan")
         if r[_CAPACITY] > 0:
             m["capacity"] = float(r[_CAPACITY])

@@ -19,7 +19,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
-from weft.adapt.actions import Resize, SetBatchSize, SwitchStrategy
+from weft.adapt.actions import Replan, Resize, SetBatchSize, SwitchStrategy
 
 
 @dataclass(frozen=True)
@@ -37,10 +37,14 @@ class Context:
     dataset_size: int
     membership: int = 0  # membership epoch (bumps on every resize or failure)
     capacity: int = 0  # workers the live nodes can host now (0: not measured yet)
+    global_batch: int = 0  # samples per step over all workers (0: batch_size x world)
+    batch_rule: str = "per_worker"  # what a resize keeps: per_worker or global
+    replans: int = 0  # collective re-plans so far (bumps on every re-plan)
+    algorithm: str = "gloo"  # the all-reduce in use
 
-    @property
-    def global_batch(self) -> int:
-        return self.batch_size * self.world
+    def __post_init__(self):
+        if not self.global_batch:
+            object.__setattr__(self, "global_batch", self.batch_size * self.world)
 
 
 def as_actions(result: Any) -> list:
@@ -219,3 +223,48 @@ class FollowCapacity(Policy):
             return None
         self.seen = 0
         return Resize(target)
+
+
+@dataclass
+class ReplanOnSlowdown(Policy):
+    """Re-measure the links and re-plan the collectives when synchronising is slower than it
+    should be: once the `settle` steps after a change have set its level (their median
+    `comm_time`), (a) that level is over `factor` x the plan's prediction (`comm_predicted`,
+    with a topology: the links are slower than the topology says; checked once per
+    membership), or (b) later steps stay over `factor` x that level for `patience` steps in
+    a row (a link became slow or congested). After a re-plan the level is measured afresh,
+    so a slowdown that no algorithm avoids does not re-plan again and again."""
+
+    factor: float = 1.5
+    patience: int = 3
+    settle: int = 5
+    key: list = field(default_factory=list)
+    seen: list = field(default_factory=list)
+    baseline: float | None = None
+    over: int = 0
+    checked: int = -1  # the membership whose level was compared with the prediction
+
+    def on_step(self, metrics, ctx):
+        c = metrics.get("comm_time")
+        if c is None or not math.isfinite(c) or ctx.world < 2:
+            return None
+        key = [ctx.membership, ctx.replans]
+        if key != self.key:
+            self.key, self.seen, self.baseline, self.over = key, [], None, 0
+        if self.baseline is None:
+            self.seen.append(c)
+            if len(self.seen) <= self.settle + 1:  # the first one straddles the change
+                return None
+            tail = sorted(self.seen[1:])
+            self.baseline = tail[len(tail) // 2]
+            pred = metrics.get("comm_predicted")
+            if self.checked != ctx.membership and pred and self.baseline > self.factor * pred:
+                self.checked = ctx.membership
+                return Replan(measure=True)
+            self.checked = ctx.membership
+            return None
+        self.over = self.over + 1 if c > self.factor * self.baseline else 0
+        if self.over < self.patience:
+            return None
+        self.over = 0
+        return Replan(measure=True)

@@ -9,6 +9,7 @@
       - adaptive_batch: {min_per_worker: 8, max_per_worker: 64}
       - schedule: {30: 4, 60: 3}
       - follow_capacity: {patience: 5}   # scale onto nodes that join (weft train --nnodes)
+      - replan_on_slowdown: {factor: 1.5}  # re-measure links, re-plan collectives
     rules:                      # `when` is an expression over metrics and context
       - when: "step == 40"
         do: {lr: 0.02}
@@ -19,7 +20,8 @@
 Expressions may use numbers, strings, comparisons, and/or/not, + - * /,
 abs/min/max, the metric names (loss, noise_scale, throughput, grad_snr, ...)
 and the context (step, epoch, world, batch_size, global_batch, lr, strategy,
-min_workers, max_workers, capacity). A metric not measured yet makes the rule false.
+min_workers, max_workers, capacity, batch_rule, replans, algorithm). A metric not
+measured yet makes the rule false.
 """
 
 from __future__ import annotations
@@ -33,12 +35,12 @@ from typing import Any
 
 from weft.adapt import actions as A
 from weft.adapt.actions import PolicyError
-from weft.adapt.policy import (AdaptiveBatchSize, Compose, Context, Policy, ScheduleResize,
-                               SwitchOnNoise, ThroughputScaler, FollowCapacity)
+from weft.adapt.policy import (AdaptiveBatchSize, Compose, Context, FollowCapacity, Policy,
+                               ReplanOnSlowdown, ScheduleResize, SwitchOnNoise, ThroughputScaler)
 
 BUILTINS = {"adaptive_batch": AdaptiveBatchSize, "switch_on_noise": SwitchOnNoise,
             "schedule": ScheduleResize, "throughput": ThroughputScaler,
-            "follow_capacity": FollowCapacity}
+            "follow_capacity": FollowCapacity, "replan_on_slowdown": ReplanOnSlowdown}
 
 _BIN = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul,
         ast.Div: operator.truediv, ast.Mod: operator.mod}

@@ -2,7 +2,7 @@
 
 Every epoch has one global permutation of the dataset (seeded by seed and
 epoch). A single global counter, `consumed`, says how many samples of the
-epoch the job has trained on. A step takes the next `world * per_worker`
+epoch the job has trained on. A step takes the next global batch of
 indices of the permutation and gives rank r the r-th slice, so after any
 resize the new world simply continues from `consumed`: no sample of the
 epoch is skipped or repeated. The last step of an epoch splits whatever is
@@ -28,11 +28,12 @@ class EpochSharder:
         return self._perm[1]
 
     def step_indices(self, epoch: int, consumed: int, rank: int, world: int,
-                     per_worker: int) -> tuple[torch.Tensor, int]:
-        """(this rank's sample indices, global number of samples in this step)."""
+                     global_batch: int) -> tuple[torch.Tensor, int]:
+        """(this rank's sample indices, global number of samples in this step), the global
+        batch split as evenly as possible over the `world` ranks."""
         if not 0 <= consumed < self.size:
             raise ValueError(f"consumed={consumed} outside [0, {self.size})")
-        total = min(world * per_worker, self.size - consumed)
+        total = min(global_batch, self.size - consumed)
         base, extra = divmod(total, world)
         lo = consumed + rank * base + min(rank, extra)
         hi = lo + base + (1 if rank < extra else 0)

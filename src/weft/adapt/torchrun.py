@@ -24,7 +24,8 @@ from typing import Any
 from weft.adapt.config import AdaptConfig, ConfigError
 
 
-def run_under_torchrun(cfg: AdaptConfig, policy: Any, finish_timeout: float = 60.0) -> dict | None:
+def run_under_torchrun(cfg: AdaptConfig, policy: Any, workload=None,
+                       finish_timeout: float = 60.0) -> dict | None:
     """This process's part of the job. On the process that ends as rank 0 returns
     {"reports", "pids", "dead"} like `run_elastic`; elsewhere None."""
     from weft.adapt.host import collect
@@ -42,7 +43,9 @@ def run_under_torchrun(cfg: AdaptConfig, policy: Any, finish_timeout: float = 60
     if rank == 0:
         store.add("wid_seq", world)
         store.set("members/0", json.dumps(list(range(cfg.workers))))
-    report = worker_main(cfg, policy, rank, host, port, rank >= cfg.workers, prefix)
+    policy, workload = pickle.loads(pickle.dumps(policy)), pickle.loads(pickle.dumps(workload))
+    report = worker_main(cfg, policy, rank, host, port, rank >= cfg.workers, prefix,
+                         workload=workload)
     store.set(f"report/{rank}", pickle.dumps(report))
     if report.get("left") is not False or report.get("rank") != 0:
         return None

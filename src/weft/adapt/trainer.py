@@ -1,11 +1,12 @@
 """The adaptive training loop that runs in every worker process.
 
 Per step: take this rank's slice of the global epoch permutation, forward /
-backward, synchronise with the current strategy (statistics for the
-monitors ride along), update the metrics, keep an in-memory snapshot of the
-completed step, then run the policy and apply its (validated) actions at
-the step boundary. A failed collective triggers recovery: survivors form a
-new group and continue from the most advanced survivor's last completed step.
+backward the user's model and loss, synchronise with the current strategy (the
+monitors' statistics ride along), step the optimizer and LR scheduler, update the
+metrics, run the user's callbacks, keep an in-memory snapshot of the completed step
+(and hand a checkpoint to the background writer when one is due), then run the policy
+and apply its (validated) actions at the step boundary. Membership changes, failure
+recovery and re-planning are in weft.adapt.changes.
 """
 
 from __future__ import annotations
@@ -17,22 +18,27 @@ import os
 import signal
 import time
 
-import torch
 import torch.distributed as dist
-from torch import nn
 
 from weft.adapt import actions as A
+from weft.adapt import callbacks as C
 from weft.adapt import sync
+from weft.adapt.changes import Changes
 from weft.adapt.config import AdaptConfig
-from weft.adapt.monitors import Monitors, pack
-from weft.adapt.policy import Context, as_actions, to_policy
-from weft.adapt.guard import GuardedCommunicator, PeerFailure
+from weft.adapt.engine import make as make_engine
+from weft.adapt.engine import set_lr, unaveragable
+from weft.adapt.guard import PeerFailure
 from weft.adapt.membership import MemberLost
+from weft.adapt.monitors import N_STATS, Monitors, pack
+from weft.adapt.policy import Context, as_actions, to_policy
+from weft.adapt.replan import CommPlan, Replanner
 from weft.adapt.sharding import EpochSharder
+from weft.adapt.workload import Built, get_batch
 from weft.collectives.communicator import TorchCommunicator
 
 log = logging.getLogger("weft.adapt")
 MAX_RECOVERIES = 8
+RECENT = 8  # step times kept for "measured before/after" of re-plans
 
 
 def is_comm_failure(exc: BaseException) -> bool:
@@ -45,203 +51,261 @@ def is_comm_failure(exc: BaseException) -> bool:
                            "socket", "broken pipe", "reset"))
 
 
-class Trainer:
-    def __init__(self, cfg: AdaptConfig, model: nn.Module, dataset, policy, membership, wid: int):
-        self.cfg, self.model, self.wid, self.mem = cfg, model, wid, membership
-        self.params = [p for p in model.parameters() if p.requires_grad]
-        self.opt = torch.optim.SGD(self.params, lr=cfg.lr, momentum=cfg.momentum)
-        self.x, self.y = dataset.tensors
-        self.sharder = EpochSharder(len(self.x), cfg.seed)
+class Trainer(Changes):
+    def __init__(self, cfg: AdaptConfig, built: Built, policy, membership, wid: int,
+                 replanner: Replanner | None = None):
+        self.cfg, self.built, self.wid, self.mem = cfg, built, wid, membership
+        self.engine = make_engine(built, cfg.lr)
+        self.n_samples = len(built.train)
+        self.sharder = EpochSharder(self.n_samples, cfg.seed)
         self.policy = to_policy(policy)
-        self.monitors = Monitors(cfg.ema_decay, cfg.monitor)
+        self.callbacks = built.callbacks
+        self.user = built.state
+        self.monitors = Monitors(cfg.ema_decay, cfg.monitor and not self.engine.sharded)
         self.strategy = sync.make(cfg.strategy)
         self.comm = TorchCommunicator()
+        self.replanner = replanner or Replanner(cfg.topology, cfg.algorithm,
+                                                getattr(membership, "store", None))
+        self.comm_plan = CommPlan("gloo")
         self.step = self.epoch = self.consumed = 0
         self.batch_size = cfg.batch_size
-        self.last_step_time = 0.0
+        self.global_batch = cfg.batch_size * cfg.workers  # kept by batch_rule "global"
+        self.replans = 0
+        self.recent: list[tuple[float, float]] = []  # reduced (step, comm) time per step
+        self.compute_ps: float | None = None  # compute seconds per local sample (EMA)
+        self.last_step_time = self.last_comm_time = 0.0
         self.history: list[dict] = []
         self.events: list[dict] = []
-        self.samples: list[tuple[int, list[int]]] = []
+        self.samples: list[tuple[int, int, list[int]]] = []  # (step, epoch, indices)
         self.memberships: list[dict] = []
         self.metrics: dict = {}
         self.capacity = 0  # workers the live nodes can host; 0 = unknown (after a resize)
         self.snap: dict | None = None
-        self.resize_started: float | None = None
+        self.resize_started = None
+        self.after: list[tuple[int, int, list]] = []  # re-plan events awaiting measurements
+        self.fresh = True  # the first step in a new world (its predecessor was elsewhere)
         self.left = False
+        self.run_view = C.Run(self)
+        self.ckpt = None
+        if cfg.checkpoint:
+            from weft.adapt.durable import Checkpointer
 
-    # -- state ---------------------------------------------------------------
+            self.ckpt = Checkpointer(cfg.checkpoint, cfg.checkpoint_every)
+
+    # -- sizes ------------------------------------------------------------------
     @property
     def lr(self) -> float:
-        return self.opt.param_groups[0]["lr"]
+        return self.engine.lr
 
-    def state(self) -> dict:
+    def global_size(self) -> int:
+        if self.cfg.batch_rule == "global":
+            return self.global_batch
+        return self.batch_size * max(1, self.mem.world)
+
+    def per_worker(self) -> int:
+        if self.cfg.batch_rule == "global":
+            return max(1, self.global_batch // max(1, self.mem.world))
+        return self.batch_size
+
+    def grad_bytes(self) -> int:
+        return sum(p.numel() for p in self.engine.params) * 4 + N_STATS * 4
+
+    # -- state --------------------------------------------------------------------
+    def extras(self) -> dict:
         pol = self.policy.state_dict() if hasattr(self.policy, "state_dict") else {}
-        return {"model": self.model.state_dict(), "opt": self.opt.state_dict(), "step": self.step,
-                "epoch": self.epoch, "consumed": self.consumed, "batch_size": self.batch_size,
+        return {"step": self.step, "epoch": self.epoch, "consumed": self.consumed,
+                "batch_size": self.batch_size, "global_batch": self.global_batch,
                 "strategy": self.strategy.name, "round": getattr(self.strategy, "round", 0),
                 "monitors": self.monitors.state_dict(), "policy": pol,
-                "last_step_time": self.last_step_time}
+                "policy_type": type(self.policy).__qualname__,
+                "callbacks": C.states(self.callbacks),
+                "user": self.user.state_dict() if self.user is not None else None,
+                "last_step_time": self.last_step_time, "last_comm_time": self.last_comm_time,
+                "recent": list(self.recent), "compute_ps": self.compute_ps,
+                "replans": self.replans}
 
-    def load(self, s: dict) -> None:
-        self.model.load_state_dict(s["model"])
-        self.opt.load_state_dict(s["opt"])
+    def state(self) -> dict:
+        """Everything a replica is (a collective under a plan: every member calls it)."""
+        return {"engine": self.engine.state(), **self.extras()}
+
+    def load_extras(self, s: dict) -> None:
         self.step, self.epoch, self.consumed = s["step"], s["epoch"], s["consumed"]
-        self.batch_size, self.last_step_time = s["batch_size"], s["last_step_time"]
+        self.batch_size, self.global_batch = s["batch_size"], s["global_batch"]
+        self.last_step_time, self.last_comm_time = s["last_step_time"], s["last_comm_time"]
+        self.recent, self.compute_ps, self.replans = list(s["recent"]), s["compute_ps"], \
+            s["replans"]
         if self.strategy.name != s["strategy"]:
             self.strategy = sync.make(s["strategy"])
         self.strategy.reset()
         if hasattr(self.strategy, "round"):
             self.strategy.round = s["round"]
         self.monitors.load_state_dict(s["monitors"])
-        if s["policy"] and hasattr(self.policy, "load_state_dict"):
+        # a run resumed under another policy starts that policy afresh
+        same = s.get("policy_type", type(self.policy).__qualname__) == \
+            type(self.policy).__qualname__
+        if s["policy"] and same and hasattr(self.policy, "load_state_dict"):
             self.policy.load_state_dict(s["policy"])
+        C.load_states(self.callbacks, s["callbacks"])
+        if self.user is not None and s["user"] is not None:
+            self.user.load_state_dict(s["user"])
+        # a rollback undoes the logs of the steps it undoes
+        self.history = [h for h in self.history if h["step"] <= self.step]
+        self.samples = [x for x in self.samples if x[0] < self.step]
 
-    def broadcast_state(self, src: int = 0, state: dict | None = None) -> None:
-        """Every member of the current group ends with `src`'s state."""
-        obj = [state if state is not None else self.state()] if self.mem.rank == src else [None]
-        if self.mem.world > 1:
-            dist.broadcast_object_list(obj, src=src)
-        self.load(copy.deepcopy(obj[0]) if self.mem.rank == src else obj[0])
-
-    def _entered(self, why: str) -> None:
-        self.capacity = 0  # re-measured at the next step
-        e, store = self.mem.epoch, self.mem.store
-        self.comm = GuardedCommunicator(lambda: store.check([f"decide/{e}"]), self.cfg.pg_timeout)
-        self.memberships.append({"epoch": self.mem.epoch, "rank": self.mem.rank,
-                                 "world": self.mem.world, "pid": os.getpid(), "step": self.step,
-                                 "why": why})
+    def load(self, s: dict) -> None:
+        self.engine.load(s["engine"])
+        self.load_extras(s)
 
     def event(self, kind: str, detail: str, **kw) -> None:
         e = {"step": self.step, "kind": kind, "detail": detail, "world": self.mem.world, **kw}
         self.events.append(e)
-        if self.mem.rank == 0 or kind == "rejected":
+        if self.mem.rank == 0 or kind in ("rejected", "error"):
             log.info("step %d: %s: %s", self.step, kind, detail)
+        if kind not in ("join", "leave"):
+            C.call(self.callbacks, "on_change", self.run_view, e)
 
     def context(self) -> Context:
-        return Context(self.step, self.epoch, self.mem.world, self.batch_size, self.lr,
+        return Context(self.step, self.epoch, self.mem.world, self.per_worker(), self.lr,
                        self.strategy.name, self.cfg.min_workers, self.cfg.max_workers,
-                       len(self.x), self.mem.epoch, self.capacity)
+                       self.n_samples, self.mem.epoch, self.capacity, self.global_size(),
+                       self.cfg.batch_rule, self.replans, self.comm_plan.algorithm)
 
-    # -- one step --------------------------------------------------------
+    # -- one step ---------------------------------------------------------------
     def train_step(self) -> None:
         t0 = time.perf_counter()
-        rank, world = self.mem.rank, self.mem.world
+        rank, world = self.engine.dp_rank_size or (self.mem.rank, self.mem.world)
+        contributes = getattr(self.engine, "contributes", True)
         idx, total = self.sharder.step_indices(self.epoch, self.consumed, rank, world,
-                                               self.batch_size)
-        for p in self.params:
-            p.grad = torch.zeros_like(p) if p.grad is None else p.grad.zero_()
+                                               self.global_size())
+        self.engine.zero_grad()
         loss_sum = 0.0
         if len(idx):
-            loss = nn.functional.cross_entropy(self.model(self.x[idx]), self.y[idx],
-                                               reduction="sum")
-            (loss / len(idx)).backward()
-            loss_sum = float(loss.detach())
-        measure = self.cfg.monitor and (self.strategy.name == "sgd"
-                                        or self.step % self.cfg.noise_every == 0)
+            loss_sum = self.engine.forward_backward(get_batch(self.built.train, idx), len(idx),
+                                                    total)
+        elif self.engine.sharded:  # no sample left for this replica: still in the collectives
+            one = self.sharder.permutation(self.epoch)[:1]
+            self.engine.forward_backward(get_batch(self.built.train, one), 0, total)
+        n = len(idx) if contributes else 0
+        measure = self.monitors.enabled and (self.strategy.name == "sgd"
+                                             or self.step % self.cfg.noise_every == 0)
         cap = 0.0
-        if rank == 0 and self.cfg.capacity_every and (
+        if self.mem.rank == 0 and self.cfg.capacity_every and self.mem.store is not None and (
                 self.capacity == 0 or self.step % self.cfg.capacity_every == 0):
             cap = float(self.mem.capacity(self.cfg.max_workers))
-        stats = pack(0.0, loss_sum, len(idx), self.last_step_time, cap)
-        reduced, sq_big = self.strategy.apply(self.params, self.opt, self.comm, len(idx) / total,
-                                              stats, measure)
-        equal = total == world * self.batch_size
+        stats = pack(0.0, loss_sum if contributes else 0.0, n, self.last_step_time, cap,
+                     self.last_comm_time)
+        t1 = time.perf_counter()
+        reduced, sq_big = self.engine.step(self.strategy, self.comm, len(idx) / total, stats,
+                                           measure)
+        t_sync = time.perf_counter() - t1
+        equal = total == world * self.per_worker() and self.cfg.batch_rule == "per_worker"
         self.metrics = self.monitors.update(reduced, sq_big, equal)
+        if self.comm_plan.predicted_s is not None:
+            self.metrics["comm_predicted"] = self.comm_plan.predicted_s
+        self._measured(world)
         self.capacity = int(self.metrics.get("capacity", self.capacity))
         if self.capacity:
             self.metrics["capacity"] = float(self.capacity)
-        if self.cfg.log_samples:
-            self.samples.append((self.epoch, idx.tolist()))
+        if self.cfg.log_samples and contributes:
+            self.samples.append((self.step, self.epoch, idx.tolist()))
+        at = (self.epoch, self.consumed)  # where in which epoch's order this step read
         self.consumed += total
         self.step += 1
-        if self.consumed >= len(self.x):
+        if self.consumed >= self.n_samples:
             self.epoch, self.consumed = self.epoch + 1, 0
-        self.last_step_time = time.perf_counter() - t0
+        self.last_step_time, self.last_comm_time = time.perf_counter() - t0, t_sync
         self.history.append({"step": self.step, "loss": self.metrics["loss"], "world": world,
-                             "strategy": self.strategy.name, "batch_size": self.batch_size,
-                             "lr": self.lr, "noise_scale": self.metrics.get("noise_scale"),
+                             "strategy": self.strategy.name, "batch_size": self.per_worker(),
+                             "global_batch": total, "at": at, "lr": self.lr,
+                             "noise_scale": self.metrics.get("noise_scale"),
                              "throughput": self.metrics.get("throughput"),
-                             "step_time": self.last_step_time, "time": time.time()})
+                             "step_time": self.last_step_time, "comm_time": t_sync,
+                             "algorithm": self.comm_plan.algorithm, "time": time.time()})
         if self.resize_started is not None:
             t0, i = self.resize_started
             self.events[i]["latency_s"] = time.time() - t0
             self.resize_started = None
 
+    def _measured(self, world: int) -> None:
+        """Book the previous step's reduced times (identical on every rank)."""
+        st, ct = self.metrics.get("step_time", 0.0), self.metrics.get("comm_time", 0.0)
+        if self.fresh or not st > 0:  # the previous step ran in another world
+            self.fresh = False
+            return
+        self.recent = (self.recent + [(st, ct)])[-RECENT:]
+        local = max(1, math.ceil(self.global_size() / world))
+        c = max(0.0, st - ct) / local
+        self.compute_ps = c if self.compute_ps is None else 0.8 * self.compute_ps + 0.2 * c
+        for item in list(self.after):
+            i, first, got = item
+            if self.step >= first:
+                got.append(st)
+            if len(got) >= RECENT // 2:
+                self.events[i]["measured_after_s"] = sum(got) / len(got)
+                self.after.remove(item)
+
     # -- actions -------------------------------------------------------------
+    def _reject(self, a) -> str | None:
+        msg = A.validate(a, self.context())
+        if msg:
+            return msg
+        if isinstance(a, A.Resize):
+            return self.engine.check_world(a.workers)
+        if isinstance(a, A.SwitchStrategy) and a.strategy != self.strategy.name:
+            if self.engine.sharded:
+                return (f"SwitchStrategy({a.strategy!r}): under plan "
+                        f"{self.engine.plan.name!r} the plan synchronises; only 'sgd'")
+            why = unaveragable(self.engine.opt)
+            if why:
+                return (f"SwitchStrategy({a.strategy!r}): {why}, so replicas could not be made "
+                        f"equal again; staying with {self.strategy.name!r}")
+        return None
+
     def apply_actions(self, actions: list) -> None:
-        resize = None
+        resize = replan = None
         for a in actions:
-            msg = A.validate(a, self.context())
+            msg = self._reject(a)
             if msg:
                 self.event("rejected", f"invalid action rejected: {msg}")
                 continue
             if isinstance(a, A.Resize):
                 resize = a if a.workers != self.mem.world else None
+            elif isinstance(a, A.Replan):
+                replan = a
             elif isinstance(a, A.SetLR):
-                self._set_lr(float(a.lr))
+                set_lr(self.engine.opt, self.engine.sched, float(a.lr))
                 self.event("lr", f"lr -> {a.lr:g}")
-            elif isinstance(a, A.SetBatchSize) and a.per_worker != self.batch_size:
-                ratio = a.per_worker / self.batch_size
-                self.batch_size = a.per_worker
+            elif isinstance(a, A.SetBatchSize) and a.per_worker != self.per_worker():
+                old = self.global_size()
+                if self.cfg.batch_rule == "global":
+                    self.global_batch = a.per_worker * self.mem.world
+                else:
+                    self.batch_size = a.per_worker
+                ratio = self.global_size() / old
                 if a.scale_lr:
-                    self._set_lr(self.lr * (ratio if a.scale_lr == "linear" else math.sqrt(ratio)))
+                    set_lr(self.engine.opt, self.engine.sched,
+                           self.lr * (ratio if a.scale_lr == "linear" else math.sqrt(ratio)))
                 self.event("batch", f"batch/worker -> {a.per_worker}, lr -> {self.lr:.4g}")
             elif isinstance(a, A.SwitchStrategy) and a.strategy != self.strategy.name:
                 old = self.strategy.name
-                self.strategy.flush(self.params)
-                sync.consensus(self.model, self.opt, self.comm)
+                self.strategy.flush(self.engine.params)
+                sync.consensus(self.engine.model, self.engine.opt, self.comm)
                 self.strategy = sync.make(a.strategy)
                 self.event("switch", f"{old} -> {a.strategy}", strategy=a.strategy)
         if resize is not None:
             self.resize(resize.workers)
-
-    def _set_lr(self, lr: float) -> None:
-        for g in self.opt.param_groups:
-            g["lr"] = lr
-
-    def resize(self, n: int) -> None:
-        t0, old = time.time(), self.mem.world
-        self.strategy.flush(self.params)
-        if self.strategy.name != "sgd":
-            sync.consensus(self.model, self.opt, self.comm)
-        if not self.mem.resize(n):
-            self.left = True
-            self.event("leave", f"left at world {old} -> {n}")
-            return
-        self._entered("resize")
-        self.broadcast_state(0)
-        got = self.mem.world
-        self.event("resize", f"{old} -> {got} workers" + (f" (asked {n})" if got != n else ""),
-                   old=old, new=got, asked=n, resize_s=time.time() - t0)
-        self.resize_started = (t0, len(self.events) - 1)
-
-    def recover(self, exc: BaseException) -> None:
-        t0, old, before = time.time(), self.mem.world, list(self.mem.members)
-        self.strategy.reset()
-        for attempt in range(MAX_RECOVERIES):  # a member may die while the group re-forms
-            try:
-                stays, _ = self.mem.recover()
-                break
-            except Exception as again:  # noqa: BLE001 - classified below
-                if not is_comm_failure(again) or attempt == MAX_RECOVERIES - 1:
-                    raise
-                log.warning("worker %d: recovery interrupted (%s); trying again", self.wid, again)
-        lost = [w for w in before if w not in self.mem.members]
-        if not stays:
-            raise RuntimeError(f"worker {self.wid} was dropped from the group after: {exc}")
-        self._entered("failure")
-        steps = [None] * self.mem.world
-        dist.all_gather_object(steps, self.snap["step"] if self.snap else -1)
-        src = max(range(len(steps)), key=lambda r: (steps[r], -r))
-        self.broadcast_state(src, self.snap if self.mem.rank == src else None)
-        self.event("failure", f"lost worker(s) {lost}: {old} -> {self.mem.world} workers, "
-                   f"resumed from step {self.step}", old=old, new=self.mem.world,
-                   lost=lost, recover_s=time.time() - t0, error=str(exc)[:200])
+        elif replan is not None:
+            self.replan(replan.measure)
 
     # -- the loop --------------------------------------------------------
     def done(self) -> bool:
         return self.epoch >= self.cfg.epochs or (self.cfg.max_steps is not None
                                                  and self.step >= self.cfg.max_steps)
+
+    def _snapshot(self) -> None:
+        if self.cfg.snapshot and (not self.engine.sharded
+                                  or self.step % self.cfg.snapshot_every == 0):
+            self.snap = copy.deepcopy(self.state())
 
     def run(self) -> None:
         recoveries = 0
@@ -250,8 +314,10 @@ class Trainer:
                 os.kill(os.getpid(), signal.SIGKILL)
             try:
                 self.train_step()
-                if self.cfg.snapshot:
-                    self.snap = copy.deepcopy(self.state())
+                C.call(self.callbacks, "on_step_end", self.run_view)
+                self._snapshot()
+                if self.ckpt is not None and self.ckpt.due(self.step):
+                    self.checkpoint()
                 self.apply_actions(as_actions(self.policy.on_step(self.metrics, self.context())))
                 recoveries = 0
             except Exception as exc:  # noqa: BLE001 - classified below
@@ -260,6 +326,27 @@ class Trainer:
                 recoveries += 1
                 self.recover(exc)
         if not self.left:
-            self.strategy.flush(self.params)
+            self.strategy.flush(self.engine.params)
             if self.strategy.name != "sgd":
-                sync.consensus(self.model, self.opt, self.comm)
+                sync.consensus(self.engine.model, self.engine.opt, self.comm)
+            C.call(self.callbacks, "on_train_end", self.run_view)
+            if self.ckpt is not None:
+                self.checkpoint()
+                self.ckpt.wait()
+
+    def checkpoint(self) -> None:
+        """Hand the state of the step just completed to the background writer (rank 0)."""
+        s = None
+        if self.engine.sharded:  # gathering the full state is a collective
+            s = self.snap if self.snap is not None and self.snap["step"] == self.step \
+                else self.state()
+        if self.mem.rank != 0:
+            return
+        msd, osd = self.engine.fqn_state(s["engine"] if s is not None else None)
+        extra = copy.deepcopy(self.extras())
+        extra["sched"] = copy.deepcopy(self.engine.sched.state_dict()) \
+            if self.engine.sched is not None else None
+        plan = getattr(self.engine, "plan", None)
+        self.ckpt.submit(msd, osd, extra, {"step": self.step, "epoch": self.epoch,
+                                           "world": self.mem.world, "time": time.time(),
+                                           "plan": plan.name if plan is not None else None})

@@ -65,7 +65,9 @@ def add_arguments(p) -> None:
     p.add_argument("--save", type=output_dir,
                    help="weft.plan/1: write a checkpoint folder here at the end (loads under "
                         "any other plan)")
-    p.add_argument("--resume", help="weft.plan/1: continue from this checkpoint folder")
+    p.add_argument("--resume", help="continue from this checkpoint folder (weft.plan/1 plans; "
+                                    "--policy: the adaptive run's, with any number of workers, "
+                                    "checkpointing on into it)")
     p.add_argument("--schedule", default="1f1b",
                    help="pipeline plans: gpipe | 1f1b | interleaved | pipedream (a weft.plan/1 "
                         "plan names its own in pipeline.schedule)")
