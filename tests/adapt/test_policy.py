@@ -90,6 +90,9 @@ rules:
     ({"policies": [{"magic": {}}]}, "unknown policy 'magic'"),
     ({"policies": [{"adaptive_batch": {"nope": 1}}]}, "bad arguments"),
     ({"polices": []}, "unknown section"),
+    # issue 14: a rule on an unknown name was accepted and never fired
+    ({"rules": [{"when": "stepp == 5", "do": {"lr": 1}}]}, "unknown name 'stepp' in 'stepp == 5' (did you mean 'step'?)"),
+    ({"rules": [{"when": "los < 0.1 and step > 2", "do": {"lr": 1}}]}, "unknown name 'los'"),
 ])
 def test_bad_policy_files_name_the_problem(doc, needle):
     with pytest.raises(PolicyError, match=None) as info:

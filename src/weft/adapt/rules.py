@@ -21,7 +21,7 @@ Expressions may use numbers, strings, comparisons, and/or/not, + - * /,
 abs/min/max, the metric names (loss, noise_scale, throughput, grad_snr, ...)
 and the context (step, epoch, world, batch_size, global_batch, lr, strategy,
 min_workers, max_workers, capacity, batch_rule, replans, algorithm). A metric not
-measured yet makes the rule false.
+measured yet makes the rule false; any other name (a typo) is refused when the policy is loaded.
 """
 
 from __future__ import annotations
@@ -103,6 +103,25 @@ def evaluate(tree: ast.AST, names: dict[str, Any]) -> Any:
     return ev(tree)
 
 
+# The names a rule may read: every metric the monitors or the trainer produce, the context,
+# and global_batch. A rule on any other name (a typo: `stepp == 5`) would never fire.
+METRICS = ("loss", "samples", "step_time", "comm_time", "throughput", "capacity",
+           "grad_sq_small", "grad_sq_big", "grad_norm_sq", "grad_variance", "grad_snr",
+           "noise_scale", "comm_predicted")
+NAMES = frozenset(METRICS) | frozenset(Context.__dataclass_fields__) | {"global_batch"}
+
+
+def check_names(tree: ast.AST, src: str, where: str) -> None:
+    import difflib
+
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name) and node.id not in NAMES and node.id not in _FUNCS:
+            near = difflib.get_close_matches(node.id, sorted(NAMES), n=1)
+            hint = f" (did you mean {near[0]!r}?)" if near else ""
+            raise PolicyError(f"{where}: unknown name {node.id!r} in {src!r}{hint}; a rule may use "
+                              f"{', '.join(sorted(NAMES))}")
+
+
 @dataclass
 class Rule(Policy):
     when: str
@@ -112,6 +131,7 @@ class Rule(Policy):
 
     def __post_init__(self):
         self._tree = compile_expr(self.when, f"rule {self.when!r}")
+        check_names(self._tree, self.when, f"rule {self.when!r}")
 
     def on_step(self, metrics, ctx: Context):
         if self.once and self.fired:
@@ -171,7 +191,7 @@ def policy_from_dict(doc: Any, where: str = "policy") -> Compose:
             raise PolicyError(f"{w}: unknown field(s) {sorted(extra)}")
         dos = r["do"] if isinstance(r["do"], list) else [r["do"]]
         acts = [A.from_dict(d, f"{w}.do") for d in dos]
-        compile_expr(r["when"], w)
+        check_names(compile_expr(r["when"], w), str(r["when"]), w)
         out.append(Rule(str(r["when"]), acts, bool(r.get("once", False))))
     return Compose(out)
 
