@@ -11,7 +11,6 @@ with the test that runs them, or in NOT_RUN with the reason.
 from __future__ import annotations
 
 import importlib
-import os
 import re
 import shlex
 from pathlib import Path
@@ -166,4 +165,3 @@ def test_readme_commands_run(scratch, capsys):
     assert (scratch / "dgx1.png").exists() and (scratch / "cluster.yaml").exists()
     assert (scratch / "plan.json").exists() and (scratch / "bundle").is_dir()
     assert len(ran) >= 9, ran
-    os.chdir(ROOT)

@@ -29,7 +29,7 @@ def test_weft_adapt_is_gone_one_route_per_command(capsys):
     assert "invalid choice: 'adapt'" in capsys.readouterr().err
 
 
-def test_train_policy_writes_its_outputs_in_a_run_folder(tmp_path, monkeypatch, capsys):
+def test_train_policy_writes_its_outputs_in_a_run_folder(tmp_path, monkeypatch, capfd):
     # issue 14, item 5: the loss plot used to land in the current directory (adapt_loss.png).
     policy = tmp_path / "p.yaml"
     policy.write_text("train: {workers: 1, max_workers: 1, epochs: 1, max_steps: 6, hidden: 16}\n"
@@ -43,7 +43,12 @@ def test_train_policy_writes_its_outputs_in_a_run_folder(tmp_path, monkeypatch, 
     report = json.loads((run / "report.json").read_text())
     assert report["steps"] == 6 and len(report["history"]) == 6
     assert (run / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert f"{run}/report.json" in capsys.readouterr().out
+    out = capfd.readouterr().out
+    assert f"{run}/report.json" in out
+    # issue 14, item 5: training printed nothing until the end; rank 0 now shows progress
+    assert "step 1  epoch 0  loss " in out and "1 worker" in out
+    assert main(["train", "--policy", str(policy), "--out", str(tmp_path / "q"), "--quiet"]) == 0
+    assert "step 1  epoch 0" not in capfd.readouterr().out
 
 
 def test_merge_and_plot(tmp_path):

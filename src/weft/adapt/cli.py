@@ -169,6 +169,8 @@ def train(args) -> int:
                             "resumed run goes on checkpointing into the folder it resumes from; "
                             "pass one of them")
         config.update(resume=True, checkpoint=resume)
+    if getattr(args, "quiet", False):
+        config["progress_seconds"] = 0.0
     devices = args.devices.split(",") if getattr(args, "devices", None) else None
     if devices:
         config["devices"] = devices

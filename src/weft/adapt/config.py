@@ -41,6 +41,7 @@ class AdaptConfig:
     heartbeat_timeout: float | None = None  # silent this long = dead (default max(10, 10 x hb))
     standby: int | None = None  # warm joiners kept per node (default: every free slot)
     log_samples: bool = False   # record every sample index each rank trained on
+    progress_seconds: float = 5.0  # rank 0 logs a progress line at most this often (0: quiet)
     kill: list | None = None    # chaos testing: [step, wid] -> that worker SIGKILLs itself
     snapshot: bool = True       # keep an in-memory copy of the last completed step
     capacity_every: int = 5     # rank 0 reads the cluster's capacity every N steps (0: never)

@@ -225,6 +225,18 @@ class Trainer(Changes):
             t0, i = self.resize_started
             self.events[i]["latency_s"] = time.time() - t0
             self.resize_started = None
+        self._progress(world)
+
+    def _progress(self, world: int) -> None:
+        """A progress line from rank 0 at most every `progress_seconds` (0: none)."""
+        every, now = self.cfg.progress_seconds, time.perf_counter()
+        if not every or self.mem.rank != 0 or now - getattr(self, "_shown", 0.0) < every:
+            return
+        self._shown = now
+        rate = self.metrics.get("throughput")
+        print(f"step {self.step}  epoch {self.epoch}  loss {self.metrics['loss']:.4f}  {world} "
+              f"worker{'s' * (world != 1)}  {self.strategy.name}"
+              + (f"  {rate:,.0f} samples/s" if rate and math.isfinite(rate) else ""), flush=True)
 
     def _measured(self, world: int) -> None:
         """Book the previous step's reduced times (identical on every rank)."""

@@ -55,7 +55,8 @@ def add_arguments(p) -> None:
     p.add_argument("--global-batch", dest="global_batch", type=positive_int, default=32,
                    help="weft.plan/1: samples per step over all replicas (default 32)")
     p.add_argument("--seed", type=nonneg_int, default=0, help="weft.plan/1: data order seed")
-    p.add_argument("--quiet", action="store_true", help="weft.plan/1: no progress bar")
+    p.add_argument("--quiet", action="store_true",
+                   help="no progress bar (weft.plan/1) or progress lines (--policy)")
     p.add_argument("--backend", choices=("auto", "gloo", "nccl"), default="auto",
                    help="weft.plan/1: process-group backend (auto: nccl when every local rank "
                         "has a GPU, else gloo)")
