@@ -178,7 +178,7 @@ def from_spec(model: str, data: str | None = None) -> Workload:
         raise WorkloadError(f"model spec {model!r}: {getattr(mod, '__weft_source__', target)} "
                             "defines no dataset(); define one or pass --data FILE.py:FN")
     dataset = SpecRef(resolve(data)) if data else ref("dataset")
-    return Workload(model=SpecRef(spec), dataset=dataset, loss_fn=ref("loss_fn"),
+    return Workload(model=spec, dataset=dataset, loss_fn=ref("loss_fn"),
                     optimizer=ref("optimizer"), scheduler=ref("scheduler"))
 
 
