@@ -39,3 +39,16 @@ def test_failed_write_leaves_the_old_file_and_no_temp(tmp_path):
             raise RuntimeError("crash mid-write")
     assert p.read_text() == "old"
     assert [f.name for f in tmp_path.iterdir()] == ["a.txt"]
+
+
+def test_replace_dir_swaps_a_whole_folder_and_leaves_nothing_aside(tmp_path):
+    from weft.atomic import replace_dir
+
+    target = tmp_path / "ckpt"
+    for version in ("one", "two"):
+        tmp = tmp_path / f".ckpt.tmp-{version}"
+        tmp.mkdir()
+        (tmp / "v.txt").write_text(version)
+        replace_dir(tmp, target)
+        assert (target / "v.txt").read_text() == version and not tmp.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]   # no old folder left

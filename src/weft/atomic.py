@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import tempfile
 import threading
 from pathlib import Path
@@ -65,3 +66,18 @@ def save_figure(fig, path: str | os.PathLike, **savefig_kw: Any) -> Path:
     finally:
         plt.close(fig)
     return Path(path)
+
+
+def replace_dir(tmp: str | os.PathLike, path: str | os.PathLike) -> Path:
+    """Put the finished folder `tmp` in place of `path` (replacing any previous one): the
+    old folder is renamed aside, the new one renamed in, then the old one removed, so
+    `path` is always either the old folder or the new one, never a mix."""
+    tmp, path = Path(tmp), Path(path)
+    old = path.with_name(f".{path.name}.old-{os.getpid()}")
+    shutil.rmtree(old, ignore_errors=True)
+    if path.exists():
+        os.replace(path, old)
+    os.replace(tmp, path)
+    shutil.rmtree(old, ignore_errors=True)
+    return path
+

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from weft.atomic import write_json
+from weft.atomic import replace_dir, write_json
 from weft.errors import WeftError
 
 FORMAT = "weft.adapt-checkpoint/1"
@@ -54,13 +54,7 @@ def write(path: str | os.PathLike, msd: dict, osd: dict, extra: dict, meta: dict
         dcp.save({"model": msd, "optim": osd}, checkpoint_id=str(tmp), no_dist=True)
     torch.save(extra, tmp / "trainer.pt")
     write_json(tmp / META, {"format": FORMAT, **meta})
-    old = path.with_name(f".{path.name}.old")
-    shutil.rmtree(old, ignore_errors=True)
-    if path.exists():
-        os.replace(path, old)
-    os.replace(tmp, path)
-    shutil.rmtree(old, ignore_errors=True)
-    return path
+    return replace_dir(tmp, path)
 
 
 def exists(path: str | os.PathLike) -> bool:

@@ -23,7 +23,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from weft.atomic import write_json
+from weft.atomic import replace_dir, write_json
 from weft.errors import WeftError
 
 META = "weft.json"
@@ -86,12 +86,7 @@ def save(path: str | os.PathLike, model: nn.Module, optimizer=None, plan=None, *
         write_json(tmp / META, {"format": "weft.checkpoint/1", "optimizer": optimizer is not None,
                                 "plan": to_dict(plan) if plan is not None else None,
                                 "extra": extra})
-        old = path.with_name(f".{path.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        if path.exists():
-            os.replace(path, old)
-        os.replace(tmp, path)
-        shutil.rmtree(old, ignore_errors=True)
+        replace_dir(tmp, path)
     _barrier()
     return path
 

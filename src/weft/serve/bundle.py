@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from weft.atomic import replace_dir
 from weft.serve.errors import BundleError, ServeError
 
 FORMAT = "weft-sensai-bundle"
@@ -106,7 +107,7 @@ class Bundle:
                     "input_shape": list(self.input_shape), "class_names": self.class_names,
                     "members": entries, "provenance": self.provenance}
             (tmp / "bundle.json").write_text(json.dumps(meta, indent=2) + "\n")
-            _replace_dir(tmp, path)
+            replace_dir(tmp, path)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         self.path = path
@@ -130,16 +131,6 @@ class Bundle:
         except ServeError as exc:
             raise BundleError(f"{path / 'bundle.json'}: {exc}") from None
         return b
-
-
-def _replace_dir(tmp: Path, path: Path) -> None:
-    old = None
-    if path.exists():
-        old = path.with_name(f".{path.name}.old-{os.getpid()}")
-        os.replace(path, old)
-    os.replace(tmp, path)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def _field(obj: dict, key: str, kind, where: str):
