@@ -35,25 +35,10 @@ def model():
 
 def _profile():
     """Solo profile (each rank in turn, the other in a barrier; min statistic), averaged."""
-    from dataclasses import replace
+    from _pipeline_probes import solo_profile
 
-    from weft.planner import ModelProfile, profile_model
-
-    sample = gpt().example_input(MB, CONFIG["block"]) % CONFIG["vocab"]
-    for r in range(dist.get_world_size()):
-        dist.barrier()
-        if r == dist.get_rank():
-            prof = profile_model(model(), sample, repeats=5, use_cache=False, threads=1,
-                                 statistic="min")
-    dist.barrier()
-    allp = [None] * dist.get_world_size()
-    dist.all_gather_object(allp, prof.to_dict())
-    profs = [ModelProfile.from_dict(d) for d in allp]
-    layers = [replace(l, forward_s=float(np.mean([p.layers[i].forward_s for p in profs])),
-                      backward_s=float(np.mean([p.layers[i].backward_s for p in profs])))
-              for i, l in enumerate(prof.layers)]
-    return ModelProfile(layers, prof.batch_size, prof.input_bytes, prof.input_shape, prof.dtype,
-                        prof.meta, prof.shared)
+    return solo_profile(model, gpt().example_input(MB, CONFIG["block"]) % CONFIG["vocab"],
+                        repeats=5)
 
 
 def _weft(plan, x, y):
@@ -65,26 +50,12 @@ def _weft(plan, x, y):
 
 
 def _torch(split_points, x, y):
-    from torch.distributed.pipelining import PipelineStage, Schedule1F1B
+    from _pipeline_probes import torch_1f1b
 
     from weft.parallel.pipeline.layers import split_by_names
 
     s, n = dist.get_rank(), dist.get_world_size()
-    part = split_by_names(model(), split_points)[s]
-    stage = PipelineStage(part, s, n, torch.device("cpu"))
-    sched = Schedule1F1B(stage, n_microbatches=M, loss_fn=gpt().loss_fn)
-    opt = torch.optim.SGD(part.parameters(), lr=0.01)
-
-    def run(k):
-        for _ in range(k):
-            if s == 0:
-                sched.step(x)
-            else:
-                sched.step(target=y)
-            opt.step()
-            opt.zero_grad()
-
-    return run
+    return torch_1f1b(split_by_names(model(), split_points)[s], s, n, M, gpt().loss_fn, x, y)
 
 
 def rank_main(steps: int, reps: int) -> dict:

@@ -77,18 +77,23 @@ def timed(fn, steps: int) -> float:
 
 
 def profile_on_ranks(mb):
+    """The MLP's solo profile averaged over the ranks (see `solo_profile`)."""
+    return solo_profile(model, torch.randn(mb, 64), repeats=10)
+
+
+def solo_profile(model_fn, sample, repeats):
     """Profile on every rank, one rank at a time (the others wait in a barrier), average the
-    times: each rank's solo layer times, what `contention` divides by."""
+    times: each rank's solo layer times, what `contention` divides by. 'min': the
+    uncontended layer times, as the runs report their best repetition."""
     from dataclasses import replace
 
     from weft.planner import ModelProfile, profile_model
 
-    # 'min': the uncontended layer times, as the runs below report their best repetition
     for r in range(dist.get_world_size()):
         dist.barrier()
         if r == dist.get_rank():
-            prof = profile_model(model(), torch.randn(mb, 64), repeats=10, use_cache=False,
-                                 threads=1, statistic="min")
+            prof = profile_model(model_fn(), sample, repeats=repeats, use_cache=False, threads=1,
+                                 statistic="min")
     dist.barrier()
     allp = [None] * dist.get_world_size()
     dist.all_gather_object(allp, prof.to_dict())
@@ -97,7 +102,28 @@ def profile_on_ranks(mb):
                       backward_s=float(np.mean([p.layers[i].backward_s for p in profs])))
               for i, l in enumerate(prof.layers)]
     return ModelProfile(layers, prof.batch_size, prof.input_bytes, prof.input_shape, prof.dtype,
-                        prof.meta)
+                        prof.meta, prof.shared)
+
+
+def torch_1f1b(part, stage_index, num_stages, microbatches, loss_fn, x, y):
+    """torch.distributed.pipelining's Schedule1F1B running `part` as stage `stage_index`;
+    returns run(k): k training steps (SGD, lr 0.01)."""
+    from torch.distributed.pipelining import PipelineStage, Schedule1F1B
+
+    stage = PipelineStage(part, stage_index, num_stages, torch.device("cpu"))
+    sched = Schedule1F1B(stage, n_microbatches=microbatches, loss_fn=loss_fn)
+    opt = torch.optim.SGD(part.parameters(), lr=0.01)
+
+    def run(k):
+        for _ in range(k):
+            if stage_index == 0:
+                sched.step(x)
+            else:
+                sched.step(target=y)
+            opt.step()
+            opt.zero_grad()
+
+    return run
 
 
 def stage_times(pipe, x, y, steps):

@@ -43,7 +43,8 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from _common import emit, figure, parser
-from _pipeline_probes import local_topology, model, pingpong, profile_on_ranks, stage_times, timed
+from _pipeline_probes import (local_topology, model, pingpong, profile_on_ranks, stage_times, timed,
+                              torch_1f1b)
 
 M, MB = 8, 32  # micro-batches per step, samples per micro-batch
 
@@ -63,25 +64,10 @@ def weft_contender(plan, kind, x, y, pipes):
 
 def torch_contender(plan, x, y):
     """torch.distributed.pipelining's Schedule1F1B on the same split and micro-batches."""
-    from torch.distributed.pipelining import PipelineStage, Schedule1F1B
-
     s = plan.stage_of_rank(dist.get_rank())[0]
     first, end = plan.stages[s].layers
-    part = model()[first:end]
-    stage = PipelineStage(part, s, plan.num_stages, torch.device("cpu"))
-    sched = Schedule1F1B(stage, n_microbatches=plan.microbatches, loss_fn=F.cross_entropy)
-    opt = torch.optim.SGD(part.parameters(), lr=0.01)
-
-    def run(k):
-        for _ in range(k):
-            if s == 0:
-                sched.step(x)
-            else:
-                sched.step(target=y)
-            opt.step()
-            opt.zero_grad()
-
-    return run
+    return torch_1f1b(model()[first:end], s, plan.num_stages, plan.microbatches, F.cross_entropy,
+                      x, y)
 
 
 def measure_costs(M, mb, steps, reps):
