@@ -98,6 +98,6 @@ def test_simulate_msr_trace_skip_unknown_prints_count_and_types(capsys, gavel_di
     assert "semantics gavel" in out
 
 
-def test_skip_unknown_needs_a_trace(capsys):
+def test_skip_unknown_needs_a_trace(capsys, gavel_dir):  # skipped where the Gavel data is absent
     assert main(["cluster", "simulate", "--skip-unknown", "--jobs", "5"]) == 2
     assert "--skip-unknown" in capsys.readouterr().err
