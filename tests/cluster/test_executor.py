@@ -103,23 +103,27 @@ def test_user_model_job_is_preempted_and_resumed_with_no_lost_step(tmp_path):
     # The model is defined in a file weft does not ship (tests/cluster/_user_model.py: dropout,
     # Adam, MSE, its own dataset). It shares 2 slots with a command job, so it must give
     # them up at least once and resume on 2 ranks from its checkpoint.
+    # Why this holds on any machine speed: the two jobs have equal fair shares, so leases
+    # alternate round by round (2 s each) whoever is running. The executor stops a job that
+    # has lost its lease once it has trained one round since its start-up, so one segment
+    # trains at most two rounds (4 s) whenever its start-up ends; steps are padded to at
+    # least 0.1 s, so 60 steps need at least 6 s and cannot fit in one segment. (With 30
+    # steps, a start-up that ended just after a round boundary let it finish in one.)
     spec, jobs = _specs(tmp_path, "accelerators: {fast: {count: 2, per_server: 2}}\n"
                         "throughputs: {mlp: {'2': {fast: 10.0}}, sim: {'2': {fast: 10.0}}}\nround_seconds: 2\n", [
-                            {"type": "mlp", "scale_factor": 2, "steps": 30, "model": str(USER_MODEL), "batch": 8},
+                            {"type": "mlp", "scale_factor": 2, "steps": 60, "model": str(USER_MODEL), "batch": 8},
                             {"type": "sim", "scale_factor": 2, "steps": 80, "command": COMMAND}])
     res = run_jobs(jobs, spec, workdir=tmp_path / "run", stop_timeout=600)
     assert set(res["jct"]) == {0, 1}
-    # the model job was resumed from a checkpoint (the command job needs 4 rounds of the two
-    # slots, the model job 2: fair shares cannot let either run to the end in one lease)
-    assert res["segments"][0] >= 2, res["history"]
+    assert res["segments"][0] >= 2, res["history"]      # resumed from its checkpoint
     for h in res["history"]:
         assert sum(len(w) for _, w in h["leases"].values()) <= 2
-    ref = JobEnv(tmp_path / "ref", 30, nprocs=2, seed=0)
+    ref = JobEnv(tmp_path / "ref", 60, nprocs=2, seed=0)
     ref.job_dir.mkdir()
     out = launch(train_rank, 2, args=(ref, str(USER_MODEL), None, 8, 0.05), timeout=120)
-    assert out[0]["start_step"] == 0 and out[0]["step"] == 30
+    assert out[0]["start_step"] == 0 and out[0]["step"] == 60
     want, got = final_parameters(ref.job_dir), final_parameters(job_dir(tmp_path / "run", jobs[0]))
-    assert torch.load(job_dir(tmp_path / "run", jobs[0]) / "ckpt.pt", weights_only=False)["step"] == 30
+    assert torch.load(job_dir(tmp_path / "run", jobs[0]) / "ckpt.pt", weights_only=False)["step"] == 60
     for name, tensor in want.items():
         assert torch.equal(got[name], tensor), name
 
