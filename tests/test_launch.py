@@ -27,6 +27,39 @@ def test_results_by_rank():
     assert out == [(r, 3, 3.0) for r in range(3)]
 
 
+def _speak(tag):
+    print(f"rank {dist.get_rank()} says {tag}", flush=True)
+    print(f"rank {dist.get_rank()} warns {tag}", file=sys.stderr, flush=True)
+    return os.environ.get("WEFT_TEST_VAR"), os.getcwd(), os.getppid()
+
+
+def test_ranks_see_the_parents_environment_cwd_and_output_as_they_are_now(capfd, monkeypatch, tmp_path):
+    # Ranks come from a forkserver started by an earlier launch, with the environment,
+    # working folder and stdout of that moment; each rank must still get the parent's
+    # current ones, as a spawned process would.
+    launch(_sum_ranks, 1, timeout=30)
+    capfd.readouterr()
+    monkeypatch.setenv("WEFT_TEST_VAR", "now")
+    monkeypatch.chdir(tmp_path)
+    out = launch(_speak, 2, args=("hello",), timeout=30)
+    assert [o[:2] for o in out] == [("now", str(tmp_path))] * 2
+    got = capfd.readouterr()
+    assert sorted(got.out.split("\n")[:2]) == ["rank 0 says hello", "rank 1 says hello"]
+    assert "rank 1 warns hello" in got.err
+    monkeypatch.delenv("WEFT_TEST_VAR")
+    assert [o[0] for o in launch(_speak, 1, args=("again",), timeout=30)] == [None]
+    assert "rank 0 says again" in capfd.readouterr().out
+
+
+def test_start_method_can_be_spawn(monkeypatch):
+    monkeypatch.setenv("WEFT_START_METHOD", "spawn")
+    [(_, _, parent)] = launch(_speak, 1, args=("spawned",), timeout=60)
+    assert parent == os.getpid()              # spawned by this process, not a forkserver
+    monkeypatch.setenv("WEFT_START_METHOD", "fork")
+    with pytest.raises(LaunchError, match="WEFT_START_METHOD must be forkserver or spawn"):
+        launch(_speak, 1, args=("x",))
+
+
 def _fail_one(pid_dir):
     Path(pid_dir, str(dist.get_rank())).write_text(str(os.getpid()))
     if dist.get_rank() == 1:

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import json
 import logging
-import multiprocessing as mp
 import pickle
 import socket
 import time
@@ -45,6 +44,7 @@ import torch.distributed as dist
 
 from weft.adapt.worker import child_main
 from weft.errors import LaunchError
+from weft.launch import new_process, process_context
 
 log = logging.getLogger("weft.adapt")
 MAX_STANDBY_FAILURES = 2
@@ -143,7 +143,7 @@ class NodeAgent:
             raise LaunchError(f"the job already has its maximum of {self.max_nodes} node(s)")
         store.set(f"node/{self.node}", json.dumps({"host": socket.gethostname(),
                                                    "slots": self.slots}))
-        self.ctx = mp.get_context("spawn")
+        self.ctx = process_context()
         self.procs: dict[int, Any] = {}
         self.active: set[int] = set()
         self.standby: set[int] = set()
@@ -173,9 +173,8 @@ class NodeAgent:
     def spawn(self, wid: int, standby: bool) -> None:
         slot = min(set(range(self.slots + len(self.procs) + 1)) - set(self.slot_of.values()))
         device = self.devices[slot] if self.devices and slot < len(self.devices) else None
-        p = self.ctx.Process(target=child_main, name=f"weft-adapt{wid}", daemon=False,
-                             args=(self.cfg, self.policy, wid, self.host, self.port, standby,
-                                   self.workload, device))
+        p = new_process(self.ctx, child_main, (self.cfg, self.policy, wid, self.host, self.port,
+                                               standby, self.workload, device), name=f"weft-adapt{wid}")
         p.start()
         self.procs[wid] = p
         self.slot_of[wid] = slot

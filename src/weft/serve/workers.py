@@ -25,8 +25,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.multiprocessing as mp
+import torch.multiprocessing  # registers tensor pickling for the pipes
 
+from weft.launch import new_process, process_context
 from weft.serve.bundle import Bundle, verify
 from weft.serve.ensemble import Predictor, combine
 from weft.serve.errors import ServeError, WorkerError
@@ -133,13 +134,13 @@ class WorkerPool(Predictor):
         self._lock = threading.Lock()
         self._rid = 0
         self.broken: str | None = None
-        ctx = mp.get_context("spawn")
+        ctx = process_context()
         self.procs, self.conns = [], []
         self._finalizer = weakref.finalize(self, _shutdown, self.procs, self.conns, self._tmp, 5.0)
         for w, g in enumerate(self.groups):
             parent, child = ctx.Pipe()
-            p = ctx.Process(target=_worker_main, name=f"weft-serve-worker-{w}", daemon=True,
-                            args=(child, str(path), [meta.members[i].name for i in g], self.threads))
+            p = new_process(ctx, _worker_main, (child, str(path), [meta.members[i].name for i in g],
+                                                self.threads), name=f"weft-serve-worker-{w}", daemon=True)
             p.start()
             child.close()
             self.procs.append(p)
