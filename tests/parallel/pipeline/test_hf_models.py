@@ -15,6 +15,7 @@ from weft.launch import launch  # noqa: E402
 from weft.parallel.pipeline.runtime import Pipeline  # noqa: E402
 
 STEPS, M, BATCH, T, VOCAB = 2, 4, 8, 8, 64
+KINDS = ("gpt2", "bert")
 
 
 def build(kind):
@@ -69,6 +70,18 @@ def run(kind, plan_dict):
             "shared": [e["stages"] for e in pipe.shared.entries]}
 
 
+def run_both(plans):
+    """Both models in one world: each rank imports transformers once (seconds of CPU)."""
+    return {kind: run(kind, plan) for kind, plan in plans.items()}
+
+
+@pytest.fixture(scope="module")
+def pipelined():
+    plans = {kind: plan_for(kind) for kind in KINDS}
+    results = launch(run_both, 4, args=({k: p.to_dict() for k, p in plans.items()},), timeout=120)
+    return plans, results
+
+
 def reference(kind):
     model = build(kind)
     o = opt(list(model.parameters()))
@@ -81,13 +94,13 @@ def reference(kind):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind", ["gpt2", "bert"])
-def test_hugging_face_model_pipelined_at_block_boundaries_equals_single_process(kind):
-    plan = plan_for(kind)
+@pytest.mark.parametrize("kind", KINDS)
+def test_hugging_face_model_pipelined_at_block_boundaries_equals_single_process(kind, pipelined):
+    plans, both = pipelined
+    plan, results = plans[kind], [r[kind] for r in both]
     blocks = plan.split_points
     prefix = "transformer.h." if kind == "gpt2" else "bert.encoder.layer."
     assert blocks == [f"{prefix}{i}" for i in (1, 2, 3)] and plan.num_stages == 4
-    results = launch(run, 4, args=(kind, plan.to_dict()), timeout=120)
     assert results[0]["shared"] == [[0, 3]]  # the tied word embedding / output projection
     ref = reference(kind)
     held: dict[str, list] = {}
