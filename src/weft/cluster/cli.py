@@ -236,6 +236,10 @@ def _run(args) -> int:
     elif args.colocation_rule != "offset" or args.colocation_unmeasured != "skip":
         raise ClusterError("--colocation-rule/--colocation-unmeasured: only with --colocation")
     check_jobs(jobs, spec, args.policy, Path(args.workdir) if args.workdir else None, co)
+    if co is not None and not co.table(spec.table).pair:
+        print(f"weft: warning: {args.colocation}: no pair of job types both fits an accelerator's memory "
+              f"(rule {co.rule}) and has a pair throughput in {args.cluster}'s table; nothing will share",
+              file=sys.stderr)
     workdir = Path(args.workdir) if args.workdir else run_dir("runs/cluster")
     out = args.out or workdir / "results.json"
     res = run_jobs(jobs, spec, args.policy, workdir=workdir,
