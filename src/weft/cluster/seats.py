@@ -29,12 +29,6 @@ class Seat:
     lease: Lease
     step_seconds: float
 
-    @property
-    def partner(self) -> int | None:
-        """The job it shares its slots with, if any."""
-        others = [m for m in RoundMechanism.members(self.unit) if m != self.job]
-        return others[0] if others else None
-
 
 def fitting(units: list[Unit], A: np.ndarray, by_id: dict, table, colocation, types: list[str]) -> np.ndarray:
     """``A`` with each pair unit's allocation zeroed on every type where the pair does not fit
