@@ -82,6 +82,14 @@ def _add(subparsers, name: str, help: str, deprecated: bool = False) -> None:
     run.add_argument("--round", type=positive_float, default=None, help="round length in seconds (default from cluster.yaml)")
     run.add_argument("--workdir", help="checkpoints and logs (default: a fresh runs/cluster/<time>)")
     run.add_argument("--out", help="results JSON (default: <workdir>/results.json)")
+    run.add_argument("--colocation", type=existing_file, metavar="PROFILES",
+                     help="weft.colocation/1 file, needed by a packed policy: two jobs share slots only "
+                     "when their combined memory peak fits (docs/wavelet.md)")
+    run.add_argument("--colocation-rule", choices=["offset", "gang"], default="offset",
+                     help="with --colocation: the combined peak with the best launch offset (default) or "
+                     "with both jobs launched together")
+    run.add_argument("--colocation-unmeasured", choices=["skip", "median"], default="skip",
+                     help="with --colocation: as for simulate")
     run.add_argument("--quiet", action="store_true", help="do not print each round's leases")
     run.set_defaults(func=cmd(_run))
 
@@ -220,11 +228,24 @@ def _run(args) -> int:
     jobs = load_jobs(args.jobs, spec.table)
     if args.round is not None and not args.round > 0:
         raise ClusterError(f"--round {args.round:g}: must be > 0")
-    check_jobs(jobs, spec, args.policy, Path(args.workdir) if args.workdir else None)
+    co = None
+    if args.colocation is not None:
+        from weft.cluster.colocation import CoLocation
+        co = CoLocation.load(args.colocation, rule=args.colocation_rule,
+                             unmeasured=args.colocation_unmeasured)
+    elif args.colocation_rule != "offset" or args.colocation_unmeasured != "skip":
+        raise ClusterError("--colocation-rule/--colocation-unmeasured: only with --colocation")
+    check_jobs(jobs, spec, args.policy, Path(args.workdir) if args.workdir else None, co)
+    if co is not None and not co.table(spec.table).pair:
+        print(f"weft: warning: {args.colocation}: no pair of job types both fits an accelerator's memory "
+              f"(rule {co.rule}) and has a pair throughput in {args.cluster}'s table; nothing will share",
+              file=sys.stderr)
     workdir = Path(args.workdir) if args.workdir else run_dir("runs/cluster")
     out = args.out or workdir / "results.json"
     res = run_jobs(jobs, spec, args.policy, workdir=workdir,
-                   round_seconds=args.round or spec.round_seconds, out=out, verbose=not args.quiet)
+                   round_seconds=args.round or spec.round_seconds, out=out, verbose=not args.quiet,
+                   colocation=co)
+    shared = len(res.get("colocation", {}).get("shared_starts", []))
     print(f"all {len(res['jct'])} jobs finished; average JCT {sum(res['jct'].values()) / len(res['jct']):.1f} s, "
-          f"{res['preemptions']} preemptions; wrote {out}")
+          f"{res['preemptions']} preemptions{f', {shared} co-located starts' if co else ''}; wrote {out}")
     return 0

@@ -20,6 +20,13 @@ Every job is a model spec or a command (``tasks.py``) run under one contract
 told to pad a step to ``1 / throughput[job type, slot type]`` seconds.
 Everything is validated before the first process starts: the policy, that each
 job fits some accelerator type, and that each task can be loaded.
+
+Packed (space-sharing) policies run with memory profiles (``CoLocation``): the
+policy sees only the pairs whose combined memory peak fits (``CoLocation.table``,
+as in the simulator), and the two jobs of a leased pair run at once on the same
+slots, each at its side's pair throughput (``seats.py``). A job whose step time
+changes (a partner joins or leaves) is stopped and restarted from its checkpoint
+like a preempted one, so that its process is told the new step time.
 """
 
 from __future__ import annotations
@@ -35,6 +42,8 @@ from weft.cluster.model import ClusterError, Job
 from weft.cluster.policies import get_policy
 from weft.cluster.problem import build_problem, check_runnable
 from weft.cluster.process import JobProcess
+from weft.cluster.seats import Seat, fitting, may_start, seats
+from weft.cluster.simulator import schedulable_units
 from weft.cluster.tasks import ModelTask
 from weft.errors import LaunchError
 
@@ -43,19 +52,22 @@ def job_dir(workdir: str | Path, job: Job) -> Path:
     return Path(workdir) / f"job{job.job_id}"
 
 
-def _env(workdir: Path, job: Job, seed: int, lease=None, table=None, types=None) -> JobEnv:
-    if lease is None:
+def _env(workdir: Path, job: Job, seed: int, seat: Seat | None = None) -> JobEnv:
+    if seat is None:
         return JobEnv(job_dir(workdir, job), int(job.total_steps))
-    tput = float(table.row(job.key, types)[types.index(lease.accel_type)])
     return JobEnv(job_dir(workdir, job), int(job.total_steps), job.scale_factor, seed + job.job_id,
-                  1.0 / tput, lease.workers, lease.accel_type)
+                  seat.step_seconds, seat.lease.workers, seat.lease.accel_type)
 
 
-def check_jobs(jobs: list[Job], spec, policy: str, workdir: Path | None = None) -> None:
+def check_jobs(jobs: list[Job], spec, policy: str, workdir: Path | None = None, colocation=None) -> None:
     """Everything that can be checked before a process starts; a ClusterError names what is wrong."""
-    if get_policy(policy).packed:
-        raise ClusterError(f"policy {policy!r} uses space sharing, which the executor does not run; "
-                           "use an unpacked policy")
+    packed = get_policy(policy).packed
+    if packed and colocation is None:
+        raise ClusterError(f"policy {policy!r} shares accelerators: give the jobs' memory profiles "
+                           "(--colocation PROFILES, docs/wavelet.md) so that only pairs that fit share one")
+    if colocation is not None and not packed:
+        raise ClusterError(f"--colocation: needs a packed policy (max_min_fairness_packed or "
+                           f"min_makespan_packed), not {policy!r}")
     check_runnable(jobs, spec.cluster, spec.table)
     for job in jobs:
         if job.task is None:
@@ -67,13 +79,17 @@ def check_jobs(jobs: list[Job], spec, policy: str, workdir: Path | None = None) 
 
 def run_jobs(jobs: list[Job], spec, policy: str = "max_min_fairness", workdir: str | Path = "runs/cluster",
              round_seconds: float | None = None, out: str | Path | None = None, verbose: bool = False,
-             seed: int = 0, stop_timeout: float = 120.0, max_seconds: float = 3600.0) -> dict:
-    """Run ``jobs`` to completion; returns JCTs, preemptions and the lease history."""
+             seed: int = 0, stop_timeout: float = 120.0, max_seconds: float = 3600.0,
+             colocation=None) -> dict:
+    """Run ``jobs`` to completion; returns JCTs, preemptions, the lease history and, with a
+    packed policy and ``colocation`` (a `CoLocation`), the jobs that shared slots."""
     cluster, table = spec.cluster, spec.table
     types = cluster.types
     workdir = Path(workdir).resolve()      # commands run in their own folder
-    check_jobs(jobs, spec, policy, workdir)
+    check_jobs(jobs, spec, policy, workdir, colocation)
     pol = get_policy(policy)
+    if pol.packed:
+        table = colocation.table(table)     # pairs only where their combined peak fits
     round_s = float(round_seconds or spec.round_seconds)
     if not 0 < round_s < float("inf"):
         raise ClusterError(f"round_seconds must be a positive number, got {round_s}")
@@ -83,9 +99,10 @@ def run_jobs(jobs: list[Job], spec, policy: str = "max_min_fairness", workdir: s
     by_id = {j.job_id: j for j in jobs}
     active: list[int] = []
     procs: dict[int, JobProcess] = {}
-    leases: dict = {}
+    where: dict[int, Seat] = {}
     finish, history, preemptions, segments = {}, [], 0, {j.job_id: 0 for j in jobs}
-    dirty, next_round, preempt = True, 0.0, set()
+    shared = []                                     # co-located starts: who joined whom where
+    dirty, next_round, preempt, units, rates = True, 0.0, set(), [], []
     t0 = time.monotonic()
     try:
         while len(finish) < len(jobs):
@@ -120,27 +137,43 @@ def run_jobs(jobs: list[Job], spec, policy: str = "max_min_fairness", workdir: s
                     dirty = True
                 if dirty and active:
                     done = {m: _env(workdir, by_id[m], seed).progress() for m in active}
-                    prob = build_problem([by_id[m] for m in active], cluster, table, start, done)
-                    units, A, scale, runnable = list(active), pol.solve(prob).X, prob.scale, prob.T > 0
+                    prob = build_problem([by_id[m] for m in active], cluster, table, start, done,
+                                         with_pairs=pol.packed)
+                    units, A, scale, runnable, rates = schedulable_units(active, prob, pol.solve(prob))
+                    A = fitting(units, A, by_id, table, colocation, types)
                     dirty = False
                 holding = {m: p.lease for m, p in procs.items() if not p.stop_sent}
                 leases = mech.schedule_round(start, units, A, scale, runnable, holding) if active else {}
-                preempt = {p for m, p in procs.items() if m not in leases or leases[m].workers != p.workers}
+                where = seats(leases, units, rates, types)
+                preempt = {p for m, p in procs.items() if m not in where or where[m].lease.workers != p.workers
+                           or where[m].step_seconds != p.env.step_seconds}
                 if active:
                     history.append({"t": start, "at": round(now, 3), "leases": {
-                        str(m): [lease.accel_type, list(lease.workers)] for m, lease in leases.items()}})
+                        str(m): [s.lease.accel_type, list(s.lease.workers)] for m, s in where.items()}})
+                    pairs = [list(u) for u in leases if isinstance(u, tuple)]
+                    if pairs:
+                        history[-1]["pairs"] = pairs
                 if verbose and active:
-                    print(f"[{start:7.1f} s] " + ", ".join(f"job{m}->{lease.accel_type}{list(lease.workers)}"
-                                                         for m, lease in leases.items()), flush=True)
-            busy = {w for p in procs.values() for w in p.workers}
-            for m, lease in leases.items():        # start leased jobs as soon as their slots are free
-                if m in procs or m in finish or busy.intersection(lease.workers):
+                    print(f"[{start:7.1f} s] " + ", ".join(
+                        f"job{'+job'.join(map(str, mech.members(u)))}->{lease.accel_type}{list(lease.workers)}"
+                        for u, lease in leases.items()), flush=True)
+            occupants: dict[int, set[int]] = {}
+            for m, p in procs.items():
+                for w in p.workers:
+                    occupants.setdefault(w, set()).add(m)
+            for m, seat in where.items():          # start leased jobs as soon as their slots allow
+                if m in procs or m in finish or not may_start(m, seat, occupants):
                     continue
-                proc = JobProcess(by_id[m], _env(workdir, by_id[m], seed, lease, table, types), lease)
+                proc = JobProcess(by_id[m], _env(workdir, by_id[m], seed, seat), seat.lease)
                 proc.start()
                 procs[m] = proc
                 segments[m] += 1
-                busy.update(lease.workers)
+                beside = sorted({o for w in seat.lease.workers for o in occupants.get(w, ())})
+                if beside:
+                    shared.append({"t": round(time.monotonic() - t0, 3), "job": m, "beside": beside,
+                                   "accel_type": seat.lease.accel_type, "workers": list(seat.lease.workers)})
+                for w in seat.lease.workers:
+                    occupants.setdefault(w, set()).add(m)
             time.sleep(max(0.0, min(0.05, next_round - (time.monotonic() - t0))))
     finally:                                        # on an error or Ctrl-C: stop every job
         for p in procs.values():
@@ -152,6 +185,8 @@ def run_jobs(jobs: list[Job], spec, policy: str = "max_min_fairness", workdir: s
               "jct": {m: finish[m] - by_id[m].arrival_time for m in sorted(finish)},
               "preemptions": preemptions, "segments": segments, "rounds": len(history), "history": history,
               "note": "accelerator speed emulated by padding each step to 1/throughput seconds"}
+    if pol.packed:
+        result["colocation"] = {"rule": colocation.rule, "shared_starts": shared}
     if out:
         write_json(out, result, indent=1)
     return result

@@ -122,7 +122,7 @@ def simulate(jobs: list[Job], cluster: Cluster, table: ThroughputTable, policy: 
             alloc = policy.solve(prob)
             solve_s += time.perf_counter() - s0
             solves += 1
-            units, A, scale, runnable, rates = _units(active, prob, alloc)
+            units, A, scale, runnable, rates = schedulable_units(active, prob, alloc)
             uidx = {u: i for i, u in enumerate(units)}
             dirty = False
         leases = mech.schedule_round(t, units, A, scale, runnable)
@@ -194,7 +194,7 @@ def _drop_finished(units, A, scale, runnable, rates, finish):
     return ([units[i] for i in keep], A[keep], scale[keep], runnable[keep], [rates[i] for i in keep])
 
 
-def _units(active, prob, alloc):
+def schedulable_units(active, prob, alloc):
     """Schedulable units: every job, then every pair with a positive allocation."""
     units = list(active)
     A = [alloc.X]

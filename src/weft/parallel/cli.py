@@ -10,7 +10,7 @@ def _train(args) -> int:
     from rich.console import Console
 
     from weft.launch import launch
-    from weft.parallel.pipeline import KINDS, PipelinePlan, bubble_fraction, draw
+    from weft.parallel.pipeline import SCHEDULES, PipelinePlan, bubble_fraction, draw
     from weft.parallel.pipeline.train import evaluate, rank_main
 
     con = Console()
@@ -18,8 +18,8 @@ def _train(args) -> int:
     spec = args.model or plan.model
     if not spec:
         raise PlanError(f"{args.plan} stores no model spec; pass --model path.py[:attr]")
-    if args.schedule not in KINDS:
-        raise PlanError(f"--schedule {args.schedule!r}: choose one of {', '.join(KINDS)}")
+    if args.schedule not in SCHEDULES:
+        raise PlanError(f"--schedule {args.schedule!r}: choose one of {', '.join(SCHEDULES)}")
     chunks = args.chunks if args.schedule == "interleaved" else 1
     con.print(f"training {spec} with {plan.num_stages} stages on {plan.workers} local ranks, "
               f"schedule {args.schedule}, {plan.microbatches} micro-batches of {plan.micro_batch}")
@@ -70,8 +70,9 @@ def add_arguments(p) -> None:
                                     "--policy: the adaptive run's, with any number of workers, "
                                     "checkpointing on into it)")
     p.add_argument("--schedule", default="1f1b",
-                   help="pipeline plans: gpipe | 1f1b | interleaved | pipedream (a weft.plan/1 "
-                        "plan names its own in pipeline.schedule)")
+                   help="pipeline plans: gpipe | 1f1b | interleaved | pipedream | ticktock "
+                        "(two micro-batch waves whose memory peaks interleave, docs/wavelet.md; "
+                        "a weft.plan/1 plan names its own in pipeline.schedule)")
     p.add_argument("--chunks", type=positive_int, default=2,
                    help="pipeline plans: chunks per stage for interleaved")
     p.add_argument("--timeline", help="pipeline plans: write the pipeline timeline PNG here")

@@ -26,6 +26,7 @@ from weft.errors import PlanError
 from weft.parallel.pipeline.actions import COMPUTE, TRANSFERS, Action
 
 KINDS = ("gpipe", "1f1b", "interleaved", "pipedream")
+SCHEDULES = (*KINDS, "ticktock")   # every kind `compute_order` builds (tick-tock: ticktock.py)
 
 
 def _stage_order(kind: str, s: int, S: int, M: int, v: int) -> list[tuple[str, int, int]]:
@@ -63,7 +64,7 @@ def compute_order(kind: str, stage_ranks: list[list[int]], microbatches: int,
         from weft.parallel.pipeline.ticktock import compute_order as ticktock
         return ticktock(stage_ranks, microbatches, chunks_per_stage)
     if kind not in KINDS:
-        raise PlanError(f"unknown schedule {kind!r}; choose one of {', '.join(KINDS)}")
+        raise PlanError(f"unknown schedule {kind!r}; choose one of {', '.join(SCHEDULES)}")
     S, M, v = len(stage_ranks), microbatches, chunks_per_stage
     if M < 1:
         raise PlanError(f"need at least one micro-batch, got {M}")

@@ -139,11 +139,11 @@ def train_plan(plan_path, model: str | None = None, schedule: str = "1f1b", epoc
     """`weft train --plan`: check in the parent, train on local ranks, evaluate, and print the
     measured throughput next to the predicted one. Returns the summary printed."""
     from weft.launch import launch
-    from weft.parallel.pipeline.schedule import KINDS
+    from weft.parallel.pipeline.schedule import SCHEDULES
     from weft.parallel.pipeline.timeline import bubble_fraction, draw
 
-    if schedule not in KINDS:
-        raise PlanError(f"--schedule {schedule!r}: choose one of {', '.join(KINDS)}")
+    if schedule not in SCHEDULES:
+        raise PlanError(f"--schedule {schedule!r}: choose one of {', '.join(SCHEDULES)}")
     say = console.print if console is not None else print
     plan, spec = prepare(plan_path, model)
     chunks = chunks if schedule == "interleaved" else 1

@@ -1,0 +1,86 @@
+"""The executor runs packed (space-sharing) policies: two jobs share one slot when their
+combined memory peak fits it, never otherwise, and end where uninterrupted runs end."""
+
+import json
+
+import pytest
+
+from tests.cluster.test_executor import COMMAND, _uninterrupted_command
+from weft.cli import main
+from weft.cluster.colocation import CoLocation
+from weft.cluster.executor import job_dir, run_jobs
+from weft.cluster.model import ClusterError
+from weft.cluster.spec import load_cluster, load_jobs
+
+# Each job type alone: 20 steps/s; sharing the slot: 16 steps/s each (a Gavel-format table).
+THROUGHPUTS = {"x": {"a": {"null": 20.0, "b": [16.0, 16.0]}, "b": {"null": 20.0, "a": [16.0, 16.0]}}}
+# Peak 8 for the first quarter of a step, 2 after, on a slot of 10: with the best offset the
+# pair peaks at 10 (fits), launched together at 16 (does not).
+PROFILES = {"format": "weft.colocation/1", "memory": {"x": 10},
+            "profiles": {"a": {"bins": [8, 2, 2, 2]}, "b": {"bins": [8, 2, 2, 2]}}}
+
+
+def _setup(tmp_path):
+    (tmp_path / "tp.json").write_text(json.dumps(THROUGHPUTS))
+    (tmp_path / "co.json").write_text(json.dumps(PROFILES))
+    (tmp_path / "cluster.yaml").write_text("accelerators: {x: 1}\nthroughputs: tp.json\nround_seconds: 1\n")
+    # a is short, b long: b runs beside a, then alone (restarted at its solo step time)
+    (tmp_path / "jobs.yaml").write_text(json.dumps({"jobs": [
+        {"type": "a", "steps": 15, "command": COMMAND}, {"type": "b", "steps": 60, "command": COMMAND}]}))
+    spec = load_cluster(tmp_path / "cluster.yaml")
+    return spec, load_jobs(tmp_path / "jobs.yaml", spec.table)
+
+
+def _same_slot_rounds(res) -> list[dict]:
+    return [h for h in res["history"] if {"0", "1"} <= set(h["leases"])
+            and h["leases"]["0"] == h["leases"]["1"]]
+
+
+def _check_results(tmp_path, run, jobs):
+    for job in jobs:
+        got = json.loads((job_dir(run, job) / "ckpt.pt").read_text())
+        assert got == _uninterrupted_command(tmp_path, job, seed=job.job_id)
+
+
+def test_pair_that_fits_shares_the_slot(tmp_path):
+    spec, jobs = _setup(tmp_path)
+    co = CoLocation.load(tmp_path / "co.json", rule="offset")
+    assert co.fits(jobs[0].key, jobs[1].key, spec.table, "x")
+    run = tmp_path / "run"
+    res = run_jobs(jobs, spec, "max_min_fairness_packed", workdir=run, stop_timeout=60, colocation=co)
+    assert set(res["jct"]) == {0, 1}
+    together = _same_slot_rounds(res)
+    assert together and together[0] is res["history"][0], res["history"]   # paired from round 0
+    assert all(h["pairs"] == [[0, 1]] for h in together)
+    assert together[0]["leases"]["0"] == ["x", [0]]
+    starts = res["colocation"]["shared_starts"]          # both processes ran at once on slot 0
+    assert starts and {starts[0]["job"], *starts[0]["beside"]} == {0, 1} and starts[0]["workers"] == [0]
+    # a (15 steps at 16/s) ends within a second of the start; b (60 steps) then runs alone,
+    # restarted from its checkpoint to be told its solo step time: no step lost.
+    segs = [int(s) for s in (job_dir(run, jobs[1]) / "segments.txt").read_text().split()]
+    assert segs[0] == 0 and len(segs) >= 2 and 0 < segs[-1] < 60
+    _check_results(tmp_path, run, jobs)
+
+
+def test_pair_that_does_not_fit_never_shares(tmp_path):
+    spec, jobs = _setup(tmp_path)
+    co = CoLocation.load(tmp_path / "co.json", rule="gang")
+    assert not co.fits(jobs[0].key, jobs[1].key, spec.table, "x")
+    run = tmp_path / "run"
+    res = run_jobs(jobs, spec, "max_min_fairness_packed", workdir=run, stop_timeout=60, colocation=co)
+    assert set(res["jct"]) == {0, 1}
+    assert _same_slot_rounds(res) == [] and not any("pairs" in h for h in res["history"])
+    assert res["colocation"]["shared_starts"] == []
+    _check_results(tmp_path, run, jobs)
+
+
+def test_packed_policy_needs_profiles_and_profiles_need_a_packed_policy(tmp_path, capsys):
+    spec, jobs = _setup(tmp_path)
+    with pytest.raises(ClusterError, match="memory profiles"):
+        run_jobs(jobs, spec, "max_min_fairness_packed", workdir=tmp_path / "run")
+    argv = ["cluster", "run", str(tmp_path / "cluster.yaml"), str(tmp_path / "jobs.yaml"),
+            "--workdir", str(tmp_path / "w"), "--colocation", str(tmp_path / "co.json")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("weft: error:") and "needs a packed policy" in err
+    assert not (tmp_path / "w").exists() and not (tmp_path / "run").exists()
