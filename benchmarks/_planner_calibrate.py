@@ -23,32 +23,28 @@ def calibrate_local(world: int, wl, cfg, batch: int, quick: bool):
 
 
 def _calibrate_local(world: int, cfg, batch: int, quick: bool):
-    import torch
-
     from weft.planner import contention_local
     from weft.planner.plan_cost import Costs
+    from weft.planner.runtime_costs import measure_runtime_costs
 
     gpt, model = gpt_model(cfg)
     sample = gpt.example_input(max(1, batch // world))
     if world > 1 and not quick:
-        c = contention_local(world, sample, model=model, rounds=4)
+        c = {"compute_scale": contention_local(world, sample, model=model, rounds=4)
+             ["compute_scale"]}
     else:  # quick: not measured
         c = {"compute_scale": 1.0}
-    opt = torch.optim.Adam(model.parameters())
-    for p in model.parameters():
-        p.grad = torch.zeros_like(p)
-    opt.step()
-    t0 = time.perf_counter()
-    n = 5
-    for _ in range(n):
-        opt.step()
-    nbytes = sum(p.numel() * p.element_size() for p in model.parameters())
-    opt_bw = nbytes * n / (time.perf_counter() - t0)
     params = fit_gloo(world, quick)
+    costs = Costs(compute_scale=c["compute_scale"], collective=params)
+    if world > 1:  # overlap, fully_shard per call, the optimizer per tensor and per byte
+        rc = measure_runtime_costs(world, repeats=5 if quick else 9, units=4 if quick else 8)
+        costs = rc.apply(costs)
+        what = rc.summary()
+    else:
+        what = "one rank: no runtime costs"
     print(f"calibration on {world} local ranks: compute_scale {c['compute_scale']:.2f} "
-          f"({'not measured (--quick)' if quick else 'contention_local'}), Adam "
-          f"{opt_bw / 1e6:.0f} MB/s of parameters")
-    return Costs(compute_scale=c["compute_scale"], collective=params, optimizer_bw=opt_bw)
+          f"({'not measured (--quick)' if quick else 'contention_local'}); {what}")
+    return costs
 
 
 def gloo_rank(sizes, reps):
@@ -68,9 +64,9 @@ def gloo_rank(sizes, reps):
                 if kind == "allreduce":
                     dist.all_reduce(x)
                 elif kind == "all_gather":
-                    dist.all_gather_into_tensor(outs, x[:size // 4 // n])
+                    dist.all_gather_single(outs, x[:size // 4 // n])
                 else:
-                    dist.reduce_scatter_tensor(x[:size // 4 // n], outs)
+                    dist.reduce_scatter_single(x[:size // 4 // n], outs)
                 t = torch.tensor([time.perf_counter() - t0], dtype=torch.float64)
                 dist.all_reduce(t, op=dist.ReduceOp.MAX)
                 if i:
@@ -102,10 +98,12 @@ def fit_gloo(world: int, quick: bool):
 
 
 def emulated_costs(world, cfg, batch, quick):
-    from weft.planner.plan_cost import Costs
+    """The local calibration with the collectives' CPU terms of the emulated links."""
+    from dataclasses import replace
+
+    from weft.collectives.costmodel import CostParams
 
     base = calibrate_local(world, None, cfg, batch, quick)
-    return Costs(compute_scale=base.compute_scale, optimizer_bw=base.optimizer_bw,
-                 collective=__import__("weft.collectives.costmodel", fromlist=["CostParams"])
-                 .CostParams(alpha=base.collective.alpha, step_overhead=base.collective
-                             .step_overhead, cores=base.collective.cores, link_efficiency=0.97))
+    c = base.collective
+    return replace(base, collective=CostParams(alpha=c.alpha, step_overhead=c.step_overhead,
+                                               cores=c.cores, link_efficiency=0.97))
