@@ -19,8 +19,9 @@ gradient hooks); 1 is all of it, as on a GPU with communication streams; on CPU 
 that share their cores the copies and reductions compete with the compute.
 ``Costs.fsdp_overlap`` is the same for fully_shard, whose collectives are asynchronous
 only where the backend runs them on streams: with gloo, FSDP2 calls them blocking
-(``unshard_async_op`` is off by default), so they cannot overlap at all (0). The first
-gather and the last reduce-scatter are never hidden.
+(``unshard_async_op`` is off by default), so they cannot overlap at all (0). One
+gather (the largest, standing for the first) and the last reduce-scatter (the root's) are
+never hidden.
 """
 
 from __future__ import annotations
@@ -100,7 +101,7 @@ def sharded_sync(model, shape: Shape, comm, groups, r: int, stages) -> tuple[flo
             if dr is not None:
                 ar_all += comm.collective("allreduce", dr, u / ds.size)
                 calls["allreduce"] += 1
-            first, last = first or ag, rs
+            first, last = max(first, ag), rs  # the largest gather; the root's scatter, last
     m = shape.microbatches
     window_f = m * sum(st["forward_s"] for st in mine) * costs.fsdp_overlap
     window_b = m * sum(st["backward_s"] for st in mine) * costs.fsdp_overlap
