@@ -119,3 +119,50 @@ def netns_runner(cluster):
                            {"job_file": job_file, "rounds": rounds}, timeout=3600,
                            op_timeout=600)[0]
     return run
+
+
+def part_collectives(args, figs):
+    from _common import figure
+    from _planner_gpt import netns_ok
+
+    from weft.collectives.emulate.shapes import SHAPES, star_slow
+    from weft.collectives.fabric import Fabric
+
+    sizes = [256 << 10, 2 << 20] if args.quick else [256 << 10, 1 << 20, 4 << 20, 16 << 20,
+                                                     64 << 20]
+    shapes = [("loopback4", None)]
+    ok, why = netns_ok()
+    if not args.quick and ok:
+        shapes += [("dgx1-mesh", 4.0), ("two-node", 4.0)]
+    elif not args.quick:
+        print(f"  collectives: emulated shapes skipped: {why}")
+    calib = CALIBRATION if not args.quick else \
+        [(a, s, c) for a in ("ring", "packing:1") for s in (512 << 10,) for c in (64 << 10,
+                                                                              1 << 20)]
+    for name, scale in shapes:
+        if scale is None:
+            fab = Fabric(star_slow(4, fast=1e12, slow=1e12), [f"h{i}" for i in range(4)])
+            out = sweep(fab, loopback_runner(4), sizes, LOOPBACK_BASE,
+                           rounds=3 if args.quick else 9, calib_rounds=2 if args.quick else 5,
+                           calibration=calib)
+        else:
+            from weft.collectives.emulate.netns import NetnsCluster
+
+            with NetnsCluster(SHAPES[name](), mbit_per_gbs=scale) as c:
+                out = sweep(c.fabric(), netns_runner(c), sizes, BASE, rounds=3,
+                               calib_rounds=2)
+        print(f"  collectives {name}: fitted {out['params']} (calibration error "
+              f"{out['fit_error']:.0%})")
+        for r in out["rows"]:
+            err = r["predicted"] / r["measured"] - 1
+            print(f"    {r['size'] >> 10:>6} KiB all-reduce: choice {r['choice']} "
+                  f"{r['measured'] * 1e3:.1f} ms ({r['vs_best']:.2f}x of the best of "
+                  f"ring {r.get('ring_s', 0) * 1e3:.1f} / tree {r.get('dbtree_s', 0) * 1e3:.1f} "
+                  f"/ packing {r.get('packing_s', 0) * 1e3:.1f} ms), predicted "
+                  f"{r['predicted'] * 1e3:.1f} ms ({err:+.0%}); unfitted model chose "
+                  f"{r['default_choice']}")
+            big = not args.quick
+            figs.append(figure(f"collectives/{name}/{r['size'] >> 10}KiB/choice_vs_best",
+                               r["vs_best"], "x", 1.05 if big else None, "lower"))
+            figs.append(figure(f"collectives/{name}/{r['size'] >> 10}KiB/prediction_error",
+                               abs(err), "", 0.2 if big else None, "lower"))

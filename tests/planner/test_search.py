@@ -110,6 +110,40 @@ def test_auto_refuses_bad_input(capsys):
                  "ring:4"]) == 2
     assert "n_layer" in capsys.readouterr().err
     assert main(["plan", "auto", "--topology", "ring:4"]) == 2
+    capsys.readouterr()
+    assert main(["plan", "auto", "--model", "transformer:n_layer=2", "--topology", "ring:4",
+                 "--calibrate", "1"]) == 2
+    assert "--calibrate: must be >= 2 (ranks to measure on), got 1" in capsys.readouterr().err
+
+
+def test_calibrate_applies_the_measured_runtime_costs(tmp_path, capsys, monkeypatch):
+    """`--calibrate N` measures on N ranks (replaced here: no ranks start) and the plan is
+    costed with what was measured: a cost per DTensor shows in the optimizer term."""
+    from weft.cli import main
+    from weft.planner.runtime_costs import RuntimeCosts
+
+    asked = []
+
+    def fake(world, **kw):
+        asked.append(world)
+        return RuntimeCosts(0.0, 0.0, 1e-3, 0.0, 1e12, 0.25, world)
+    monkeypatch.setattr("weft.planner.runtime_costs.measure_runtime_costs", fake)
+    plan = tmp_path / "fsdp.yaml"
+    plan.write_text("format: weft.plan/1\nmesh: {dp_shard: 4}\n")
+    model = "transformer:n_layer=2,d_model=64,n_head=4,seq=32,vocab=128,flops=1e12"
+    argv = ["plan", "explain", str(plan), "--model", model, "--topology", "ring:4",
+            "--batch", "8"]
+
+    def optimizer_ms(text):
+        line = next(l for l in text.splitlines() if l.strip().startswith("+ optimizer "))
+        return float(line.split()[2])
+    assert main(argv) == 0
+    before = optimizer_ms(capsys.readouterr().out)
+    assert main(argv + ["--calibrate", "3"]) == 0
+    out = capsys.readouterr().out
+    assert asked == [3] and "runtime costs measured: overlap 0.00" in out
+    # 2 blocks x 12 tensors + embeddings 2 + head 3, each a DTensor at 0.25 s
+    assert optimizer_ms(out) - before == pytest.approx(29 * 250, rel=1e-3)
 
 
 @pytest.mark.parametrize("spec", ["examples/gpt.py"])

@@ -32,19 +32,75 @@ def this_device() -> str | None:
     """The topology device this process runs on: $WEFT_DEVICE, with {rank}, {local_rank},
     {node} (torchrun's GROUP_RANK) and {host} filled in, e.g. 'n{node}.gpu{local_rank}'
     set once for a whole torchrun job. None when unset."""
+    env = os.environ
+    return device_name(env.get(DEVICE_ENV), rank=env.get("RANK", ""),
+                       local_rank=env.get("LOCAL_RANK", ""), node=env.get("GROUP_RANK", ""))
+
+
+def device_name(template: str | None, *, rank, local_rank, node, host: str | None = None
+                ) -> str | None:
+    """`template` ($WEFT_DEVICE's text) with the launcher fields filled in; None for none."""
     import socket
 
-    text = os.environ.get(DEVICE_ENV)
-    if not text:
+    if not template:
         return None
-    env = os.environ
-    fields = {"rank": env.get("RANK", ""), "local_rank": env.get("LOCAL_RANK", ""),
-              "node": env.get("GROUP_RANK", ""), "host": socket.gethostname().split(".")[0]}
+    if host is None:
+        host = socket.gethostname().split(".")[0]
+    fields = {"rank": rank, "local_rank": local_rank, "node": node, "host": host}
     try:
-        return text.format(**fields)
+        return template.format(**fields)
     except (KeyError, IndexError, ValueError) as exc:
-        raise PlanError(f"${DEVICE_ENV}={text!r}: unknown or malformed field {exc}; "
+        raise PlanError(f"${DEVICE_ENV}={template!r}: unknown or malformed field {exc}; "
                         f"use {{rank}}, {{local_rank}}, {{node}} or {{host}}") from None
+
+
+def launch_devices(world: int, env_launched: bool) -> dict[int, str]:
+    """{process rank: device} for the processes of this launch whose $WEFT_DEVICE this
+    (parent) process can work out before any rank starts; {} when $WEFT_DEVICE is unset.
+
+    A local launch (`weft.launch.launch`) starts ranks 0..world-1 with LOCAL_RANK = RANK
+    and this process's environment: all of them. Under torchrun (`env_launched`) this
+    process is one rank and knows its node's: ranks RANK-LOCAL_RANK ... of LOCAL_WORLD_SIZE
+    (torchrun numbers a node's workers contiguously), on the same node and host."""
+    env = os.environ
+    template = env.get(DEVICE_ENV)
+    if not template:
+        return {}
+    node = env.get("GROUP_RANK", "")
+    if not env_launched:
+        return {r: device_name(template, rank=str(r), local_rank=str(r), node=node)
+                for r in range(world)}
+    rank, local = int(env.get("RANK", "0")), int(env.get("LOCAL_RANK", "0"))
+    first = rank - local
+    return {first + i: device_name(template, rank=str(first + i), local_rank=str(i), node=node)
+            for i in range(int(env.get("LOCAL_WORLD_SIZE", "1")))}
+
+
+def check_launch_placement(placement, world: int, env_launched: bool) -> None:
+    """In the parent, before any rank starts: the processes this launch starts
+    (`launch_devices`) run on distinct devices of the plan's `placement`. A PlanError
+    starting 'placement: ' names $WEFT_DEVICE's value and the process otherwise; the
+    ranks check the whole world again when they build the mesh (`mesh_ranks`)."""
+    if not placement:
+        return
+    template = os.environ.get(DEVICE_ENV)
+    where = f"${DEVICE_ENV}={template!r}"
+    try:
+        devices = launch_devices(world, env_launched)
+    except PlanError as exc:
+        raise PlanError(f"placement: {exc}") from None
+    if len(placement) != world:
+        raise PlanError(f"placement: {len(placement)} devices for {world} processes")
+    shown = f"{list(placement)[:8]}{' ...' if len(placement) > 8 else ''}"
+    seen: dict[str, int] = {}
+    for r, d in sorted(devices.items()):
+        if d not in placement:
+            raise PlanError(f"placement: {where} puts rank {r} on {d!r}, which is not in the "
+                            f"plan's placement {shown}")
+        if d in seen:
+            raise PlanError(f"placement: {where} puts ranks {seen[d]} and {r} both on {d!r}; "
+                            "each rank needs its own device of the placement")
+        seen[d] = r
 
 
 def mesh_ranks(placement, devices: list[str | None]) -> list[int]:

@@ -3,8 +3,9 @@
 The parent checks everything before any rank starts: the plan file (format and fields),
 the model spec (loaded once: model, `dataset()`, `loss_fn`), the plan against the model and
 the world size (weft.plan.check: patterns, degrees, split points, and memory per rank when
-the device memory is known or given), and the global batch against the data-parallel degree
-and the micro-batches. An error reads `weft: error: <file>: <field>: <problem>` (exit 2)
+the device memory is known or given), the plan's `placement` against the devices the ranks
+will name ($WEFT_DEVICE: distinct, all in the placement), and the global batch against the
+data-parallel degree and the micro-batches. An error reads `weft: error: <file>: <field>: <problem>` (exit 2)
 and nothing is started.
 
 Then `--nproc-per-node` local ranks (default 4), or the processes torchrun started, run
@@ -115,6 +116,10 @@ def prepare(args) -> TrainConfig:
     if memory is None and _backend(args, world) == "nccl":
         memory = float(torch.cuda.get_device_properties(0).total_memory)
     plan = wp.check(plan, model, world, memory, source=path)
+    if plan.placement:  # the devices the ranks will name ($WEFT_DEVICE), before they start
+        from weft.parallel.mesh import check_launch_placement
+
+        _named(path, check_launch_placement, plan.placement, world, env_rendezvous())
     m = plan.mesh
     per = m.dp
     if m.pp > 1:

@@ -7,6 +7,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from weft.errors import PlanError
 
 
@@ -46,8 +48,17 @@ def workload_of(args):
 def costs_of(args):
     from weft.planner.plan_cost import Costs
 
-    return Costs(compute_scale=args.compute_scale, optimizer_bw=args.optimizer_bw or 0.0,
-                 step_overhead_s=args.step_overhead or 0.0)
+    costs = Costs(compute_scale=args.compute_scale, optimizer_bw=args.optimizer_bw or 0.0,
+                  step_overhead_s=args.step_overhead or 0.0)
+    if getattr(args, "calibrate", None):
+        from weft.planner.runtime_costs import measure_runtime_costs
+
+        rc = measure_runtime_costs(args.calibrate)
+        print(f"runtime costs measured: {rc.summary()}")
+        costs = rc.apply(costs)
+        if args.optimizer_bw:  # given beats measured
+            costs = replace(costs, optimizer_bw=args.optimizer_bw)
+    return costs
 
 
 def block_pattern(workload) -> tuple[str, ...]:
@@ -185,6 +196,18 @@ def _explain(args) -> int:
     return 0
 
 
+def ranks(text: str) -> int:
+    """--calibrate: a number of local ranks, at least 2 (collectives need a peer)."""
+    import argparse
+
+    from weft.args import positive_int
+
+    n = positive_int(text)
+    if n < 2:
+        raise argparse.ArgumentTypeError(f"must be >= 2 (ranks to measure on), got {n}")
+    return n
+
+
 def schedules(text: str) -> tuple[str, ...]:
     """--schedules: a comma-separated subset of gpipe,1f1b."""
     import argparse
@@ -225,6 +248,10 @@ def _common(q) -> None:
     q.add_argument("--optimizer-bw", type=size,
                    help="parameter bytes/s Adam updates, e.g. 2GB/s (default: not charged)")
     q.add_argument("--step-overhead", type=nonneg_float, help="seconds per step beyond the model")
+    q.add_argument("--calibrate", type=ranks, metavar="N",
+                   help="first measure the runtime's own costs on N (>= 2) local gloo ranks: "
+                   "overlap, fully_shard per call, the optimizer per tensor and per byte "
+                   "(weft.planner.runtime_costs; this machine's, a few seconds)")
 
 
 def register(psub) -> None:

@@ -13,8 +13,8 @@ WHAT = {
     "pipeline bubble": "pipeline fill and drain: time beyond M x the mean stage's work",
     "data-parallel total": "gradient synchronisation (all-reduce, or fully_shard's all-gathers "
                            "and reduce-scatters)",
-    "data-parallel exposed": "the part not hidden behind the backward (counted in the step)",
-    "optimizer": "optimizer step over this rank's parameters",
+    "data-parallel exposed": "the part not hidden behind the compute (counted in the step)",
+    "optimizer": "optimizer step over this rank's parameters (per byte and per tensor)",
     "overhead": "fixed cost per step",
 }
 
@@ -37,6 +37,10 @@ def explain(est: Estimate, workload: Workload, topology: str = "") -> str:
         lines.append(f"  {mark} {k:<30} {_ms(v):>14}   {WHAT.get(k, '')}")
     lines.append("  (step = pipeline time (compute + tp + sends + bubble of the busiest rank) "
                  "+ exposed sync + optimizer + overhead)")
+    calls = [", ".join(f"{n} {k}" for k, n in sorted(c.items()) if n) for c in est.calls]
+    if any(calls):
+        lines.append("  data-parallel collectives per step: " + "; ".join(
+            f"pipeline rank {r}: {c or 'none'}" for r, c in enumerate(calls)))
     cols = (f"  {'stage':<6}{'layers':<28}{'forward':>12}{'backward':>12}{'tp comm':>12}"
             f"{'send':>12}")
     lines += ["", "stages (per micro-batch):", cols]

@@ -16,13 +16,14 @@ micro-batch of b samples at tensor-parallel degree t:
   takes ``sum_s w_s + (M - 1) max_s w_s`` (w_s: forward + backward + sends of a micro-batch
   on stage s; GPipe and 1F1B alike), interleaved (v chunks per rank) ``sum_r w_r / v +
   (M - 1) max_r w_r`` over ranks; the bubble is what exceeds M x the mean stage's work;
-* data parallelism, after the last micro-batch's backward: weft/DDP all-reduce the
-  stage's gradients over dp_replicate in buckets of ``bucket_mb``, overlapped with that
-  backward except the last bucket; fully_shard all-gathers each unit's parameters in the
-  forward and again in the backward and reduce-scatters the gradients (HSDP: then
-  all-reduces the shard over dp_replicate), overlapped with the compute except one unit;
-* the optimizer step (parameters updated at ``optimizer_bw`` bytes/s) and a fixed
-  ``step_overhead_s``.
+* data parallelism (`weft.planner.dp_cost`), after the last micro-batch's backward:
+  weft/DDP all-reduce the stage's gradients over dp_replicate in buckets of ``bucket_mb``,
+  overlapped with that backward except the last bucket; fully_shard's all-gathers and
+  reduce-scatters per unit, as many as the runtime issues (HSDP: then the shard's
+  all-reduce over dp_replicate), overlapped with the compute except the first and the
+  last; overlap only under the fraction ``overlap`` of the compute;
+* the optimizer step (parameters updated at ``optimizer_bw`` bytes/s, plus a cost per
+  parameter tensor, a DTensor's higher) and a fixed ``step_overhead_s``.
 
 The step is the pipeline's time plus the slowest stage's exposed synchronisation and
 optimizer step. The stages' split comes from the PipeDream partitioner
@@ -32,6 +33,7 @@ per-micro-batch costs, unless the plan fixes it. Memory: `weft.planner.memory`.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -41,6 +43,7 @@ from weft.errors import PlanError
 from weft.plan.format import DIMS
 from weft.planner.comm import DEFAULT_PARAMS, Comm
 from weft.planner.cost import CostModel
+from weft.planner.dp_cost import optimizer_time, replicated_sync, sharded_sync
 from weft.planner.memory import Memory, plan_memory
 from weft.planner.network import Network
 from weft.planner.profile import LayerProfile, ModelProfile
@@ -58,6 +61,11 @@ class Costs:
     optimizer_bw: float = 0.0  # bytes of parameters the optimizer updates per second (0: free)
     step_overhead_s: float = 0.0
     latency_s: float | None = None  # point-to-point message latency (None: the links')
+    overlap: float = 1.0  # fraction of the compute an asynchronous collective can hide under
+    fsdp_overlap: float = 1.0  # the same for fully_shard's (0 where it blocks: gloo)
+    fsdp_call_s: float = 0.0  # fully_shard's own cost per all-gather / reduce-scatter call
+    optimizer_tensor_s: float = 0.0  # optimizer step per plain parameter tensor
+    dtensor_tensor_s: float = 0.0  # optimizer step per DTensor parameter (fully_shard, tp)
 
 
 @dataclass
@@ -71,6 +79,7 @@ class Estimate:
     placement: list[str]
     fits: bool = True
     notes: list[str] = field(default_factory=list)
+    calls: list[dict] = field(default_factory=list)  # data-parallel collectives per pp rank
 
     @property
     def peak_bytes(self) -> float:
@@ -314,15 +323,14 @@ class PlanModel:
         v = shape.stages_per_rank
         pipe_t = sum(per_rank) / v + (M - 1) * max(per_rank)
         busy = M * sum(per_rank) / shape.pp
-        sync, opt, sync_total = [], [], []
+        sync, opt, sync_total, calls = [], [], [], []
         for r in range(shape.pp):
-            total, exposed = self._sync(shape, comm, G, r, stages)
+            total, exposed, n = self._sync(shape, comm, G, r, stages)
             sync.append(exposed)
             sync_total.append(total)
-            P = sum(float(self._params_at(shape.tp, *bounds[c])) for c in range(S)
-                    if c % shape.pp == r)
-            shard = shape.dp_shard if shape.sharded else 1
-            opt.append(P / shard / self.costs.optimizer_bw if self.costs.optimizer_bw else 0.0)
+            calls.append(dict(n))
+            opt.append(optimizer_time(self, shape, [k for c in range(S) if c % shape.pp == r
+                                                    for k in range(*bounds[c])]))
         tail = max(x + y for x, y in zip(sync, opt))
         step = pipe_t + tail + self.costs.step_overhead_s
         rb = max(range(shape.pp), key=lambda r: per_rank[r])
@@ -336,45 +344,17 @@ class PlanModel:
                  "optimizer": max(opt), "overhead": self.costs.step_overhead_s}
         peak, mstage, mem = plan_memory(shape, wl)
         fits = memory_limit is None or peak <= memory_limit
-        return Estimate(shape, step, terms, mem, mstage, stages, placement, fits)
+        return Estimate(shape, step, terms, mem, mstage, stages, placement, fits, calls=calls)
 
-    def _sync(self, shape: Shape, comm: Comm, groups, r: int, stages) -> tuple[float, float]:
-        """(total, exposed) data-parallel seconds of pipeline rank r per step."""
-        t = shape.tp
-        a = self._arrays
+    def _sync(self, shape: Shape, comm: Comm, groups, r: int, stages):
+        """(total, exposed seconds, calls) of data parallelism on pipeline rank r per step
+        (`weft.planner.dp_cost`)."""
         mine = [st for st in stages if st["stage"] % shape.pp == r]
-        layers = [k for st in mine for k in range(*st["layers"])]
-        unit_bytes = a["p_rep"][layers] + a["p_split"][layers] / t
-        P = float(unit_bytes.sum())
-        tally: dict[float, int] = {}
-        for u in unit_bytes.tolist():
-            tally[u] = tally.get(u, 0) + 1
-        sizes, counts = list(tally), list(tally.values())
-        window_b = sum(st["backward_s"] for st in mine)
-        window_f = sum(st["forward_s"] for st in mine)
-        if shape.dp < 2 or P == 0:
-            return 0.0, 0.0
+        if shape.dp < 2 or not any(self._params_at(shape.tp, *st["layers"]) for st in mine):
+            return 0.0, 0.0, Counter()
         if shape.sharded:
-            ds = groups["dp_shard"][r] if shape.dp_shard > 1 else None
-            dr = groups["dp_replicate"][r] if shape.dp_replicate > 1 else None
-            if ds is None:  # fully_shard over dp_replicate alone (replicate fsdp, dp_shard 1)
-                ds, dr = dr, None
-            ag = sum(c * comm.collective("all_gather", ds, u) for u, c in zip(sizes, counts))
-            rs = sum(c * comm.collective("reduce_scatter", ds, u) for u, c in zip(sizes, counts))
-            ar = comm.collective("allreduce", dr, P / ds.size) if dr is not None else 0.0
-            M = shape.microbatches
-            total = M * 2 * ag + rs + ar
-            first = comm.collective("all_gather", ds, float(unit_bytes.max()))
-            exposed = M * (max(ag - window_f, first) + max(ag - window_b, 0.0)) + \
-                max(rs - window_b, comm.collective("reduce_scatter", ds, float(unit_bytes[0]))) + ar
-            return total, exposed
-        dr = groups["dp_replicate"][r]
-        bucket = shape.bucket_mb * 2**20
-        full, rest = divmod(P, bucket)
-        total = full * comm.collective("allreduce", dr, bucket) + \
-            comm.collective("allreduce", dr, rest)
-        last = comm.collective("allreduce", dr, rest if rest else bucket)
-        return total, max(total - window_b, last)
+            return sharded_sync(self, shape, comm, groups, r, stages)
+        return replicated_sync(self, shape, comm, groups, r, stages)
 
 
 def explain_dims(shape: Shape) -> str:

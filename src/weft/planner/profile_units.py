@@ -300,12 +300,15 @@ def profile_workload(model: nn.Module, example_input, micro_batch: int = 8,
         saved2 = tot(m2, "saved") / (2 * b)
         saved_loc = tot(mloc, "saved") / (2 * b)
         rep_p = split_p = 0.0
+        n_tensors = n_tp = 0
         for p in lay:
             if any(p.name == u or p.name.startswith(u + ".") for u in members):
                 n = 1
                 for s in p.shape:
                     n *= s
                 nb = n * sizes.get(p.name, 4)
+                n_tensors += 1
+                n_tp += p.tp_style is not None  # a DTensor, split or not (a rowwise bias)
                 if p.tp_dim is not None:
                     split_p += nb
                 else:
@@ -319,7 +322,7 @@ def profile_workload(model: nn.Module, example_input, micro_batch: int = 8,
             lname, split_at if gi > 0 else None, _split(f_per, f_loc), _split(b_per, b_loc),
             Split(rep_p, split_p), _split(saved2, saved_loc),
             m2["out"].get(members[-1], 0.0) / (2 * b), m2["in"].get(members[0], 0.0) / (2 * b),
-            f_fix + b_fix, tuple(colls), tuple(members)))
+            f_fix + b_fix, tuple(colls), tuple(members), n_tensors, n_tp))
     degrees = divisors_upto(values, 64) if tp_ok else (1,)
     x_in = x1 if isinstance(x1, tuple) else (x1,)
     return Workload(layers, name or type(model).__name__, sum(_nbytes(t) for t in x_in) / b, 4,

@@ -34,6 +34,10 @@ class Shape:
     optimizer_states: int = 2  # Adam
     bucket_mb: float = 25.0
     communicator: str = "torch"
+    # fully_shard units besides each stage's root, as layer groups (`fsdp_unit_layers`);
+    # None: every block layer (what `weft plan auto` writes: shard_modules of the blocks)
+    fsdp_units: tuple[tuple[int, ...], ...] | None = None
+    reshard: bool = True  # data_parallel.reshard_after_forward
 
     @property
     def world(self) -> int:
@@ -98,9 +102,15 @@ class Shape:
         dp = plan.data_parallel
         flavour = dp.flavour(mesh) if mesh.dp > 1 else "none"
         mixed = plan.mixed_precision is not None and plan.mixed_precision.param_dtype != "float32"
+        units = fsdp_unit_layers(workload, dp.shard_modules)
+        if units == tuple((i,) for i in block_layers(workload)) or not (
+                mesh.dp_shard > 1 or (flavour == "fsdp" and mesh.dp > 1)):
+            units = None  # the default, or no fully_shard at all
         return cls(mesh.pp, mesh.dp_replicate, mesh.dp_shard, mesh.tp, global_batch, m, sched,
                    spr, bounds, ac, flavour, mixed, bucket_mb=dp.bucket_mb,
-                   communicator=dp.communicator)
+                   communicator=dp.communicator,
+                   fsdp_units=units,
+                   reshard=dp.reshard_after_forward)
 
     def to_plan(self, workload: Workload, rules: tuple[TPRule, ...] = (), name: str = "auto",
                 shard_modules: tuple[str, ...] = (), checkpoint: tuple[str, ...] = ()) -> Plan:
@@ -157,3 +167,36 @@ def block_layers(workload: Workload) -> tuple[int, ...]:
     """The repeated blocks (layers that are one pipeline unit named as their split module)."""
     return tuple(i for i, l in enumerate(workload.layers)
                  if i > 0 and l.split_at == l.name and l.name != workload.layers[-1].name)
+
+
+def fsdp_unit_layers(workload: Workload, patterns) -> tuple[tuple[int, ...], ...]:
+    """The layers of each fully_shard unit besides the roots, as `weft.parallel.fsdp` makes
+    them from `data_parallel.shard_modules` patterns: a layer's parameters belong to the
+    innermost matched module holding it (a unit may span layers: 'blocks' holds them all).
+    A pattern that matches only inside a layer's modules (blocks.*.attn) counts as one unit
+    for the layer: the workload knows no deeper names. Layers in no unit are in their
+    stage's root unit."""
+    units: dict[str, list[int]] = {}
+    for i, l in enumerate(workload.layers):
+        for mod in l.modules:
+            atoms = mod.split(".")
+            key = None
+            for k in range(len(atoms), 0, -1):
+                pre = ".".join(atoms[:k])
+                if any(match(p, pre) for p in patterns):
+                    key = pre
+                    break
+            if key is None and any(len(p.split(".")) > len(atoms)
+                                   and match(".".join(p.split(".")[:len(atoms)]), mod)
+                                   for p in patterns):
+                key = mod
+            if key is not None and i not in units.setdefault(key, []):
+                units[key].append(i)
+    return tuple(tuple(v) for v in units.values())
+
+
+def unit_layers(shape: Shape, workload: Workload) -> tuple[tuple[int, ...], ...]:
+    """`shape.fsdp_units`, or (None) every block layer alone."""
+    if shape.fsdp_units is not None:
+        return shape.fsdp_units
+    return tuple((i,) for i in block_layers(workload))

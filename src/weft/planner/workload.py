@@ -9,7 +9,8 @@ that are linear in ``1 / tp`` (the tensor-parallel degree):
 and likewise for the backward, the parameters (bytes: replicated + split / t) and the
 activations saved for the backward (bytes per sample). Each layer also lists its
 tensor-parallel collectives (kind, forward or backward, bytes per sample of the whole
-tensor) and the bytes per sample it hands to the next layer (a pipeline boundary).
+tensor) and the bytes per sample it hands to the next layer (a pipeline boundary), and how many
+parameter tensors it holds (the optimizer and fully_shard pay per tensor).
 
 Two sources: `weft.planner.profile_units.profile_workload` measures a real model under
 a plan's tensor-parallel rules (CPU timings, exact bytes), and `transformer` writes one
@@ -71,6 +72,8 @@ class Layer:
     fixed_s: float = 0.0  # seconds per micro-batch independent of its size (fwd + bwd)
     collectives: tuple[Collective, ...] = ()
     modules: tuple[str, ...] = ()  # the model's modules in this layer (fsdp units)
+    tensors: int = 0  # parameter tensors (what the optimizer and fully_shard handle one by one)
+    tp_tensors: int = 0  # of them, those of tensor-parallel modules (DTensors when tp > 1)
 
     def compute_s(self, b: float, tp: int) -> float:
         return self.fixed_s + b * (self.forward.at(tp) + self.backward.at(tp))
@@ -151,7 +154,9 @@ def transformer(n_layer: int = 48, d_model: int = 2048, n_head: int = 16, seq: i
     `flops` peak FLOP/s reaching `efficiency` of it; activations of `dtype_bytes`.
 
     Per block and sample: 24 d^2 s + 4 d s^2 forward FLOPs (all split by tp), backward
-    twice that; parameters 12 d^2 (split) + 4 d (replicated); saved activations
+    twice that; parameters 12 d^2 (split) + 4 d (replicated), in 12 tensors (qkv, the
+    projections and the MLP's with their biases, two norms; 8 in tensor-parallel
+    modules); saved activations
     s d (10 + 24 / t) + 5 a s^2 / t bytes at 2-byte activations (Korthikanti et al.,
     scaled by `dtype_bytes` / 2); two all-reduces of s d bytes forward and two backward
     (Megatron's f and g operators).
@@ -173,16 +178,16 @@ def transformer(n_layer: int = 48, d_model: int = 2048, n_head: int = 16, seq: i
                          Collective("allreduce", "forward", act, f"{name}.mlp.proj"),
                          Collective("allreduce", "backward", act, f"{name}.attn.qkv"),
                          Collective("allreduce", "backward", act, f"{name}.mlp.fc")),
-            modules=(name,)))
+            modules=(name,), tensors=12, tp_tensors=8))
     emb = Layer("embed", None, Split(2 * s * d / rate, 0.0), Split(2 * s * d / rate, 0.0),
                 Split((V + s) * d * e, 0.0), Split(s * 8, 0.0), act, 0.0,
-                modules=("tok", "pos"))
+                modules=("tok", "pos"), tensors=2)
     head_f = 2 * s * d * V / rate
     head = Layer("head", "ln_f", Split(5 * s * d / rate, head_f), Split(5 * s * d / rate,
                  2 * head_f), Split(2 * d * e, V * d * e), Split(2 * s * d * e, 2 * s * V * e),
                  s * V * e, act,
                  collectives=(Collective("all_gather", "forward", s * V * e, "head"),),
-                 modules=("ln_f", "head"))
+                 modules=("ln_f", "head"), tensors=3, tp_tensors=1)
     degrees = divisors_upto([n_head, d, r * d, V], tp_max)
     return Workload([emb, *blocks, head], f"transformer-{n_layer}x{d_model}", s * 8, e,
                     max(degrees), degrees,

@@ -1,0 +1,191 @@
+"""What the runtime costs beyond the model and the links, measured on the ranks themselves.
+
+    rc = measure_runtime_costs(world=4)          # local gloo ranks, a few seconds
+    model = PlanModel(workload, topology, rc.apply(Costs(collective=params)))
+
+The plan cost model (`weft.planner.plan_cost`, `weft.planner.dp_cost`) charges four
+things that the workload profile and the collectives' cost model do not see; they depend
+on the machine, the backend and torch, so they are measured, not assumed:
+
+* ``overlap``: the fraction of the compute under which a collective can run. Every rank
+  times a compute loop alone, an all-gather alone, and the all-gather issued
+  asynchronously around the same compute; ``(compute + gather - both) / min(compute,
+  gather)``, clipped to [0, 1]. GPUs with communication streams reach about 1; CPU
+  ranks that share their cores with gloo's copies and reductions get about 0.
+* ``fsdp_overlap``: ``overlap`` times the share of fully_shard's collectives that it
+  issues asynchronously, watched in the run below (with gloo, FSDP2 issues them
+  blocking, so 0).
+* ``fsdp_call_s``: fully_shard's own cost per all-gather or reduce-scatter (copying
+  parameters into and out of the flat buffer, hooks, DTensor bookkeeping): `units`
+  Linear layers each their own fully_shard unit train one forward + backward; minus the
+  same model unsharded and minus the raw collectives of the same sizes timed in the same
+  run, per call (three per unit: gather, gather again for the backward, reduce-scatter).
+* ``optimizer_tensor_s`` and ``optimizer_bw``: Adam's step over many small tensors
+  against two of the same bytes (per tensor), and two small against two 32 times as
+  large (per byte).
+* ``dtensor_tensor_s``: Adam's step over the many small tensors as fully_shard's
+  DTensors, per tensor, less their local bytes at ``optimizer_bw``.
+
+Each timing is the median over `repeats` interleaved rounds of the slowest rank, ranks
+synchronised by a barrier before each run; ranks run one thread each, as `weft.launch`
+starts them. A figure that comes out negative on a noisy machine is clipped to 0.
+"""
+
+from __future__ import annotations
+
+import functools
+import statistics
+import time
+from dataclasses import asdict, dataclass, field, replace
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+
+@dataclass(frozen=True)
+class RuntimeCosts:
+    overlap: float
+    fsdp_overlap: float
+    fsdp_call_s: float
+    optimizer_tensor_s: float
+    optimizer_bw: float
+    dtensor_tensor_s: float
+    world: int
+    seconds: dict = field(default_factory=dict)  # the timings the figures come from
+
+    def apply(self, costs):
+        """`costs` (a `weft.planner.plan_cost.Costs`) with these figures."""
+        return replace(costs, overlap=self.overlap, fsdp_overlap=self.fsdp_overlap,
+                       fsdp_call_s=self.fsdp_call_s,
+                       optimizer_tensor_s=self.optimizer_tensor_s,
+                       dtensor_tensor_s=self.dtensor_tensor_s, optimizer_bw=self.optimizer_bw)
+
+    def summary(self) -> str:
+        return (f"overlap {self.overlap:.2f} (fully_shard's {self.fsdp_overlap:.2f}), "
+                f"fully_shard {self.fsdp_call_s * 1e3:.2f} ms per call, optimizer {self.optimizer_tensor_s * 1e6:.0f} us per tensor + "
+                f"{self.optimizer_bw / 1e9:.2f} GB/s, DTensor {self.dtensor_tensor_s * 1e6:.0f} "
+                f"us per tensor (on {self.world} local gloo ranks)")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _rounds(fns: dict, repeats: int) -> dict[str, float]:
+    """{name: median seconds of the slowest rank} over `repeats` interleaved rounds (each
+    round runs every function once, so all see the same background load), after one
+    warm-up round."""
+    ts: dict[str, list[float]] = {k: [] for k in fns}
+    for r in range(repeats + 1):
+        for k, fn in fns.items():
+            dist.barrier()
+            t0 = time.perf_counter()
+            fn()
+            t = torch.tensor([time.perf_counter() - t0], dtype=torch.float64)
+            dist.all_reduce(t, op=dist.ReduceOp.MAX)
+            if r:
+                ts[k].append(float(t))
+    return {k: statistics.median(v) for k, v in ts.items()}
+
+
+def _adam(params):
+    opt = torch.optim.Adam(params)
+    for p in params:
+        p.grad = torch.zeros_like(p)
+    return opt.step
+
+
+def runtime_costs_rank(repeats: int, units: int, width: int, tensors: int) -> dict:
+    """In every rank (see the module doc): the timings, seconds."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    n = dist.get_world_size()
+    torch.manual_seed(0)
+    a, b = torch.randn(96, 96), torch.randn(96, 96)
+
+    def compute():
+        x = a
+        for _ in range(60):
+            x = torch.tanh(x @ b)
+    full = torch.ones(max(n, (2 << 20) // 4 // n * n))
+    shard = torch.ones(full.numel() // n)
+
+    def both():
+        work = dist.all_gather_single(full, shard, async_op=True)
+        compute()
+        work.wait()
+    unit = torch.ones(width * width // n * n)
+    part = torch.ones(unit.numel() // n)
+    fns = {"compute": compute, "gather": lambda: dist.all_gather_single(full, shard),
+           "both": both, "unit_gather": lambda: dist.all_gather_single(unit, part),
+           "unit_scatter": lambda: dist.reduce_scatter_single(part, unit)}
+    # fully_shard: `units` Linear(width, width) units, and the same model unsharded
+    x = torch.randn(2, width)
+    mesh = init_device_mesh("cpu", (n,))
+    for key in ("plain", "fsdp"):
+        torch.manual_seed(0)
+        model = nn.Sequential(*[nn.Linear(width, width, bias=False) for _ in range(units)])
+        if key == "fsdp":
+            for m in model:
+                fully_shard(m, mesh=mesh)
+            fully_shard(model, mesh=mesh)
+        fns[f"{key}_step"] = lambda model=model: model(x).sum().backward()
+    issued = _how_fsdp_calls(lambda: fns["fsdp_step"]())
+    # Adam over plain tensors: many small and few small (the same bytes), few large; and
+    # over the many small as fully_shard's DTensors (one unit)
+    small = tensors * 1024
+    for key, count, numel in (("many_small", tensors, small), ("few_small", 2, small),
+                              ("few_large", 2, small * 32)):
+        fns[f"adam_{key}"] = _adam([nn.Parameter(torch.zeros(numel // count))
+                                    for _ in range(count)])
+    many = nn.Sequential(*[nn.Linear(32, 32, bias=False) for _ in range(tensors)])
+    fully_shard(many, mesh=mesh)
+    fns["adam_dtensors"] = _adam(list(many.parameters()))
+    return {**_rounds(fns, repeats), **issued}
+
+
+def _how_fsdp_calls(step) -> dict:
+    """Run `step` once with fully_shard's collectives watched: how many it issues, and how
+    many of them asynchronously (async_op=True: the caller may compute meanwhile)."""
+    names = ("all_gather_single", "reduce_scatter_single")
+    real = {k: getattr(dist, k) for k in names}
+    seen = {"fsdp_calls": 0.0, "fsdp_async_calls": 0.0}
+
+    def watched(*a, _name, **kw):
+        seen["fsdp_calls"] += 1
+        seen["fsdp_async_calls"] += bool(kw.get("async_op", False))
+        return real[_name](*a, **kw)
+    try:
+        for k in names:
+            setattr(dist, k, functools.partial(watched, _name=k))
+        step()
+    finally:
+        for k in names:
+            setattr(dist, k, real[k])
+    return seen
+
+
+def measure_runtime_costs(world: int = 2, repeats: int = 5, units: int = 8, width: int = 128,
+                          tensors: int = 64, timeout: float = 300.0) -> RuntimeCosts:
+    """The figures of the module doc on `world` local gloo ranks (at least 2)."""
+    from weft.errors import PlanError
+    from weft.launch import launch
+
+    if world < 2:
+        raise PlanError(f"runtime costs are measured on at least 2 ranks, got {world}")
+    s = launch(runtime_costs_rank, world, args=(repeats, units, width, tensors),
+               timeout=timeout)[0]
+    overlap = (s["compute"] + s["gather"] - s["both"]) / max(min(s["compute"], s["gather"]),
+                                                             1e-9)
+    calls = 3 * units
+    raw = units * (2 * s["unit_gather"] + s["unit_scatter"])
+    fsdp_call = (s["fsdp_step"] - s["plain_step"] - raw) / calls
+    per_tensor = max(0.0, (s["adam_many_small"] - s["adam_few_small"]) / (tensors - 2))
+    small = 4.0 * tensors * 1024
+    bw = 31 * small / max(s["adam_few_large"] - s["adam_few_small"], 1e-9)
+    dtensor = (s["adam_dtensors"] - small / world / bw) / tensors
+    overlap = min(max(overlap, 0.0), 1.0)
+    asynchronous = s["fsdp_async_calls"] / max(s["fsdp_calls"], 1.0)
+    return RuntimeCosts(overlap, overlap * asynchronous, max(fsdp_call, 0.0), per_tensor, bw,
+                        max(dtensor, 0.0), world, s)
