@@ -33,6 +33,7 @@ from weft.adapt.monitors import N_STATS, Monitors, pack
 from weft.adapt.policy import Context, as_actions, to_policy
 from weft.adapt.replan import CommPlan, Replanner
 from weft.adapt.sharding import EpochSharder
+from weft.adapt.snapshot import copy_state
 from weft.adapt.workload import Built, get_batch
 from weft.collectives.communicator import TorchCommunicator
 
@@ -318,7 +319,7 @@ class Trainer(Changes):
     def _snapshot(self) -> None:
         if self.cfg.snapshot and (not self.engine.sharded
                                   or self.step % self.cfg.snapshot_every == 0):
-            self.snap = copy.deepcopy(self.state())
+            self.snap = copy_state(self.state())
 
     def run(self) -> None:
         recoveries = 0
