@@ -176,7 +176,7 @@ def _overhead_rank(steps: int) -> dict:
 
 
 def monitor_overhead(quick: bool) -> dict:
-    res = launch(_overhead_rank, 2, args=(300 if quick else 3000,), timeout=300)
+    res = launch(_overhead_rank, 2, args=(1000 if quick else 3000,), timeout=300)
     return {k: statistics.mean(r[k] for r in res) for k in res[0]}
 
 
@@ -386,7 +386,7 @@ def main(argv=None) -> int:
              figure("loop/snapshot per step", m["copy_state"] * 1e3, "ms", better="lower"),
              figure("loop/snapshot per step, copy.deepcopy", m["deepcopy"] * 1e3, "ms",
                     better="lower")]
-    notes.append("monitors: median step of 2 ranks over the quick/full 300/3000 steps per "
+    notes.append("monitors: median step of 2 ranks over the quick/full 1000/3000 steps per "
                  "mode; the wall figure includes waiting in the all-reduce for the other "
                  "rank (on a loaded machine that jitter exceeds the monitors' cost); the "
                  "thread CPU time excludes it")

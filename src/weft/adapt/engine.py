@@ -215,10 +215,11 @@ class PlanEngine(_Base):
         return float(loss.detach()) * n
 
     def step(self, strategy, comm, weight, stats, measure):
+        buf = stats.clone()
+        work = comm.all_reduce(buf, op="sum", async_op=True)  # overlaps the optimizer step
         self.opt.step()
         self.after_step()
-        buf = stats.clone()
-        comm.all_reduce(buf, op="sum")
+        work.wait()
         return buf, None
 
     def state(self) -> dict:
