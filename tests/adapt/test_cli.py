@@ -1,10 +1,14 @@
 """`weft train --policy`: command-line errors, the run folder it writes, and the loss plot."""
 
 import json
+from pathlib import Path
 
+import pytest
 
 from weft.adapt.report import merge, plot_run
 from weft.cli import main
+
+SRC = Path(__file__).resolve().parents[2] / "src"
 
 
 def test_bad_policy_file_is_a_clear_cli_error(tmp_path, capsys):
@@ -152,3 +156,115 @@ def test_bad_adaptive_training_options_are_clear_cli_errors(tmp_path, capsys):
                      *extra]) == 2, extra
         assert msg in capsys.readouterr().err, extra
     assert not (tmp_path / "r").exists()
+
+
+PACED = NET + '''
+
+import os
+import time
+
+
+def loss_fn(out, y):  # PACE seconds per step (the test's clock: it kills the job mid-run)
+    time.sleep(float(os.environ.get("PACE", "0")))
+    return nn.functional.cross_entropy(out, y)
+'''
+
+
+def _gone(pgid: int, timeout: float) -> bool:
+    """Every process of the process group `pgid` (the job and what it started) has exited."""
+    import os
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+
+
+@pytest.mark.slow
+def test_train_policy_resumes_after_the_store_host_is_lost(tmp_path):
+    """`weft train --policy` end to end: the job's host (the process that holds the c10d
+    store and starts the workers) is SIGKILLed mid-run; everything dies with it, and the
+    last complete checkpoint is resumed by 3 workers instead of 2 (`--resume`), which
+    finish on the parameters of an unresized single process (1e-5)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import torch
+
+    from weft.adapt import durable
+    from weft.adapt.sharding import EpochSharder
+    from weft.model_spec import load_module
+
+    (tmp_path / "net.py").write_text(PACED)
+    policy = tmp_path / "p.yaml"
+    policy.write_text("policies: []\n")
+    ckpt, steps, glob = tmp_path / "ckpt", 16, 12  # 96 samples: 8 steps an epoch
+    env = {**os.environ, "PYTHONPATH": str(SRC), "PACE": "0.25"}
+    common = [sys.executable, "-m", "weft", "train", "--policy", str(policy), "--model",
+              str(tmp_path / "net.py"), "--batch-rule", "global", "--max-steps", str(steps),
+              "--quiet"]
+    first = subprocess.Popen(common + ["--workers", "2", "--max-workers", "2", "--batch-size",
+                                       "6", "--checkpoint", str(ckpt), "--checkpoint-every",
+                                       "3", "--out", str(tmp_path / "runs1")],
+                             env=env, start_new_session=True, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 240
+        while not (durable.exists(ckpt) and durable.meta(ckpt)["step"] >= 6):
+            assert first.poll() is None, "the first job ended before it could be killed"
+            assert time.monotonic() < deadline, "no checkpoint of step >= 6 within 240 s"
+            time.sleep(0.05)
+        os.kill(first.pid, signal.SIGKILL)  # the store's host: workers die with it
+        first.wait(30)
+        assert _gone(first.pid, 30), "a process of the killed job is still running"
+    finally:
+        if not _gone(first.pid, 0):  # (a failed test leaves nothing running)
+            os.killpg(first.pid, signal.SIGKILL)
+            first.wait(30)
+    saved = durable.meta(ckpt)
+    assert 6 <= saved["step"] < steps and saved["world"] == 2
+    assert not (tmp_path / "runs1").exists()  # no report: the job never finished
+
+    env["PACE"] = "0"
+    done = subprocess.run(common + ["--workers", "3", "--max-workers", "3", "--batch-size", "4",
+                                    "--resume", str(ckpt), "--out", str(tmp_path / "runs2")],
+                          env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    [run] = (tmp_path / "runs2").iterdir()
+    report = json.loads((run / "report.json").read_text())
+    (resumed,) = [e for e in report["events"] if e["kind"] == "resume"]
+    assert resumed["step"] == saved["step"] and "written by 2 worker(s), now 3" in resumed["detail"]
+    hist = report["history"]
+    assert [h["step"] for h in hist] == list(range(saved["step"] + 1, steps + 1))
+    assert {h["world"] for h in hist} == {3} and {h["global_batch"] for h in hist} == {glob}
+    # the resumed steps read on from where the checkpoint was: no sample lost or repeated
+    assert [tuple(h["at"]) for h in hist] == [divmod(s * glob, 96)
+                                              for s in range(saved["step"], steps)]
+    assert durable.meta(ckpt)["step"] == steps  # and it went on checkpointing there
+    # the same parameters as one process that trained the same global batches, unkilled
+    net, _ = load_module(str(tmp_path / "net.py"))
+    model, (data, _) = net.model(), net.dataset()
+    opt = net.optimizer(model.parameters())
+    sched = net.scheduler(opt)
+    order = EpochSharder(len(data), 0)
+    for s in range(steps):
+        epoch, at = divmod(s * glob, len(data))
+        idx = order.permutation(epoch)[at:at + glob]
+        opt.zero_grad()
+        x, y = data[idx]
+        nn_loss = torch.nn.functional.cross_entropy(model(x), y)
+        nn_loss.backward()
+        opt.step()
+        sched.step()
+    trained = torch.load(run / "model.pt")
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(trained[k], v, rtol=0, atol=1e-5, msg=k)

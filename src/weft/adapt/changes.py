@@ -10,7 +10,6 @@ steps later, after) the change.
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 import os
@@ -20,6 +19,7 @@ import torch.distributed as dist
 
 from weft.adapt import sync
 from weft.adapt.replan import CommPlan, predict_step, ring_factor
+from weft.adapt.snapshot import copy_state
 
 log = logging.getLogger("weft.adapt")
 
@@ -60,7 +60,7 @@ class Changes:
         obj = [state if self.mem.rank == src else None]
         if self.mem.world > 1:
             dist.broadcast_object_list(obj, src=src)
-        self.load(copy.deepcopy(obj[0]) if self.mem.rank == src else obj[0])
+        self.load(copy_state(obj[0]) if self.mem.rank == src else obj[0])
         self.memberships[-1]["digest"] = self.engine.digest()
 
     def start(self) -> None:
@@ -72,7 +72,7 @@ class Changes:
             self.broadcast_state(0)
         self.log_replan("start", 0)
         if self.cfg.snapshot:
-            self.snap = copy.deepcopy(self.state())
+            self.snap = copy_state(self.state())
 
     def resume(self) -> None:
         from weft.adapt import durable

@@ -159,12 +159,27 @@ class PlanEngine(_Base):
         self.communicator = communicator
         self.par = None
         self.world = 0
+        self.contributes = True
 
     def check_world(self, n: int) -> str | None:
-        tp, pp = self.plan.mesh.tp, self.plan.mesh.pp
-        if n % (tp * pp):
-            return (f"Resize(workers={n}): plan {self.plan.name!r} has tp={tp}, pp={pp}; the "
-                    f"world must be a multiple of {tp * pp}")
+        """Why the plan cannot run on `n` workers (None: it can). Only data-parallel
+        replicas resize: the mesh must resolve for `n` and keep the tp and pp degrees it
+        has now (a plan that infers tp from the world, `tp: -1`, would change the
+        tensor-parallel split of every layer with each resize)."""
+        from weft.errors import PlanError
+
+        mesh, where = self.plan.mesh, f"Resize(workers={n}): plan {self.plan.name!r}"
+        try:
+            new = mesh.resolve(n)
+        except PlanError as exc:
+            return f"{where}: {exc}"
+        if self.world:
+            now = mesh.resolve(self.world)
+            for d in ("tp", "pp"):
+                if getattr(new, d) != getattr(now, d):
+                    return (f"{where} would change mesh.{d} from {getattr(now, d)} to "
+                            f"{getattr(new, d)}: only data-parallel replicas resize (give "
+                            f"mesh.{d} a fixed degree and dp_replicate or dp_shard -1)")
         return None
 
     def bind(self, rank: int, world: int, communicator=None) -> None:
@@ -184,6 +199,8 @@ class PlanEngine(_Base):
         self._optimizer(self.params)
         self.world = world
         self.dp_rank_size = (self.par.dp_rank, self.par.dp_size)
+        # the ranks of one replica (tp, pp) read the same batch: one of them counts it
+        self.contributes = all(self.par.coords[d] == 0 for d in ("tp", "pp"))
 
     def zero_grad(self) -> None:
         self.opt.zero_grad(set_to_none=False)
@@ -198,10 +215,11 @@ class PlanEngine(_Base):
         return float(loss.detach()) * n
 
     def step(self, strategy, comm, weight, stats, measure):
+        buf = stats.clone()
+        work = comm.all_reduce(buf, op="sum", async_op=True)  # overlaps the optimizer step
         self.opt.step()
         self.after_step()
-        buf = stats.clone()
-        comm.all_reduce(buf, op="sum")
+        work.wait()
         return buf, None
 
     def state(self) -> dict:

@@ -105,7 +105,8 @@ class Monitors:
         self.g2, self.tr = EMA(self.decay), EMA(self.decay)
 
     def update(self, reduced: torch.Tensor, sq_big: float | None, equal_batches: bool) -> dict:
-        """`reduced`: the summed `pack` tensor; `sq_big`: |mean gradient|^2 or None."""
+        """`reduced`: the summed `pack` tensor; `sq_big`: |mean gradient|^2 (a number or a
+        0-d tensor) or None."""
         r = reduced.tolist()
         n = max(1.0, r[_RANKS])
         count = r[_COUNT]
@@ -116,7 +117,7 @@ class Monitors:
             m["capacity"] = float(r[_CAPACITY])
         if self.enabled and sq_big is not None and equal_batches and n > 1 and count > n:
             b_small, b_big = count / n, count
-            sq_small = r[_SQNORM] / n
+            sq_small, sq_big = r[_SQNORM] / n, float(sq_big)
             g2, trs = noise_scale_terms(sq_small, sq_big, b_small, b_big)
             m.update(grad_sq_small=sq_small, grad_sq_big=sq_big, grad_norm_sq=g2,
                      grad_variance=trs)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-from weft.adapt.monitors import N_STATS, flat_grad
+from weft.adapt.monitors import N_STATS
 from weft.tensors import copy_from_flat, flatten, unflatten
 
 
@@ -66,34 +66,46 @@ class Strategy:
         """Drop pending communication (after a failed collective)."""
 
 
+def grads_and_stats(params, stats: torch.Tensor, measure_noise: bool) -> torch.Tensor:
+    """One buffer: the gradients of `params` flattened (zeros for a missing grad), then
+    the statistics (one copy of the gradient, no concatenation afterwards). With
+    `measure_noise`, this rank's |G_small|^2 is written into the statistics' first slot
+    on the tensors' device (no host round trip before the all-reduce)."""
+    grads = [(p.grad if p.grad is not None else torch.zeros_like(p)).detach().reshape(-1)
+             for p in params]
+    dtype = grads[0].dtype if grads else torch.float32
+    buf = torch.cat(grads + [stats.to(dtype)])
+    if measure_noise:
+        g = buf[:-N_STATS]
+        torch.dot(g, g, out=buf[-N_STATS])
+    return buf
+
+
 class SyncSGD(Strategy):
     name = "sgd"
 
     def apply(self, params, optimizer, comm, weight, stats, measure_noise):
-        flat = flat_grad(params)
-        if measure_noise:
-            stats[0] = float(flat.dot(flat))  # this rank's |G_small|^2
-        buf = torch.cat([flat.mul_(weight), stats.to(flat.dtype)])
+        buf = grads_and_stats(params, stats, measure_noise)
+        g = buf[:-N_STATS].mul_(weight)
         comm.all_reduce(buf, op="sum", async_op=True).wait()
-        g = buf[:-N_STATS]
         _set_grads(params, g)
         optimizer.step()
-        return buf[-N_STATS:].to(torch.float64), float(g.dot(g)) if measure_noise else None
+        # |G_big|^2 stays a tensor: Monitors.update reads it with the reduced statistics
+        return buf[-N_STATS:].to(torch.float64), g.dot(g) if measure_noise else None
 
 
 class _LocalStep(Strategy):
     def _stats_and_step(self, params, optimizer, comm, weight, stats, measure_noise):
         if measure_noise:
-            flat = flat_grad(params)
-            stats[0] = float(flat.dot(flat))  # this rank's |G_small|^2
-            buf = torch.cat([flat.mul_(weight), stats.to(torch.float32)])
+            buf = grads_and_stats(params, stats, True)
+            buf[:-N_STATS].mul_(weight)
         else:
             buf = stats.clone()
         work = comm.all_reduce(buf, op="sum", async_op=True)  # overlaps the optimizer step
         optimizer.step()
         work.wait()
         g = buf[:-N_STATS]
-        sq_big = float(g.dot(g)) if measure_noise else None
+        sq_big = g.dot(g) if measure_noise else None
         return buf[-N_STATS:].to(torch.float64), sq_big
 
 

@@ -33,6 +33,7 @@ from weft.adapt.monitors import N_STATS, Monitors, pack
 from weft.adapt.policy import Context, as_actions, to_policy
 from weft.adapt.replan import CommPlan, Replanner
 from weft.adapt.sharding import EpochSharder
+from weft.adapt.snapshot import copy_state
 from weft.adapt.workload import Built, get_batch
 from weft.collectives.communicator import TorchCommunicator
 
@@ -214,7 +215,8 @@ class Trainer(Changes):
         if self.consumed >= self.n_samples:
             self.epoch, self.consumed = self.epoch + 1, 0
         self.last_step_time, self.last_comm_time = time.perf_counter() - t0, t_sync
-        self.history.append({"step": self.step, "loss": self.metrics["loss"], "world": world,
+        self.history.append({"step": self.step, "loss": self.metrics["loss"],
+                             "world": self.mem.world, "replicas": world,
                              "strategy": self.strategy.name, "batch_size": self.per_worker(),
                              "global_batch": total, "at": at, "lr": self.lr,
                              "noise_scale": self.metrics.get("noise_scale"),
@@ -225,7 +227,7 @@ class Trainer(Changes):
             t0, i = self.resize_started
             self.events[i]["latency_s"] = time.time() - t0
             self.resize_started = None
-        self._progress(world)
+        self._progress(self.mem.world)
 
     def _progress(self, world: int) -> None:
         """A progress line from rank 0 at most every `progress_seconds` (0: none)."""
@@ -317,7 +319,7 @@ class Trainer(Changes):
     def _snapshot(self) -> None:
         if self.cfg.snapshot and (not self.engine.sharded
                                   or self.step % self.cfg.snapshot_every == 0):
-            self.snap = copy.deepcopy(self.state())
+            self.snap = copy_state(self.state())
 
     def run(self) -> None:
         recoveries = 0
