@@ -44,7 +44,8 @@ def test_ranks_see_the_parents_environment_cwd_and_output_as_they_are_now(capfd,
     out = launch(_speak, 2, args=("hello",), timeout=30)
     assert [o[:2] for o in out] == [("now", str(tmp_path))] * 2
     got = capfd.readouterr()
-    assert sorted(got.out.split("\n")[:2]) == ["rank 0 says hello", "rank 1 says hello"]
+    # both ranks write to the same file at once: their lines may interleave
+    assert "rank 0 says hello" in got.out and "rank 1 says hello" in got.out
     assert "rank 1 warns hello" in got.err
     monkeypatch.delenv("WEFT_TEST_VAR")
     assert [o[0] for o in launch(_speak, 1, args=("again",), timeout=30)] == [None]
