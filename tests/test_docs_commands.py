@@ -4,8 +4,8 @@ Every `weft ...` command line written in README.md or docs/*.md (in a shell bloc
 backquotes) is parsed by the real parser, with its files present; every option a sentence
 names (`weft train --save`) exists on that command. The README's command table is then run,
 in order, in a scratch folder, with small-size options appended (argparse keeps the last
-value); the few commands that need many minutes or other machines are listed in COVERED
-with the test that runs them, or in NOT_RUN with the reason.
+value); a command another test runs is listed in COVERED with that test, one that cannot run
+here in NOT_RUN with the reason. tests/test_docs_run.py runs the docs' command lines.
 """
 
 from __future__ import annotations
@@ -32,17 +32,15 @@ PLACEHOLDERS = {"P": "examples/policy.yaml", "PLAN": "examples/plans/dp.yaml",
 COVERED = {
     "weft demo": "tests.demo.test_cli::test_demo_reaches_accuracy_and_writes_report",
     "weft demo --adaptive [--kill]": "tests.demo.test_cli::test_adaptive_demo_with_a_killed_worker_runs",
+    # the same lines in docs/adapt.md and docs/cluster.md (the multi-node one as one node)
+    "weft train --policy P --nnodes 1:4 --nproc-per-node 2 --rdzv-endpoint node0:29400":
+        "tests.test_docs_run::test_doc_commands_run",
+    "weft cluster run examples/cluster/cluster.yaml examples/cluster/jobs.yaml":
+        "tests.test_docs_run::test_doc_commands_run",
+    "weft train --policy examples/elastic.yaml --model examples/gpt_spec.py":
+        "tests.test_docs_run::test_doc_commands_run",
 }
 NOT_RUN = {
-    "weft train --policy examples/elastic.yaml --model examples/gpt_spec.py":
-        "two GPT workers and two warm standbys, about 45 s of CPU even at 6 steps; "
-        "tests/adapt/test_cli.py::test_train_a_model_spec_and_a_script runs --model and --script "
-        "on a small spec, tests/adapt/test_plans.py the GPT example under adaptation",
-    "weft train --policy P --nnodes 1:4 --nproc-per-node 2 --rdzv-endpoint node0:29400":
-        "needs the other machines (tests/adapt/test_multinode.py runs two agents on 127.0.0.1)",
-    "weft cluster run examples/cluster/cluster.yaml examples/cluster/jobs.yaml":
-        "three jobs for a minute or more; tests/cluster/test_executor.py runs the same kinds of "
-        "job (a model spec, scale factor 2, a command) under the same contract",
     "weft serve run bundle/ --workers 2 --port 8000":
         "a server that runs until stopped (tests/serve/test_http.py serves a bundle)",
 }

@@ -4,6 +4,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from weft.errors import PlanError
 from weft.plan.io import loads
 from weft.planner.plan_cost import Costs, PlanModel
 from weft.planner.search import (
@@ -69,6 +70,22 @@ def test_memory_limit_and_runnable_constraint_are_honoured():
         return "pp" if shape.pp > 1 else None
     found = search(wl, model, 8, 32, None, Space(runnable=no_pp), top=20)
     assert all(e.shape.pp == 1 for e in found.top) and found.rejected.get("pp")
+
+
+def test_an_empty_search_says_why():
+    """A batch no mesh of the devices can run names the batch; a memory limit nothing meets
+    says so (both were "every candidate was pruned; rejected: {}")."""
+    wl = transformer(n_layer=4, d_model=256, n_head=8, seq=128, vocab=4096, flops=5e12)
+    model = PlanModel(wl, multi_node(4, 4))
+    none = search(wl, model, 16, 1, None, Space(max_tp=1), top=3)
+    assert none.candidates == 0
+    with pytest.raises(PlanError, match=r"no candidate plan.*raise the batch"):
+        none.best
+    tiny = search(wl, model, 4, 8, 1.0, Space(), top=3)
+    with pytest.raises(PlanError, match=rf"of {tiny.candidates} candidates, "
+                                        rf"{tiny.pruned_memory} need more memory"):
+        tiny.best
+    assert tiny.candidates and tiny.pruned_memory
 
 
 def test_a_large_search_finishes_within_memory():

@@ -59,9 +59,16 @@ class Found:
 
     @property
     def best(self) -> Estimate:
+        if not self.top and not self.candidates:
+            raise PlanError("no candidate plan: no mesh of these devices runs this global batch "
+                            "(the data-parallel degree must divide the batch, a pipeline needs "
+                            "at least one micro-batch per stage and tp at most one host's "
+                            "devices); raise the batch (--batch) or use fewer devices")
         if not self.top:
-            raise PlanError("no plan fits: every candidate was pruned (memory or runnability); "
-                            f"rejected: {self.rejected}")
+            why = ", ".join(f"{n} {r}" for r, n in sorted(self.rejected.items()))
+            raise PlanError(f"no plan fits: of {self.candidates} candidates, "
+                            f"{self.pruned_memory} need more memory than allowed even spread "
+                            f"evenly, the rest were rejected ({why or 'none'})")
         return self.top[0]
 
 
