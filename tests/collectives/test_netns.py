@@ -6,7 +6,13 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from weft.collectives.emulate.netns import NetnsCluster, NetnsError, available, destination_paths
+from weft.collectives.emulate.netns import (
+    NetnsCluster,
+    NetnsError,
+    available,
+    destination_paths,
+    sweep_stale,
+)
 from weft.collectives.emulate.shapes import SHAPES, star_slow
 
 
@@ -82,3 +88,25 @@ def test_star_cluster_runs_collectives_and_cleans_up():
             c.run(f"{__file__}:_fail", timeout=60)
     listed = _netns_names()
     assert not any(ns in listed for ns in made)
+
+
+@pytest.mark.netns
+def test_namespaces_of_a_killed_run_are_swept_and_live_ones_kept():
+    ok, why = available()
+    if not ok:
+        pytest.skip(why)
+    p = subprocess.Popen(["true"])
+    p.wait()  # its pid no longer runs: a run that was SIGKILLed
+    import os
+
+    dead, live = f"weft-{p.pid}-0", f"weft-{os.getpid()}-sweeptest"
+    for ns in (dead, live):
+        subprocess.run(["ip", "netns", "add", ns], check=True, timeout=20)
+    try:
+        gone = sweep_stale()
+        listed = _netns_names()
+        assert dead in gone and dead not in listed
+        assert live in listed and live not in gone
+    finally:
+        for ns in (dead, live):
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=20)

@@ -15,7 +15,8 @@ least two packets): with Ethernet's 1500 every rank and forwarding host pays
 per-packet kernel work that real NVLink/InfiniBand do not, which made the
 emulation CPU-bound on small machines (measured on a 50 Mbit/s link: 95.6%
 of the rate one way, 78% both ways with MTU 1500; 99.9% / 96.8% with 65000). Everything made is removed on exit, on error, at
-interpreter exit and on SIGINT/SIGTERM. Needs root; `available()` says why not.
+interpreter exit and on SIGINT/SIGTERM; what a SIGKILLed run left (its pid gone) is removed
+before the next cluster is built (`sweep_stale`). Needs root; `available()` says why not.
 """
 
 from __future__ import annotations
@@ -71,6 +72,34 @@ def available() -> tuple[bool, str]:
     finally:
         subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=20)
     return True, ""
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def sweep_stale() -> list[str]:
+    """Remove the namespaces an earlier weft process made and could not remove (it was
+    SIGKILLed): those named ``weft-<pid>-...`` whose pid no longer runs. Returns them."""
+    try:
+        listed = _sh(["ip", "netns", "list"])
+    except NetnsError:
+        return []
+    gone = []
+    for line in listed.splitlines():
+        name = line.split()[0] if line.strip() else ""
+        parts = name.split("-")
+        if len(parts) >= 3 and parts[0] == "weft" and parts[1].isdigit() \
+                and not _pid_alive(int(parts[1])):
+            subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=20)
+            gone.append(name)
+    return gone
 
 
 def _cleanup_all() -> None:
@@ -173,6 +202,7 @@ class NetnsCluster:
         return f"w{self.index[a]}x{self.index[b]}"  # <= 15 characters up to 9999 devices
 
     def _build(self) -> None:
+        sweep_stale()  # a SIGKILLed run's namespaces would keep their 10.213.x addresses
         g = self.topology.graph
         for d, ns in self.ns.items():
             _sh(["ip", "netns", "add", ns])
