@@ -9,7 +9,9 @@ throughput of:
     class-parallel W=1       all subnets in one worker, one after another
     class-parallel W=2       subnets spread over 2 workers, cores // 2 threads each
 
-plus parameters and FLOPs per subnet vs the original and held-out accuracy of both. Targets
+each serving its members with batch norms folded (weft.serve.fold), single-input latency
+measured interleaved (20 turns, the contenders' order rotating), plus parameters and FLOPs
+per subnet vs the original and held-out accuracy of both. Targets
 (full run only): p50(original, 1 worker) / p50(class-parallel, W=2) >= 1.5 and accuracy within
 1 point. The trained model and bundle are cached under runs/bench-cache/ (--no-cache retrains).
 On a GPU (when one is present) it also times the original vs the subnets on CUDA streams.
@@ -70,17 +72,41 @@ def _prepare(cfg: dict, use_cache: bool, log) -> tuple[Path, Path, tuple]:
     return orig_dir, dec_dir, test.tensors
 
 
+def _stats(lat: list[float]) -> dict:
+    lat = sorted(lat)
+    return {"p50": lat[len(lat) // 2], "p99": lat[min(len(lat) - 1, int(0.99 * len(lat)))],
+            "rps": len(lat) / sum(lat)}
+
+
 def _latency(predictor, x: torch.Tensor, n: int) -> dict:
-    for i in range(10):  # warm-up
+    return _stats(_timed(predictor, x, 0, n, warm=10))
+
+
+def _timed(predictor, x: torch.Tensor, start: int, n: int, warm: int = 0) -> list[float]:
+    for i in range(warm):
         predictor.predict(x[i])
     lat = []
-    for i in range(n):
+    for i in range(start, start + n):
         t0 = time.perf_counter()
         predictor.predict(x[i % len(x)])
         lat.append(time.perf_counter() - t0)
-    lat.sort()
-    return {"p50": lat[len(lat) // 2], "p99": lat[min(len(lat) - 1, int(0.99 * len(lat)))],
-            "rps": len(lat) / sum(lat)}
+    return lat
+
+
+def _interleaved(predictors: dict, x: torch.Tensor, n: int, rounds: int) -> dict:
+    """Single-input latency of every contender, measured in `rounds` turns of n / rounds
+    requests each, the contenders' order rotating every turn: the machine's drift over the
+    run (this VM's single-input times wander by up to 2x between minutes) falls on all of
+    them alike instead of on whichever ran last."""
+    names = list(predictors)
+    lat: dict[str, list[float]] = {k: [] for k in names}
+    for k in names:  # warm-up
+        _timed(predictors[k], x, 0, 10)
+    per = max(1, n // rounds)
+    for r in range(rounds):
+        for k in names[r % len(names):] + names[:r % len(names)]:
+            lat[k] += _timed(predictors[k], x, r * per, per)
+    return {k: _stats(v) for k, v in lat.items()}
 
 
 def _throughput(predictor, x: torch.Tensor, batch: int, seconds: float) -> float:
@@ -118,19 +144,22 @@ def main() -> None:
     figures += [figure("accuracy original", 100 * acc_o, "%"), figure("accuracy decomposed", 100 * acc_d, "%"),
                 figure("accuracy drop", 100 * (acc_o - acc_d), "points", target, "lower")]
 
-    results = {}
-    contenders = [("original in-process", lambda: Ensemble(original)),
-                  ("original, 1 worker", lambda: WorkerPool(orig_dir, 1, threads=cores)),
-                  ("class-parallel W=1", lambda: WorkerPool(dec_dir, 1, threads=cores)),
-                  ("class-parallel W=2", lambda: WorkerPool(dec_dir, 2, threads=max(1, cores // 2)))]
+    preds = {"original in-process": Ensemble(original),
+             "original, 1 worker": WorkerPool(orig_dir, 1, threads=cores),
+             "class-parallel W=1": WorkerPool(dec_dir, 1, threads=cores),
+             "class-parallel W=2": WorkerPool(dec_dir, 2, threads=max(1, cores // 2))}
     reference = Ensemble(bundle).predict(xt[:64])
-    for name, make in contenders:
-        with make() as pred:
+    try:
+        for name, pred in preds.items():
             if name.startswith("class-parallel"):
                 assert torch.equal(pred.predict(xt[:64]), reference), f"{name} answers differ from in-process"
-            r = _latency(pred, xt, cfg["requests"])
-            r["batch"] = _throughput(pred, xt, cfg["batch"], 0.5 if args.quick else 3.0)
-        results[name] = r
+        results = _interleaved(preds, xt, cfg["requests"], 20)
+        for name, pred in preds.items():
+            results[name]["batch"] = _throughput(pred, xt, cfg["batch"], 0.5 if args.quick else 3.0)
+    finally:
+        for pred in preds.values():
+            pred.close()
+    for name, r in results.items():
         figures += [figure(f"{name} p50", 1e3 * r["p50"], "ms", better="lower"),
                     figure(f"{name} p99", 1e3 * r["p99"], "ms", better="lower"),
                     figure(f"{name} single-input throughput", r["rps"], "req/s"),

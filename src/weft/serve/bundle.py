@@ -45,10 +45,18 @@ class Member:
     other: bool = False
     info: dict[str, Any] = field(default_factory=dict)  # params, flops, kept_ratio, ...
 
+    def fold(self, input_shape: Sequence[int], device: torch.device | str = "cpu") -> str | None:
+        """Serve this member with its batch norms folded into its convolutions from now on
+        (`weft.serve.fold`); returns None, or why it is served as it is."""
+        from weft.serve.fold import for_inference
+
+        self._served, why = for_inference(self.module, input_shape, device)
+        return why
+
     @torch.inference_mode()
     def probs(self, x: torch.Tensor) -> torch.Tensor:
         """Calibrated probabilities of this member's classes, [N, len(classes)]."""
-        z = self.module(x)
+        z = (getattr(self, "_served", None) or self.module)(x)
         return torch.softmax(z.float() / self.temperature, dim=1)[:, : len(self.classes)]
 
 

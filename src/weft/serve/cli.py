@@ -44,6 +44,9 @@ def register(subparsers) -> None:
     r.add_argument("--workers", type=positive_int, default=1, help="worker processes (default 1)")
     r.add_argument("--threads", type=positive_int, help="intra-op threads per worker (default cores // workers)")
     r.add_argument("--in-process", action="store_true", help="run every subnet in the server process")
+    r.add_argument("--eager", action="store_true",
+                   help="serve the modules as saved (default: batch norms folded into the "
+                        "convolutions, where that gives the same answers)")
     r.add_argument("--host", default="127.0.0.1")
     r.add_argument("--port", type=port, default=8000)
     r.add_argument("--max-batch", type=positive_int, default=32)
@@ -162,8 +165,9 @@ def _predictor(args):
             raise ServeError(f"--input-shape {args.input_shape!r}: expected positive integers")
         bundle = Bundle.from_model(load_model(str(src)), shape)
     if args.in_process:
-        return Ensemble(bundle if isinstance(bundle, Bundle) else Bundle.load(bundle))
-    return WorkerPool(bundle, args.workers, args.threads)
+        return Ensemble(bundle if isinstance(bundle, Bundle) else Bundle.load(bundle),
+                        fold=not args.eager)
+    return WorkerPool(bundle, args.workers, args.threads, fold=not args.eager)
 
 
 def _run(args) -> int:

@@ -73,9 +73,13 @@ class Predictor:
 
 
 class Ensemble(Predictor):
-    """All members in this process, one after another (or on CUDA streams with device="cuda")."""
+    """All members in this process, one after another (or on CUDA streams with device="cuda").
 
-    def __init__(self, bundle: Bundle, device: str | torch.device = "cpu"):
+    `fold`: serve each member with its batch norms folded into its convolutions
+    (`weft.serve.fold`; a member that cannot be is served as it is, and `not_folded` says
+    why)."""
+
+    def __init__(self, bundle: Bundle, device: str | torch.device = "cpu", fold: bool = True):
         missing = [m.name for m in bundle.members if m.module is None]
         if missing:
             raise ServeError(f"bundle members {missing} were not loaded")
@@ -83,6 +87,8 @@ class Ensemble(Predictor):
         self.device = torch.device(device)
         for m in bundle.members:
             m.module.to(self.device).eval()
+        self.not_folded = {m.name: why for m in bundle.members
+                           if fold and (why := m.fold(bundle.input_shape, self.device))}
         self.streams = ([torch.cuda.Stream(self.device) for _ in bundle.members]
                         if self.device.type == "cuda" else None)
 

@@ -53,7 +53,7 @@ def assign(flops: list[float], workers: int) -> list[list[int]]:
     return [sorted(o) for o in out]
 
 
-def _worker_main(conn, path: str, names: list[str], threads: int) -> None:
+def _worker_main(conn, path: str, names: list[str], threads: int, fold: bool = True) -> None:
     torch.set_num_threads(threads)
     try:
         torch.set_num_interop_threads(1)
@@ -62,9 +62,11 @@ def _worker_main(conn, path: str, names: list[str], threads: int) -> None:
     try:
         bundle = Bundle.load(path, members=names)
         members = [m for m in bundle.members if m.name in names]
+        not_folded = {m.name: why for m in members
+                      if fold and (why := m.fold(bundle.input_shape))}
         for m in members:  # warm up allocator and kernels
             m.probs(torch.zeros(1, *bundle.input_shape))
-        conn.send(("ready", os.getpid(), names))
+        conn.send(("ready", os.getpid(), not_folded))
     except BaseException:  # noqa: BLE001 - sent to the parent as the start failure
         conn.send(("error", None, traceback.format_exc()))
         return
@@ -110,10 +112,11 @@ class WorkerPool(Predictor):
 
     `bundle` is a bundle folder or a Bundle (saved to a temporary folder if it has none).
     `threads` is each worker's intra-op thread count (default: this process's cores // workers).
+    `fold` as for `Ensemble` (`not_folded` says which members are served as they are).
     """
 
     def __init__(self, bundle: Bundle | str | os.PathLike, workers: int = 1, threads: int | None = None,
-                 timeout: float = 30.0, start_timeout: float = 120.0):
+                 timeout: float = 30.0, start_timeout: float = 120.0, fold: bool = True):
         self._tmp = None
         if isinstance(bundle, Bundle):
             if bundle.path is None:
@@ -134,13 +137,15 @@ class WorkerPool(Predictor):
         self._lock = threading.Lock()
         self._rid = 0
         self.broken: str | None = None
+        self.not_folded: dict[str, str] = {}
         ctx = process_context()
         self.procs, self.conns = [], []
         self._finalizer = weakref.finalize(self, _shutdown, self.procs, self.conns, self._tmp, 5.0)
         for w, g in enumerate(self.groups):
             parent, child = ctx.Pipe()
             p = new_process(ctx, _worker_main, (child, str(path), [meta.members[i].name for i in g],
-                                                self.threads), name=f"weft-serve-worker-{w}", daemon=True)
+                                                self.threads, fold),
+                            name=f"weft-serve-worker-{w}", daemon=True)
             p.start()
             child.close()
             self.procs.append(p)
@@ -150,6 +155,7 @@ class WorkerPool(Predictor):
             if msg[0] != "ready":
                 self.close()
                 raise WorkerError(f"worker {w} failed to load its subnets from {path}:\n{msg[2]}")
+            self.not_folded.update(msg[2])
 
     def _recv(self, w: int, timeout: float, what: str):
         c, p = self.conns[w], self.procs[w]
