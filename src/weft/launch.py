@@ -24,7 +24,6 @@ Ranks start from a forkserver that has imported torch once (`process_context`).
 
 from __future__ import annotations
 
-import ctypes
 import datetime
 import multiprocessing as mp
 import os
@@ -186,17 +185,7 @@ def new_process(ctx, target: Callable[..., Any], args: tuple = (), name: str | N
                        daemon=daemon)
 
 
-def _die_with_parent() -> None:
-    if sys.platform.startswith("linux"):
-        try:
-            libc = ctypes.CDLL("libc.so.6", use_errno=True)
-            libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-        except OSError:
-            pass
-
-
 def _child(fn, args, rank, world, port, backend, timeout, env, queue, threads) -> None:
-    _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C
     os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank),
                        "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank),

@@ -117,9 +117,7 @@ def child_main(cfg, policy, wid, host, port, standby, workload=None, device=None
     machine, ...) is a failed joiner: recorded (`joiner_error/<wid>`), not fatal; the
     others go on. Any other error stops the job with its traceback."""
     from weft.adapt.membership import connect
-    from weft.launch import _die_with_parent
 
-    _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.environ["WEFT_WORKER_ID"] = str(wid)
     os.environ["WEFT_WORKER_ROLE"] = "standby" if standby else "worker"
