@@ -81,12 +81,14 @@ def _runs_elsewhere(cmd: str) -> str | None:
     if cmd in COVERED or cmd in NOT_RUN:
         return COVERED.get(cmd) or NOT_RUN[cmd]
     readme = set(readme_table()) - set(README_NOT_RUN) - set(README_COVERED)
+    # a README row the README test runs, if no later line of its doc reads what it writes
+    # (planner.md's `plan auto` writes the plan.yaml its next lines read: run here too)
     if cmd in readme and cmd.split()[1] in ("train", "profile", "serve"):
         return "run by tests/test_docs_commands.py::test_readme_commands_run"
     return None
 
 
-# The docs with a command run here (serve.md's and wavelet.md's all run elsewhere).
+# The docs with a command run here (serve.md's both run elsewhere).
 DOCS = sorted(p.name for p in (ROOT / "docs").glob("*.md")
               if any(not _runs_elsewhere(c) for c in doc_commands(p.name)))
 

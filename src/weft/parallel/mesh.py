@@ -170,7 +170,25 @@ def build_mesh(plan: Plan, device: torch.device):
                                 "per mesh, and would reuse groups the re-join removes)")
             rejoin(order.index(dist.get_rank()))
     _MESHES_BUILT.append(plan.name)
-    return init_device_mesh(device.type, shape, mesh_dim_names=DIMS)
+    return init_device_mesh(device.type, shape, mesh_dim_names=DIMS,
+                            backend_override=_same_timeout(device))
+
+
+def _same_timeout(device) -> dict | None:
+    """Every mesh dim's process groups with the default group's timeout. torch gives a
+    subgroup its backend's default (30 minutes) whatever the default group has, so a rank
+    that died would hold the survivors of its tp or dp group that long instead of the
+    job's timeout. Done for gloo (the CPU backend this is tested on); other backends keep
+    torch's behaviour."""
+    if dist.get_backend() != "gloo":
+        return None
+    try:
+        timeout = dist.group.WORLD._get_backend(device).options._timeout
+    except (AttributeError, RuntimeError):
+        return None
+    opts = dist.ProcessGroupGloo._Options()
+    opts._timeout = timeout
+    return {d: ("gloo", opts) for d in DIMS}
 
 
 _MESHES_BUILT: list[str] = []  # plans whose mesh this process built
