@@ -171,15 +171,16 @@ def build_mesh(plan: Plan, device: torch.device):
             rejoin(order.index(dist.get_rank()))
     _MESHES_BUILT.append(plan.name)
     return init_device_mesh(device.type, shape, mesh_dim_names=DIMS,
-                            backend_override=_same_timeout(device))
+                            backend_override=_same_timeout(device, shape))
 
 
-def _same_timeout(device) -> dict | None:
-    """Every mesh dim's process groups with the default group's timeout. torch gives a
+def _same_timeout(device, shape: tuple[int, ...]) -> dict | None:
+    """The mesh dims' new process groups with the default group's timeout. torch gives a
     subgroup its backend's default (30 minutes) whatever the default group has, so a rank
-    that died would hold the survivors of its tp or dp group that long instead of the
-    job's timeout. Done for gloo (the CPU backend this is tested on); other backends keep
-    torch's behaviour."""
+    that stopped answering would hold its tp or dp peers that long instead of the job's
+    timeout. A dim over the whole world is left out: torch then reuses the default group
+    (an override would make it build a new one). Done for gloo (the CPU backend this is
+    tested on); other backends keep torch's behaviour."""
     if dist.get_backend() != "gloo":
         return None
     try:
@@ -188,7 +189,8 @@ def _same_timeout(device) -> dict | None:
         return None
     opts = dist.ProcessGroupGloo._Options()
     opts._timeout = timeout
-    return {d: ("gloo", opts) for d in DIMS}
+    world = dist.get_world_size()
+    return {d: ("gloo", opts) for d, n in zip(DIMS, shape) if n != world} or None
 
 
 _MESHES_BUILT: list[str] = []  # plans whose mesh this process built
