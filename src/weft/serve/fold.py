@@ -3,11 +3,11 @@
 At batch 1 on a CPU a subnet's time is not only its FLOPs: every layer is a call, and a
 ResNet's batch norms are a third of its layers. `for_inference` folds each eval-mode
 BatchNorm into the conv that feeds it (on an fx-traced copy, with
-`torch.nn.utils.fusion.fuse_conv_bn_eval`) and keeps the result only where it gives the module's own answers (within float
-tolerance) on a batch of 1 and of 3; otherwise the module is served as it is, with the
-reason. Measured on the sensAI benchmark's width-32 ResNet, one thread, median of 300
-single inputs: a subnet 1.5-1.8 ms as saved, 1.1-1.2 ms folded; the original 2.9-4.7 ms
-as saved, 2.7 ms folded.
+`torch.nn.utils.fusion.fuse_conv_bn_eval`) and keeps the result only where it gives the
+module's own answers (within float tolerance) on a batch of 1 and of 3; otherwise the
+module is served as it is, with the reason. Measured on the sensAI benchmark's width-32
+ResNet, one thread, median of 300 single inputs, one run: a subnet 1.5-1.8 ms as saved,
+1.1-1.2 ms folded; the original 4.7 ms as saved, 2.7 ms folded.
 """
 
 from __future__ import annotations
