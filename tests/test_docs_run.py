@@ -17,7 +17,7 @@ import pytest
 
 from tests.test_docs_commands import COVERED as README_COVERED
 from tests.test_docs_commands import NOT_RUN as README_NOT_RUN
-from tests.test_docs_commands import ROOT, _argv, documented, readme_table
+from tests.test_docs_commands import ROOT, _argv, _small, documented, readme_table
 from weft.cli import main
 
 COVERED = {
@@ -28,10 +28,6 @@ COVERED = {
         "tests.serve.test_cli::test_run_serves_until_sigterm",
 }
 NOT_RUN: dict[str, str] = {}   # none at present
-# Small sizes, by command prefix (the first match applies).
-SMALL = [("weft train --plan", ["--max-steps", "2"]),
-         ("weft train --policy", ["--max-steps", "6"]),
-         ("weft plan auto --model examples", ["--repeats", "1", "--place-budget", "0.5"])]
 
 # What a reader of that doc has made before its commands: their own model and data
 # (docs/adapt.md).
@@ -120,7 +116,7 @@ def test_doc_commands_run(doc, tmp_path, monkeypatch, capsys):
                 skipped.append(cmd)
                 continue
             line = line.replace("../shared/", f"{SHARED}/")  # from the scratch folder
-        argv = _argv(line) + next((o for p, o in SMALL if line.startswith(p)), [])
+        argv = _argv(line) + _small(line)   # the README test's small sizes
         rc = main(argv)
         out = capsys.readouterr()
         assert rc == 0, f"{doc}: `{cmd}` exited {rc}:\n{out.err[-3000:]}"
