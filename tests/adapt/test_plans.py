@@ -7,7 +7,10 @@ trains the same global batches (Adam, 1e-5):
   and finish; no sample is lost or repeated;
 * DP (weft DataParallel, nothing sharded) 2 -> 4 -> 3;
 * DP x TP (examples/plans/dp_tp.yaml: tensor parallel inside each replica) 1x2 -> 2x2; a
-  resize to 3 (not a multiple of tp=2) is refused and training goes on in 4.
+  resize to 3 (not a multiple of tp=2) is refused and training goes on in 4;
+* DP x TP 1x2 -> 2x2, then one worker SIGKILLed: 3 survivors cannot hold tp=2 replicas, so
+  the largest world that fits (2) goes on from the last snapshot and the third survivor waits
+  as a warm standby (same process); a later resize to 4 takes it back.
 
 A plan whose tp degree is inferred from the world (tp: -1) cannot resize at all (each
 resize would re-split every layer): the engine refuses, checked without processes."""
@@ -39,6 +42,8 @@ CASES = {
     "fsdp": (FSDP, {4: 4}, [7, 1], [(2, "start"), (4, "resize"), (3, "failure")]),
     "dp": (DP, {3: 4, 6: 3}, None, [(2, "start"), (4, "resize"), (3, "resize")]),
     "dp_tp": (DP_TP, {4: 4, 7: 3}, None, [(2, "start"), (4, "resize")]),
+    "dp_tp_kill": (DP_TP, {4: 4, 9: 4}, [7, 1],
+                   [(2, "start"), (4, "resize"), (2, "failure"), (4, "resize")]),
 }
 
 
@@ -88,8 +93,18 @@ def test_plan_resized_on_a_schedule_matches_the_unresized_reference(case):
         assert held[2] < 0.6 * total and held[4] < 0.35 * total and held[3] < 0.45 * total
     elif case == "dp":  # a full replica in every world
         assert set(held.values()) == {total}
-    else:  # tp=2 in both worlds: the same half-ish of the model, whatever the dp degree
+    else:  # tp=2 in every world: the same half-ish of the model, whatever the dp degree
         assert held[2] == held[4] < 0.65 * total
+    if case == "dp_tp_kill":  # the survivor left out waited as a standby, then came back
+        (fail,) = [e for e in r0["events"] if e["kind"] == "failure"]
+        assert fail["lost"] == [1] and fail["new"] == 2 and len(fail["benched"]) == 1
+        (bw,) = fail["benched"]
+        b = reports[bw]
+        assert any(e["kind"] == "bench" for e in b["events"])
+        assert len(b["memberships"]) == 2 and b["memberships"][-1]["why"] == "join"
+        assert [e["step"] for e in b["events"] if e["kind"] == "join"][-1] == 9
+        assert {m["pid"] for m in b["memberships"]} == {out["pids"][bw]}  # never restarted
+        assert not b["left"] and b["rank"] is not None
     resized = [(e["step"], e["new"]) for e in r0["events"] if e["kind"] == "resize"]
     assert resized == [(s, w) for s, w in sorted(schedule.items()) if s != 7 or case != "dp_tp"]
     if case == "dp_tp":  # 3 workers cannot hold tp=2 replicas: refused, training goes on in 4
@@ -98,9 +113,10 @@ def test_plan_resized_on_a_schedule_matches_the_unresized_reference(case):
         # (workers, data-parallel replicas) of the steps before and after the resize
         assert {(h["world"], h["replicas"]) for h in r0["history"] if h["step"] <= 4} == {(2, 1)}
         assert {(h["world"], h["replicas"]) for h in r0["history"] if h["step"] > 4} == {(4, 2)}
-    if kill:  # the survivors rolled back to the last snapshot (step 6) and went on in 3
+    if kill:  # the survivors rolled back to the last snapshot (step 6) and went on
         (fail,) = [e for e in r0["events"] if e["kind"] == "failure"]
-        assert fail["lost"] == [kill[1]] and fail["step"] == 6 and fail["new"] == 3
+        assert fail["lost"] == [kill[1]] and fail["step"] == 6
+        assert fail["new"] == (2 if case == "dp_tp_kill" else 3)
     # every step trained exactly its global batch: each sample once, split over the replicas
     hist = {h["step"]: h for h in r0["history"]}
     assert sorted(hist) == list(range(1, STEPS + 1))

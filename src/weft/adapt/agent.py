@@ -224,6 +224,11 @@ class NodeAgent:
             self.standby.discard(wid)
             self.slot_of.pop(wid, None)
             del self.procs[wid]
+        for wid in [w for w in self.active if s.check([f"bench/{w}"])]:  # a standby again
+            s.delete_key(f"bench/{wid}")
+            self.active.discard(wid)
+            self.standby.add(wid)
+            self.ready.add(wid)
         for wid in [w for w in self.standby if s.check([f"assign/{w}"])]:
             self.standby.discard(wid)
             self.active.add(wid)

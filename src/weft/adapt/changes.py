@@ -118,8 +118,21 @@ class Changes:
         self.resize_started = (t0, len(self.events) - 1)
         self.log_replan("resize", old)
 
+    def _largest_fit(self, n: int) -> tuple[int, str]:
+        """The largest world of at most `n` survivors the engine can run in, and why not
+        all `n` (a plan's tp and pp degrees stay; only data-parallel replicas shrink)."""
+        first = None
+        for k in range(n, 0, -1):
+            why = self.engine.check_world(k)
+            if why is None:
+                return k, "" if k == n else f"{n} do not fit: {first}; kept {k}"
+            first = first or why
+        return 0, f"no group of at most {n} fits: {first}"
+
     def joined(self) -> None:
-        """A standby assigned to the new epoch: rebuild for it and receive the state."""
+        """A standby assigned to the new epoch (or a benched worker taken back): rebuild
+        for it and receive the state."""
+        self.benched = False
         self._entered("join")
         self.broadcast_state(0)
         self.event("join", f"worker {self.wid} joined as rank {self.mem.rank}")
@@ -132,7 +145,7 @@ class Changes:
         self.strategy.reset()
         for attempt in range(MAX_RECOVERIES):  # a member may die while the group re-forms
             try:
-                stays, _ = self.mem.recover()
+                stays, _ = self.mem.recover(self._largest_fit)
                 if stays:
                     self._entered("failure")
                 break
@@ -140,9 +153,18 @@ class Changes:
                 if not is_comm_failure(again) or attempt == MAX_RECOVERIES - 1:
                     raise
                 log.warning("worker %d: recovery interrupted (%s); trying again", self.wid, again)
-        lost = [w for w in before if w not in self.mem.members]
+        benched = self.mem.benched(self.mem.epoch)
+        lost = [w for w in before if w not in self.mem.members and w not in benched]
+        note = self.mem.note(self.mem.epoch)
         if not stays:
-            raise RuntimeError(f"worker {self.wid} was dropped from the group after: {exc}")
+            if not self.mem.members:
+                raise RuntimeError(f"after losing worker(s) {lost}, no group of the "
+                                   f"{len(benched)} survivor(s) can go on: {note}")
+            # left out: wait as a warm standby (weft.adapt.worker takes it from here)
+            self.benched = True
+            self.event("bench", f"worker {self.wid} left out of the group after losing "
+                       f"worker(s) {lost} ({note}); waiting as a standby")
+            return
         steps = [None] * self.mem.world
         dist.all_gather_object(steps, self.snap["step"] if self.snap else -1)
         src = max(range(len(steps)), key=lambda r: (steps[r], -r))
@@ -150,8 +172,10 @@ class Changes:
             raise RuntimeError(f"no worker holds a snapshot to recover from after: {exc}")
         self.broadcast_state(src, self.snap if self.mem.rank == src else None)
         self.event("failure", f"lost worker(s) {lost}: {old} -> {self.mem.world} workers, "
-                   f"resumed from step {self.step}", old=old, new=self.mem.world,
-                   lost=lost, recover_s=time.time() - t0, error=str(exc)[:200])
+                   f"resumed from step {self.step}"
+                   + (f"; worker(s) {benched} wait as standbys ({note})" if benched else ""),
+                   old=old, new=self.mem.world, lost=lost, benched=benched,
+                   recover_s=time.time() - t0, error=str(exc)[:200])
         self.log_replan("failure", old)
 
     # -- re-planning -------------------------------------------------------------

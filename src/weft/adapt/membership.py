@@ -205,8 +205,8 @@ class Membership:
         """Registered standbys not yet assigned and alive, in registration order."""
         out = []
         for k in range(1, self.store.add("standby_seq", 0) + 1):
-            w = int(self._get(f"standby/{k}"))
-            if not self.store.check([f"assign/{w}"]) and not self._dead(w):
+            w = int(self._get(f"standby/{k}"))  # (a benched worker registers again)
+            if w not in out and not self.store.check([f"assign/{w}"]) and not self._dead(w):
                 out.append(w)
         return out
 
@@ -267,13 +267,17 @@ class Membership:
         age = beat_age(self.store, f"hb/{wid}")
         return age is not None and age > self.hb_timeout
 
-    def recover(self) -> tuple[bool, list[int]]:
+    def recover(self, fits=None) -> tuple[bool, list[int]]:
         """After a failed collective: agree on the survivors and build their group.
         Returns (this worker stays, wids lost).
 
         The lowest-ranked live survivor decides once every member of the epoch has
         registered or is known dead (bounded by a deadline); if the decider itself dies
-        before writing, its heartbeat goes stale and the next survivor decides."""
+        before writing, its heartbeat goes stale and the next survivor decides.
+        `fits(n) -> (k, why)`: the largest world of at most `n` workers the job can run
+        in (a plan with tp=2 cannot run on 3); the first `k` survivors form the group and
+        the others are *benched* (`benched(epoch)`: they wait as warm standbys); `why`
+        says why when k < n (`note(epoch)`)."""
         e, old = self.epoch, list(self.members)
         self.store.set(f"recover/{e}/{self.wid}", "1")
         self.store.add(f"decide/{e}", 1)  # tells members still in a collective to give up
@@ -288,8 +292,25 @@ class Membership:
             alive = [w for w in old if w in up and not self._dead(w)]
             pending = [w for w in old if w not in up and not self._dead(w)]
             if (not pending or time.monotonic() > deadline) and alive and alive[0] == self.wid:
-                self.store.compare_set(key, "", json.dumps(alive))  # first decision wins
+                k, why = fits(len(alive)) if fits is not None else (len(alive), "")
+                mine = json.dumps(alive[:k])
+                won = self.store.compare_set(key, "", mine)  # first decision wins
+                if (won.decode() if isinstance(won, bytes) else won) == mine and k < len(alive):
+                    self._set(f"benched/{e + 1}", alive[k:])
+                    self.store.set(f"note/{e + 1}", why)
                 break
             time.sleep(0.02)
         stays = self.join(e + 1, failed=True)
         return stays, [w for w in old if w not in self.members]
+
+    def benched(self, epoch: int) -> list[int]:
+        """Live workers left out of epoch `epoch` because the job could not use them."""
+        key = f"benched/{epoch}"
+        return json.loads(self.store.get(key)) if self.store.check([key]) else []
+
+    def bench(self) -> None:
+        """This live worker, left out of the group, becomes a warm standby again (its node
+        agent counts its slot as a standby's; a resize may take it back)."""
+        self.store.delete_key(f"assign/{self.wid}")
+        self.store.set(f"bench/{self.wid}", "1")
+        self.register_standby()

@@ -86,6 +86,7 @@ class Trainer(Changes):
         self.after: list[tuple[int, int, list]] = []  # re-plan events awaiting measurements
         self.fresh = True  # the first step in a new world (its predecessor was elsewhere)
         self.left = False
+        self.benched = False  # left out of the group after a failure: a standby now
         self.run_view = C.Run(self)
         self.ckpt = None
         if cfg.checkpoint:
@@ -323,7 +324,7 @@ class Trainer(Changes):
 
     def run(self) -> None:
         recoveries = 0
-        while not self.done() and not self.left:
+        while not self.done() and not self.left and not self.benched:
             if self.cfg.kill and [self.step, self.wid] == list(self.cfg.kill):
                 os.kill(os.getpid(), signal.SIGKILL)
             try:
@@ -339,7 +340,7 @@ class Trainer(Changes):
                     raise
                 recoveries += 1
                 self.recover(exc)
-        if not self.left:
+        if not self.left and not self.benched:
             self.strategy.flush(self.engine.params)
             if self.strategy.name != "sgd":
                 sync.consensus(self.engine.model, self.engine.opt, self.comm)

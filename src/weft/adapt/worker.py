@@ -80,6 +80,17 @@ def worker_main(cfg: AdaptConfig, policy: Any, wid: int, host: str, port: int,
             trainer.start()
         status["member"] = True
         trainer.run()
+        while trainer.benched:  # left out after a failure: a warm standby until taken back
+            mem.bench()
+            epoch = mem.wait_assignment()
+            if epoch is None:  # the job ended without it
+                trainer.left = True
+                report["role"] = "standby"
+                break
+            if not mem.join(epoch):
+                raise LaunchError(f"worker {wid} was assigned epoch {epoch} but is not a member")
+            trainer.joined()
+            trainer.run()
         if not trainer.left and mem.rank == 0:
             store.set("job_done", "1")
         final = not trainer.left

@@ -169,6 +169,8 @@ def build_mesh(plan: Plan, device: torch.device):
                                 "weft.parallelize of a process may do (torch caches sharding "
                                 "per mesh, and would reuse groups the re-join removes)")
             rejoin(order.index(dist.get_rank()))
+    if _MESHES_BUILT:
+        _forget_sharding_cache()
     _MESHES_BUILT.append(plan.name)
     return init_device_mesh(device.type, shape, mesh_dim_names=DIMS,
                             backend_override=_same_timeout(device, shape))
@@ -194,6 +196,19 @@ def _same_timeout(device, shape: tuple[int, ...]) -> dict | None:
 
 
 _MESHES_BUILT: list[str] = []  # plans whose mesh this process built
+
+
+def _forget_sharding_cache() -> None:
+    """Empty DTensor's sharding-propagation caches. They are keyed by mesh *value* (ranks,
+    shape, dim names), and their output specs hold the mesh object that made them: a mesh
+    built again over the same ranks in a new process group (an elastic job back at a world
+    size it had before) would get DTensors on the old mesh, whose groups are gone ("Could
+    not resolve the process group registered under the name ...")."""
+    try:
+        from torch.distributed.tensor.debug import _clear_sharding_prop_cache
+    except ImportError:  # older torch: nothing cached across groups to clear that way
+        return
+    _clear_sharding_prop_cache()
 
 
 def rejoin(rank: int, timeout_s: float = 300.0) -> None:
