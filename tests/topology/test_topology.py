@@ -165,6 +165,27 @@ def test_incomplete_builder_arguments_are_refused(spec):
         build(spec)
 
 
+@pytest.mark.parametrize("spec", ["multi_node:2x4,colour=red", "multi_node:2x4,inter=5",
+                                  "ring:8,style=switch", "multi_node:2x4,style="])
+def test_unknown_or_non_string_builder_options_are_refused(spec):
+    from weft.topology import build
+
+    with pytest.raises(TopologyError):
+        build(spec)
+
+
+def test_a_spec_can_ask_for_the_switch_style_of_multi_node():
+    """One NIC per host on one switch: links grow with hosts, not with pairs of hosts."""
+    from weft.topology import build
+
+    rail, switch = build("multi_node:6x2"), build("multi_node:6x2,style=switch")
+    assert len(switch.compute_devices) == len(rail.compute_devices) == 12
+    assert {d.kind for d in switch.devices} >= {"nic", "switch"}
+    assert len(switch.links) < len(rail.links)
+    nics = [d.name for d in switch.devices if d.kind == "nic"]
+    assert len(nics) == 6 and all(switch.graph.has_edge(n, "net") for n in nics)
+
+
 @pytest.mark.parametrize("spec", ["multi_node:2x4", "multi_node:3x3", "fat_tree:4", "dgx1",
                                   "nvswitch:8", "ring:6"])
 def test_drawing_shows_every_link(spec):

@@ -10,7 +10,9 @@ Format::
       - {src: gpu0, dst: gpu1, bandwidth: 25GB/s, latency: 1us, kind: nvlink}
 
 A topology can also be named by a builder spec: `dgx1`, `ring:8`,
-`full_mesh:4`, `nvswitch:8`, `multi_node:2x4`, `fat_tree:4`.
+`full_mesh:4`, `nvswitch:8`, `multi_node:2x4`, `fat_tree:4`; a builder's string option
+after a comma: `multi_node:128x8,style=switch` (one NIC per host on one switch instead of a
+link per rail and pair of hosts).
 """
 
 from __future__ import annotations
@@ -132,22 +134,30 @@ def save(topo: Topology, path: str | os.PathLike) -> Path:
 
 
 def build(spec: str) -> Topology:
-    """Build from a spec like 'dgx1', 'ring:8', 'multi_node:2x4', 'fat_tree:4'."""
+    """Build from a spec like 'dgx1', 'ring:8', 'multi_node:2x4', 'fat_tree:4',
+    'multi_node:2x4,style=switch'."""
     name, _, argstr = spec.partition(":")
     if name not in BUILDERS:
         raise TopologyError(f"unknown topology builder {name!r}; known: {sorted(BUILDERS)} "
                             "(or give a path to a YAML file)")
     fn = BUILDERS[name]
-    args = argstr.replace("x", ",").split(",") if argstr else []
+    tokens = argstr.split(",") if argstr else []
+    keywords = dict(t.split("=", 1) for t in tokens if "=" in t)  # e.g. style=switch
+    args = ",".join(t for t in tokens if "=" not in t).replace("x", ",").split(",") \
+        if len(keywords) < len(tokens) else []
     try:
         if any(not a.strip() for a in args):  # 'multi_node:2x' is not 'multi_node:2x4'
             raise ValueError(argstr)
         ints = [int(a) for a in args]
-        inspect.signature(fn).bind(*ints)
+        sig = inspect.signature(fn)
+        for k, v in keywords.items():  # only the builder's string options (style=...)
+            if k not in sig.parameters or not isinstance(sig.parameters[k].default, str):
+                raise ValueError(k)
+        sig.bind(*ints, **keywords)
     except (ValueError, TypeError):
         raise TopologyError(f"bad arguments {argstr!r} for topology builder {name!r}; "
                             f"signature: {name}{inspect.signature(fn)}") from None
-    return fn(*ints)
+    return fn(*ints, **keywords)
 
 
 def resolve(spec: str | os.PathLike | Topology) -> Topology:
