@@ -175,6 +175,28 @@ def test_no_overlap_exposes_every_collective_and_each_call_costs_its_overhead():
         assert other.terms["optimizer"] == 0.0
 
 
+def test_tensor_parallel_modules_pay_their_dtensor_cost_per_micro_batch():
+    """`tp_tensor_s` is charged once per DTensor parameter of a tensor-parallel module and
+    micro-batch, only when tp > 1 (here one stage, so the step grows by exactly that)."""
+    from weft.planner.plan_cost import Costs, PlanModel
+    from weft.planner.shape import Shape
+    from weft.topology.builders import multi_node
+
+    wl = _transformer()
+    topo = multi_node(1, 4, intra=5e9)
+    tp_tensors = sum(layer.tp_tensors for layer in wl.layers)
+    assert tp_tensors > 0
+    c = 1e-3
+    for shape, charged in ((Shape(tp=2, dp_replicate=2, global_batch=16, flavour="weft"), True),
+                           (Shape(tp=4, global_batch=16, microbatches=1), True),
+                           (Shape(dp_replicate=4, global_batch=16, flavour="weft"), False)):
+        base = PlanModel(wl, topo, Costs()).estimate(shape)
+        paid = PlanModel(wl, topo, Costs(tp_tensor_s=c)).estimate(shape)
+        extra = tp_tensors * c if charged else 0.0
+        assert paid.step_s - base.step_s == pytest.approx(extra, rel=1e-6, abs=1e-12)
+        assert paid.terms["compute"] - base.terms["compute"] == pytest.approx(extra, abs=1e-12)
+
+
 @pytest.mark.slow
 def test_runtime_costs_watch_fully_shard_block_on_gloo():
     """The calibration's fully_shard probe issues what the model counts (3 calls per unit),
@@ -188,7 +210,9 @@ def test_runtime_costs_watch_fully_shard_block_on_gloo():
     rc = measure_runtime_costs(2, repeats=1, units=3, tensors=8)
     assert rc.seconds["fsdp_calls"] == 3 * 3 and rc.seconds["fsdp_async_calls"] == 0
     assert rc.fsdp_overlap == 0.0 and 0.0 <= rc.overlap <= 1.0
-    for v in (rc.fsdp_call_s, rc.optimizer_tensor_s, rc.dtensor_tensor_s, rc.optimizer_bw):
+    for v in (rc.fsdp_call_s, rc.optimizer_tensor_s, rc.dtensor_tensor_s, rc.optimizer_bw,
+              rc.tp_tensor_s):
         assert math.isfinite(v) and v >= 0
     costs = rc.apply(Costs(compute_scale=1.5))
     assert costs.compute_scale == 1.5 and costs.fsdp_call_s == rc.fsdp_call_s
+    assert costs.tp_tensor_s == rc.tp_tensor_s

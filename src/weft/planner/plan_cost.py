@@ -66,6 +66,8 @@ class Costs:
     fsdp_call_s: float = 0.0  # fully_shard's own cost per all-gather / reduce-scatter call
     optimizer_tensor_s: float = 0.0  # optimizer step per plain parameter tensor
     dtensor_tensor_s: float = 0.0  # optimizer step per DTensor parameter (fully_shard, tp)
+    tp_tensor_s: float = 0.0  # forward + backward per micro-batch per DTensor parameter of a
+    #                           tensor-parallel module (DTensor dispatch, redistribute hooks)
 
 
 @dataclass
@@ -200,6 +202,7 @@ class PlanModel:
             "b_split": np.array([l.backward.split for l in ls]),
             "p_rep": np.array([l.params.rep for l in ls]),
             "p_split": np.array([l.params.split for l in ls]),
+            "tp_tensors": np.array([float(l.tp_tensors) for l in ls]),
             "colls": [tuple((c.kind, c.phase, c.nbytes) for c in l.collectives) for l in ls]}
 
     def comm(self, communicator: str) -> Comm:
@@ -223,6 +226,9 @@ class PlanModel:
         bw = (a["fixed"] / 2 + b * (a["b_rep"] + a["b_split"] / t)) * k
         ck = np.zeros(len(f), dtype=bool)
         ck[list(shape.checkpoint)] = True
+        if t > 1 and self.costs.tp_tensor_s:  # DTensor's own cost, half in each direction
+            f = f + a["tp_tensors"] * self.costs.tp_tensor_s / 2
+            bw = bw + a["tp_tensors"] * self.costs.tp_tensor_s / 2
         bw = bw + np.where(ck, f, 0.0)
         cf, cb = np.zeros(len(f)), np.zeros(len(f))
         if t > 1:

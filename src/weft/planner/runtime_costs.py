@@ -25,6 +25,13 @@ on the machine, the backend and torch, so they are measured, not assumed:
   large (per byte).
 * ``dtensor_tensor_s``: Adam's step over the many small tensors as fully_shard's
   DTensors, per tensor, less their local bytes at ``optimizer_bw``.
+* ``tp_tensor_s``: what tensor parallelism costs per parameter tensor of a parallelised
+  module and micro-batch beyond its local compute and its collectives (DTensor's dispatch
+  of every op, the input/output redistribution hooks): `units` Linear(width, width)
+  layers, column- and row-wise in turn over all ranks (`parallelize_module`), train one
+  forward + backward; minus the same number of plain Linear layers of the local shapes,
+  minus the raw all-reduces of the activations (one per pair forward, one per pair
+  backward), per weight and bias.
 
 Each timing is the median over `repeats` interleaved rounds of the slowest rank, ranks
 synchronised by a barrier before each run; ranks run one thread each, as `weft.launch`
@@ -52,6 +59,7 @@ class RuntimeCosts:
     optimizer_bw: float
     dtensor_tensor_s: float
     world: int
+    tp_tensor_s: float = 0.0
     seconds: dict = field(default_factory=dict)  # the timings the figures come from
 
     def apply(self, costs):
@@ -59,13 +67,15 @@ class RuntimeCosts:
         return replace(costs, overlap=self.overlap, fsdp_overlap=self.fsdp_overlap,
                        fsdp_call_s=self.fsdp_call_s,
                        optimizer_tensor_s=self.optimizer_tensor_s,
-                       dtensor_tensor_s=self.dtensor_tensor_s, optimizer_bw=self.optimizer_bw)
+                       dtensor_tensor_s=self.dtensor_tensor_s, optimizer_bw=self.optimizer_bw,
+                       tp_tensor_s=self.tp_tensor_s)
 
     def summary(self) -> str:
         return (f"overlap {self.overlap:.2f} (fully_shard's {self.fsdp_overlap:.2f}), "
                 f"fully_shard {self.fsdp_call_s * 1e3:.2f} ms per call, optimizer {self.optimizer_tensor_s * 1e6:.0f} us per tensor + "
                 f"{self.optimizer_bw / 1e9:.2f} GB/s, DTensor {self.dtensor_tensor_s * 1e6:.0f} "
-                f"us per tensor (on {self.world} local gloo ranks)")
+                f"us per tensor, tensor parallel {self.tp_tensor_s * 1e6:.0f} us per tensor "
+                f"and micro-batch (on {self.world} local gloo ranks)")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -142,7 +152,29 @@ def runtime_costs_rank(repeats: int, units: int, width: int, tensors: int) -> di
     many = nn.Sequential(*[nn.Linear(32, 32, bias=False) for _ in range(tensors)])
     fully_shard(many, mesh=mesh)
     fns["adam_dtensors"] = _adam(list(many.parameters()))
+    fns.update(_tp_steps(mesh, units, width, x))
     return {**_rounds(fns, repeats), **issued}
+
+
+def _tp_steps(mesh, units: int, width: int, x) -> dict:
+    """Forward + backward of `units` Linear layers, column- and row-wise parallel in turn
+    over `mesh` (`tp_step`); of plain layers of the local shapes (`tp_local`); and the
+    raw all-reduce of one activation (`tp_allreduce`)."""
+    from torch.distributed.tensor.parallel import (ColwiseParallel, RowwiseParallel,
+                                                   parallelize_module)
+
+    n = mesh.size()
+    units -= units % 2
+    torch.manual_seed(0)
+    tp = nn.Sequential(*[nn.Linear(width, width) for _ in range(units)])
+    parallelize_module(tp, mesh, {str(i): ColwiseParallel() if i % 2 == 0 else RowwiseParallel()
+                                  for i in range(units)})
+    local = nn.Sequential(*[nn.Linear(width, width // n) if i % 2 == 0 else
+                            nn.Linear(width // n, width) for i in range(units)])
+    act = torch.ones(x.shape[0], width)
+    return {"tp_step": lambda: tp(x).sum().backward(),
+            "tp_local": lambda: local(x).sum().backward(),
+            "tp_allreduce": lambda: dist.all_reduce(act)}
 
 
 def _how_fsdp_calls(step) -> dict:
@@ -187,5 +219,7 @@ def measure_runtime_costs(world: int = 2, repeats: int = 5, units: int = 8, widt
     dtensor = (s["adam_dtensors"] - small / world / bw) / tensors
     overlap = min(max(overlap, 0.0), 1.0)
     asynchronous = s["fsdp_async_calls"] / max(s["fsdp_calls"], 1.0)
+    pairs = (units - units % 2) // 2
+    tp = (s["tp_step"] - s["tp_local"] - 2 * pairs * s["tp_allreduce"]) / (4 * pairs)
     return RuntimeCosts(overlap, overlap * asynchronous, max(fsdp_call, 0.0), per_tensor, bw,
-                        max(dtensor, 0.0), world, s)
+                        max(dtensor, 0.0), world, seconds=s, tp_tensor_s=max(tp, 0.0))
