@@ -88,6 +88,18 @@ def test_an_empty_search_says_why():
     assert tiny.candidates and tiny.pruned_memory
 
 
+def test_auto_with_nothing_to_choose_says_why_and_prints_no_table(tmp_path, capsys):
+    from weft.cli import main
+
+    out = tmp_path / "plan.yaml"
+    model = "transformer:n_layer=4,d_model=256,n_head=4,seq=64,vocab=1024,flops=1e12"
+    rc = main(["plan", "auto", "--model", model, "--topology", "multi_node:4x4", "--batch", "1",
+               "--out", str(out)])
+    got = capsys.readouterr()
+    assert rc == 2 and "no candidate plan" in got.err and "raise the batch" in got.err
+    assert "plans for" not in got.out and not out.exists()
+
+
 def test_a_large_search_finishes_within_memory():
     """12 layers on 64 devices (the benchmark times 48 on 1,024): the best fits memory and
     the bound pruned part of the space."""

@@ -145,6 +145,8 @@ def _auto(args) -> int:
     space = Space(schedules=args.schedules, interleaved=args.any,
                   checkpoint=(False, True), runnable=None if args.any else runnable(args.batch))
     found = search(wl, pm, devs, args.batch, memory, space, top=args.top)
+    if not found.top:
+        found.best  # noqa: B018 - raises the reason (no empty table printed before it)
     con.print(_table(found, f"plans for {wl.name} on {devs} devices of {topo.name}, batch "
                             f"{args.batch}, {fmt_bytes(memory)} per device"))
     con.print(f"searched {found.candidates} candidates ({found.pruned_memory} pruned by memory, "
