@@ -293,11 +293,14 @@ class Membership:
             pending = [w for w in old if w not in up and not self._dead(w)]
             if (not pending or time.monotonic() > deadline) and alive and alive[0] == self.wid:
                 k, why = fits(len(alive)) if fits is not None else (len(alive), "")
-                mine = json.dumps(alive[:k])
-                won = self.store.compare_set(key, "", mine)  # first decision wins
-                if (won.decode() if isinstance(won, bytes) else won) == mine and k < len(alive):
-                    self._set(f"benched/{e + 1}", alive[k:])
-                    self.store.set(f"note/{e + 1}", why)
+                mine = json.dumps({"members": alive[:k], "benched": alive[k:], "note": why})
+                won = json.loads(self.store.compare_set(f"decision/{e + 1}", "", mine))
+                # the first decision wins; what it benches and why is written before the
+                # members, so whoever reads the members can read them too
+                if won["benched"]:
+                    self._set(f"benched/{e + 1}", won["benched"])
+                    self.store.set(f"note/{e + 1}", won["note"])
+                self.store.compare_set(key, "", json.dumps(won["members"]))
                 break
             time.sleep(0.02)
         stays = self.join(e + 1, failed=True)
