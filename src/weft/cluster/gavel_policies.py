@@ -56,6 +56,7 @@ class GavelFlavor:
     shuffle = False
     fifo = False
     central = True
+    lp_solver = "center"
 
     def __init__(self, policy: SchedulingPolicy):
         self.policy = policy
@@ -73,7 +74,11 @@ class LasFlavor(GavelFlavor):
     def allocate(self, prob, ids):
         """Gavel's LP: max t s.t. t <= sum_j T[m,j] s_m / (w_m P_m) X[m,j], X >= 0, time
         share <= 1, capacity; P_m the job's throughput under the proportional split.
-        Solved to its central point (what ECOS returns), not to a vertex."""
+        Solved to its central point (what ECOS returns), not to a vertex; or, with
+        ``lp_solver="ecos"``, by cvxpy + ECOS as Gavel states it (``gavel_cvx``)."""
+        if self.lp_solver == "ecos" and self.central:
+            from weft.cluster.gavel_cvx import las_ecos
+            return las_ecos(prob.T, prob.scale, prob.weight, prob.counts, prob.types, self.policy.aware)
         T = prob.T if self.policy.aware else np.ones_like(prob.T)   # agnostic: every throughput 1.0
         if not self.central:
             return self.policy.solve(Problem(T, prob.scale, prob.counts, prob.weight, types=prob.types)).X
@@ -212,16 +217,21 @@ def isolated_throughput(prob: Problem) -> np.ndarray:
     return (prob.T @ share) * frac
 
 
-def flavor_for(policy: SchedulingPolicy, seed: int = 0, central: bool = True) -> GavelFlavor:
+def flavor_for(policy: SchedulingPolicy, seed: int = 0, central: bool = True, lp_solver: str = "center") -> GavelFlavor:
     """The Gavel flavour of a weft policy (a fresh one per simulation: some keep state).
-    ``central=False``: LAS and min_total_duration take weft's vertex solutions instead."""
+    ``central=False``: LAS and min_total_duration take weft's vertex solutions instead.
+    ``lp_solver="ecos"``: LAS solves Gavel's LP with cvxpy + ECOS (``gavel_cvx``)."""
+    from weft.cluster.gavel_cvx import LP_SOLVERS
+
+    if lp_solver not in LP_SOLVERS:
+        raise ClusterError(f"lp_solver {lp_solver!r}: choose from {', '.join(LP_SOLVERS)}")
     if policy.packed:
         raise ClusterError(f"policy {policy.name}: space sharing is not supported with semantics='gavel'")
     if isinstance(policy, Pop):
         raise ClusterError(f"policy {policy.name}: POP is not supported with semantics='gavel'")
     if isinstance(policy, MaxMinFairness):
         flavor = LasFlavor(policy)
-        flavor.central = central
+        flavor.central, flavor.lp_solver = central, lp_solver
         return flavor
     if isinstance(policy, Fifo):
         return FifoFlavor(policy, seed)
