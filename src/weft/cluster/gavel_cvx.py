@@ -9,9 +9,10 @@ cvxpy problem over ``x`` (jobs sorted by id x worker types sorted by name):
     maximise  min_m  sum_j C[m, j] x[m, j]
     s.t.      x >= 0,   sum_m scale_m x[m, j] <= count_j,   sum_j x[m, j] <= 1
 
-with ``C = T * scale / (w * iso)``. Agnostic (``max_min_fairness``): ``T = 1``
-on every type and ``iso = 1``. Aware (``max_min_fairness_perf``): ``iso_m`` is
-job m's throughput under the agnostic allocation, itself solved first.
+with ``C = T * scale / (w * P)``, ``P_m`` job m's throughput under Gavel's
+``ProportionalPolicy`` split (each type's count over the jobs, scaled so that the
+largest row sums to 1). Agnostic (``max_min_fairness``): ``T = 1`` on every type,
+including types the job cannot run on.
 
 The LP is stated here in the same shape (same variable and constraint order),
 so that ECOS sees the same matrices: where jobs are interchangeable, which of
@@ -65,20 +66,15 @@ def las_ecos(T: np.ndarray, scale: np.ndarray, weight: np.ndarray, counts: np.nd
     order; rows in the caller's order, which must be sorted by job id as Gavel's)."""
     n, k = T.shape
     order = sorted(range(k), key=lambda j: types[j])            # Gavel: sorted(worker_types)
-    Ts = np.asarray(T, float)[:, order]
+    Ts = np.asarray(T, float)[:, order] if aware else np.ones((n, k))   # agnostic: every throughput 1.0
     cs = [int(c) if float(c).is_integer() else float(c) for c in np.asarray(counts)[order]]
-    S = np.asarray(scale, float)
-    pw = 1.0 / np.asarray(weight, float)
-    ones = np.ones((n, k))
-    # agnostic: every throughput 1.0, no normalisation (np.ones)
-    x_iso = max_min_x(np.multiply(ones * (pw * (1.0 / np.ones(n))).reshape(n, 1), S[:, None]), S, cs,
-                      "max_min_fairness (ECOS)")
-    if aware:
-        iso = np.sum(np.multiply(Ts, x_iso), axis=1)
-        coef = np.multiply(Ts * (pw * (1.0 / iso)).reshape(n, 1), S[:, None])
-        x = max_min_x(coef, S, cs, "max_min_fairness_perf (ECOS)")
-    else:
-        x = x_iso
+    # Gavel's ProportionalPolicy: x[m, j] = count_j / n, scaled so the largest row sums to 1
+    x_prop = np.array([[c / n for c in cs] for _ in range(n)])
+    x_prop = x_prop / np.sum(x_prop, axis=1).max()
+    prop = np.sum(np.multiply(Ts, x_prop), axis=1).reshape((n, 1))
+    pw = np.multiply((1.0 / np.asarray(weight, float)).reshape((n, 1)), 1.0 / prop)
+    S = np.repeat(np.asarray(scale, float).reshape(n, 1), k, axis=1)
+    x = max_min_x(np.multiply(Ts * pw, S), scale, cs, "max_min_fairness" + ("_perf" if aware else "") + " (ECOS)")
     out = np.empty_like(x)
     out[:, order] = x
     return out
