@@ -10,7 +10,8 @@ share of jobs whose JCT is within 5% of Gavel's.
     python benchmarks/gavel_fidelity.py --semantics weft   # weft's own semantics, for the side-by-side
     python benchmarks/gavel_fidelity.py --quick            # the 11 cases on 8:16:24 that take < 1 min
     python benchmarks/gavel_fidelity.py --ablate shuffle   # without one of Gavel's behaviours
-    python benchmarks/gavel_fidelity.py --lp-solver ecos    # LAS LPs through cvxpy + ECOS, as Gavel (weft[gavel])
+    python benchmarks/gavel_fidelity.py --lp-solver reference  # Gavel's LPs through cvxpy + the solver of
+                                                               # each reference run (ECOS, SCS), needs weft[gavel]
     python benchmarks/gavel_fidelity.py --json out.json
 
 Targets (semantics=gavel): average JCT within 5% and makespan within 2% of
@@ -79,9 +80,9 @@ def main(argv=None) -> int:
                     "shared/data/gavel found above the current directory or weft's sources)")
     ap.add_argument("--ablate", action="append", default=[], choices=sorted(ABLATIONS),
                     help="leave out one of Gavel's behaviours (semantics=gavel; repeatable), to measure its effect")
-    ap.add_argument("--lp-solver", choices=["center", "ecos"], default="center",
-                    help="semantics=gavel: LAS LPs by weft's central-point solver (default) or by cvxpy + ECOS "
-                    "as Gavel solves them (needs weft[gavel])")
+    ap.add_argument("--lp-solver", choices=["center", "ecos", "scs", "reference"], default="center",
+                    help="semantics=gavel: Gavel's LPs by weft's central-point solver (default), or by cvxpy + "
+                    "ECOS / SCS as Gavel solves them, or + the solver each reference run used (needs weft[gavel])")
     ap.add_argument("--policy", action="append", help="only cases of this Gavel policy name (repeatable)")
     ap.add_argument("--case", action="append", help="only cases whose label contains this text (repeatable)")
     args = ap.parse_args(argv)
@@ -113,7 +114,8 @@ def main(argv=None) -> int:
     tables: dict = {}
     for case in cases:
         try:
-            row = run_case(gavel, case, args.semantics, tables, args.ablate, args.lp_solver)
+            solver = case["solver"].lower() if args.lp_solver == "reference" else args.lp_solver
+            row = run_case(gavel, case, args.semantics, tables, args.ablate, solver)
         except ClusterError as exc:
             print(f"gavel_fidelity.py: error: {exc}", file=sys.stderr)
             return 2
