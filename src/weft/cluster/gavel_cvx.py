@@ -119,7 +119,7 @@ def isolated_x(scale: np.ndarray, cs: list, n: int) -> np.ndarray:
 
 def isolated_cvx(T: np.ndarray, scale: np.ndarray, counts: np.ndarray, types: list[str]) -> np.ndarray:
     """Each job's throughput under ``isolated_x``, shape (n, 1) as Gavel keeps it."""
-    order, Ts, cs = _sorted_types(T, counts, types)
+    _, Ts, cs = _sorted_types(T, counts, types)
     return np.sum(np.multiply(Ts, isolated_x(scale, cs, T.shape[0])), axis=1).reshape((T.shape[0], 1))
 
 
