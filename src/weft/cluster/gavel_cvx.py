@@ -176,6 +176,4 @@ def min_duration_cvx(T, scale, counts, types, remaining, solver: str = "ECOS") -
     return _unsort(found.value.clip(min=0.0).clip(max=1.0), order)
 
 
-
-
 __all__ = ["LP_SOLVERS", "ftf_cvx", "isolated_cvx", "isolated_x", "las_cvx", "max_min_x", "min_duration_cvx"]
