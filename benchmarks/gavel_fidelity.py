@@ -10,6 +10,8 @@ share of jobs whose JCT is within 5% of Gavel's.
     python benchmarks/gavel_fidelity.py --semantics weft   # weft's own semantics, for the side-by-side
     python benchmarks/gavel_fidelity.py --quick            # the 11 cases on 8:16:24 that take < 1 min
     python benchmarks/gavel_fidelity.py --ablate shuffle   # without one of Gavel's behaviours
+    python benchmarks/gavel_fidelity.py --lp-solver reference  # Gavel's LPs through cvxpy + the solver of
+                                                               # each reference run (ECOS, SCS), needs weft[gavel]
     python benchmarks/gavel_fidelity.py --json out.json
 
 Targets (semantics=gavel): average JCT within 5% and makespan within 2% of
@@ -48,7 +50,7 @@ def short(case: dict) -> str:
     return {"max_min_fairness": "phys-las", "minimize_makespan": "phys-static", "2869ce": "msr-2869ce"}.get(name, name)
 
 
-def run_case(gavel: Path, case: dict, semantics: str, tables: dict, ablate=()) -> dict:
+def run_case(gavel: Path, case: dict, semantics: str, tables: dict, ablate=(), lp_solver: str = "center") -> dict:
     tp = case["throughputs"]
     if tp not in tables:
         tables[tp] = ThroughputTable.load(gavel / tp, ["v100", "p100", "k80"])
@@ -59,7 +61,7 @@ def run_case(gavel: Path, case: dict, semantics: str, tables: dict, ablate=()) -
     t0 = time.perf_counter()
     r = simulate(jobs, cluster, table, policy, float(case["round_s"]), semantics=semantics,
                  seed=case["seed"], resolve_every=None if semantics == "gavel" else 0.0,
-                 ablate=ablate if semantics == "gavel" else ())
+                 ablate=ablate if semantics == "gavel" else (), lp_solver=lp_solver)
     wall = time.perf_counter() - t0
     ref = {int(k): v * 3600 for k, v in case["per_job_jct_h"].items()}
     common = [m for m in ref if m in r.jct]
@@ -67,7 +69,8 @@ def run_case(gavel: Path, case: dict, semantics: str, tables: dict, ablate=()) -
     jct = sum(r.jct[m] for m in common) / max(len(common), 1) / 3600
     return {"case": f"{short(case)} {case['cluster']} {case['policy']}", "gavel_jct": case["avg_jct_h"],
             "weft_jct": jct, "gavel_makespan": case["makespan_h"], "weft_makespan": r.makespan / 3600,
-            "within": within, "missing": len(ref) - len(common), "wall": wall}
+            "within": within, "missing": len(ref) - len(common), "wall": wall,
+            "solve": r.solve_seconds, "solves": r.solves}
 
 
 def main(argv=None) -> int:
@@ -77,6 +80,9 @@ def main(argv=None) -> int:
                     "shared/data/gavel found above the current directory or weft's sources)")
     ap.add_argument("--ablate", action="append", default=[], choices=sorted(ABLATIONS),
                     help="leave out one of Gavel's behaviours (semantics=gavel; repeatable), to measure its effect")
+    ap.add_argument("--lp-solver", choices=["center", "ecos", "scs", "reference"], default="center",
+                    help="semantics=gavel: Gavel's LPs by weft's central-point solver (default), or by cvxpy + "
+                    "ECOS / SCS as Gavel solves them, or + the solver each reference run used (needs weft[gavel])")
     ap.add_argument("--policy", action="append", help="only cases of this Gavel policy name (repeatable)")
     ap.add_argument("--case", action="append", help="only cases whose label contains this text (repeatable)")
     args = ap.parse_args(argv)
@@ -95,15 +101,24 @@ def main(argv=None) -> int:
     from rich.console import Console
     from rich.table import Table
 
+    if args.lp_solver != "center" and args.semantics != "gavel":
+        print("gavel_fidelity.py: error: --lp-solver: only with --semantics gavel", file=sys.stderr)
+        return 2
     left_out = f", without {'/'.join(args.ablate)}" if args.ablate else ""
+    left_out += f", LP solver {args.lp_solver}" if args.lp_solver != "center" else ""
     t = Table(title=f"weft (semantics={args.semantics}{left_out}) vs Gavel's simulator (c4fa400), seed 0, 360 s rounds")
     for col in ("trace cluster policy", "Gavel JCT h", "weft JCT h", "diff", "Gavel mk h", "weft mk h", "diff",
-                "jobs within 5%", "sim s"):
+                "jobs within 5%", "sim s", "solve s"):
         t.add_column(col, no_wrap=col.startswith("trace"))
     figures, rows = [], []
     tables: dict = {}
     for case in cases:
-        row = run_case(gavel, case, args.semantics, tables, args.ablate)
+        try:
+            solver = case["solver"].lower() if args.lp_solver == "reference" else args.lp_solver
+            row = run_case(gavel, case, args.semantics, tables, args.ablate, solver)
+        except ClusterError as exc:
+            print(f"gavel_fidelity.py: error: {exc}", file=sys.stderr)
+            return 2
         rows.append(row)
         dj = row["weft_jct"] / row["gavel_jct"] - 1
         dm = row["weft_makespan"] / row["gavel_makespan"] - 1
@@ -114,7 +129,7 @@ def main(argv=None) -> int:
         t.add_row(row["case"], f"{row['gavel_jct']:.3f}", f"{row['weft_jct']:.3f}", mark(f"{dj:+.1%}", ok[0]),
                   f"{row['gavel_makespan']:.2f}", f"{row['weft_makespan']:.2f}", mark(f"{dm:+.1%}", ok[1]),
                   mark(f"{row['within']:.0%}", ok[2]) + (f" ({row['missing']} failed)" if row["missing"] else ""),
-                  f"{row['wall']:.1f}")
+                  f"{row['wall']:.1f}", f"{row['solve']:.1f}")
         name = row["case"].replace(" ", "/")
         figures += [figure(f"{name}/avg_jct_rel_diff", abs(dj), "fraction", JCT_TOL, "lower"),
                     figure(f"{name}/makespan_rel_diff", abs(dm), "fraction", MAKESPAN_TOL, "lower"),

@@ -101,3 +101,20 @@ def test_simulate_msr_trace_skip_unknown_prints_count_and_types(capsys, gavel_di
 def test_skip_unknown_needs_a_trace(capsys, gavel_dir):  # skipped where the Gavel data is absent
     assert main(["cluster", "simulate", "--skip-unknown", "--jobs", "5"]) == 2
     assert "--skip-unknown" in capsys.readouterr().err
+
+
+def test_lp_solver_needs_gavel_semantics(capsys, gavel_dir):
+    assert main(["cluster", "simulate", "--lp-solver", "ecos", "--jobs", "5"]) == 2
+    assert "--lp-solver ecos: only with --semantics gavel" in capsys.readouterr().err
+
+
+def test_simulate_gavel_semantics_with_ecos(capsys, gavel_dir, tmp_path):
+    pytest.importorskip("cvxpy")
+    rc = main(["cluster", "simulate", "--jobs", "6", "--rate", "0", "--cluster", "2:2:2", "--semantics", "gavel",
+               "--lp-solver", "ecos", "--policy", "max_min_fairness_agnostic", "--no-progress",
+               "--gavel-dir", str(gavel_dir), "--out", str(tmp_path)])
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    (row,) = json.loads((tmp_path / "results.json").read_text())["results"]
+    assert row["policy"] == "max_min_fairness_agnostic" and row["avg_jct_hours"] > 0
+    assert len(row["jct_seconds"]) == 6 and "semantics gavel" in out

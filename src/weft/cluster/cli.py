@@ -5,7 +5,13 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from weft.args import existing_file, nonneg_float, nonneg_int, positive_float, positive_int
+from weft.args import (
+    existing_file,
+    nonneg_float,
+    nonneg_int,
+    positive_float,
+    positive_int,
+)
 from weft.cluster.model import Cluster, ClusterError
 
 DEPRECATED = "weft: warning: `weft schedule` is deprecated and will be removed in the next release; use `weft cluster`"
@@ -42,6 +48,10 @@ def _add(subparsers, name: str, help: str, deprecated: bool = False) -> None:
                      "factor 0 (the msr traces have many); prints how many and which")
     sim.add_argument("--semantics", choices=["weft", "gavel"], default="weft",
                      help="weft's simulator (default) or Gavel's round loop and policy flavours (docs/cluster.md)")
+    sim.add_argument("--lp-solver", choices=["center", "ecos", "scs"], default="center",
+                     help="with --semantics gavel: solve Gavel's LAS, finish-time fairness and min_total_duration "
+                     "problems with weft's central-point solver (default) or, as Gavel does, with cvxpy + ECOS "
+                     "(or SCS); needs pip install 'weft[gavel]'")
     sim.add_argument("--jobs", type=positive_int, default=300, help="jobs to generate (default 300)")
     sim.add_argument("--rate", type=nonneg_float, default=5.6, help="arrivals per hour, 0 = all at t=0 (default 5.6)")
     sim.add_argument("--seed", type=nonneg_int, default=0)
@@ -150,6 +160,8 @@ def _simulate(args) -> int:
     round_s = round_s or 360.0
     if args.skip_unknown and not args.trace:
         raise ClusterError("--skip-unknown: only with --trace")
+    if args.lp_solver != "center" and args.semantics != "gavel":
+        raise ClusterError(f"--lp-solver {args.lp_solver}: only with --semantics gavel")
     if args.trace:
         jobs, skipped = load_trace(args.trace, table, args.skip_unknown)
         if skipped:
@@ -167,7 +179,8 @@ def _simulate(args) -> int:
     for policy in policies:
         for label, tab in (tables if policy.packed else [("", table)]):
             r = simulate(jobs, cluster, tab, policy, round_s, window, progress=not args.no_progress,
-                         resolve_every=args.resolve_every, semantics=args.semantics, seed=args.seed)
+                         resolve_every=args.resolve_every, semantics=args.semantics, seed=args.seed,
+                         lp_solver=args.lp_solver)
             if label:
                 r.policy = f"{r.policy} [{label}]"
                 r.extra["colocation"] = label

@@ -56,6 +56,7 @@ class GavelFlavor:
     shuffle = False
     fifo = False
     central = True
+    lp_solver = "center"
 
     def __init__(self, policy: SchedulingPolicy):
         self.policy = policy
@@ -73,7 +74,12 @@ class LasFlavor(GavelFlavor):
     def allocate(self, prob, ids):
         """Gavel's LP: max t s.t. t <= sum_j T[m,j] s_m / (w_m P_m) X[m,j], X >= 0, time
         share <= 1, capacity; P_m the job's throughput under the proportional split.
-        Solved to its central point (what ECOS returns), not to a vertex."""
+        Solved to its central point (what ECOS returns), not to a vertex; or, with
+        ``lp_solver="ecos"``, by cvxpy + ECOS as Gavel states it (``gavel_cvx``)."""
+        if self.lp_solver != "center" and self.central:
+            from weft.cluster.gavel_cvx import las_cvx
+            return las_cvx(prob.T, prob.scale, prob.weight, prob.counts, prob.types, self.policy.aware,
+                           self.lp_solver.upper())
         T = prob.T if self.policy.aware else np.ones_like(prob.T)   # agnostic: every throughput 1.0
         if not self.central:
             return self.policy.solve(Problem(T, prob.scale, prob.counts, prob.weight, types=prob.types)).X
@@ -151,13 +157,21 @@ class FtfFlavor(GavelFlavor):
         self.prev: dict[int, tuple[float, float]] = {}    # id -> (remaining, isolated throughput)
 
     def allocate(self, prob, ids):
-        iso = isolated_throughput(prob)
+        cvx = self.lp_solver != "center" and self.central
+        if cvx:
+            from weft.cluster.gavel_cvx import ftf_cvx, isolated_cvx
+            iso = isolated_cvx(prob.T, prob.scale, prob.counts, prob.types)    # (n, 1), Gavel's arithmetic
+        else:
+            iso = isolated_throughput(prob)
         for m, i in enumerate(ids):
             self.cum.setdefault(i, 0.0)
             if i in self.prev:
                 rem0, iso0 = self.prev[i]
                 self.cum[i] += (rem0 - prob.remaining[m]) / iso0
-        self.prev = {i: (float(prob.remaining[m]), float(iso[m])) for m, i in enumerate(ids)}
+        self.prev = {i: (float(prob.remaining[m]), float(np.ravel(iso[m])[0])) for m, i in enumerate(ids)}
+        if cvx:
+            return ftf_cvx(prob.T, prob.scale, prob.counts, prob.types, prob.elapsed, prob.remaining,
+                           [self.cum[i] for i in ids], iso, self.lp_solver.upper())
         base = np.array([self.cum[i] for i in ids]) + prob.remaining / np.maximum(iso, 1e-300)
         if self.central:
             return ftf_central(prob.T, prob.scale, prob.counts, prob.elapsed, prob.remaining, base)
@@ -168,6 +182,10 @@ class MinDurationFlavor(GavelFlavor):
     gavel_name = "min_total_duration_perf"
 
     def allocate(self, prob, ids):
+        if self.lp_solver != "center" and self.central:
+            from weft.cluster.gavel_cvx import min_duration_cvx
+            return min_duration_cvx(prob.T, prob.scale, prob.counts, prob.types, prob.remaining,
+                                    self.lp_solver.upper())
         blocks = LPBlocks(prob)
         A0, b0 = blocks.base_constraints()
         A = sp.vstack([A0, -blocks.eff]).tocsr()
@@ -212,26 +230,32 @@ def isolated_throughput(prob: Problem) -> np.ndarray:
     return (prob.T @ share) * frac
 
 
-def flavor_for(policy: SchedulingPolicy, seed: int = 0, central: bool = True) -> GavelFlavor:
+def flavor_for(policy: SchedulingPolicy, seed: int = 0, central: bool = True, lp_solver: str = "center") -> GavelFlavor:
     """The Gavel flavour of a weft policy (a fresh one per simulation: some keep state).
-    ``central=False``: LAS and min_total_duration take weft's vertex solutions instead."""
+    ``central=False``: LAS and min_total_duration take weft's vertex solutions instead.
+    ``lp_solver="ecos"`` (or ``"scs"``): LAS, finish-time fairness and
+    min_total_duration solve Gavel's problems with cvxpy + that solver (``gavel_cvx``)."""
+    from weft.cluster.gavel_cvx import LP_SOLVERS
+
+    if lp_solver not in LP_SOLVERS:
+        raise ClusterError(f"lp_solver {lp_solver!r}: choose from {', '.join(LP_SOLVERS)}")
     if policy.packed:
         raise ClusterError(f"policy {policy.name}: space sharing is not supported with semantics='gavel'")
     if isinstance(policy, Pop):
         raise ClusterError(f"policy {policy.name}: POP is not supported with semantics='gavel'")
     if isinstance(policy, MaxMinFairness):
         flavor = LasFlavor(policy)
-        flavor.central = central
+        flavor.central, flavor.lp_solver = central, lp_solver
         return flavor
     if isinstance(policy, Fifo):
         return FifoFlavor(policy, seed)
     if isinstance(policy, FinishTimeFairness):
         flavor = FtfFlavor(policy)
-        flavor.central = central
+        flavor.central, flavor.lp_solver = central, lp_solver
         return flavor
     if isinstance(policy, MinMakespan):
         flavor = MinDurationFlavor(policy)
-        flavor.central = central
+        flavor.central, flavor.lp_solver = central, lp_solver
         return flavor
     flavor = GavelFlavor(policy)
     flavor.gavel_name = policy.name

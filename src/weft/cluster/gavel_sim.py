@@ -51,7 +51,8 @@ GAVEL_TYPE_ORDER = ["v100", "p100", "k80"]
 
 class GavelSim:
     def __init__(self, jobs: list[Job], cluster: Cluster, table: ThroughputTable, policy: SchedulingPolicy,
-                 round_seconds: float, seed: int, resolve_every: float, ablate: frozenset = frozenset()):
+                 round_seconds: float, seed: int, resolve_every: float, ablate: frozenset = frozenset(),
+                 lp_solver: str = "center"):
         check_runnable(jobs, cluster, table)
         bad = set(ablate) - ABLATIONS.keys()
         if bad:
@@ -61,7 +62,7 @@ class GavelSim:
             resolve_every = 0.0
         self.policy, self.table, self.round = policy, table, float(round_seconds)
         self.resolve_every = resolve_every
-        self.flavor = flavor_for(policy, seed, central="center" not in self.ablate)
+        self.flavor = flavor_for(policy, seed, central="center" not in self.ablate, lp_solver=lp_solver)
         self.shuffler = random.Random(seed + 5)
         self.present = [t for t in cluster.types if cluster.counts[t] > 0]
         self.order = ([t for t in GAVEL_TYPE_ORDER if t in self.present]
@@ -239,17 +240,18 @@ class GavelSim:
 
 def simulate_gavel(jobs: list[Job], cluster: Cluster, table: ThroughputTable, policy: SchedulingPolicy,
                    round_seconds: float = 360.0, measure: tuple[int, int] | None = None, seed: int = 0,
-                   resolve_every: float = RESET_SECONDS, ablate=()):
+                   resolve_every: float = RESET_SECONDS, ablate=(), lp_solver: str = "center"):
     """Run ``jobs`` as Gavel's simulator would; returns a ``SimResult``. Jobs that
     Gavel would drop as failed have no JCT and are left out of the window
     (``extra["failed"]``). ``ablate`` names behaviours of Gavel to leave out
-    (``ABLATIONS``), to measure what each one changes."""
+    (``ABLATIONS``), to measure what each one changes. ``lp_solver="ecos"`` solves
+    the LAS LPs with cvxpy + ECOS as Gavel does (``gavel_cvx``; needs ``weft[gavel]``)."""
     from weft.cluster.simulator import SimResult, finish_time_fairness
 
     if measure and not (0 <= measure[0] < measure[1] <= len(jobs)):
         raise ClusterError(f"measure window {measure} is outside the {len(jobs)} jobs")
     start = time.perf_counter()
-    sim = GavelSim(jobs, cluster, table, policy, round_seconds, seed, resolve_every, frozenset(ablate))
+    sim = GavelSim(jobs, cluster, table, policy, round_seconds, seed, resolve_every, frozenset(ablate), lp_solver)
     targets = {jobs[i].job_id for i in (range(*measure) if measure else range(len(jobs)))}
     rounds, preempt, ran_out = sim.run(targets)
     jct = {m: f - sim.by_id[m].arrival_time for m, f in sim.finish.items()}

@@ -61,7 +61,7 @@ SEMANTICS = ("weft", "gavel")
 def simulate(jobs: list[Job], cluster: Cluster, table: ThroughputTable, policy: SchedulingPolicy,
              round_seconds: float = 360.0, measure: tuple[int, int] | None = None,
              progress: bool = False, max_partners: int = 4, resolve_every: float | None = None,
-             semantics: str = "weft", seed: int = 0, ablate=()) -> SimResult:
+             semantics: str = "weft", seed: int = 0, ablate=(), lp_solver: str = "center") -> SimResult:
     """``resolve_every`` > 0 re-solves at most that often (Gavel's simulator
     waits 1920 s between allocation resets); until then, new jobs have no
     allocation and wait, and finished jobs are dropped from the old one.
@@ -72,13 +72,17 @@ def simulate(jobs: list[Job], cluster: Cluster, table: ThroughputTable, policy: 
     skip, Gavel's flavour of each policy); ``seed`` seeds its random draws.
     weft's semantics also use ``seed`` for the agnostic policies' type order.
     ``ablate`` (gavel semantics only) leaves out named behaviours of Gavel
-    (``gavel_sim.ABLATIONS``) to measure their effect."""
+    (``gavel_sim.ABLATIONS``) to measure their effect. ``lp_solver`` (gavel
+    semantics only): ``"center"`` (weft's central-point solver, default) or
+    ``"ecos"`` (Gavel's LAS LPs through cvxpy + ECOS; needs ``weft[gavel]``)."""
     if semantics not in SEMANTICS:
         raise ClusterError(f"semantics {semantics!r}: choose from {', '.join(SEMANTICS)}")
     if semantics == "gavel":
         from weft.cluster.gavel_sim import RESET_SECONDS, simulate_gavel
         return simulate_gavel(jobs, cluster, table, policy, round_seconds, measure, seed,
-                              RESET_SECONDS if resolve_every is None else resolve_every, ablate)
+                              RESET_SECONDS if resolve_every is None else resolve_every, ablate, lp_solver)
+    if lp_solver != "center":
+        raise ClusterError(f"lp_solver {lp_solver!r}: only with semantics='gavel'")
     resolve_every = resolve_every or 0.0
     types = cluster.types
     check_runnable(jobs, cluster, table)
