@@ -62,8 +62,17 @@ def _steps(model, opt, x, y, n, rec=None):
 
 
 def _train(cfg, how, b, n, rec=None, one_group=None):
-    """Build and train (n steps) one way of running: 'ticktock' / 'gang' (every rank, batch b)
-    or 'one' (wave 0's ranks only, batch b, DataParallel over them)."""
+    """Build and train (n steps) one way of running (see `_build`)."""
+    model, opt, x, y = _build(cfg, how, b, one_group)
+    _steps(model, opt, x, y, n, rec)
+    if how != "one":
+        model.finish()
+
+
+def _build(cfg, how, b, one_group):
+    """(model, optimizer, x, y) of one way of running: 'ticktock' / 'gang' (every rank, batch
+    b; Wavelet's default way of combining the waves' gradients), 'each' (tick-tock with
+    combine="each") or 'one' (wave 0's ranks only, batch b, DataParallel over them)."""
     from weft.collectives.communicator import TorchCommunicator
     from weft.parallel import DataParallel
     from weft.parallel.wavelet import Wavelet
@@ -73,12 +82,11 @@ def _train(cfg, how, b, n, rec=None, one_group=None):
     if how == "one":
         model = DataParallel(net, communicator=TorchCommunicator(one_group))
     else:
-        model = Wavelet(net, waves=2, stagger=how == "ticktock", signal_at=cfg["signal_at"])
+        kw = {"combine": "each"} if how == "each" else {}
+        model = Wavelet(net, waves=2, stagger=how != "gang", signal_at=cfg["signal_at"], **kw)
     opt = torch.optim.SGD(net.parameters(), lr=0.01)
     x, y = _batch(b, cfg, seed=rank)
-    _steps(model, opt, x, y, n, rec)
-    if how != "one":
-        model.finish()
+    return model, opt, x, y
 
 
 def _memory(cfg, how, b, one_group):
@@ -99,17 +107,26 @@ def _memory(cfg, how, b, one_group):
 
 
 def _rate(cfg, how, b, one_group):
-    """Seconds for cfg['steps'] steps (after cfg['warm'] untimed ones), between barriers."""
+    """Seconds for cfg['steps'] steps of a model built and warmed up (cfg['warm'] steps)
+    before the clock starts, between barriers."""
     wave = dist.get_rank() // (dist.get_world_size() // 2)
     runs = not (how == "one" and wave == 1)
     if runs:
-        _train(cfg, how, b, cfg["warm"], one_group=one_group)
+        model, opt, x, y = _build(cfg, how, b, one_group)
+        _steps(model, opt, x, y, cfg["warm"])
     dist.barrier()
     t0 = time.perf_counter()
     if runs:
-        _train(cfg, how, b, cfg["steps"], one_group=one_group)
+        _steps(model, opt, x, y, cfg["steps"])
+        if how != "one":
+            model.finish()
     dist.barrier()
     return time.perf_counter() - t0
+
+
+# the ways of running timed, alternated in every round; "capped": tick-tock at the largest total
+# batch measured to fit the memory cap (one wave's largest is 2b when the cap is its peak there)
+RATED = ("ticktock", "each", "one", "capped")
 
 
 def _worker(cfg):
@@ -120,11 +137,25 @@ def _worker(cfg):
         os.sched_setaffinity(0, {worker % os.cpu_count()})
     one_group = dist.new_group(list(range(n)))
     b = cfg["batch"]
-    out = {"wave": wave, "worker": worker, "mem": {}, "rate": {"ticktock": [], "one": []}}
+    out = {"wave": wave, "worker": worker, "mem": {}, "rate": {h: [] for h in RATED}}
     for per_wave in (b // 2, b):
         for how in ("ticktock", "gang"):
             out["mem"][(how, 2 * per_wave)] = _memory(cfg, how, per_wave, one_group)
         out["mem"][("one", 2 * per_wave)] = _memory(cfg, "one", 2 * per_wave, one_group)
+    out.update(_largest(cfg, out, one_group))
+    batch = {"ticktock": b, "each": b, "one": 2 * b, "capped": out["tries"][-1][0] // 2}
+    for _ in range(cfg["rounds"]):
+        for how in RATED:
+            out["rate"][how].append(_rate(cfg, "ticktock" if how == "capped" else how,
+                                          batch[how], one_group))
+    out["allreduce"] = _allreduce_time(cfg, one_group)
+    return out
+
+
+def _largest(cfg, out, one_group):
+    """The largest total batch per worker under the cap for each way of running (a line
+    through two measured peaks), tick-tock then measured there (adds to out['mem'])."""
+    world, b, wave, worker = dist.get_world_size(), cfg["batch"], out["wave"], out["worker"]
     # every rank sees every timeline, so all agree on the largest batch to verify
     everyone = [None] * world
     dist.all_gather_object(everyone, {k: out[k] for k in ("wave", "worker", "mem")})
@@ -144,11 +175,28 @@ def _worker(cfg):
         if peak <= cap:
             break
         big = max(2, int(big * cap / peak * 0.99) // 2 * 2)
-    out.update(cap=cap, largest=largest, tries=tries)
-    for _ in range(cfg["rounds"]):
-        out["rate"]["ticktock"].append(_rate(cfg, "ticktock", b, one_group))
-        out["rate"]["one"].append(_rate(cfg, "one", 2 * b, one_group))
-    return out
+    return {"cap": cap, "largest": largest, "tries": tries}
+
+
+def netns_worker(cfg):
+    """`_worker` as a rank of `NetnsCluster.run` (which calls it with keyword arguments)."""
+    return _worker(cfg)
+
+
+def _allreduce_time(cfg, one_group, reps=3):
+    """Median seconds of one all-reduce of the model's gradient size across the workers
+    (one wave's ranks), the communication each wave's step carries."""
+    n = sum(p.numel() for p in _net(cfg).parameters())
+    x = torch.ones(n)
+    wave = dist.get_rank() // (dist.get_world_size() // 2)
+    times = []
+    for _ in range(reps + 1):
+        dist.barrier()
+        t0 = time.perf_counter()
+        if wave == 0:
+            dist.all_reduce(x, group=one_group)
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times[1:]))
 
 
 def combined_peak(timelines) -> float:
@@ -227,9 +275,122 @@ def _plot(results, cfg, path):
     save_figure(fig, path, dpi=110, bbox_inches="tight")
 
 
+def _link_cluster(workers: int, rate: float):
+    """One namespace per worker, every link shaped to `rate` bytes/s each way: two workers
+    on one direct link, more on a star (a switch namespace forwards)."""
+    from weft.collectives.emulate.netns import NetnsCluster
+    from weft.topology.model import Topology
+
+    t = Topology(name=f"wavelet-{workers}x{rate:g}")
+    for i in range(workers):
+        t.add_device(f"w{i}", host=f"w{i}")
+    if workers == 2:
+        t.add_link("w0", "w1", rate, kind="net")
+    else:
+        t.add_device("switch", kind="switch", memory=0, flops=0, host="switch")
+        for i in range(workers):
+            t.add_link(f"w{i}", "switch", rate, kind="net")
+    # 8000 Mbit/s per GB/s: the emulated rate is the topology's bandwidth itself
+    return NetnsCluster(t, mbit_per_gbs=8000.0)
+
+
+def _run(cfg, workers: int, link: float | None) -> list[dict]:
+    """Every rank's results: on loopback (weft.launch), or on shaped links (namespaces)."""
+    if link is None:
+        from weft.launch import launch
+
+        return launch(_worker, 2 * workers, args=(cfg,), timeout=1800)
+    from pathlib import Path
+
+    with _link_cluster(workers, link) as cluster:
+        return cluster.run(f"{Path(__file__).resolve()}:netns_worker", {"cfg": cfg},
+                           timeout=1800, op_timeout=600, per_device=2)
+
+
+def _figures(results, cfg, label: str) -> tuple[list[dict], str]:
+    """The figures of one condition (names start with `label`) and a line on its timing."""
+    mib = 2.0 ** 20
+    W, b = len(results) // 2, cfg["batch"]
+    tt, gang, one = (_peaks(results, h, 2 * b) for h in ("ticktock", "gang", "one"))
+    cap, largest, tries = results[0]["cap"], results[0]["largest"], results[0]["tries"]
+    big, at_big = tries[-1]
+    samples = {"ticktock": 2 * b, "each": 2 * b, "one": 2 * b, "capped": big}
+    rate = {h: W * samples[h] * cfg["steps"] / np.array(results[0]["rate"][h]) for h in RATED}
+    ratios = rate["ticktock"] / rate["one"]
+    each = rate["each"] / rate["one"]
+    plan = _planned(results, cfg)
+    f = [
+        figure(f"{label}: memory: tick-tock / gang-launched (2 waves, peak per worker)",
+               tt / gang, "x", target=0.8, better="lower"),
+        figure(f"{label}: memory: tick-tock, 2 waves", tt / mib, "MiB", better="lower"),
+        figure(f"{label}: memory: gang-launched, 2 waves", gang / mib, "MiB", better="lower"),
+        figure(f"{label}: memory: one wave, summed batch", one / mib, "MiB", better="lower"),
+        figure(f"{label}: memory: tick-tock / one wave, summed batch", tt / one, "x",
+               better="lower"),
+        figure(f"{label}: planner: 2 offset waves / gang (one wave's measured step)",
+               plan.ratio, "x", better="lower"),
+        figure(f"{label}: throughput: tick-tock / one wave, same total batch",
+               float(np.median(ratios)), "x", target=1.0),
+        figure(f"{label}: throughput: tick-tock / one wave, lowest round",
+               float(np.min(ratios)), "x"),
+        figure(f"{label}: throughput: tick-tock / one wave, highest round",
+               float(np.max(ratios)), "x"),
+        figure(f"{label}: throughput: tick-tock, every wave all-reduces (combine=each) / one "
+               f"wave", float(np.median(each)), "x"),
+        figure(f"{label}: throughput: tick-tock", float(np.median(rate["ticktock"])),
+               "samples/s"),
+        figure(f"{label}: throughput: one wave", float(np.median(rate["one"])), "samples/s"),
+        figure(f"{label}: all-reduce of the gradients across workers", results[0]["allreduce"]
+               * 1e3, "ms", better="lower"),
+        figure(f"{label}: one wave's step", float(np.median(results[0]["rate"]["one"]))
+               / cfg["steps"] * 1e3, "ms", better="lower"),
+    ]
+    for how, name in (("ticktock", "tick-tock"), ("one", "one wave"), ("gang", "gang 2 waves")):
+        f.append(figure(f"{label}: largest total batch per worker under {cap / mib:.0f} MiB: "
+                        f"{name}", largest[how], "samples"))
+    f.append(figure(f"{label}: tick-tock at batch {big} (try {len(tries)}): measured peak / cap",
+                    at_big / cap, "x", target=1.0, better="lower"))
+    if cfg["cap"] is None and at_big <= cap:  # the cap is one wave's peak at total batch 2b
+        f.append(figure(f"{label}: throughput under the {cap / mib:.0f} MiB cap: tick-tock at "
+                        f"batch {big} / one wave at {2 * b}",
+                        float(np.median(rate["capped"] / rate["one"])), "x"))
+    step = float(np.median(results[0]["rate"]["one"])) / cfg["steps"]
+    return f, (f"{label}: all-reduce of the {_grad_bytes(cfg) / 1e6:.1f} MB gradient across "
+               f"workers {results[0]['allreduce'] * 1e3:.0f} ms, one wave's step "
+               f"{step * 1e3:.0f} ms")
+
+
+def _grad_bytes(cfg) -> int:
+    return 4 * sum(p.numel() for p in _net(cfg).parameters())
+
+
+def _bits(rate: float) -> str:
+    """bytes/s as a link rate: 125e6 -> '1Gbit', 12.5e6 -> '100Mbit'."""
+    for unit, scale in (("Gbit", 1e9), ("Mbit", 1e6), ("kbit", 1e3)):
+        if rate * 8 >= scale:
+            return f"{rate * 8 / scale:g}{unit}"
+    return f"{rate * 8:g}bit"
+
+
+def _rate_arg(text: str) -> float | None:
+    """--link: 'loopback' (None) or a link rate such as 1Gbit, 100Mbit (bytes/s)."""
+    import argparse
+
+    from weft.units import parse_size
+
+    if text == "loopback":
+        return None
+    try:
+        r = parse_size(text, "--link")
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if not r > 0:
+        raise argparse.ArgumentTypeError(f"--link: a rate must be > 0, got {text!r}")
+    return r
+
+
 def main() -> None:
     from weft.args import nonneg_float, output_file, positive_int, size
-
     p = parser(__doc__)
     p.add_argument("--workers", type=positive_int, default=2,
                    help="workers (devices); 2 ranks each")
@@ -240,13 +401,18 @@ def main() -> None:
     p.add_argument("--signal-at", type=nonneg_float, default=None,
                    help="how far into its backward the tick wave starts the tock wave (0: its "
                         "start, 1: its end; default: Wavelet's default)")
+    p.add_argument("--link", type=_rate_arg, action="append", metavar="RATE",
+                   help="a condition to measure: 'loopback' or workers in network namespaces "
+                        "on links shaped to RATE each way, e.g. 1Gbit (repeatable; needs root, "
+                        f"skipped with a message otherwise; default: loopback and "
+                        f"{DEFAULT_LINK}, quick: loopback)")
     p.add_argument("--plot", type=output_file, metavar="PNG",
-                   help="draw worker 0's memory over time")
+                   help="draw worker 0's memory over time (first condition)")
     p.add_argument("--no-pin", action="store_true", help="do not pin a worker's ranks to a core")
     args = p.parse_args()
     if args.signal_at is not None and args.signal_at > 1:
         p.error(f"argument --signal-at: must be in [0, 1], got {args.signal_at:g}")
-    from weft.launch import launch
+    links = args.link or ([None] if args.quick else [None, _rate_arg(DEFAULT_LINK)])
 
     cfg = {"d_in": 256, "width": 512, "depth": 4, "batch": args.batch or (1024 if args.quick
                                                                           else 2048),
@@ -261,52 +427,49 @@ def main() -> None:
     default = inspect.signature(Wavelet).parameters["signal_at"].default
     cfg["signal_at"] = default if args.signal_at is None else args.signal_at
     W, b = args.workers, cfg["batch"]
-    t0 = time.time()
-    results = launch(_worker, 2 * W, args=(cfg,), timeout=600)
-    mib = 2.0 ** 20
-    tt, gang, one = (_peaks(results, h, 2 * b) for h in ("ticktock", "gang", "one"))
-    rate = {h: W * 2 * b * cfg["steps"] / np.array(results[0]["rate"][h])
-            for h in ("ticktock", "one")}
-    ratios = rate["ticktock"] / rate["one"]
-    plan = _planned(results, cfg)
-    cap, largest, tries = results[0]["cap"], results[0]["largest"], results[0]["tries"]
-    big, at_big = tries[-1]
-    figures = [
-        figure("memory: tick-tock / gang-launched (2 waves, peak per worker)", tt / gang, "x",
-               target=0.8, better="lower"),
-        figure("memory: tick-tock, 2 waves", tt / mib, "MiB", better="lower"),
-        figure("memory: gang-launched, 2 waves", gang / mib, "MiB", better="lower"),
-        figure("memory: one wave, summed batch", one / mib, "MiB", better="lower"),
-        figure("memory: tick-tock / one wave, summed batch", tt / one, "x", better="lower"),
-        figure("planner: 2 offset waves / gang (one wave's measured step)", plan.ratio, "x",
-               better="lower"),
-        figure("throughput: tick-tock / one wave, same total batch", float(np.median(ratios)),
-               "x", target=1.0),
-        figure("throughput: tick-tock", float(np.median(rate["ticktock"])), "samples/s"),
-        figure("throughput: one wave", float(np.median(rate["one"])), "samples/s"),
-        figure(f"largest total batch per worker under {cap / mib:.0f} MiB: tick-tock",
-               largest["ticktock"], "samples"),
-        figure(f"largest total batch per worker under {cap / mib:.0f} MiB: one wave",
-               largest["one"], "samples"),
-        figure(f"largest total batch per worker under {cap / mib:.0f} MiB: gang 2 waves",
-               largest["gang"], "samples"),
-        figure(f"tick-tock at batch {big} (try {len(tries)}): measured peak / cap", at_big / cap,
-               "x", target=1.0, better="lower"),
-    ]
-    cond = (f"{W} workers x 2 waves = {2 * W} gloo ranks on 127.0.0.1 "
+    figures, lines, skipped, t0 = [], [], [], time.time()
+    if any(r is not None for r in links):
+        from weft.collectives.emulate.netns import available
+
+        ok, why = available()
+        if not ok:
+            skipped = [_bits(r) for r in links if r is not None]
+            print(f"skipping the shaped-link condition(s) {', '.join(skipped)}: {why}")
+            links = [r for r in links if r is None]
+    first = None
+    for link in links:
+        label = "loopback" if link is None else _bits(link)
+        t1 = time.time()
+        results = _run(cfg, W, link)
+        f, line = _figures(results, cfg, label)
+        figures += f
+        lines.append(f"{line}; {time.time() - t1:.0f} s")
+        if first is None:
+            first = (results, cfg)
+    if not figures:
+        p.error("nothing to measure")
+    cond = (f"{time.strftime('%Y-%m-%d %H:%M %Z')}; {W} workers x 2 waves = {2 * W} gloo ranks "
             f"({'each worker pinned to one core' if cfg['pin'] else 'unpinned'}), 1 thread "
-            f"each; tock starts at {cfg['signal_at']:g} of the tick's backward; MLP {cfg['d_in']}-{'-'.join([str(cfg['width'])] * cfg['depth'])}-10, SGD "
-            f"without momentum, per-rank batch {b} per wave (one wave: {2 * b}); memory: "
-            f"allocator events (c10 CPU allocator via torch.profiler) over {cfg['steps']} "
-            f"steps after {cfg['warm']}; throughput: median of {cfg['rounds']} alternated "
-            f"rounds of {cfg['steps']} steps; largest batch: a line through the peaks at total "
-            f"batch {b} and {2 * b}, then tick-tock measured there (shrunk and re-measured, up to "
-            f"3 tries, if over the cap); {time.time() - t0:.0f} s; load average "
-            f"{os.getloadavg()[0]:.1f}")
+            f"each; loopback: every rank on 127.0.0.1; a link rate: each worker in its own "
+            f"network namespace, its 2 ranks talking over the namespace's loopback, workers "
+            f"over veth links shaped with tbf to that rate each way "
+            f"(weft.collectives.emulate.netns); tock starts at {cfg['signal_at']:g} of the "
+            f"tick's backward; MLP {cfg['d_in']}-{'-'.join([str(cfg['width'])] * cfg['depth'])}"
+            f"-10, SGD without momentum, per-rank batch {b} per wave (one wave: {2 * b}); "
+            f"memory: allocator events (c10 CPU allocator via torch.profiler) over "
+            f"{cfg['steps']} steps after {cfg['warm']}; throughput: median (and range) of "
+            f"{cfg['rounds']} alternated rounds of {cfg['steps']} steps; largest batch: a line through the peaks at total batch {b} and {2 * b}, then "
+            f"tick-tock measured there (shrunk and re-measured, up to 3 tries, if over the "
+            f"cap); " + "; ".join(lines) + f"; {time.time() - t0:.0f} s in all; load average "
+            f"{os.getloadavg()[0]:.1f} at the end, {os.cpu_count()} cores")
+    if skipped:
+        cond += f"; NOT measured (not root or no namespaces): {', '.join(skipped)}"
     if args.plot:
-        _plot(results, cfg, args.plot)
+        _plot(*first, args.plot)
     emit(figures, args.json, "Wavelet tick-tock (measured on local processes)", cond)
 
+
+DEFAULT_LINK = "100Mbit"
 
 if __name__ == "__main__":
     main()
