@@ -1,9 +1,16 @@
 """Wavelet tick-tock: memory and throughput of two waves on the same workers, measured.
 
-One launch of 2 x W local gloo ranks (W workers; worker w's two ranks pinned to core w when
-there are enough cores: the two waves share a device). Every rank trains an MLP with SGD
-(no momentum: what a step holds at its peak is weights, gradient buckets and activations).
-Figures:
+Each condition is one launch of 2 x W gloo ranks (W workers; worker w's two ranks pinned to
+core w when there are enough cores: the two waves share a device):
+
+* loopback: every rank on 127.0.0.1 (communication costs little);
+* a link rate (``--link 100Mbit``; root only, skipped with a message otherwise): each worker
+  in its own network namespace (`weft.collectives.emulate.netns`), its two ranks talking over
+  the namespace's loopback, the workers over a veth link shaped with tbf to that rate each
+  way, so an all-reduce of the gradients takes a time comparable to a step's computation.
+
+Every rank trains an MLP with SGD (no momentum: what a step holds at its peak is weights,
+gradient buckets and activations). Figures, per condition:
 
 * memory: on every worker, both waves' allocated bytes over time (each process records its
   allocator's events with `weft.planner.memprofile.AllocationRecorder`; the two timelines are
@@ -12,15 +19,24 @@ Figures:
   given) against the same two waves gang-launched (target <= 0.8x), and against one wave with
   the summed batch;
 * throughput: samples/s of tick-tock (2 x W ranks, per-rank batch b) against one wave with the
-  same total batch (W ranks, per-rank batch 2b), rounds alternated, median (target >= 1.0x);
+  same total batch (W ranks, per-rank batch 2b), models built and warmed up before the clock
+  starts, rounds alternated, median and range (target >= 1.0x); the same for tick-tock with
+  ``combine="each"`` (every wave all-reduces its own gradients across workers);
 * the largest total batch that fits a memory cap (default: what one wave with batch 2b per
   worker needs): peaks measured at two batch sizes per way of running, a line through them,
-  and tick-tock then measured at its largest batch (shrunk and measured again if over);
+  and tick-tock then measured at its largest batch (shrunk and measured again if over); with
+  the default cap, the throughput of tick-tock at that batch against one wave at 2b (the
+  largest it fits);
 * the offset planner's combined peak for two copies of one wave's measured step, for
-  comparison with the measured tick-tock.
+  comparison with the measured tick-tock; the time of one all-reduce of the gradients across
+  the workers, and of one wave's step.
 
     python benchmarks/wavelet.py [--quick] [--json out.json] [--workers 2] [--batch 2048]
-                                 [--signal-at 0.5] [--plot memory.png]
+                                 [--link loopback --link 100Mbit] [--signal-at 0.5]
+                                 [--cap 200MiB] [--plot memory.png]
+
+The full run measures loopback and 100Mbit; --quick loopback only (each --link replaces the
+default list).
 """
 
 from __future__ import annotations
@@ -407,7 +423,8 @@ def main() -> None:
                         f"skipped with a message otherwise; default: loopback and "
                         f"{DEFAULT_LINK}, quick: loopback)")
     p.add_argument("--plot", type=output_file, metavar="PNG",
-                   help="draw worker 0's memory over time (first condition)")
+                   help="draw worker 0's memory over time (the first condition; the others "
+                        "beside it as PNG-<condition>.png)")
     p.add_argument("--no-pin", action="store_true", help="do not pin a worker's ranks to a core")
     args = p.parse_args()
     if args.signal_at is not None and args.signal_at > 1:
@@ -427,7 +444,7 @@ def main() -> None:
     default = inspect.signature(Wavelet).parameters["signal_at"].default
     cfg["signal_at"] = default if args.signal_at is None else args.signal_at
     W, b = args.workers, cfg["batch"]
-    figures, lines, skipped, t0 = [], [], [], time.time()
+    figures, lines, skipped, t0, load0 = [], [], [], time.time(), os.getloadavg()[0]
     if any(r is not None for r in links):
         from weft.collectives.emulate.netns import available
 
@@ -436,7 +453,6 @@ def main() -> None:
             skipped = [_bits(r) for r in links if r is not None]
             print(f"skipping the shaped-link condition(s) {', '.join(skipped)}: {why}")
             links = [r for r in links if r is None]
-    first = None
     for link in links:
         label = "loopback" if link is None else _bits(link)
         t1 = time.time()
@@ -444,10 +460,10 @@ def main() -> None:
         f, line = _figures(results, cfg, label)
         figures += f
         lines.append(f"{line}; {time.time() - t1:.0f} s")
-        if first is None:
-            first = (results, cfg)
-    if not figures:
-        p.error("nothing to measure")
+        if args.plot:  # one drawing per condition: PNG, or PNG-<label>.png after the first
+            path = args.plot if len(links) == 1 or link == links[0] else \
+                args.plot.with_name(f"{args.plot.stem}-{label}{args.plot.suffix}")
+            _plot(results, cfg, path)
     cond = (f"{time.strftime('%Y-%m-%d %H:%M %Z')}; {W} workers x 2 waves = {2 * W} gloo ranks "
             f"({'each worker pinned to one core' if cfg['pin'] else 'unpinned'}), 1 thread "
             f"each; loopback: every rank on 127.0.0.1; a link rate: each worker in its own "
@@ -461,11 +477,9 @@ def main() -> None:
             f"{cfg['rounds']} alternated rounds of {cfg['steps']} steps; largest batch: a line through the peaks at total batch {b} and {2 * b}, then "
             f"tick-tock measured there (shrunk and re-measured, up to 3 tries, if over the "
             f"cap); " + "; ".join(lines) + f"; {time.time() - t0:.0f} s in all; load average "
-            f"{os.getloadavg()[0]:.1f} at the end, {os.cpu_count()} cores")
+            f"{load0:.1f} at the start, {os.getloadavg()[0]:.1f} at the end, {os.cpu_count()} cores")
     if skipped:
         cond += f"; NOT measured (not root or no namespaces): {', '.join(skipped)}"
-    if args.plot:
-        _plot(*first, args.plot)
     emit(figures, args.json, "Wavelet tick-tock (measured on local processes)", cond)
 
 

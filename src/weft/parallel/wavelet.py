@@ -13,12 +13,19 @@ trough, and one wave's computation fills the other's communication gaps.
     opt.step(); opt.zero_grad()      # gradients end up averaged over every rank of every wave
     model.finish()                   # after the last step
 
-Each wave is an ordinary data-parallel job (`DataParallel`: bucketed all-reduces within the
-wave that overlap its backward). After its backward a rank averages its wave-averaged
-gradients with the other waves on its worker, so every rank ends the step with the mean
-gradient over all ranks: with equal per-rank batches, exactly the gradient of one wave
-whose ranks take the waves' batches together. The tick wave's all-reduce runs while the
-tock wave computes; waiting for the tock wave's gradients is the price of that exactness.
+Each wave runs `DataParallel` (bucketed gradients, reduced while the backward runs) over a
+`WaveCommunicator`, so every rank ends the step with the mean gradient over all ranks of all
+waves: with equal per-rank batches, exactly the gradient of one wave whose ranks take the
+waves' batches together. `combine` says how: "last" (default) sums each bucket on the worker
+into the last wave's, which alone all-reduces it across workers while its backward goes on
+and hands the result back (one gradient per worker crosses the network per step, as for one
+wave); "each" lets every wave all-reduce its own buckets across workers (the earlier waves'
+traffic overlaps the later waves' computation, but each wave sends a whole gradient) and
+averages the waves on the worker afterwards. Either way no wave starts its next step before
+the last wave's gradients of this step are reduced: the next forward needs the updated
+parameters, and that is the price of the exactness: the last wave's final all-reduce is
+waited for, as one wave's is (docs/wavelet.md, "Benchmark", says what that means for
+throughput).
 
 The phase is kept by one signal per step: when wave w's backward reaches `signal_at` (0: its
 start, the wave's memory peak; 1: its end, when the gradients of every parameter exist and
