@@ -15,9 +15,9 @@ gradient buckets and activations). Figures, per condition:
 * memory: on every worker, both waves' allocated bytes over time (each process records its
   allocator's events with `weft.planner.memprofile.AllocationRecorder`; the two timelines are
   summed on the shared wall clock), peak over the measured steps; tick-tock (the tock wave
-  starts when the tick wave is `--signal-at` into its backward, `Wavelet`'s default unless
-  given) against the same two waves gang-launched (target <= 0.8x), and against one wave with
-  the summed batch;
+  starts when the tick wave is `--signal-at` into its backward: by default at its end)
+  against the same two waves gang-launched (target <= 0.8x), and against one wave with the
+  summed batch;
 * throughput: samples/s of tick-tock (2 x W ranks, per-rank batch b) against one wave with the
   same total batch (W ranks, per-rank batch 2b), models built and warmed up before the clock
   starts, rounds alternated, median and range (target >= 1.0x); the same for tick-tock with
@@ -32,7 +32,7 @@ gradient buckets and activations). Figures, per condition:
   the workers, and of one wave's step.
 
     python benchmarks/wavelet.py [--quick] [--json out.json] [--workers 2] [--batch 2048]
-                                 [--link loopback --link 100Mbit] [--signal-at 0.5]
+                                 [--link loopback --link 100Mbit] [--signal-at 1]
                                  [--cap 200MiB] [--plot memory.png]
 
 The full run measures loopback and 100Mbit; --quick loopback only (each --link replaces the
@@ -414,9 +414,11 @@ def main() -> None:
                                                       "2048; quick 1024)")
     p.add_argument("--cap", type=size, help="memory cap per worker, e.g. 200MiB (default: one "
                                             "wave's peak with batch 2 x --batch)")
-    p.add_argument("--signal-at", type=nonneg_float, default=None,
+    p.add_argument("--signal-at", type=nonneg_float, default=1.0,
                    help="how far into its backward the tick wave starts the tock wave (0: its "
-                        "start, 1: its end; default: Wavelet's default)")
+                        "start, 1: its end; default 1: a worker here computes one wave at a "
+                        "time, so starting the tock wave earlier gains no time and only lays "
+                        "its peak over the tick wave's remaining activations)")
     p.add_argument("--link", type=_rate_arg, action="append", metavar="RATE",
                    help="a condition to measure: 'loopback' or workers in network namespaces "
                         "on links shaped to RATE each way, e.g. 1Gbit (repeatable; needs root, "
@@ -427,7 +429,7 @@ def main() -> None:
                         "beside it as PNG-<condition>.png)")
     p.add_argument("--no-pin", action="store_true", help="do not pin a worker's ranks to a core")
     args = p.parse_args()
-    if args.signal_at is not None and args.signal_at > 1:
+    if args.signal_at > 1:
         p.error(f"argument --signal-at: must be in [0, 1], got {args.signal_at:g}")
     links = args.link or ([None] if args.quick else [None, _rate_arg(DEFAULT_LINK)])
 
@@ -437,12 +439,7 @@ def main() -> None:
            "rounds": 2 if args.quick else 5,
            "pin": not args.no_pin and (os.cpu_count() or 1) >= args.workers,
            "cap": args.cap}
-    import inspect
-
-    from weft.parallel.wavelet import Wavelet
-
-    default = inspect.signature(Wavelet).parameters["signal_at"].default
-    cfg["signal_at"] = default if args.signal_at is None else args.signal_at
+    cfg["signal_at"] = args.signal_at
     W, b = args.workers, cfg["batch"]
     figures, lines, skipped, t0, load0 = [], [], [], time.time(), os.getloadavg()[0]
     if any(r is not None for r in links):
