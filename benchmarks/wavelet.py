@@ -44,11 +44,14 @@ from __future__ import annotations
 import os
 import time
 
-from _common import emit, figure, parser
-
 import numpy as np
 import torch
 import torch.distributed as dist
+from _common import emit, figure, parser
+from _wavelet_links import bits as _bits
+from _wavelet_links import link_cluster as _link_cluster
+from _wavelet_links import plot_memory as _plot
+from _wavelet_links import rate_arg as _rate_arg
 from torch import nn
 
 
@@ -262,54 +265,6 @@ def _planned(results, cfg, bins=128):
     return plan_offsets([prof.bins(bins)] * 2)
 
 
-def _plot(results, cfg, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from weft.atomic import save_figure
-
-    fig, axes = plt.subplots(2, 1, figsize=(8, 6), sharey=True)
-    for ax, how in zip(axes, ("ticktock", "gang")):
-        tls = [r["mem"][(how, 2 * cfg["batch"])] for r in results if r["worker"] == 0]
-        start = max(tl["start"] for tl in tls)
-        end = min(tl["end"] for tl in tls)
-        times = np.linspace(start, end, 2000)
-        total = np.zeros(len(times))
-        for wave, tl in enumerate(tls):
-            idx = np.clip(np.searchsorted(tl["t"], times, side="right") - 1, 0, None)
-            ax.plot((times - start) / 1e9, tl["bytes"][idx] / 2**20, lw=1,
-                    label=("tick", "tock")[wave] + " wave")
-            total += tl["bytes"][idx]
-        ax.plot((times - start) / 1e9, total / 2**20, lw=1.5, color="k", label="together")
-        ax.set_title(f"worker 0, {'tick-tock' if how == 'ticktock' else 'gang-launched'}")
-        ax.set_ylabel("allocated (MiB)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    axes[-1].set_xlabel("seconds")
-    save_figure(fig, path, dpi=110, bbox_inches="tight")
-
-
-def _link_cluster(workers: int, rate: float):
-    """One namespace per worker, every link shaped to `rate` bytes/s each way: two workers
-    on one direct link, more on a star (a switch namespace forwards)."""
-    from weft.collectives.emulate.netns import NetnsCluster
-    from weft.topology.model import Topology
-
-    t = Topology(name=f"wavelet-{workers}x{rate:g}")
-    for i in range(workers):
-        t.add_device(f"w{i}", host=f"w{i}")
-    if workers == 2:
-        t.add_link("w0", "w1", rate, kind="net")
-    else:
-        t.add_device("switch", kind="switch", memory=0, flops=0, host="switch")
-        for i in range(workers):
-            t.add_link(f"w{i}", "switch", rate, kind="net")
-    # 8000 Mbit/s per GB/s: the emulated rate is the topology's bandwidth itself
-    return NetnsCluster(t, mbit_per_gbs=8000.0)
-
-
 def _run(cfg, workers: int, link: float | None) -> list[dict]:
     """Every rank's results: on loopback (weft.launch), or on shaped links (namespaces)."""
     if link is None:
@@ -380,31 +335,6 @@ def _grad_bytes(cfg) -> int:
     return 4 * sum(p.numel() for p in _net(cfg).parameters())
 
 
-def _bits(rate: float) -> str:
-    """bytes/s as a link rate: 125e6 -> '1Gbit', 12.5e6 -> '100Mbit'."""
-    for unit, scale in (("Gbit", 1e9), ("Mbit", 1e6), ("kbit", 1e3)):
-        if rate * 8 >= scale:
-            return f"{rate * 8 / scale:g}{unit}"
-    return f"{rate * 8:g}bit"
-
-
-def _rate_arg(text: str) -> float | None:
-    """--link: 'loopback' (None) or a link rate such as 1Gbit, 100Mbit (bytes/s)."""
-    import argparse
-
-    from weft.units import parse_size
-
-    if text == "loopback":
-        return None
-    try:
-        r = parse_size(text, "--link")
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    if not r > 0:
-        raise argparse.ArgumentTypeError(f"--link: a rate must be > 0, got {text!r}")
-    return r
-
-
 def main() -> None:
     from weft.args import nonneg_float, output_file, positive_int, size
     p = parser(__doc__)
@@ -471,10 +401,12 @@ def main() -> None:
             f"-10, SGD without momentum, per-rank batch {b} per wave (one wave: {2 * b}); "
             f"memory: allocator events (c10 CPU allocator via torch.profiler) over "
             f"{cfg['steps']} steps after {cfg['warm']}; throughput: median (and range) of "
-            f"{cfg['rounds']} alternated rounds of {cfg['steps']} steps; largest batch: a line through the peaks at total batch {b} and {2 * b}, then "
-            f"tick-tock measured there (shrunk and re-measured, up to 3 tries, if over the "
-            f"cap); " + "; ".join(lines) + f"; {time.time() - t0:.0f} s in all; load average "
-            f"{load0:.1f} at the start, {os.getloadavg()[0]:.1f} at the end, {os.cpu_count()} cores")
+            f"{cfg['rounds']} alternated rounds of {cfg['steps']} steps; largest batch: a "
+            f"line through the peaks at total batch {b} and {2 * b}, then tick-tock measured "
+            f"there (shrunk and re-measured, up to 3 tries, if over the cap); "
+            + "".join(f"{x}; " for x in lines)
+            + f"{time.time() - t0:.0f} s in all; load average {load0:.1f} at the start, "
+            f"{os.getloadavg()[0]:.1f} at the end, {os.cpu_count()} cores")
     if skipped:
         cond += f"; NOT measured (not root or no namespaces): {', '.join(skipped)}"
     emit(figures, args.json, "Wavelet tick-tock (measured on local processes)", cond)
