@@ -76,3 +76,12 @@ def test_tick_tock_equals_one_wave_on_the_summed_batch():
                 assert tick[3][s] <= tock[2][s]
                 if s + 1 < STEPS:
                     assert tock[2][s] <= tick[3][s + 1]
+
+
+def test_an_unknown_combine_is_refused_before_any_group_is_made():
+    import pytest
+
+    from weft.errors import PlanError
+
+    with pytest.raises(PlanError, match="combine must be one of last, each, got 'both'"):
+        Wavelet(nn.Linear(2, 2), waves=2, combine="both")   # no process group exists here
