@@ -1,5 +1,6 @@
 """The network-namespace cluster fixture: a real graph of shaped veth links."""
 
+import os
 import subprocess
 
 import pytest
@@ -110,3 +111,30 @@ def test_namespaces_of_a_killed_run_are_swept_and_live_ones_kept():
     finally:
         for ns in (dead, live):
             subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=20)
+
+
+def _where():
+    import os
+
+    x = torch.tensor([float(dist.get_rank() + 1)])
+    dist.all_reduce(x)
+    return os.readlink("/proc/self/ns/net"), float(x)
+
+
+@pytest.mark.netns
+def test_several_ranks_per_device_share_its_namespace():
+    ok, why = available()
+    if not ok:
+        pytest.skip(why)
+    from weft.topology.model import Topology
+
+    t = Topology(name="pair")
+    for h in ("h0", "h1"):
+        t.add_device(h, host=h)
+    t.add_link("h0", "h1", 125e6, kind="net")
+    with NetnsCluster(t, mbit_per_gbs=8000.0) as c:
+        res = c.run(f"{__file__}:_where", timeout=120, per_device=2)
+    assert [r[1] for r in res] == [10.0] * 4      # 1 + 2 + 3 + 4 over all four ranks
+    ns = [r[0] for r in res]                       # rank r on device r % 2
+    assert ns[0] == ns[2] != ns[1] == ns[3]
+    assert ns[0] != os.readlink("/proc/self/ns/net")

@@ -33,8 +33,12 @@ def _train(model, part=0, parts=1):
         opt.step()
 
 
-MODES = {"at backward start": {"signal_at": 0.0}, "default (half the backward)": {},
-         "at backward end": {"signal_at": 1.0}, "gang": {"stagger": False}}
+PHASES = {"at backward start": {"signal_at": 0.0}, "default (half the backward)": {},
+          "at backward end": {"signal_at": 1.0}, "gang": {"stagger": False}}
+# every phase with each way of combining the waves' gradients (the default: "last")
+MODES = {**PHASES, **{f"{k}, each wave all-reduces": dict(v, combine="each")
+                      for k, v in PHASES.items()}}
+STAGGERED = [m for m, kw in MODES.items() if kw.get("stagger", True)]
 
 
 def _worker(waves):
@@ -64,7 +68,7 @@ def test_tick_tock_equals_one_wave_on_the_summed_batch():
                     (mode, rank, k, (state[k] - v).abs().max())
     # in phase: on each worker the tock wave's forward of step s starts only after the tick
     # wave's backward of step s began (the signal), and before its step s + 1 began
-    for mode in list(MODES)[:3]:
+    for mode in STAGGERED:
         for worker in range(2):
             tick, tock = ranks[worker][mode], ranks[2 + worker][mode]
             assert len(tick[3]) == len(tock[2]) == STEPS
@@ -72,3 +76,12 @@ def test_tick_tock_equals_one_wave_on_the_summed_batch():
                 assert tick[3][s] <= tock[2][s]
                 if s + 1 < STEPS:
                     assert tock[2][s] <= tick[3][s + 1]
+
+
+def test_an_unknown_combine_is_refused_before_any_group_is_made():
+    import pytest
+
+    from weft.errors import PlanError
+
+    with pytest.raises(PlanError, match="combine must be one of last, each, got 'both'"):
+        Wavelet(nn.Linear(2, 2), waves=2, combine="both")   # no process group exists here

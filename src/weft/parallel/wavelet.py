@@ -13,12 +13,19 @@ trough, and one wave's computation fills the other's communication gaps.
     opt.step(); opt.zero_grad()      # gradients end up averaged over every rank of every wave
     model.finish()                   # after the last step
 
-Each wave is an ordinary data-parallel job (`DataParallel`: bucketed all-reduces within the
-wave that overlap its backward). After its backward a rank averages its wave-averaged
-gradients with the other waves on its worker, so every rank ends the step with the mean
-gradient over all ranks: with equal per-rank batches, exactly the gradient of one wave
-whose ranks take the waves' batches together. The tick wave's all-reduce runs while the
-tock wave computes; waiting for the tock wave's gradients is the price of that exactness.
+Each wave runs `DataParallel` (bucketed gradients, reduced while the backward runs) over a
+`WaveCommunicator`, so every rank ends the step with the mean gradient over all ranks of all
+waves: with equal per-rank batches, exactly the gradient of one wave whose ranks take the
+waves' batches together. `combine` says how: "last" (default) sums each bucket on the worker
+into the last wave's, which alone all-reduces it across workers while its backward goes on
+and hands the result back (one gradient per worker crosses the network per step, as for one
+wave); "each" lets every wave all-reduce its own buckets across workers (the earlier waves'
+traffic overlaps the later waves' computation, but each wave sends a whole gradient) and
+averages the waves on the worker afterwards. Either way no wave starts its next step before
+the last wave's gradients of this step are reduced: the next forward needs the updated
+parameters, and that is the price of the exactness: the last wave's final all-reduce is
+waited for, as one wave's is (docs/wavelet.md, "Benchmark", says what that means for
+throughput).
 
 The phase is kept by one signal per step: when wave w's backward reaches `signal_at` (0: its
 start, the wave's memory peak; 1: its end, when the gradients of every parameter exist and
@@ -45,7 +52,7 @@ from torch import nn
 
 from weft.collectives.communicator import DONE, Communicator, TorchCommunicator, Work
 from weft.errors import PlanError, WeftError
-from weft.parallel.data import DataParallel, _local
+from weft.parallel.data import DataParallel
 
 
 class SignalTimeout(WeftError, RuntimeError):
@@ -105,14 +112,60 @@ class _Single:
         return DONE
 
 
-class WaveCommunicator:
-    """Collectives over every rank of every wave, as two levels: first within the wave
-    (`wave`: across workers, overlapping the backward), then within the worker (`worker`:
-    the co-located waves, when the result is waited for). An average over both levels is the
-    average over all ranks (every wave has the same number of ranks)."""
+class _FromLast:
+    """The Work of a wave before the last ("last" combine): its bucket was summed into the
+    last wave's on the same worker; waiting takes the combined result back from there."""
 
-    def __init__(self, wave: Communicator, worker: Communicator):
-        self.wave, self.worker = wave, worker
+    def __init__(self, reduced: Work, tensor: torch.Tensor, group, last: int):
+        self.reduced, self.tensor, self.group, self.last = reduced, tensor, group, last
+
+    def wait(self) -> bool:
+        self.reduced.wait()
+        dist.broadcast(self.tensor, group_src=self.last, group=self.group)
+        return True
+
+
+class _ToOthers:
+    """The Work of the last wave ("last" combine): the all-reduce across workers of the
+    worker's summed bucket, then divided by the waves (an average), then sent to the
+    worker's other waves."""
+
+    def __init__(self, across: Work, tensor: torch.Tensor, scale: int, group, last: int):
+        self.across, self.tensor, self.scale = across, tensor, scale
+        self.group, self.last = group, last
+
+    def wait(self) -> bool:
+        self.across.wait()
+        if self.scale != 1:
+            self.tensor.div_(self.scale)
+        dist.broadcast(self.tensor, group_src=self.last, group=self.group)
+        return True
+
+
+COMBINES = ("last", "each")
+
+
+class WaveCommunicator:
+    """Collectives over every rank of every wave, in two levels: across workers (`wave`, the
+    ranks of one wave, overlapping the backward) and within a worker (`worker`, its
+    co-located waves). An average over both levels is the average over all ranks (every
+    wave has the same number of ranks). How the levels are combined (`combine`):
+
+    * "each": every wave all-reduces its buckets across workers as its backward makes them
+      (the earlier waves' all-reduces overlap the later waves' computation), then the
+      worker's waves average theirs when the result is waited for. Every wave sends a whole
+      gradient over the network each step.
+    * "last": each bucket is first summed on the worker into the last wave's (the earlier
+      waves have theirs ready before the last wave's backward makes it), only the last wave
+      all-reduces it across workers, overlapping its own backward, and hands the result back
+      to the worker's other waves. One gradient per worker crosses the network each step, as
+      for one wave with the summed batch.
+    """
+
+    def __init__(self, wave: Communicator, worker: Communicator, combine: str = "last"):
+        if combine not in COMBINES:
+            raise PlanError(f"combine must be one of {', '.join(COMBINES)}, got {combine!r}")
+        self.wave, self.worker, self.combine = wave, worker, combine
 
     @property
     def rank(self) -> int:
@@ -123,8 +176,19 @@ class WaveCommunicator:
         return self.wave.world_size * self.worker.world_size
 
     def all_reduce(self, tensor: torch.Tensor, op: str = "sum", async_op: bool = False) -> Work:
-        work = _Then(self.wave.all_reduce(tensor, op=op, async_op=True),
-                     lambda: self.worker.all_reduce(tensor, op=op))
+        waves = self.worker.world_size
+        if self.combine == "each" or waves == 1:
+            work = _Then(self.wave.all_reduce(tensor, op=op, async_op=True),
+                         lambda: self.worker.all_reduce(tensor, op=op))
+        else:
+            group, last = self.worker.group, waves - 1
+            if dist.get_rank(group) < last:
+                work = _FromLast(dist.reduce(tensor, group_dst=last, group=group,
+                                             async_op=True), tensor, group, last)
+            else:  # the earlier waves posted theirs: this waits only for the local transfer
+                dist.reduce(tensor, group_dst=last, group=group)
+                work = _ToOthers(self.wave.all_reduce(tensor, op=op, async_op=True), tensor,
+                                 waves if op == "avg" else 1, group, last)
         if async_op:
             return work
         work.wait()
@@ -146,10 +210,13 @@ class Wavelet(nn.Module):
     def __init__(self, module: nn.Module, waves: int = 2, stagger: bool = True,
                  make_communicator: Callable[[dist.ProcessGroup | None], Communicator]
                  = TorchCommunicator, bucket_cap_mb: float = 25.0,
-                 signal_at: float = 0.5, signal_timeout: float = 300.0):
+                 signal_at: float = 0.5, signal_timeout: float = 300.0,
+                 combine: str = "last"):
         super().__init__()
         if not signal_timeout > 0:
             raise PlanError(f"signal_timeout must be > 0 seconds, got {signal_timeout!r}")
+        if combine not in COMBINES:
+            raise PlanError(f"combine must be one of {', '.join(COMBINES)}, got {combine!r}")
         if not 0.0 <= signal_at <= 1.0:
             raise PlanError(f"signal_at must be in [0, 1] (a fraction of the backward), got "
                             f"{signal_at!r}")
@@ -158,10 +225,9 @@ class Wavelet(nn.Module):
         wave_group, worker_group = make_groups(waves)
         wave_comm = make_communicator(wave_group) if self.workers > 1 else _Single()
         worker_comm = TorchCommunicator(worker_group) if waves > 1 else _Single()
-        self.comm = WaveCommunicator(wave_comm, worker_comm)
-        with torch.no_grad():  # every replica of every wave starts as global rank 0's
-            for t in list(module.parameters()) + list(module.buffers()):
-                self.comm.broadcast(_local(t.data), src=0)
+        self.comm = WaveCommunicator(wave_comm, worker_comm, combine)
+        # DataParallel broadcasts every parameter and buffer through self.comm: every replica
+        # of every wave starts as global rank 0's
         self.dp = DataParallel(module, communicator=self.comm, bucket_cap_mb=bucket_cap_mb,
                                broadcast_buffers=False)
         self.module = module

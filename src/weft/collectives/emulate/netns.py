@@ -250,17 +250,22 @@ class NetnsCluster:
 
     # -- running ranks --------------------------------------------------------
     def run(self, fn: str, args: dict | None = None, timeout: float = 300.0,
-            op_timeout: float = 120.0) -> list:
-        """Run `fn` ("module:func" or "path/file.py:func") as one rank per compute device
-        (rank i on `self.ranks[i]`), each in its namespace; return their results."""
-        n = len(self.ranks)
+            op_timeout: float = 120.0, per_device: int = 1) -> list:
+        """Run `fn` ("module:func" or "path/file.py:func") as `per_device` ranks per compute
+        device (rank r on `self.ranks[r % devices]`: ranks on one device share its namespace,
+        and talk to each other unshaped), each in its namespace; return their results."""
+        if per_device < 1:
+            raise ValueError(f"per_device must be >= 1, got {per_device!r}")
+        devices = len(self.ranks)
+        n = devices * per_device
         master = self.addr[self.ranks[0]]
         with tempfile.TemporaryDirectory(prefix="weft-netns-") as tmp:
             procs = []
             env = dict(os.environ, OMP_NUM_THREADS="1", TORCH_CPP_LOG_LEVEL="ERROR",
                        PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
             try:
-                for r, dev in enumerate(self.ranks):
+                for r in range(n):
+                    dev = self.ranks[r % devices]
                     ifname = self._ifname(dev, next(iter(self.topology.graph.successors(dev))))
                     spec = {"fn": fn, "args": args or {}, "rank": r, "world": n,
                             "init": f"tcp://{master}:{PORT}", "out": f"{tmp}/r{r}.pkl",
