@@ -128,7 +128,8 @@ def _worker_main(conn, path: str, names: list[str], threads: int, fold: bool, sl
         try:
             if op == _PIPE:
                 got, x = conn.recv()
-                assert got == rid, f"pipe carries request {got}, expected {rid}"
+                if got != rid:
+                    raise RuntimeError(f"the pipe carries request {got}, expected {rid}")
                 x = torch.from_numpy(x)
             else:
                 x = inputs[: n * numel].view(n, *shape)
