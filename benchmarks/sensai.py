@@ -43,9 +43,9 @@ ROOT = Path(__file__).resolve().parents[1]
 def _config(quick: bool) -> dict:
     if quick:
         return {"size": 16, "copies": 1, "test_copies": 1, "width": 8, "blocks": [1, 1, 1], "epochs": 3,
-                "groups": 2, "keep": 0.35, "steps": 30, "requests": 60, "batch": 32}
+                "groups": 2, "keep": 0.4, "steps": 30, "requests": 60, "batch": 32}
     return {"size": 32, "copies": 3, "test_copies": 2, "width": 32, "blocks": [1, 1, 1], "epochs": 6,
-            "groups": 2, "keep": 0.35, "steps": 300, "requests": 400, "batch": 64}
+            "groups": 2, "keep": 0.4, "steps": 300, "requests": 400, "batch": 64}
 
 
 def _key(cfg: dict, fields: tuple, sources: dict) -> str:
