@@ -16,7 +16,7 @@ per subnet vs the original and held-out accuracy of both. Targets
 1 point. The trained model and bundle are cached under runs/bench-cache/ (--no-cache retrains).
 On a GPU (when one is present) it also times the original vs the subnets on CUDA streams.
 
-    python benchmarks/sensai.py [--quick] [--json out.json] [--no-cache]
+    python benchmarks/sensai.py [--quick] [--json out.json] [--no-cache] [--keep F]
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from _common import emit, figure, parser
 
 import torch
 
+from weft.args import fraction
 from weft.serve import Bundle, DecomposeConfig, Ensemble, WorkerPool, decompose, evaluate
 from weft.serve import decomposition as D
 from weft.serve import testbed as tb
@@ -42,33 +43,42 @@ ROOT = Path(__file__).resolve().parents[1]
 def _config(quick: bool) -> dict:
     if quick:
         return {"size": 16, "copies": 1, "test_copies": 1, "width": 8, "blocks": [1, 1, 1], "epochs": 3,
-                "groups": 2, "keep": 0.5, "steps": 30, "requests": 60, "batch": 32}
+                "groups": 2, "keep": 0.4, "steps": 30, "requests": 60, "batch": 32}
     return {"size": 32, "copies": 3, "test_copies": 2, "width": 32, "blocks": [1, 1, 1], "epochs": 6,
-            "groups": 2, "keep": 0.5, "steps": 300, "requests": 400, "batch": 64}
+            "groups": 2, "keep": 0.4, "steps": 300, "requests": 400, "batch": 64}
+
+
+def _key(cfg: dict, fields: tuple, sources: dict) -> str:
+    data = {k: cfg[k] for k in fields} | {"torch": torch.__version__} | {
+        k: hashlib.sha256(Path(m.__file__).read_bytes()).hexdigest() for k, m in sources.items()}
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def _prepare(cfg: dict, use_cache: bool, log) -> tuple[Path, Path, tuple]:
-    """(original bundle dir, decomposed bundle dir, test set), trained or from the cache."""
-    key = hashlib.sha256(json.dumps({k: cfg[k] for k in ("size", "copies", "test_copies", "width", "blocks",
-                                                         "epochs", "groups", "keep", "steps")}
-                                    | {"torch": torch.__version__, "testbed": hashlib.sha256(Path(tb.__file__).read_bytes()).hexdigest(),
-                                       "decomposition": hashlib.sha256(Path(D.__file__).read_bytes()).hexdigest()},
-                                    sort_keys=True).encode()).hexdigest()[:12]
-    cache = ROOT / "runs" / "bench-cache" / f"sensai-{key}"
-    orig_dir, dec_dir = cache / "original", cache / "decomposed"
+    """(original bundle dir, decomposed bundle dir, test set), trained or from the cache: the
+    original under a key of its data and training, each decomposition of it under one more of
+    the decomposition's settings (so another --keep reuses the trained original)."""
+    okey = _key(cfg, ("size", "copies", "test_copies", "width", "blocks", "epochs"), {"testbed": tb})
+    dkey = _key(cfg, ("groups", "keep", "steps"), {"decomposition": D})
+    cache = ROOT / "runs" / "bench-cache" / f"sensai-{okey}"
+    orig_dir, dec_dir = cache / "original", cache / f"decomposed-{dkey}"
     train, test = tb.digits32(cfg["copies"], cfg["test_copies"], size=cfg["size"])
-    if use_cache and (orig_dir / "bundle.json").exists() and (dec_dir / "bundle.json").exists():
-        log(f"cached model and bundle: {cache}")
-        return orig_dir, dec_dir, test.tensors
-    torch.manual_seed(0)
-    t0 = time.perf_counter()
-    model = tb.train(tb.resnet(10, cfg["width"], tuple(cfg["blocks"])), train, epochs=cfg["epochs"])
-    log(f"trained the original ({len(train)} images, {cfg['epochs']} epochs) in {time.perf_counter() - t0:.0f} s")
-    Bundle.from_model(model, (1, cfg["size"], cfg["size"])).save(orig_dir)
-    t0 = time.perf_counter()
-    bundle = decompose(model, train, test, DecomposeConfig(groups=cfg["groups"], keep=cfg["keep"], steps=cfg["steps"]))
-    bundle.save(dec_dir)
-    log(f"decomposed into {cfg['groups']} subnets in {time.perf_counter() - t0:.0f} s")
+    if not (use_cache and (orig_dir / "bundle.json").exists()):
+        torch.manual_seed(0)
+        t0 = time.perf_counter()
+        model = tb.train(tb.resnet(10, cfg["width"], tuple(cfg["blocks"])), train, epochs=cfg["epochs"])
+        log(f"trained the original ({len(train)} images, {cfg['epochs']} epochs) in {time.perf_counter() - t0:.0f} s")
+        Bundle.from_model(model, (1, cfg["size"], cfg["size"])).save(orig_dir)
+    else:
+        log(f"cached model: {orig_dir}")
+    if not (use_cache and (dec_dir / "bundle.json").exists()):
+        model = Bundle.load(orig_dir).members[0].module  # the traced original, as saved
+        t0 = time.perf_counter()
+        bundle = decompose(model, train, test, DecomposeConfig(groups=cfg["groups"], keep=cfg["keep"], steps=cfg["steps"]))
+        bundle.save(dec_dir)
+        log(f"decomposed into {cfg['groups']} subnets in {time.perf_counter() - t0:.0f} s")
+    else:
+        log(f"cached decomposition: {dec_dir}")
     return orig_dir, dec_dir, test.tensors
 
 
@@ -121,8 +131,10 @@ def _throughput(predictor, x: torch.Tensor, batch: int, seconds: float) -> float
 def main() -> None:
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--no-cache", action="store_true", help="retrain the model and redo the decomposition")
+    p.add_argument("--keep", type=fraction, help="fraction of each channel group a subnet keeps "
+                   f"(default {_config(False)['keep']}; --quick {_config(True)['keep']})")
     args = p.parse_args()
-    cfg = _config(args.quick)
+    cfg = _config(args.quick) | ({"keep": args.keep} if args.keep else {})
     cores = cpu_count()
     torch.set_num_threads(cores)
     print(f"conditions: {cores} cores, torch {torch.__version__}, load average {os.getloadavg()[0]:.1f} at start; "
