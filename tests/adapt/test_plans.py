@@ -98,6 +98,7 @@ def test_plan_resized_on_a_schedule_matches_the_unresized_reference(case):
     if case == "dp_tp_kill":  # the survivor left out waited as a standby, then came back
         (fail,) = [e for e in r0["events"] if e["kind"] == "failure"]
         assert fail["lost"] == [1] and fail["new"] == 2 and len(fail["benched"]) == 1
+        assert "3 worker(s): plan 'dp-tp'" in fail["detail"] and "kept 2" in fail["detail"]
         (bw,) = fail["benched"]
         b = reports[bw]
         assert any(e["kind"] == "bench" for e in b["events"])
@@ -154,3 +155,5 @@ def test_a_plan_that_infers_tp_from_the_world_refuses_to_resize():
     dp_tp.world = 2
     assert dp_tp.check_world(4) is None and dp_tp.check_world(6) is None
     assert "does not divide the world size 3" in dp_tp.check_world(3)
+    # after a failure the message names the survivors, not a Resize
+    assert dp_tp.check_world(3, "3 worker(s)").startswith("3 worker(s): plan 'dp-tp'")

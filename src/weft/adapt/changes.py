@@ -123,9 +123,9 @@ class Changes:
         all `n` (a plan's tp and pp degrees stay; only data-parallel replicas shrink)."""
         first = None
         for k in range(n, 0, -1):
-            why = self.engine.check_world(k)
+            why = self.engine.check_world(k, f"{k} worker(s)")
             if why is None:
-                return k, "" if k == n else f"{n} do not fit: {first}; kept {k}"
+                return k, "" if k == n else f"{first}; kept {k}"
             first = first or why
         return 0, f"no group of at most {n} fits: {first}"
 

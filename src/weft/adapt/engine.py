@@ -68,7 +68,7 @@ class _Base:
         if self.sched is not None:
             self.sched.step()
 
-    def check_world(self, n: int) -> str | None:
+    def check_world(self, n: int, what: str | None = None) -> str | None:
         return None
 
     def local_numel(self) -> int:
@@ -161,14 +161,16 @@ class PlanEngine(_Base):
         self.world = 0
         self.contributes = True
 
-    def check_world(self, n: int) -> str | None:
+    def check_world(self, n: int, what: str | None = None) -> str | None:
         """Why the plan cannot run on `n` workers (None: it can). Only data-parallel
         replicas resize: the mesh must resolve for `n` and keep the tp and pp degrees it
         has now (a plan that infers tp from the world, `tp: -1`, would change the
-        tensor-parallel split of every layer with each resize)."""
+        tensor-parallel split of every layer with each resize). `what` names the change
+        in the message (default: the Resize action)."""
         from weft.errors import PlanError
 
-        mesh, where = self.plan.mesh, f"Resize(workers={n}): plan {self.plan.name!r}"
+        mesh = self.plan.mesh
+        where = f"{what or f'Resize(workers={n})'}: plan {self.plan.name!r}"
         try:
             new = mesh.resolve(n)
         except PlanError as exc:
