@@ -221,15 +221,21 @@ def model_factory(model: Any) -> Callable[[], nn.Module]:
 
 
 class SpecRefModel:
-    """Factory of the model a spec string names (weft.model_spec.load_model)."""
+    """Factory of the model a spec string names (weft.model_spec.load_model). A spec whose
+    `model` is a module instance gives a deep copy of it on every call, as a module given
+    directly does (`_Copy`): the instance is the loaded file's, the same object each time,
+    and a plan rebuilt after a membership change must start from fresh parameters (with
+    no gradients left from the previous world)."""
 
     def __init__(self, spec: str):
         self.spec = spec
 
     def __call__(self) -> nn.Module:
-        from weft.model_spec import load_model
+        from weft.model_spec import load_model, load_module
 
-        return load_model(self.spec)
+        model = load_model(self.spec)
+        mod, attr = load_module(self.spec)
+        return copy.deepcopy(model) if getattr(mod, attr, None) is model else model
 
 
 class _DefaultOptimizer:
