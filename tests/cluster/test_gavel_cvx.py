@@ -43,6 +43,9 @@ def test_lp_solver_is_checked():
         simulate(jobs, cluster, table, policy, semantics="gavel", lp_solver="highs")
     with pytest.raises(ClusterError, match="only with semantics='gavel'"):
         simulate(jobs, cluster, table, policy, lp_solver="ecos")
+    with pytest.raises(ClusterError, match="'center' ablation"):  # a vertex, or ECOS: not both
+        simulate(jobs, cluster, table, policy, semantics="gavel", lp_solver="ecos",
+                 ablate=("center",))
 
 
 def test_missing_cvxpy_is_a_clear_error(monkeypatch):

@@ -61,6 +61,11 @@ class GavelFlavor:
     def __init__(self, policy: SchedulingPolicy):
         self.policy = policy
 
+    @property
+    def cvx(self) -> bool:
+        """Gavel's problem through cvxpy (``lp_solver`` ecos / scs) instead of weft's solver."""
+        return self.lp_solver != "center"
+
     def allocate(self, prob: Problem, ids: list[int]) -> np.ndarray:
         return self.policy.solve(prob).X
 
@@ -76,7 +81,7 @@ class LasFlavor(GavelFlavor):
         share <= 1, capacity; P_m the job's throughput under the proportional split.
         Solved to its central point (what ECOS returns), not to a vertex; or, with
         ``lp_solver="ecos"``, by cvxpy + ECOS as Gavel states it (``gavel_cvx``)."""
-        if self.lp_solver != "center" and self.central:
+        if self.cvx:
             from weft.cluster.gavel_cvx import las_cvx
             return las_cvx(prob.T, prob.scale, prob.weight, prob.counts, prob.types, self.policy.aware,
                            self.lp_solver.upper())
@@ -157,8 +162,7 @@ class FtfFlavor(GavelFlavor):
         self.prev: dict[int, tuple[float, float]] = {}    # id -> (remaining, isolated throughput)
 
     def allocate(self, prob, ids):
-        cvx = self.lp_solver != "center" and self.central
-        if cvx:
+        if self.cvx:
             from weft.cluster.gavel_cvx import ftf_cvx, isolated_cvx
             iso = isolated_cvx(prob.T, prob.scale, prob.counts, prob.types)    # (n, 1), Gavel's arithmetic
         else:
@@ -169,7 +173,7 @@ class FtfFlavor(GavelFlavor):
                 rem0, iso0 = self.prev[i]
                 self.cum[i] += (rem0 - prob.remaining[m]) / iso0
         self.prev = {i: (float(prob.remaining[m]), float(np.ravel(iso[m])[0])) for m, i in enumerate(ids)}
-        if cvx:
+        if self.cvx:
             return ftf_cvx(prob.T, prob.scale, prob.counts, prob.types, prob.elapsed, prob.remaining,
                            [self.cum[i] for i in ids], iso, self.lp_solver.upper())
         base = np.array([self.cum[i] for i in ids]) + prob.remaining / np.maximum(iso, 1e-300)
@@ -182,7 +186,7 @@ class MinDurationFlavor(GavelFlavor):
     gavel_name = "min_total_duration_perf"
 
     def allocate(self, prob, ids):
-        if self.lp_solver != "center" and self.central:
+        if self.cvx:
             from weft.cluster.gavel_cvx import min_duration_cvx
             return min_duration_cvx(prob.T, prob.scale, prob.counts, prob.types, prob.remaining,
                                     self.lp_solver.upper())
@@ -239,22 +243,20 @@ def flavor_for(policy: SchedulingPolicy, seed: int = 0, central: bool = True, lp
 
     if lp_solver not in LP_SOLVERS:
         raise ClusterError(f"lp_solver {lp_solver!r}: choose from {', '.join(LP_SOLVERS)}")
+    if lp_solver != "center" and not central:
+        raise ClusterError(f"lp_solver {lp_solver!r} with the 'center' ablation: the ablation "
+                           "replaces the solver by a HiGHS vertex; ask for one or the other")
     if policy.packed:
         raise ClusterError(f"policy {policy.name}: space sharing is not supported with semantics='gavel'")
     if isinstance(policy, Pop):
         raise ClusterError(f"policy {policy.name}: POP is not supported with semantics='gavel'")
-    if isinstance(policy, MaxMinFairness):
-        flavor = LasFlavor(policy)
-        flavor.central, flavor.lp_solver = central, lp_solver
-        return flavor
     if isinstance(policy, Fifo):
         return FifoFlavor(policy, seed)
-    if isinstance(policy, FinishTimeFairness):
-        flavor = FtfFlavor(policy)
-        flavor.central, flavor.lp_solver = central, lp_solver
-        return flavor
-    if isinstance(policy, MinMakespan):
-        flavor = MinDurationFlavor(policy)
+    lp = next((cls for kind, cls in ((MaxMinFairness, LasFlavor), (FinishTimeFairness, FtfFlavor),
+                                     (MinMakespan, MinDurationFlavor)) if isinstance(policy, kind)),
+              None)
+    if lp is not None:  # the policies whose LP the options choose how to solve
+        flavor = lp(policy)
         flavor.central, flavor.lp_solver = central, lp_solver
         return flavor
     flavor = GavelFlavor(policy)
