@@ -140,12 +140,26 @@ class CoLocation:
                    ) -> tuple[float, float] | None:
         """(combined peak with the best offset, gang-launched peak) of ka and kb sharing one
         `accel`, or None when a profile or a throughput is missing."""
+        plan = self._plan(ka, kb, table, accel)
+        return None if plan is None else (plan.peak, plan.gang_peak)
+
+    def launch_offset(self, ka: Key, kb: Key, table: ThroughputTable, accel: str) -> float | None:
+        """Where kb's step starts in the pair's common period, as a fraction of that period
+        (ka's at 0), under this rule: the best offset's for ``"offset"``, 0 for ``"gang"``;
+        None when a profile or a throughput is missing. The executor keeps a leased pair at
+        this offset (tick-tock)."""
+        plan = self._plan(ka, kb, table, accel)
+        if plan is None:
+            return None
+        return plan.fractions[1] if self.rule == "offset" else 0.0
+
+    def _plan(self, ka, kb, table, accel):
         key = (ka[0], kb[0], accel)
         if key not in self._cache:
-            self._cache[key] = self._peaks(ka, kb, table, accel)
+            self._cache[key] = self._offsets(ka, kb, table, accel)
         return self._cache[key]
 
-    def _peaks(self, ka, kb, table, accel):
+    def _offsets(self, ka, kb, table, accel):
         pa, pb = self.profiles.get(ka[0]), self.profiles.get(kb[0])
         if pa is None or pb is None or accel not in table.types:
             return None
@@ -155,9 +169,7 @@ class CoLocation:
             return None
         sa, sb = 1.0 / ta, 1.0 / tb
         common = max(sa, sb)
-        arrs = [_stretch(pa, sa, common, self.bins), _stretch(pb, sb, common, self.bins)]
-        plan = plan_offsets(arrs)
-        return plan.peak, plan.gang_peak
+        return plan_offsets([_stretch(pa, sa, common, self.bins), _stretch(pb, sb, common, self.bins)])
 
     def fits(self, ka: Key, kb: Key, table: ThroughputTable, accel: str) -> bool:
         if accel not in self.memory:

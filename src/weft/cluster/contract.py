@@ -12,6 +12,9 @@ environment variables (``JobEnv.variables``)::
     WEFT_NPROCS        workers to use (the job's scale factor)
     WEFT_SEED          the job's seed
     WEFT_STEP_SECONDS  pad each step to this many seconds (speed emulation; 0: none)
+    WEFT_STEP_PHASE    "EPOCH,OFFSET,PERIOD" for a job sharing its slots with a partner (tick-tock):
+                       start steps only at EPOCH + OFFSET + k * PERIOD (wall clock, time.time());
+                       empty otherwise. ``JobEnv.pace`` does both.
     WEFT_SLOTS         the leased slot ids, comma-separated
     WEFT_ACCEL_TYPE    their accelerator type
 
@@ -31,8 +34,10 @@ ends. A command gets the same values as placeholders in its argument list:
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,6 +56,7 @@ class JobEnv:
     step_seconds: float = 0.0
     slots: tuple[int, ...] = ()
     accel_type: str = ""
+    phase: tuple[float, float, float] = ()    # (epoch, offset, period) seconds; () when alone
 
     @property
     def checkpoint(self) -> Path:
@@ -75,7 +81,8 @@ class JobEnv:
         """The environment the executor gives the job's process."""
         v = {f"WEFT_{k.upper()}": s for k, s in self.values().items() if k != "python"}
         v.update(WEFT_STEP_SECONDS=repr(float(self.step_seconds)),
-                 WEFT_SLOTS=",".join(map(str, self.slots)), WEFT_ACCEL_TYPE=self.accel_type)
+                 WEFT_SLOTS=",".join(map(str, self.slots)), WEFT_ACCEL_TYPE=self.accel_type,
+                 WEFT_STEP_PHASE=",".join(repr(float(x)) for x in self.phase))
         return v
 
     @classmethod
@@ -86,13 +93,38 @@ class JobEnv:
         if missing:
             raise ClusterError(f"not started by the weft cluster executor: {', '.join(missing)} not set")
         slots = environ.get("WEFT_SLOTS", "")
+        phase = environ.get("WEFT_STEP_PHASE", "")
         try:
-            return cls(Path(environ["WEFT_JOB_DIR"]), int(environ["WEFT_TOTAL_STEPS"]),
-                       int(environ.get("WEFT_NPROCS", 1)), int(environ.get("WEFT_SEED", 0)),
-                       float(environ.get("WEFT_STEP_SECONDS", 0.0)),
-                       tuple(int(s) for s in slots.split(",") if s), environ.get("WEFT_ACCEL_TYPE", ""))
+            env = cls(Path(environ["WEFT_JOB_DIR"]), int(environ["WEFT_TOTAL_STEPS"]),
+                      int(environ.get("WEFT_NPROCS", 1)), int(environ.get("WEFT_SEED", 0)),
+                      float(environ.get("WEFT_STEP_SECONDS", 0.0)),
+                      tuple(int(s) for s in slots.split(",") if s), environ.get("WEFT_ACCEL_TYPE", ""),
+                      tuple(float(x) for x in phase.split(",") if x))
         except ValueError as exc:
             raise ClusterError(f"bad WEFT_* environment variable: {exc}") from None
+        if env.phase and (len(env.phase) != 3 or not env.phase[2] > 0):
+            raise ClusterError(f"bad WEFT_STEP_PHASE {phase!r}: expected EPOCH,OFFSET,PERIOD with PERIOD > 0")
+        return env
+
+    def next_step_at(self, now: float) -> float:
+        """With a phase: the first grid time ``epoch + offset + k * period`` at or after ``now``
+        (time.time() seconds); without one: ``now``."""
+        if not self.phase:
+            return now
+        epoch, offset, period = self.phase
+        k = math.ceil((now - epoch - offset) / period - 1e-9)
+        return epoch + offset + k * period
+
+    def pace(self, step_start: float | None) -> None:
+        """The job side, speed emulation: call before the first step with None and after each
+        step with the time.time() it started. With a phase, sleep until the next grid time (a
+        step that overruns the period skips grid times: the phase is kept, not the count);
+        otherwise pad the step to ``step_seconds``."""
+        now = time.time()
+        if self.phase:
+            time.sleep(max(0.0, self.next_step_at(now) - now))
+        elif step_start is not None and self.step_seconds:
+            time.sleep(max(0.0, self.step_seconds - (now - step_start)))
 
     def stop_requested(self) -> bool:
         return self.stop_file.exists()

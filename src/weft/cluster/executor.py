@@ -24,9 +24,11 @@ job fits some accelerator type, and that each task can be loaded.
 Packed (space-sharing) policies run with memory profiles (``CoLocation``): the
 policy sees only the pairs whose combined memory peak fits (``CoLocation.table``,
 as in the simulator), and the two jobs of a leased pair run at once on the same
-slots, each at its side's pair throughput (``seats.py``). A job whose step time
-changes (a partner joins or leaves) is stopped and restarted from its checkpoint
-like a preempted one, so that its process is told the new step time.
+slots, each at its side's pair throughput, in tick-tock: both step on the pair's common
+period, the second at the launch offset its memory fit was planned with (``seats.py``,
+``JobEnv.pace``). A job whose step time or phase changes (a partner joins or leaves) is
+stopped and restarted from its checkpoint like a preempted one, so that its process is
+told the new ones.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ from weft.cluster.model import ClusterError, Job
 from weft.cluster.policies import get_policy
 from weft.cluster.problem import build_problem, check_runnable
 from weft.cluster.process import JobProcess
-from weft.cluster.seats import Seat, fitting, may_start, seats
+from weft.cluster.seats import Seat, fitting, may_start, phased, seats
 from weft.cluster.simulator import schedulable_units
 from weft.cluster.tasks import ModelTask
 from weft.errors import LaunchError
@@ -52,11 +54,15 @@ def job_dir(workdir: str | Path, job: Job) -> Path:
     return Path(workdir) / f"job{job.job_id}"
 
 
-def _env(workdir: Path, job: Job, seed: int, seat: Seat | None = None) -> JobEnv:
+def _env(workdir: Path, job: Job, seed: int, seat: Seat | None = None, epoch: float = 0.0) -> JobEnv:
     if seat is None:
         return JobEnv(job_dir(workdir, job), int(job.total_steps))
     return JobEnv(job_dir(workdir, job), int(job.total_steps), job.scale_factor, seed + job.job_id,
-                  seat.step_seconds, seat.lease.workers, seat.lease.accel_type)
+                  seat.step_seconds, seat.lease.workers, seat.lease.accel_type, _phase(seat, epoch))
+
+
+def _phase(seat: Seat, epoch: float) -> tuple[float, ...]:
+    return (epoch, *seat.phase) if seat.phase else ()
 
 
 def check_jobs(jobs: list[Job], spec, policy: str, workdir: Path | None = None, colocation=None) -> None:
@@ -102,8 +108,10 @@ def run_jobs(jobs: list[Job], spec, policy: str = "max_min_fairness", workdir: s
     where: dict[int, Seat] = {}
     finish, history, preemptions, segments = {}, [], 0, {j.job_id: 0 for j in jobs}
     shared = []                                     # co-located starts: who joined whom where
+    phases = []                                     # starts on a pair's tick-tock grid
     dirty, next_round, preempt, units, rates = True, 0.0, set(), [], []
     t0 = time.monotonic()
+    epoch = time.time()                             # the wall-clock grid co-located pairs step on
     try:
         while len(finish) < len(jobs):
             now = time.monotonic() - t0
@@ -145,8 +153,11 @@ def run_jobs(jobs: list[Job], spec, policy: str = "max_min_fairness", workdir: s
                 holding = {m: p.lease for m, p in procs.items() if not p.stop_sent}
                 leases = mech.schedule_round(start, units, A, scale, runnable, holding) if active else {}
                 where = seats(leases, units, rates, types)
+                if pol.packed:
+                    where = phased(where, by_id, table, colocation)
                 preempt = {p for m, p in procs.items() if m not in where or where[m].lease.workers != p.workers
-                           or where[m].step_seconds != p.env.step_seconds}
+                           or where[m].step_seconds != p.env.step_seconds
+                           or _phase(where[m], epoch) != p.env.phase}
                 if active:
                     history.append({"t": start, "at": round(now, 3), "leases": {
                         str(m): [s.lease.accel_type, list(s.lease.workers)] for m, s in where.items()}})
@@ -164,7 +175,7 @@ def run_jobs(jobs: list[Job], spec, policy: str = "max_min_fairness", workdir: s
             for m, seat in where.items():          # start leased jobs as soon as their slots allow
                 if m in procs or m in finish or not may_start(m, seat, occupants):
                     continue
-                proc = JobProcess(by_id[m], _env(workdir, by_id[m], seed, seat), seat.lease)
+                proc = JobProcess(by_id[m], _env(workdir, by_id[m], seed, seat, epoch), seat.lease)
                 proc.start()
                 procs[m] = proc
                 segments[m] += 1
@@ -172,6 +183,9 @@ def run_jobs(jobs: list[Job], spec, policy: str = "max_min_fairness", workdir: s
                 if beside:
                     shared.append({"t": round(time.monotonic() - t0, 3), "job": m, "beside": beside,
                                    "accel_type": seat.lease.accel_type, "workers": list(seat.lease.workers)})
+                if seat.phase:
+                    phases.append({"t": round(time.monotonic() - t0, 3), "job": m, "unit": list(seat.unit),
+                                   "offset_s": seat.phase[0], "period_s": seat.phase[1]})
                 for w in seat.lease.workers:
                     occupants.setdefault(w, set()).add(m)
             time.sleep(max(0.0, min(0.05, next_round - (time.monotonic() - t0))))
@@ -186,7 +200,8 @@ def run_jobs(jobs: list[Job], spec, policy: str = "max_min_fairness", workdir: s
               "preemptions": preemptions, "segments": segments, "rounds": len(history), "history": history,
               "note": "accelerator speed emulated by padding each step to 1/throughput seconds"}
     if pol.packed:
-        result["colocation"] = {"rule": colocation.rule, "shared_starts": shared}
+        result["colocation"] = {"rule": colocation.rule, "shared_starts": shared, "phased_starts": phases,
+                                "epoch": epoch}
     if out:
         write_json(out, result, indent=1)
     return result

@@ -17,7 +17,10 @@ Preemption: when ``WEFT_STOP_FILE`` appears, rank 0 tells every rank
 (broadcast) after the current step; the checkpoint is written atomically and
 the process exits 0. With ``WEFT_STEP_SECONDS`` each step is padded with sleep
 to that long, so the job runs at the speed the cluster's throughput table gives
-its accelerator type: emulation, not a measurement.
+its accelerator type: emulation, not a measurement. A job sharing its accelerator
+with a partner (``WEFT_STEP_PHASE``) starts its steps on the pair's phase grid
+instead, so the two keep the launch offset their memory profiles were planned
+with (tick-tock).
 """
 
 from __future__ import annotations
@@ -66,8 +69,9 @@ def train_rank(env: JobEnv, model_spec: str, dataset_spec: str | None, batch: in
     flag = torch.zeros(1)
     if rank == 0:
         env.report(step)
+    env.pace(None)               # a co-located job starts on its phase grid
     while step < env.total_steps:
-        t0 = time.perf_counter()
+        t0 = time.time()
         g = torch.Generator().manual_seed(env.seed * 1_000_003 + step)
         idx = torch.randint(len(train), (batch * world,), generator=g)[rank::world]
         torch.manual_seed((env.seed * 1_000_003 + step) * 1009 + rank)
@@ -76,8 +80,7 @@ def train_rank(env: JobEnv, model_spec: str, dataset_spec: str | None, batch: in
         loss_fn(dp(x), y).backward()
         opt.step()
         step += 1
-        if env.step_seconds:
-            time.sleep(max(0.0, env.step_seconds - (time.perf_counter() - t0)))
+        env.pace(t0)
         if rank == 0:
             flag[0] = 1.0 if env.stop_requested() else 0.0
         dist.broadcast(flag, 0)

@@ -9,11 +9,18 @@ within the type's memory), and a job may start on a slot only when every job alr
 there is its partner in its own pair unit. A job's step time is
 ``1 / throughput`` of its unit on the leased type: its isolated throughput alone, the
 pair throughput of its side when co-located.
+
+Tick-tock inside a pair (`phased`): the two jobs of a leased pair step on one common
+period, the longer of their two step times (the faster job waits at its trough, as a
+Wavelet wave does), the second job's steps starting ``CoLocation.launch_offset`` of a
+period after the first's: the offset the pair's memory fit was planned with (0 under the
+gang rule). The executor lays that on one wall-clock grid for the whole run
+(``JobEnv.phase``), so the offset holds whenever either job (re)starts.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -28,6 +35,7 @@ class Seat:
     unit: Unit
     lease: Lease
     step_seconds: float
+    phase: tuple[float, float] = ()   # (offset, period) seconds on the run's grid; () alone
 
 
 def fitting(units: list[Unit], A: np.ndarray, by_id: dict, table, colocation, types: list[str]) -> np.ndarray:
@@ -56,6 +64,24 @@ def seats(leases: dict[Unit, Lease], units: list[Unit], rates: list[np.ndarray],
         for side, m in enumerate(RoundMechanism.members(u)):
             step = 1.0 / r[side] if r[side] > 0 else float("inf")
             out[m] = Seat(m, u, lease, step)
+    return out
+
+
+def phased(where: dict[int, Seat], by_id: dict, table, colocation) -> dict[int, Seat]:
+    """``where`` with a phase on both seats of every pair unit whose jobs are both seated (see
+    the module doc); seats of jobs that run alone are returned as they are."""
+    out = dict(where)
+    for m, seat in where.items():
+        if not isinstance(seat.unit, tuple) or m != seat.unit[0] or seat.unit[1] not in where:
+            continue
+        a, b = seat.unit
+        sa, sb = where[a], where[b]
+        period = max(sa.step_seconds, sb.step_seconds)
+        frac = colocation.launch_offset(by_id[a].key, by_id[b].key, table, seat.lease.accel_type)
+        if frac is None or period == float("inf"):
+            continue
+        out[a] = replace(sa, phase=(0.0, period))
+        out[b] = replace(sb, phase=(frac * period, period))
     return out
 
 
