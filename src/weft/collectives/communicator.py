@@ -94,7 +94,9 @@ class TorchCommunicator(GroupMember):
         """`src` is a rank within this communicator's group (as in WeftCommunicator)."""
         if self.world_size == 1:
             return DONE
-        work = dist.broadcast(tensor, group_src=src, group=self.group, async_op=True)
+        # a global rank (group_src= needs torch >= 2.6); None is the default group
+        root = src if self.group is None else dist.get_global_rank(self.group, src)
+        work = dist.broadcast(tensor, src=root, group=self.group, async_op=True)
         if async_op:
             return work
         work.wait()

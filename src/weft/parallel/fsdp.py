@@ -29,8 +29,18 @@ def dp_mesh(plan: Plan, mesh):
     return mesh["dp_shard"]
 
 
+def fsdp2():
+    """(MixedPrecisionPolicy, fully_shard): public in torch.distributed.fsdp from torch 2.6,
+    under torch.distributed._composable.fsdp in 2.5 (the oldest torch weft declares)."""
+    try:
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+    except ImportError:
+        from torch.distributed._composable.fsdp import MixedPrecisionPolicy, fully_shard
+    return MixedPrecisionPolicy, fully_shard
+
+
 def apply_fully_shard(model: nn.Module, plan: Plan, mesh) -> nn.Module:
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+    MixedPrecisionPolicy, fully_shard = fsdp2()
 
     kw = {"mesh": dp_mesh(plan, mesh),
           "reshard_after_forward": plan.data_parallel.reshard_after_forward}

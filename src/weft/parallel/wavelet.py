@@ -121,7 +121,7 @@ class _FromLast:
 
     def wait(self) -> bool:
         self.reduced.wait()
-        dist.broadcast(self.tensor, group_src=self.last, group=self.group)
+        dist.broadcast(self.tensor, src=dist.get_global_rank(self.group, self.last), group=self.group)
         return True
 
 
@@ -138,7 +138,7 @@ class _ToOthers:
         self.across.wait()
         if self.scale != 1:
             self.tensor.div_(self.scale)
-        dist.broadcast(self.tensor, group_src=self.last, group=self.group)
+        dist.broadcast(self.tensor, src=dist.get_global_rank(self.group, self.last), group=self.group)
         return True
 
 
@@ -183,10 +183,10 @@ class WaveCommunicator:
         else:
             group, last = self.worker.group, waves - 1
             if dist.get_rank(group) < last:
-                work = _FromLast(dist.reduce(tensor, group_dst=last, group=group,
-                                             async_op=True), tensor, group, last)
+                work = _FromLast(dist.reduce(tensor, dst=dist.get_global_rank(group, last),
+                                             group=group, async_op=True), tensor, group, last)
             else:  # the earlier waves posted theirs: this waits only for the local transfer
-                dist.reduce(tensor, group_dst=last, group=group)
+                dist.reduce(tensor, dst=dist.get_global_rank(group, last), group=group)
                 work = _ToOthers(self.wave.all_reduce(tensor, op=op, async_op=True), tensor,
                                  waves if op == "avg" else 1, group, last)
         if async_op:

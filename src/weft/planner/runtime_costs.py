@@ -108,7 +108,9 @@ def _adam(params):
 def runtime_costs_rank(repeats: int, units: int, width: int, tensors: int) -> dict:
     """In every rank (see the module doc): the timings, seconds."""
     from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import fully_shard
+
+    from weft.parallel.fsdp import fsdp2
+    _, fully_shard = fsdp2()
 
     n = dist.get_world_size()
     torch.manual_seed(0)
