@@ -9,12 +9,19 @@ from weft.errors import PlanError
 
 
 def _batch(spec: str, b: int, input_shape: str | None):
-    """(x, y or None) of `b` samples: the spec's dataset when it has one, else its
-    example_input (or --input-shape) without labels."""
+    """(x, y or None) of `b` samples: the spec's example_batch(b) when it has one (synthetic
+    inputs and labels), else its dataset, else its example_input (or --input-shape) without
+    labels."""
     import torch
 
     from weft.model_spec import extra
 
+    make_xy = extra(spec, "example_batch")
+    if make_xy is not None:
+        xy = make_xy(b)
+        if not (isinstance(xy, tuple) and len(xy) == 2 and isinstance(xy[0], torch.Tensor)):
+            raise PlanError(f"{spec}: example_batch({b}) must return (inputs, labels or None)")
+        return xy
     data = extra(spec, "dataset")
     if data is not None:
         train = data()[0]
@@ -52,12 +59,14 @@ def _profile_memory(args) -> int:
             raise PlanError(f"--device {args.device}: CUDA is not available here")
     model = load_model(args.model)
     loss_fn = extra(args.model, "loss_fn")
+    opt = extra(args.model, "optimizer")
+    opt_kw = {"optimizer": opt} if opt is not None else {}
     out = Path(args.out) if args.out else run_dir("runs/profile")
     profiles = []
     for b in batches:
         x, y = _batch(args.model, b, args.input_shape)
         prof = profile_memory(model, x, y, loss_fn if y is not None else None,
-                              warmup=args.warmup, device=args.device)
+                              warmup=args.warmup, device=args.device, **opt_kw)
         prof.meta["model_spec"] = args.model
         prof.save(out / f"memory_b{b}.json")
         profiles.append(prof)
