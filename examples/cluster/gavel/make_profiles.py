@@ -107,8 +107,14 @@ def _write(args, doc: dict, conditions: dict, profiles: dict) -> None:
                        "warmup_steps": 1, "bins": args.bins, "limits": LIMITS,
                        "source": "model facts from stanford-futuredata/gavel @ c4fa400, "
                                  "workloads/pytorch (see each spec's docstring)"})
+    def order(name):  # families in FAMILIES' order, then by batch
+        family = name.partition(" (")[0]
+        return (list(FAMILIES).index(family) if family in FAMILIES else len(FAMILIES),
+                profiles[name].get("batch_size", 0), name)
+
+    ordered = {name: profiles[name] for name in sorted(profiles, key=order)}
     text = json.dumps({"format": "weft.colocation/1", "memory": doc.get("memory", MEMORY),
-                       "conditions": conditions, "profiles": profiles}, indent=1)
+                       "conditions": conditions, "profiles": ordered}, indent=1)
     # one line per list of numbers (the bins): compact and still diff-able per job type
     text = re.sub(r"\[\s*([-\d.e+,\s]+?)\s*\]",
                   lambda m: "[" + ", ".join(x.strip() for x in m.group(1).split(",")) + "]", text)
