@@ -33,7 +33,7 @@ def _batch(spec: str, b: int, input_shape: str | None):
     if make is not None:
         return make(b), None
     if not input_shape:
-        raise PlanError(f"{spec} defines no dataset() or example_input(batch_size); pass "
+        raise PlanError(f"{spec} defines no example_batch(), dataset() or example_input(); pass "
                         "--input-shape, e.g. --input-shape 64 or 3,32,32")
     try:
         dims = [int(d) for d in input_shape.split(",")]
@@ -210,7 +210,8 @@ def register(sub) -> None:
                    help="batch size (repeat for several; two or more let --budget say the "
                         "largest batch that fits)")
     m.add_argument("--input-shape", help="per-sample input shape when the spec defines no "
-                                         "dataset() or example_input(), e.g. 3,32,32")
+                                         "example_batch(), dataset() or example_input(), "
+                                         "e.g. 3,32,32")
     m.add_argument("--device", default="cpu", help="cpu (default) or cuda[:i]")
     m.add_argument("--warmup", type=nonneg_int, default=1, help="steps before the profiled one")
     m.add_argument("--waves", type=positive_int, default=1,
