@@ -3,7 +3,8 @@
 This is the one contract every part of weft loads a model through (pipeline plans,
 `weft.parallelize` plans, cluster jobs, adaptive training). ``attr`` (default ``model``) is an
 `nn.Module` or a callable returning one. The file may also define ``example_input(batch_size)``
-(a sample batch for profiling), ``loss_fn``, ``dataset()`` returning ``(train, test)`` torch
+(a sample batch for profiling), ``example_batch(batch_size)`` returning ``(inputs, labels)``
+(synthetic inputs and labels, preferred by `weft profile memory`), ``loss_fn``, ``dataset()`` returning ``(train, test)`` torch
 datasets and ``optimizer(params)``; the caller says which it needs.
 
 A file is imported under a name derived from its absolute path, with its own folder on

@@ -93,3 +93,48 @@ def test_cli_memory_and_offsets(tmp_path, capsys):
     assert main(["profile", "memory", str(tmp_path / "bare.py"), "--batch", "4"]) == 2
     assert "pass --input-shape" in capsys.readouterr().err
     assert main(["profile", "memory", str(spec), "--batch", "0"]) == 2
+
+
+def test_cli_takes_the_specs_example_batch_and_optimizer(tmp_path, capsys):
+    """A spec's example_batch(b) feeds inputs and labels to its loss_fn, and the step is
+    profiled with its optimizer(params): Adam's two moments show in the bytes at the step's
+    start (parameters, gradients, two moments: 4 copies) where the default SGD has 3."""
+    base = SPEC_XY.replace("OPT", "")
+    adam = SPEC_XY.replace("OPT", "def optimizer(params):\n    return torch.optim.Adam(params)\n")
+    starts = {}
+    for name, text in (("sgd", base), ("adam", adam)):
+        spec = tmp_path / f"{name}.py"
+        spec.write_text(text)
+        assert main(["profile", "memory", str(spec), "--batch", "8", "--out",
+                     str(tmp_path / name)]) == 0
+        prof = MemoryProfile.load(tmp_path / name / "memory_b8.json")
+        starts[name] = prof.baseline
+    capsys.readouterr()
+    params = (32 * 256 + 256) + (256 * 4 + 4)
+    assert (tmp_path / "labels_seen").read_text() == "8"
+    assert starts["adam"] - starts["sgd"] == pytest.approx(params * 4, rel=0.05)
+    (tmp_path / "bad.py").write_text("import torch\nfrom torch import nn\nmodel = nn.Linear(2, 2)\n"
+                                     "def example_batch(b):\n    return torch.randn(b, 2)\n")
+    assert main(["profile", "memory", str(tmp_path / "bad.py"), "--batch", "2"]) == 2
+    assert "example_batch(2) must return" in capsys.readouterr().err
+
+
+SPEC_XY = '''
+import pathlib
+import torch
+from torch import nn
+
+model = lambda: nn.Sequential(nn.Linear(32, 256), nn.ReLU(), nn.Linear(256, 4))
+
+
+def example_batch(b):
+    return torch.randn(b, 32), torch.randint(0, 4, (b,))
+
+
+def loss_fn(out, y):
+    pathlib.Path(__file__).with_name("labels_seen").write_text(str(len(y)))
+    return nn.functional.cross_entropy(out, y)
+
+
+OPT
+'''

@@ -9,12 +9,19 @@ from weft.errors import PlanError
 
 
 def _batch(spec: str, b: int, input_shape: str | None):
-    """(x, y or None) of `b` samples: the spec's dataset when it has one, else its
-    example_input (or --input-shape) without labels."""
+    """(x, y or None) of `b` samples: the spec's example_batch(b) when it has one (synthetic
+    inputs and labels), else its dataset, else its example_input (or --input-shape) without
+    labels."""
     import torch
 
     from weft.model_spec import extra
 
+    make_xy = extra(spec, "example_batch")
+    if make_xy is not None:
+        xy = make_xy(b)
+        if not (isinstance(xy, tuple) and len(xy) == 2 and isinstance(xy[0], torch.Tensor)):
+            raise PlanError(f"{spec}: example_batch({b}) must return (inputs, labels or None)")
+        return xy
     data = extra(spec, "dataset")
     if data is not None:
         train = data()[0]
@@ -26,7 +33,7 @@ def _batch(spec: str, b: int, input_shape: str | None):
     if make is not None:
         return make(b), None
     if not input_shape:
-        raise PlanError(f"{spec} defines no dataset() or example_input(batch_size); pass "
+        raise PlanError(f"{spec} defines no example_batch(), dataset() or example_input(); pass "
                         "--input-shape, e.g. --input-shape 64 or 3,32,32")
     try:
         dims = [int(d) for d in input_shape.split(",")]
@@ -52,12 +59,14 @@ def _profile_memory(args) -> int:
             raise PlanError(f"--device {args.device}: CUDA is not available here")
     model = load_model(args.model)
     loss_fn = extra(args.model, "loss_fn")
+    opt = extra(args.model, "optimizer")
+    opt_kw = {"optimizer": opt} if opt is not None else {}
     out = Path(args.out) if args.out else run_dir("runs/profile")
     profiles = []
     for b in batches:
         x, y = _batch(args.model, b, args.input_shape)
         prof = profile_memory(model, x, y, loss_fn if y is not None else None,
-                              warmup=args.warmup, device=args.device)
+                              warmup=args.warmup, device=args.device, **opt_kw)
         prof.meta["model_spec"] = args.model
         prof.save(out / f"memory_b{b}.json")
         profiles.append(prof)
@@ -201,7 +210,8 @@ def register(sub) -> None:
                    help="batch size (repeat for several; two or more let --budget say the "
                         "largest batch that fits)")
     m.add_argument("--input-shape", help="per-sample input shape when the spec defines no "
-                                         "dataset() or example_input(), e.g. 3,32,32")
+                                         "example_batch(), dataset() or example_input(), "
+                                         "e.g. 3,32,32")
     m.add_argument("--device", default="cpu", help="cpu (default) or cuda[:i]")
     m.add_argument("--warmup", type=nonneg_int, default=1, help="steps before the profiled one")
     m.add_argument("--waves", type=positive_int, default=1,
