@@ -1,7 +1,11 @@
 """Fully sharded data parallelism from a plan: torch's fully_shard (FSDP2), HSDP on a 2-D mesh.
 
 Units: every module matched by `data_parallel.shard_modules` (innermost first), then
-the root. With dp_replicate > 1 and replicate 'fsdp' the mesh is (dp_replicate,
+the root. `data_parallel.reshard_after_forward` unset passes torch's default (None): the
+units reshard after their forward, the root keeps its parameters gathered until its
+backward, which needs them first (what `fully_shard` written by hand does; resharding
+the root too, as `true` does, costs one more all-gather of the root per step, M more
+under a GPipe schedule of M micro-batches). With dp_replicate > 1 and replicate 'fsdp' the mesh is (dp_replicate,
 dp_shard): parameters are sharded within a replica group and averaged across
 groups (HSDP). Tensor-parallel parameters (DTensors on the tp dim of the same root
 mesh) are sharded along dp on top of their tp shards (FSDP + TP).
