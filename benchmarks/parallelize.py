@@ -2,10 +2,15 @@
 
 For each plan shape on 4 local gloo ranks (CPU), trains the GPT example (examples/gpt.py)
 with Adam twice: once as `weft.parallelize(model, plan)`, once composed directly with
-DeviceMesh + parallelize_module + fully_shard / DDP, in alternating rounds (both see the
-same machine state). Prints per shape the step time of each, their paired ratio
-(torch time / weft time per round, median; aim >= 0.95: weft adds no overhead), tokens/s
-and the model-state memory per rank (local bytes of parameters, gradients and Adam state,
+DeviceMesh + parallelize_module + fully_shard / DDP, in rounds that alternate A B B A
+(both see the same machine state, and each runs first as often as second). Each round
+of a side starts with one untimed step, so that what is timed is a side's steady state,
+not the switch from the other side (the two share one process's caches and allocator;
+once, under load, the first step after a switch was up to 17% slower). Prints per shape
+the step time of each, their paired ratio (torch time / weft time of the two rounds next
+to each other, median over the rounds; aim >= 0.95: weft adds no overhead) with the
+quartiles of those ratios (their spread says how much one run can tell), tokens/s and the
+model-state memory per rank (local bytes of parameters, gradients and Adam state,
 the largest rank; on CUDA also the allocator's peak). The weft side trains through
 `model.step(x, y, loss_fn)` (the pipelined shapes need it; the others do forward+backward).
 Also weft's own DataParallel (dp, dp_tp) against the torch composition, as extra rows. The
@@ -19,6 +24,7 @@ the tensor-parallel head count); weft cuts the model at `blocks.<n/2>` with torc
 
 from __future__ import annotations
 
+import gc
 import statistics
 import sys
 import time
@@ -254,6 +260,8 @@ def _runner(shape, cfg, batch, weft_side):
 
 
 def _timed(step, steps) -> float:
+    """Mean time of `steps` steps (the slowest rank's), after one untimed step."""
+    step()  # refills what the other side's round evicted; not the plan's own cost
     dist.barrier()
     t0 = time.perf_counter()
     for _ in range(steps):
@@ -273,18 +281,22 @@ def _worker(shapes, cfg, batch, steps, rounds):
             step()
             step()
         times = {k: [] for k in sides}
-        for r in range(rounds):
+        for r in range(rounds):  # A B, B A, A B, ...: A B B A A B ...
             order = list(sides) if r % 2 == 0 else list(reversed(sides))
             for k in order:
                 times[k].append(_timed(sides[k][0], steps))
         mem = torch.tensor([float(_state_bytes(*sides["weft"][1]))])
         dist.all_reduce(mem, op=dist.ReduceOp.MAX)
+        ratios = [t / w for t, w in zip(times["torch"], times["weft"])]
+        q1, _, q3 = statistics.quantiles(ratios, n=4)
         out[shape] = {"weft": statistics.median(times["weft"]),
                       "torch": statistics.median(times["torch"]),
-                      "ratio": statistics.median(t / w for t, w in zip(times["torch"], times["weft"])),
+                      "ratio": statistics.median(ratios), "ratio_q1": q1, "ratio_q3": q3,
                       "state_bytes": float(mem),
                       "cuda_peak": (torch.cuda.max_memory_allocated() if torch.cuda.is_available()
                                     else None)}
+        del sides  # the next shape starts without this one's memory
+        gc.collect()
     return out
 
 
@@ -300,22 +312,25 @@ def main() -> None:
         p.error(f"unknown shape(s) {unknown}; known: {list(SHAPES)}")
     from weft.launch import launch
 
+    # rounds: even, so that each side runs first in half of them
     if args.quick:
-        cfg, batch, steps, rounds = {"d_model": 64, "n_layer": 2, "block": 32, "n_head": 4}, 8, 2, 3
+        cfg, batch, steps, rounds = {"d_model": 64, "n_layer": 2, "block": 32, "n_head": 4}, 8, 2, 4
     else:
-        cfg, batch, steps, rounds = {"d_model": 256, "n_layer": 4, "block": 128, "n_head": 8}, 16, 5, 7
+        cfg, batch, steps, rounds = {"d_model": 256, "n_layer": 4, "block": 128, "n_head": 8}, 16, 3, 10
     cfg = {**cfg, "vocab": 128}
     t0 = time.time()
     res = launch(_worker, WORLD, args=(shapes, cfg, batch, steps, rounds), timeout=300)[0]
     cond = (f"{WORLD} gloo ranks on CPU, 1 thread each; GPT d_model={cfg['d_model']} "
             f"n_layer={cfg['n_layer']} block={cfg['block']}; global batch {batch}; Adam; "
-            f"median of {rounds} alternating rounds of {steps} steps")
+            f"median of {rounds} rounds A B B A of 1 untimed + {steps} timed steps")
     figures = []
     for shape in shapes:
         r = res[shape]
         tokens = batch * cfg["block"] / r["weft"]
         figures += [
             figure(f"{shape}: torch/weft step time (paired median)", r["ratio"], "x", 0.95),
+            figure(f"{shape}: paired ratios, 1st quartile", r["ratio_q1"], "x"),
+            figure(f"{shape}: paired ratios, 3rd quartile", r["ratio_q3"], "x"),
             figure(f"{shape}: weft step time", r["weft"] * 1e3, "ms", better="lower"),
             figure(f"{shape}: torch step time", r["torch"] * 1e3, "ms", better="lower"),
             figure(f"{shape}: weft tokens/s", tokens, "tokens/s"),

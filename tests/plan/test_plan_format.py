@@ -204,7 +204,7 @@ def plans(draw):
         topology=draw(st.sampled_from(["auto", "dgx1", "ring:4", "topo.yaml"])),
         bucket_mb=draw(st.floats(0.01, 1000, allow_nan=False)),
         shard_modules=tuple(draw(st.lists(_names, max_size=2))),
-        reshard_after_forward=draw(st.booleans()))
+        reshard_after_forward=draw(st.sampled_from([None, True, False])))
     pipe = None
     if mesh.pp != 1 or draw(st.booleans()):
         sched = draw(st.sampled_from(wp.format.WEFT_SCHEDULES

@@ -1,7 +1,8 @@
 """The plan cost model charges fully_shard for the collectives the runtime issues.
 
 On gloo ranks `weft.parallelize` trains the GPT example under fully_shard plans (units
-from shard_modules, reshard after forward or not, HSDP, pipelines under GPipe and 1F1B)
+from shard_modules, reshard after forward or not or torch's default (units yes, the root
+no), HSDP, pipelines under GPipe and 1F1B)
 while every all-gather, reduce-scatter and all-reduce call is counted; the model's
 `Estimate.calls` for the rank's pipeline coordinate must be the same numbers, and the
 optimizer's parameter tensors those the model charges per tensor (`Layer.tensors`).
@@ -33,12 +34,19 @@ TWO = [
     _plan("blocks", {"dp_shard": 2}, {"shard_modules": ["blocks.*"]}),
     _plan("blocks kept after forward", {"dp_shard": 2},
           {"shard_modules": ["blocks.*"], "reshard_after_forward": False}),
+    _plan("blocks and root resharded", {"dp_shard": 2},
+          {"shard_modules": ["blocks.*"], "reshard_after_forward": True}),
     _plan("two of three blocks", {"dp_shard": 2}, {"shard_modules": ["blocks.1", "blocks.2"]}),
 ]
 FOUR = [
     _plan("hsdp", {"dp_replicate": 2, "dp_shard": 2},
           {"replicate": "fsdp", "shard_modules": ["blocks.*"]}),
     _plan("pp gpipe", {"pp": 2, "dp_shard": 2}, {"shard_modules": ["blocks.*"]},
+          {"split": ["blocks.1"], "schedule": "gpipe", "microbatches": 2}),
+    _plan("pp gpipe, stage roots only", {"pp": 2, "dp_shard": 2}, {},
+          {"split": ["blocks.1"], "schedule": "gpipe", "microbatches": 2}),
+    _plan("pp gpipe, stage roots resharded", {"pp": 2, "dp_shard": 2},
+          {"reshard_after_forward": True},
           {"split": ["blocks.1"], "schedule": "gpipe", "microbatches": 2}),
     _plan("pp 1f1b", {"pp": 2, "dp_shard": 2}, {"shard_modules": ["blocks.*"]},
           {"split": ["blocks.2"], "schedule": "1f1b", "microbatches": 4}),
@@ -110,7 +118,8 @@ def test_fsdp_collectives_and_tensors_are_those_the_runtime_issues(world, plans,
             assert row["tensors"] == sum(workload.layers[i].tensors for i in layers), plan["name"]
     # the units themselves: 'two of three blocks' is blocks.1, blocks.2 and the root holding
     # the embeddings, blocks.0 and the head
-    shape = Shape.of(from_dict(TWO[3]), workload, BATCH, 2)
+    shape = Shape.of(from_dict(next(p for p in TWO if p["name"] == "two of three blocks")),
+                     workload, BATCH, 2)
     units = units_of(shape, workload, range(len(workload)))
     names = [[workload.layers[i].name for i in u] for u in units]
     assert names == [["blocks.1"], ["blocks.2"], ["tok+pos", "blocks.0", "ln_f+head"]]

@@ -1,10 +1,14 @@
 """Fully sharded data parallelism from a plan: torch's fully_shard (FSDP2), HSDP on a 2-D mesh.
 
 Units: every module matched by `data_parallel.shard_modules` (innermost first), then
-the root. With dp_replicate > 1 and replicate 'fsdp' the mesh is (dp_replicate,
-dp_shard): parameters are sharded within a replica group and averaged across
-groups (HSDP). Tensor-parallel parameters (DTensors on the tp dim of the same root
-mesh) are sharded along dp on top of their tp shards (FSDP + TP).
+the root. `data_parallel.reshard_after_forward` unset is torch's default: the units
+reshard after their forward, the root keeps its parameters gathered until its backward,
+which needs them first (what `fully_shard` written by hand does; resharding the root
+too, as `true` does, costs one more all-gather of the root per step, M more under a
+GPipe schedule of M micro-batches). With dp_replicate > 1 and replicate 'fsdp' the mesh
+is (dp_replicate, dp_shard): parameters are sharded within a replica group and averaged
+across groups (HSDP). Tensor-parallel parameters (DTensors on the tp dim of the same
+root mesh) are sharded along dp on top of their tp shards (FSDP + TP).
 """
 
 from __future__ import annotations
@@ -42,15 +46,18 @@ def fsdp2():
 def apply_fully_shard(model: nn.Module, plan: Plan, mesh) -> nn.Module:
     MixedPrecisionPolicy, fully_shard = fsdp2()
 
-    kw = {"mesh": dp_mesh(plan, mesh),
-          "reshard_after_forward": plan.data_parallel.reshard_after_forward}
+    kw = {"mesh": dp_mesh(plan, mesh)}
     mp = plan.mixed_precision
     if mp is not None:
         kw["mp_policy"] = MixedPrecisionPolicy(param_dtype=dtype(mp.param_dtype),
                                                reduce_dtype=dtype(mp.reduce_dtype))
+    reshard = plan.data_parallel.reshard_after_forward
     modules = dict(model.named_modules())
     units = {n for pat in plan.data_parallel.shard_modules for n in matching(pat, model)}
     for name in sorted(units, key=lambda n: -n.count(".")):  # innermost first
-        fully_shard(modules[name], **kw)
-    fully_shard(model, **kw)
+        fully_shard(modules[name], reshard_after_forward=True if reshard is None else reshard,
+                    **kw)
+    # unset: the root keeps its parameters (torch's default for it, spelled out: torch
+    # before 2.6 takes no None)
+    fully_shard(model, reshard_after_forward=False if reshard is None else reshard, **kw)
     return model

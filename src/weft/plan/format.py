@@ -110,7 +110,9 @@ class DataParallel:
     algorithm: str = "auto"      # WeftCommunicator's algorithm
     bucket_mb: float = 25.0      # weft DataParallel / DDP bucket size
     shard_modules: tuple[str, ...] = ()  # fully_shard units besides the root
-    reshard_after_forward: bool = True
+    # True/False: every fully_shard unit, the root too; None (unset): torch's default, the
+    # units reshard and the root keeps its parameters (its backward needs them first)
+    reshard_after_forward: bool | None = None
 
     def flavour(self, mesh: Mesh) -> str:
         """The replicate flavour after 'auto' is resolved."""

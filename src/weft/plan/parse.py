@@ -194,6 +194,8 @@ def to_dict(plan: Plan) -> dict:
     out["mesh"] = plan.mesh.degrees()
     dp = {f.name: getattr(plan.data_parallel, f.name) for f in fields(DataParallel)}
     dp["shard_modules"] = list(dp["shard_modules"])
+    if dp["reshard_after_forward"] is None:  # unset: torch's default (units yes, root no)
+        del dp["reshard_after_forward"]
     out["data_parallel"] = dp
     rules = []
     for r in plan.tensor_parallel:

@@ -3,7 +3,8 @@ collectives fully_shard issues, counted the way the runtime issues them.
 
 fully_shard (torch's FSDP2, `weft.parallel.fsdp`): every unit (each module matched by
 `data_parallel.shard_modules`, and each stage's root holding the rest) all-gathers its
-parameters before its forward and, when resharded after the forward, again before its
+parameters before its forward and, when resharded after the forward (every unit when
+`reshard_after_forward` is set, else torch's default: all but the root), again before its
 backward, then reduce-scatters its gradients once per step (HSDP: and all-reduces the
 shard over dp_replicate). Under a pipeline schedule torch keeps a unit unsharded through
 the backwards of the step (`set_reshard_after_backward(False)` until the last), so a
@@ -49,29 +50,42 @@ def stage_order(schedule: str, stage: int, stages: int, microbatches: int) -> st
     return order
 
 
-def fsdp_gathers(shape: Shape, stage: int) -> tuple[int, int]:
+def reshards(shape: Shape, root: bool) -> bool:
+    """Whether a unit (or the stage's root) reshards after its forward."""
+    return (not root) if shape.reshard is None else shape.reshard
+
+
+def fsdp_gathers(shape: Shape, stage: int, root: bool = False) -> tuple[int, int]:
     """(forward, backward) all-gathers of one fully_shard unit of `stage` per step."""
+    reshard = reshards(shape, root)
     if shape.pp == 1:
-        return 1, (1 if shape.reshard else 0)
+        return 1, (1 if reshard else 0)
     sched = "1f1b" if shape.schedule == "interleaved" else shape.schedule
     unsharded, fwd, bwd = False, 0, 0
     for a in stage_order(sched, stage, shape.stages, shape.microbatches):
         if not unsharded:
             fwd, bwd = (fwd + 1, bwd) if a == "F" else (fwd, bwd + 1)
             unsharded = True
-        if a == "F" and shape.reshard:
+        if a == "F" and reshard:
             unsharded = False
     return fwd, bwd
+
+
+def stage_units(shape: Shape, workload, layers: range) -> tuple[list[tuple[int, ...]],
+                                                                 tuple[int, ...]]:
+    """(unit layer groups that fall in a stage of layers `layers`, the stage's root: the
+    layers of no unit, () when every layer is in one)."""
+    inside = set(layers)
+    groups = [g for g in (tuple(k for k in u if k in inside)
+                          for u in unit_layers(shape, workload)) if g]
+    covered = {k for g in groups for k in g}
+    return groups, tuple(k for k in layers if k not in covered)
 
 
 def units_of(shape: Shape, workload, layers: range) -> list[tuple[int, ...]]:
     """The fully_shard units of one stage (its layers `layers`): the unit layer groups that
     fall in it, then the stage's root with the layers of no unit."""
-    inside = set(layers)
-    groups = [g for g in (tuple(k for k in u if k in inside)
-                          for u in unit_layers(shape, workload)) if g]
-    covered = {k for g in groups for k in g}
-    root = tuple(k for k in layers if k not in covered)
+    groups, root = stage_units(shape, workload, layers)
     return groups + ([root] if root else [])
 
 
@@ -86,8 +100,9 @@ def sharded_sync(model, shape: Shape, comm, groups, r: int, stages) -> tuple[flo
     fwd = bwd = rs_all = ar_all = first = last = 0.0
     mine = [st for st in stages if st["stage"] % shape.pp == r]
     for st in mine:
-        nf, nb = fsdp_gathers(shape, st["stage"])
-        for unit in units_of(shape, model.workload, range(*st["layers"])):
+        groups, root = stage_units(shape, model.workload, range(*st["layers"]))
+        for unit, is_root in [(g, False) for g in groups] + ([(root, True)] if root else []):
+            nf, nb = fsdp_gathers(shape, st["stage"], root=is_root)
             u = float(sum(a["p_rep"][k] + a["p_split"][k] / t for k in unit))
             if u <= 0:
                 continue

@@ -37,7 +37,8 @@ class Shape:
     # fully_shard units besides each stage's root, as layer groups (`fsdp_unit_layers`);
     # None: every block layer (what `weft plan auto` writes: shard_modules of the blocks)
     fsdp_units: tuple[tuple[int, ...], ...] | None = None
-    reshard: bool = True  # data_parallel.reshard_after_forward
+    # data_parallel.reshard_after_forward; None: torch's default (units yes, each root no)
+    reshard: bool | None = None
 
     @property
     def world(self) -> int:
