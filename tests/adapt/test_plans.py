@@ -1,6 +1,7 @@
 """Plans under adaptation: the GPT example under a weft.plan, resized on a fixed schedule by
 weft.adapt, keeps training to the parameters of an unresized single-process reference that
-trains the same global batches (Adam, 1e-5):
+trains the same global batches (Adam; 1e-4 relative per tensor, as issue 15 asks of a plan:
+tests/_close.py says why not an element-wise 1e-5):
 
 * FSDP (fully sharded) 2 -> 4 (the optimizer's sharded state re-sharded), then one worker
   SIGKILLed: the 3 survivors roll back to the last gathered snapshot, re-shard it over 3
@@ -21,6 +22,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests._close import assert_params_close
 from weft.adapt import AdaptConfig, ScheduleResize, SpecRef, Workload
 from weft.adapt.host import run_elastic
 from weft.adapt.sharding import EpochSharder
@@ -137,8 +139,7 @@ def test_plan_resized_on_a_schedule_matches_the_unresized_reference(case):
     for r in finals[1:]:  # the gathered (whole) state is the same on every worker
         for k in a["model"]:
             assert torch.equal(r["state"]["model"][k], a["model"][k])
-    for k, v in reference().items():
-        torch.testing.assert_close(a["model"][k], v, rtol=0, atol=1e-5, msg=k)
+    assert_params_close(a["model"], reference(), case)
 
 
 def test_a_plan_that_infers_tp_from_the_world_refuses_to_resize():

@@ -17,6 +17,7 @@ import torch.distributed as dist
 
 import weft
 from weft.errors import PlanError
+from tests._close import assert_params_close
 from weft.launch import launch
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -30,7 +31,7 @@ import train_gpt
 pytestmark = pytest.mark.timeout(900)
 
 STEPS, BATCH, LR, WORLD = 3, 8, 1e-2, 4
-TOL = 1e-4  # relative: ||p - p_ref|| / ||p_ref|| per parameter tensor
+TOL = 1e-4  # relative: ||p - p_ref|| / ||p_ref|| per parameter tensor (tests/_close.py)
 BF16 = {"mixed_precision": {"param_dtype": "bfloat16", "reduce_dtype": "float32"}}
 OUTPUT_DTYPES = {}  # plan name -> dtype of the model's output in the last step
 LOCAL_SHAPES = {}  # "last" -> {parameter name: shape this rank holds} of the last parallelize
@@ -247,15 +248,6 @@ def references():
     return refs
 
 
-def _assert_close(state, ref, what, only=None):
-    assert state.keys() == ref.keys(), what
-    for k, v in ref.items():
-        if only is not None and k not in only:
-            continue
-        err = float((state[k] - v).norm() / v.norm())
-        assert err <= TOL, f"{what}: {k} differs from the single-process run by {err:.2e} (relative)"
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("case", list(CASES) + list(CHAINS))
 def test_plan_matches_single_process(case, world_results, references):
@@ -273,7 +265,7 @@ def test_plan_matches_single_process(case, world_results, references):
             from tests.parallel._zoo import without_key_bias
 
             state, ref = without_key_bias(state), without_key_bias(references[task])
-        _assert_close(state, ref, f"{case} rank {rank}", only)
+        assert_params_close(state, ref, f"{case} rank {rank}", only)
     # the parameters moved: a plan that trained nothing would not match a trained reference
     initial = _task(task)[0]().state_dict()
     assert any(not torch.allclose(initial[k], results[0][case][k]) for k in initial)
@@ -304,7 +296,7 @@ def test_incremental_path_changes_only_the_plan(step, world_results, references)
     under each plan of the path."""
     results, _ = world_results
     for rank, res in enumerate(results):
-        _assert_close(res[f"doc:{step}"], references["doc"], f"train_gpt.py {step} rank {rank}")
+        assert_params_close(res[f"doc:{step}"], references["doc"], f"train_gpt.py {step} rank {rank}")
 
 
 @pytest.mark.slow
@@ -344,7 +336,7 @@ def test_checkpoint_from_four_ranks_continues_in_one_process(world_results, refe
     two more steps equal five single-process steps."""
     _, ckpt = world_results
     state = train(_plan("single"), steps=2, start=3, load=str(ckpt / "fsdp->dp-tp-1"))
-    _assert_close(state, train(_plan("single"), steps=5), "4 ranks -> 1 process")
+    assert_params_close(state, train(_plan("single"), steps=5), "4 ranks -> 1 process")
 
 
 def test_one_rank_plan_runs_without_process_group():

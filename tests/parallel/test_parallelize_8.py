@@ -15,7 +15,8 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 sys.path.insert(0, str(EXAMPLES))
 import train_gpt
 
-from tests.parallel.test_parallelize import BATCH, LR, STEPS, _assert_close
+from tests._close import assert_params_close
+from tests.parallel.test_parallelize import BATCH, LR, STEPS
 
 PLANS = EXAMPLES / "plans"
 
@@ -35,9 +36,9 @@ def test_dp_tp_pp_on_8_ranks_matches_one_process(tmp_path):
     ref, _, _ = train_gpt.train(single, steps=STEPS, batch=BATCH, lr=LR)
     ref = ref.full_state_dict()
     for rank, (state, coords, stages) in enumerate(results):
-        _assert_close(state, ref, f"pp_dp_tp rank {rank}")
+        assert_params_close(state, ref, f"pp_dp_tp rank {rank}")
         assert stages == [coords["pp"]] and coords["tp"] == rank % 2  # the mesh of the plan
     # the 8-rank checkpoint continues in one process: 2 more steps = STEPS + 2 from scratch
     more, _, _ = train_gpt.train(single, steps=2, batch=BATCH, lr=LR, resume=str(ckpt))
     whole, _, _ = train_gpt.train(single, steps=STEPS + 2, batch=BATCH, lr=LR)
-    _assert_close(more.full_state_dict(), whole.full_state_dict(), "8 ranks -> 1 process")
+    assert_params_close(more.full_state_dict(), whole.full_state_dict(), "8 ranks -> 1 process")
