@@ -29,6 +29,8 @@ PLANS = {
     "dp+ckpt": {"mesh": {"dp_replicate": 2}, "data_parallel": {"replicate": "weft"},
                 "activation_checkpoint": ["blocks.*"]},
     "fsdp": {"mesh": {"dp_shard": 2}, "data_parallel": {"shard_modules": ["blocks.*"]}},
+    # no units but the root, which keeps its parameters gathered from forward to backward
+    "fsdp root only": {"mesh": {"dp_shard": 2}},
     "tp": {"mesh": {"tp": 2}, "tensor_parallel": TP_RULES},
     "pp": {"mesh": {"pp": 2}, "pipeline": {"split": ["blocks.2"], "schedule": "gpipe",
                                            "microbatches": 2}},

@@ -11,8 +11,11 @@ parameter bytes at the plan's tp degree (replicated + split / tp) and S the shar
 * gradients: P / S under fully_shard; with weft's DataParallel its flat bucket buffers
   (P, kept between steps: the gradients are views of them); with torch DDP the gradients
   and its buckets (2 P); without data parallelism P, freed by ``zero_grad``;
-* fully_shard's unsharded buffers: the largest unit's parameters, twice (the unit
-  running and the next one prefetched), and its unsharded gradients in the backward;
+* fully_shard's unsharded buffers (the units of `weft.planner.dp_cost.stage_units`): a
+  root that does not reshard after its forward (torch's default) holds its parameters
+  gathered from its forward to its backward; besides it, the largest other unit's
+  parameters twice (the unit running and the next one prefetched), and the largest
+  unit's unsharded gradients in the backward;
 * activations: what autograd saves per sample (replicated + split / tp) x micro-batch
   size x the micro-batches in flight on the stage (1 without a pipeline; GPipe: all M;
   1F1B: min(pp - stage, M); interleaved: that plus one per extra chunk), or with
@@ -35,6 +38,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from weft.planner.dp_cost import reshards, stage_units
 from weft.planner.shape import Shape
 from weft.planner.workload import Workload
 
@@ -97,7 +101,7 @@ def stage_memory(shape: Shape, workload: Workload, stage: int = 0) -> Memory:
     fsdp_buf = 0.0
     unit = float(params.max(initial=0.0))
     if shape.sharded:
-        fsdp_buf = 3 * unit * (1 - 1 / S)
+        fsdp_buf = _fsdp_buffers(shape, workload, layers, params) * (1 - 1 / S)
         grads_kept, grads_step = P / S, P / S
     elif shape.flavour == "weft" and shape.dp > 1:
         grads_kept, grads_step = P, P
@@ -121,6 +125,19 @@ def stage_memory(shape: Shape, workload: Workload, stage: int = 0) -> Memory:
     working = max(act + grads_kept + fsdp_buf, grads_step + temp)
     peak = terms["parameters"] + terms["optimizer state"] + working
     return Memory(terms, peak)
+
+
+def _fsdp_buffers(shape: Shape, workload: Workload, layers, params) -> float:
+    """Unsharded bytes fully_shard holds at once on a stage of `layers` (their bytes
+    `params` at the plan's tp degree): a kept root, plus the largest other unit twice,
+    plus the largest unit's gradients."""
+    size = dict(zip(layers.tolist(), params.tolist()))
+    groups, root = stage_units(shape, workload, layers.tolist())
+    units = [sum(size[k] for k in g) for g in groups]
+    root_b = sum(size[k] for k in root)
+    kept = root_b if root and not reshards(shape, root=True) else 0.0
+    others = units + ([root_b] if root and not kept else [])
+    return kept + 2 * max(others, default=0.0) + max(units + [root_b], default=0.0)
 
 
 def plan_memory(shape: Shape, workload: Workload) -> tuple[float, int, Memory]:
