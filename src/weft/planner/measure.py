@@ -7,6 +7,8 @@ Every rank builds the model spec's model (same seed), applies the plan with
 `example_input(batch)` (targets: the inputs shifted by one token when the input is
 integer, else zeros of the output's shape) after `warmup` steps. Step time: per step the
 slowest rank's time (a barrier before, the max over ranks after), median over steps.
+Several plans (`many`) can be timed in interleaved rounds (`rounds`), so that they compare
+as if side by side on a host whose speed drifts.
 
 Memory (`memory=True`), per rank, measured by the kernel: the process's peak resident set
 (VmHWM) minus its resident set just before the model was built, with the peak reset
@@ -148,26 +150,62 @@ def time_rank(plan_dict: dict, spec: str, batch: int, steps: int = 5,
 
 
 def time_ranks(plans: list[dict], spec: str, batch: int, steps: int = 5,
-               config: dict | None = None) -> list[dict]:
-    """`time_rank` for several plans in turn."""
-    return [time_rank(p, spec, batch, steps, config=config) for p in plans]
+               config: dict | None = None, rounds: int = 1) -> list[dict]:
+    """`time_rank` for several plans: one after the other (``rounds`` 1), or all built at
+    once and timed in `rounds` interleaved rounds (plan order forwards, then backwards, ...;
+    an untimed step before each plan's share of about steps / rounds timed steps), so that
+    a host whose speed drifts over minutes slows every plan alike and the plans compare
+    as if measured side by side. A plan with a `placement` renumbers the process and
+    cannot share it: interleaving refuses it."""
+    if rounds <= 1:
+        return [time_rank(p, spec, batch, steps, config=config) for p in plans]
+    import torch
+    import torch.distributed as dist
+
+    from weft.errors import PlanError
+
+    placed = [p.get("name", k) for k, p in enumerate(plans) if p.get("placement")]
+    if placed:
+        raise PlanError(f"time_ranks: plan(s) {placed} have a placement, which renumbers the "
+                         f"process: time them with rounds=1")
+    built = [_train(p, spec, batch, steps, config or {}, True) for p in plans]
+    for b in built:  # warm-up
+        for _ in range(2):
+            _step(*b)
+    per = max(1, -(-steps // rounds))
+    times: list[list[float]] = [[] for _ in plans]
+    for r in range(rounds):
+        for k in (range(len(plans)) if r % 2 == 0 else reversed(range(len(plans)))):
+            _step(*built[k])  # the switch from the previous plan is not this plan's cost
+            for _ in range(per):
+                dist.barrier()
+                t0 = time.perf_counter()
+                _step(*built[k])
+                t = torch.tensor([time.perf_counter() - t0], dtype=torch.float64)
+                dist.all_reduce(t, op=dist.ReduceOp.MAX)
+                times[k].append(float(t))
+    return [{"rank": dist.get_rank(), "step_s": statistics.median(ts), "steps": ts}
+            for ts in times]
 
 
 def measure(plan, spec: str, world: int, batch: int, steps: int = 5, memory: bool = False,
             config: dict | None = None, timeout: float = 300.0, many: bool = False,
-            **kw) -> list:
+            rounds: int = 1, **kw) -> list:
     """Run `time_rank` (or `memory_rank`) on `world` local gloo ranks; one dict per rank
-    (with `many`, `plan` is a list of plans and each rank returns a list, one per plan)."""
+    (with `many`, `plan` is a list of plans and each rank returns a list, one per plan;
+    `rounds` > 1 times them interleaved, see `time_ranks`)."""
     from weft.launch import launch
     from weft.model_spec import resolve
     from weft.plan.io import resolve as resolve_plan
     from weft.plan.parse import to_dict
 
+    args = ()
     if many:
         plan_dict = [to_dict(resolve_plan(p)) for p in plan]
         fn = memory_ranks if memory else time_ranks
+        args = () if memory else (rounds,)
     else:
         plan_dict = to_dict(resolve_plan(plan))
         fn = memory_rank if memory else time_rank
-    return launch(fn, world, args=(plan_dict, resolve(spec), batch, steps, config or {}),
+    return launch(fn, world, args=(plan_dict, resolve(spec), batch, steps, config or {}, *args),
                   timeout=timeout, **kw)
