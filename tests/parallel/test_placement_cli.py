@@ -3,6 +3,7 @@
 a consistent one reaches the launcher. Locally and as one torchrun worker (no process
 is started: the launcher is replaced by a recorder)."""
 
+import socket
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,8 @@ GPT = str(ROOT / "examples" / "gpt.py")
 DP = "format: weft.plan/1\nmesh: {dp_replicate: -1}\n"
 TORCHRUN = {"RANK": "3", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2", "WORLD_SIZE": "4",
             "GROUP_RANK": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "1"}
+HOST = socket.gethostname().split(".")[0]
+NODES = {**TORCHRUN, "GROUP_WORLD_SIZE": "2"}  # as torchrun sets it for 2 nodes
 
 
 @pytest.fixture
@@ -30,7 +33,7 @@ def started(monkeypatch):
 
     monkeypatch.setattr("weft.launch.launch", record)
     monkeypatch.setattr("weft.launch.run", record)
-    for k in ("WEFT_DEVICE", *TORCHRUN, "TORCHELASTIC_RUN_ID"):
+    for k in ("WEFT_DEVICE", *NODES, "TORCHELASTIC_RUN_ID"):
         monkeypatch.delenv(k, raising=False)
     return calls, Started
 
@@ -62,6 +65,15 @@ BAD = [  # (placement, world, environment, error after "weft: error: <file>: pla
      "$WEFT_DEVICE='n{node}.gpu{local_rank}' puts rank 3 on 'n1.gpu1', which is not in"),
     ("[h0, h1, h2, h3]", 4, {**TORCHRUN, "WEFT_DEVICE": "h{node}"},
      "$WEFT_DEVICE='h{node}' puts ranks 2 and 3 both on 'h1'"),
+    # two nodes alike (torchrun's GROUP_WORLD_SIZE): the other node's workers are known too,
+    # and a template that does not name the node puts both nodes' on the same devices
+    ("[gpu0, gpu1, gpu2, gpu3]", 4, {**NODES, "WEFT_DEVICE": "gpu{local_rank}"},
+     "$WEFT_DEVICE='gpu{local_rank}' puts ranks 0 and 2 both on 'gpu0'; each rank needs its "
+     "own device of the placement (they run on nodes 0 and 1: name the node with {node} or "
+     "{host})"),
+    ("[n0.gpu0, n0.gpu1, n1.gpu0, n2.gpu1]", 4,
+     {**NODES, "WEFT_DEVICE": "n{node}.gpu{local_rank}"},
+     "$WEFT_DEVICE='n{node}.gpu{local_rank}' puts rank 3 on 'n1.gpu1', which is not in"),
 ]
 
 
@@ -83,6 +95,11 @@ def test_inconsistent_placement_exits_2_before_any_rank_starts(placement, world,
     ("[a, b]", 2, {}),                                     # no $WEFT_DEVICE: rank order
     ("[n1.gpu1, n0.gpu0, n1.gpu0, n0.gpu1]", 4,
      {**TORCHRUN, "WEFT_DEVICE": "n{node}.gpu{local_rank}"}),
+    ("[n1.gpu1, n0.gpu0, n1.gpu0, n0.gpu1]", 4,
+     {**NODES, "WEFT_DEVICE": "n{node}.gpu{local_rank}"}),
+    # {host}: only this node knows its name, so only its own workers are checked here
+    (f"[other.gpu0, other.gpu1, {HOST}.gpu0, {HOST}.gpu1]", 4,
+     {**NODES, "WEFT_DEVICE": "{host}.gpu{local_rank}"}),
 ])
 def test_consistent_placement_reaches_the_launcher(placement, world, env, tmp_path, monkeypatch,
                                                    started):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import string
 
 import torch
 import torch.distributed as dist
@@ -61,7 +62,11 @@ def launch_devices(world: int, env_launched: bool) -> dict[int, str]:
     A local launch (`weft.launch.launch`) starts ranks 0..world-1 with LOCAL_RANK = RANK
     and this process's environment: all of them. Under torchrun (`env_launched`) this
     process is one rank and knows its node's: ranks RANK-LOCAL_RANK ... of LOCAL_WORLD_SIZE
-    (torchrun numbers a node's workers contiguously), on the same node and host."""
+    (torchrun numbers a node's workers contiguously), on the same node and host; and every
+    node's when the nodes are alike (GROUP_WORLD_SIZE nodes of LOCAL_WORLD_SIZE workers
+    make the world, node g's ranks starting at g x LOCAL_WORLD_SIZE) and the template does
+    not name the host, which only that node knows: so two nodes' workers that $WEFT_DEVICE
+    puts on one device are found here too."""
     env = os.environ
     template = env.get(DEVICE_ENV)
     if not template:
@@ -71,9 +76,18 @@ def launch_devices(world: int, env_launched: bool) -> dict[int, str]:
         return {r: device_name(template, rank=str(r), local_rank=str(r), node=node)
                 for r in range(world)}
     rank, local = int(env.get("RANK", "0")), int(env.get("LOCAL_RANK", "0"))
-    first = rank - local
-    return {first + i: device_name(template, rank=str(first + i), local_rank=str(i), node=node)
-            for i in range(int(env.get("LOCAL_WORLD_SIZE", "1")))}
+    width, first = int(env.get("LOCAL_WORLD_SIZE", "1")), rank - local
+    starts = {node: first}  # node -> its first rank
+    try:
+        uses_host = "host" in {f for _, f, _, _ in string.Formatter().parse(template) if f}
+    except ValueError:  # malformed: device_name says how
+        uses_host = True
+    count = env.get("GROUP_WORLD_SIZE", "")
+    if (not uses_host and count.isdigit() and node.isdigit() and int(count) * width == world
+            and first == int(node) * width):
+        starts = {str(g): g * width for g in range(int(count))}
+    return {s + i: device_name(template, rank=str(s + i), local_rank=str(i), node=g)
+            for g, s in starts.items() for i in range(width)}
 
 
 def check_launch_placement(placement, world: int, env_launched: bool) -> None:
@@ -98,8 +112,11 @@ def check_launch_placement(placement, world: int, env_launched: bool) -> None:
             raise PlanError(f"placement: {where} puts rank {r} on {d!r}, which is not in the "
                             f"plan's placement {shown}")
         if d in seen:
+            width = int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if env_launched else world
+            nodes = (f" (they run on nodes {seen[d] // width} and {r // width}: name the node "
+                     "with {node} or {host})") if seen[d] // width != r // width else ""
             raise PlanError(f"placement: {where} puts ranks {seen[d]} and {r} both on {d!r}; "
-                            "each rank needs its own device of the placement")
+                            f"each rank needs its own device of the placement{nodes}")
         seen[d] = r
 
 
