@@ -5,7 +5,10 @@ This is the one contract every part of weft loads a model through (pipeline plan
 `nn.Module` or a callable returning one. The file may also define ``example_input(batch_size)``
 (a sample batch for profiling), ``example_batch(batch_size)`` returning ``(inputs, labels)``
 (synthetic inputs and labels, preferred by `weft profile memory`), ``loss_fn``, ``dataset()`` returning ``(train, test)`` torch
-datasets and ``optimizer(params)``; the caller says which it needs.
+datasets and ``optimizer(params)``; the caller says which it needs. ``loss_fn(output, target)``
+gets the model's output as the model returns it (a Hugging Face ``ModelOutput``: take its
+``logits``) under `weft.parallelize` and adaptive training; weft's pipeline runtime alone
+reduces a structured output to one tensor first (its ``output`` field, e.g. ``"logits"``).
 
 A file is imported under a name derived from its absolute path, with its own folder on
 ``sys.path`` (so it can import a module that sits next to it); spawned ranks import it the same

@@ -22,13 +22,15 @@ PROFILES = {"format": "weft.colocation/1", "memory": {"x": 10},
             "profiles": {"a": {"bins": [8, 2, 2, 2]}, "b": {"bins": [8, 2, 2, 2]}}}
 
 
-def _setup(tmp_path):
-    (tmp_path / "tp.json").write_text(json.dumps(THROUGHPUTS))
+def _setup(tmp_path, throughputs=THROUGHPUTS, round_seconds=1, steps=(15, 60)):
+    """Writes the table, the profiles, the cluster (one x slot) and jobs a and b (by default
+    a is short, b long: b runs beside a, then alone, restarted at its solo step time)."""
+    (tmp_path / "tp.json").write_text(json.dumps(throughputs))
     (tmp_path / "co.json").write_text(json.dumps(PROFILES))
-    (tmp_path / "cluster.yaml").write_text("accelerators: {x: 1}\nthroughputs: tp.json\nround_seconds: 1\n")
-    # a is short, b long: b runs beside a, then alone (restarted at its solo step time)
+    (tmp_path / "cluster.yaml").write_text(
+        f"accelerators: {{x: 1}}\nthroughputs: tp.json\nround_seconds: {round_seconds}\n")
     (tmp_path / "jobs.yaml").write_text(json.dumps({"jobs": [
-        {"type": "a", "steps": 15, "command": COMMAND}, {"type": "b", "steps": 60, "command": COMMAND}]}))
+        {"type": t, "steps": n, "command": COMMAND} for t, n in zip("ab", steps)]}))
     spec = load_cluster(tmp_path / "cluster.yaml")
     return spec, load_jobs(tmp_path / "jobs.yaml", spec.table)
 
@@ -97,13 +99,7 @@ def test_a_pair_steps_in_tick_tock_at_its_planned_offset(tmp_path):
     # period after a (the profiles' best offset: peak 8 over the first quarter of a step).
     tp = {"x": {"a": {"null": 10.0, "b": [9.0, 6.0]}, "b": {"null": 10.0, "a": [6.0, 9.0]}}}
     period = 1 / 6   # (the LP leases the pair only part of the time: one 5 s round holds both runs)
-    (tmp_path / "tp.json").write_text(json.dumps(tp))
-    (tmp_path / "co.json").write_text(json.dumps(PROFILES))
-    (tmp_path / "cluster.yaml").write_text("accelerators: {x: 1}\nthroughputs: tp.json\nround_seconds: 5\n")
-    (tmp_path / "jobs.yaml").write_text(json.dumps({"jobs": [
-        {"type": "a", "steps": 10, "command": COMMAND}, {"type": "b", "steps": 10, "command": COMMAND}]}))
-    spec = load_cluster(tmp_path / "cluster.yaml")
-    jobs = load_jobs(tmp_path / "jobs.yaml", spec.table)
+    spec, jobs = _setup(tmp_path, throughputs=tp, round_seconds=5, steps=(10, 10))
     co = CoLocation.load(tmp_path / "co.json", rule="offset")
     assert co.launch_offset(jobs[0].key, jobs[1].key, spec.table, "x") == 0.25
     assert CoLocation.load(tmp_path / "co.json", rule="gang").launch_offset(

@@ -129,7 +129,9 @@ class Workload:
     every worker), a module (copied), or a model spec string. `dataset`: a map-style
     Dataset whose items are `(inputs..., target)`, or a zero-argument callable returning
     one or `(train, test)`. `loss_fn(output, target)`: the *mean* loss of a batch (default
-    cross entropy). `optimizer(params)`: any torch.optim optimizer (default SGD with
+    cross entropy), given the output as the model returns it (a Hugging Face `ModelOutput`
+    too: the loss takes `output.logits`), as `weft.parallelize`'s `model.step` gives it.
+    `optimizer(params)`: any torch.optim optimizer (default SGD with
     `AdaptConfig.lr`/`momentum`). `scheduler(optimizer)`: an LR scheduler stepped once per
     training step. `callbacks`: objects with any of `on_step_end(run)`, `on_change(run,
     event)`, `on_train_end(run)` (see weft.adapt.callbacks). `state`: an object with
@@ -308,6 +310,20 @@ def evaluate(model: nn.Module, dataset, loss_fn, batch: int = 256) -> dict:
 
 
 # -- validation in the launching process -------------------------------------------------------
+def _structured(out) -> str:
+    """Where a loss failed on a structured output (a Hugging Face `ModelOutput`, a dict, a
+    tuple): what `loss_fn` was given, and what to do about it."""
+    if out is None or torch.is_tensor(out):
+        return ""
+    what = type(out).__name__
+    if hasattr(out, "keys"):
+        what += f" with fields {', '.join(map(str, out.keys()))}"
+    elif isinstance(out, (tuple, list)):
+        what += f" of {len(out)}"
+    return (f" (loss_fn gets the model's output as the model returns it, here a {what}: "
+            "take the tensor the loss needs in loss_fn, e.g. output.logits)")
+
+
 def check(w: Workload, workers: int, batch_size: int, batch_rule: str = "per_worker",
           lr: float | None = None, momentum: float = 0.9) -> int:
     """Validate `w` before any worker starts (see module doc); returns the dataset size."""
@@ -358,14 +374,16 @@ def check(w: Workload, workers: int, batch_size: int, batch_rule: str = "per_wor
                                                                       "load_state_dict")):
         raise WorkloadError(f"state: {type(b.state).__name__} needs state_dict() and "
                             "load_state_dict()")
+    out = None
     try:
         inputs, y = split(get_batch(b.train, torch.arange(min(2, n))))
-        loss = b.loss_fn(model(*inputs), y)
+        out = model(*inputs)
+        loss = b.loss_fn(out, y)
     except WorkloadError:
         raise
     except Exception as exc:  # noqa: BLE001
         raise WorkloadError(f"model/loss_fn: a forward pass on 2 samples failed: "
-                            f"{type(exc).__name__}: {exc}") from exc
+                            f"{type(exc).__name__}: {exc}{_structured(out)}") from exc
     if not (torch.is_tensor(loss) and loss.numel() == 1 and loss.requires_grad):
         raise WorkloadError(f"loss_fn: must return a scalar tensor with a gradient, got "
                             f"{type(loss).__name__}{tuple(getattr(loss, 'shape', ()))}")

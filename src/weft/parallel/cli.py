@@ -3,48 +3,6 @@ pipeline plan from `weft plan pipeline` (weft's own pipeline runtime), by the fi
 
 from __future__ import annotations
 
-from weft.errors import PlanError
-
-
-def _train(args) -> int:
-    from rich.console import Console
-
-    from weft.launch import launch
-    from weft.parallel.pipeline import SCHEDULES, PipelinePlan, bubble_fraction, draw
-    from weft.parallel.pipeline.train import evaluate, rank_main
-
-    con = Console()
-    plan = PipelinePlan.load(args.plan)
-    spec = args.model or plan.model
-    if not spec:
-        raise PlanError(f"{args.plan} stores no model spec; pass --model path.py[:attr]")
-    if args.schedule not in SCHEDULES:
-        raise PlanError(f"--schedule {args.schedule!r}: choose one of {', '.join(SCHEDULES)}")
-    chunks = args.chunks if args.schedule == "interleaved" else 1
-    con.print(f"training {spec} with {plan.num_stages} stages on {plan.workers} local ranks, "
-              f"schedule {args.schedule}, {plan.microbatches} micro-batches of {plan.micro_batch}")
-    results = launch(rank_main, plan.workers, timeout=args.timeout,
-                     args=(plan.to_dict(), spec, args.schedule, args.epochs, args.lr, chunks,
-                           bool(args.timeline), args.max_steps))
-    elapsed = max(r["elapsed"] for r in results)
-    samples = results[0]["samples"]
-    losses = [l for r in results for l in r["losses"]]
-    acc = evaluate(spec, [r["state"] for r in results])
-    con.print(f"{samples} samples in {elapsed:.2f} s: {samples / elapsed:,.0f} samples/s")
-    if losses:
-        con.print(f"final loss {sum(losses[-5:]) / len(losses[-5:]):.4f}")
-    if acc is not None:
-        con.print(f"test accuracy {acc:.2%}")
-    if args.timeline:
-        events = []
-        for r in results:  # draw the last two steps of each rank (the whole run is unreadable)
-            fs = sorted(e[4] for e in r["events"] if e[1] == "F")
-            cut = fs[-min(len(fs), 2 * plan.microbatches)] if fs else 0.0
-            events += [e for e in r["events"] if e[4] >= cut]
-        con.print(f"measured bubble fraction {bubble_fraction(events, plan.workers):.1%}")
-        con.print(f"timeline written to {draw(events, args.timeline, f'{args.schedule}')}")
-    return 0
-
 
 def add_arguments(p) -> None:
     """Options of `weft train --plan` (the command itself is wired in weft.train_cli)."""
@@ -81,12 +39,20 @@ def add_arguments(p) -> None:
 
 
 def train(args) -> int:
-    """`weft train --plan`: a weft.plan/1 plan, or a pipeline plan with the defaults for
-    options shared with `weft train --policy`."""
+    """`weft train --plan`: a weft.plan/1 plan (weft.parallel.run.train_plan), or a pipeline
+    plan (weft.parallel.pipeline.train.train_plan) with the defaults for options shared with
+    `weft train --policy`."""
     from weft.parallel.run import plan_kind, train_plan
 
     if plan_kind(args.plan) == "weft":
         return train_plan(args)
-    args.epochs = 1 if args.epochs is None else args.epochs
-    args.lr = 0.05 if args.lr is None else args.lr
-    return _train(args)
+    from rich.console import Console
+
+    from weft.parallel.pipeline.train import train_plan as train_pipeline
+
+    train_pipeline(args.plan, args.model, args.schedule,
+                   epochs=1 if args.epochs is None else args.epochs,
+                   lr=0.05 if args.lr is None else args.lr, chunks=args.chunks,
+                   timeline=args.timeline, timeout=args.timeout, max_steps=args.max_steps,
+                   console=Console())
+    return 0
