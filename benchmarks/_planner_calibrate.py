@@ -30,8 +30,10 @@ def _calibrate_local(world: int, cfg, batch: int, quick: bool):
     gpt, model = gpt_model(cfg)
     sample = gpt.example_input(max(1, batch // world))
     if world > 1 and not quick:
-        c = {"compute_scale": contention_local(world, sample, model=model, rounds=4)
-             ["compute_scale"]}
+        # the median: the step is timed at its median, and the minimum of the concurrent
+        # passes picks the moments when other ranks happened to wait (docs/planner.md)
+        c = {"compute_scale": contention_local(world, sample, model=model, rounds=4,
+                                               statistic="median")["compute_scale"]}
     else:  # quick: not measured
         c = {"compute_scale": 1.0}
     params = fit_gloo(world, quick)
