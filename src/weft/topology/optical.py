@@ -192,6 +192,19 @@ def design(servers: list[str], traffic: Traffic, ports: int, bandwidth: float,
     return t
 
 
+def same_circuits(a: Topology, b: Topology) -> bool:
+    """Whether `a` and `b` join their servers by the same circuits up to the servers'
+    names (isomorphic, with equal bandwidth per link): e.g. a design that is the ring."""
+    def undirected(t: Topology) -> nx.Graph:
+        g = nx.Graph()
+        g.add_nodes_from(d.name for d in t.compute_devices)
+        g.add_edges_from((ln.src, ln.dst, {"bw": ln.bandwidth}) for ln in t.links)
+        return g
+
+    return nx.is_isomorphic(undirected(a), undirected(b),
+                            edge_match=lambda x, y: abs(x["bw"] - y["bw"]) <= 1e-6 * y["bw"])
+
+
 ALL = "all"  # rings over every server, in rank order (TotientPerms over the whole job)
 
 
