@@ -56,6 +56,7 @@ def scan(figs, ports: int):
     from weft.planner.fabric import optimize_fabric
     from weft.planner.shape import Shape
     from weft.planner.workload import transformer
+    from weft.topology.optical import same_circuits
 
     wl = transformer(n_layer=8, d_model=2048, n_head=16, seq=1024, flops=300e12)
     rows = []
@@ -65,12 +66,14 @@ def scan(figs, ports: int):
                    microbatches=4 if pp > 1 else 1, flavour="weft")
         r = optimize_fabric(wl, sh, ports=ports, bandwidth=12.5e9, rounds=2, place_budget=0.3)
         rows.append((sh.label(), r.ratio("ring"), r.ratio("torus"),
-                     r.times["ring"] / r.times["fat tree"]))
+                     r.times["ring"] / r.times["fat tree"],
+                     same_circuits(r.optical.topology, r.topologies["ring"])))
     print(f"  fabric scan (simulated; 8 servers, {ports} ports of 12.5 GB/s, transformer "
           f"8 blocks d_model 2048 seq 1024, batch 32; {time.perf_counter() - t0:.0f} s): "
-          "ring/chosen, torus/chosen, ring/fat tree")
-    for label, ring, torus, fat in rows:
-        print(f"    {label:22s} {ring:5.2f}x {torus:5.2f}x {fat:5.2f}x")
+          "ring/chosen, torus/chosen, ring/fat tree (*: the choice is the ring itself, placed "
+          "by a search from another start)")
+    for label, ring, torus, fat, is_ring in rows:
+        print(f"    {label:22s} {ring:5.2f}x{'*' if is_ring else ' '} {torus:5.2f}x {fat:5.2f}x")
     figs.append(figure(f"fabric/8servers/{ports}ports/predicted_best_vs_ring",
                        max(x[1] for x in rows), "x", None, "higher"))
     figs.append(figure(f"fabric/8servers/{ports}ports/predicted_best_vs_torus",
@@ -101,7 +104,7 @@ def emulated_fabric(args, figs):
     emu = bw / 1e9 * scale * 1e6 / 8
     res = optimize_fabric(wl, shape, ports=4, bandwidth=emu, costs=costs, rounds=2)
     is_ring = same_circuits(res.topologies["optical"], res.topologies["ring"])
-    cond = (f"8 servers, 4 ports of {emu * 8 / 1e6:.0f} Mbit/s ({scale:g} Mbit/s per GB/s of "
+    cond = (f"8 servers, 4 ports of {emu * 8 / 1e6:g} Mbit/s ({scale:g} Mbit/s per GB/s of "
             f"12.5 GB/s), GPT d_model {cfg['d_model']} {cfg['n_layer']} blocks seq "
             f"{cfg['block']}, batch {batch}, plan dp2xtp4, 5 steps; load "
             f"{os.getloadavg()[0]:.1f}")
