@@ -99,7 +99,7 @@ def emulated_fabric(args, figs):
             "tensor_parallel": grid(4, rules, cfg["n_layer"])["tp4"]["tensor_parallel"]}
     shape = Shape.of(from_dict(plan), wl, batch, 8)
     costs = emulated_costs(8, cfg, batch, args.quick)
-    scale = args.mbit_per_gbs
+    scale = args.fabric_mbit_per_gbs
     bw = 12.5e9
     emu = bw / 1e9 * scale * 1e6 / 8
     res = optimize_fabric(wl, shape, ports=4, bandwidth=emu, costs=costs, rounds=2)
