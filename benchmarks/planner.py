@@ -51,6 +51,9 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=positive_int, default=32, help="global batch of the GPT plans")
     p.add_argument("--mbit-per-gbs", type=positive_float, default=4.0,
                    help="emulated Mbit/s per GB/s of topology bandwidth")
+    p.add_argument("--fabric-mbit-per-gbs", type=positive_float, default=1.0,
+                   help="the same for the fabric part (slow enough that the links, not the "
+                        "2 cores, bound its step)")
     args = p.parse_args(argv)
     parts = args.parts.split(",")
     bad = [x for x in parts if x not in PARTS]

@@ -16,6 +16,7 @@ from weft.topology.optical import (
     fat_tree,
     optimize,
     ring,
+    same_circuits,
     splits,
     torus,
     totient_strides,
@@ -103,6 +104,16 @@ def test_a_ring_over_all_servers_is_a_design():
     t = Traffic({"tp": ((tuple(servers[:3]), tuple(servers[3:])), 5.0)}, {}, tuple(servers))
     topo = design(servers, t, 4, BW, {"all": 4})
     assert sorted(topo.graph.edges) == sorted(ring(servers, 4, BW).graph.edges)
+
+
+def test_same_circuits_sees_a_ring_under_other_names():
+    servers = [f"s{i}" for i in range(8)]
+    shuffled = [servers[i] for i in (3, 0, 6, 1, 7, 2, 5, 4)]
+    t = Traffic({"tp": ((tuple(servers[:4]), tuple(servers[4:])), 5.0)}, {}, tuple(shuffled))
+    assert same_circuits(design(servers, t, 4, BW, {"all": 4}), ring(servers, 4, BW))
+    assert not same_circuits(design(servers, t, 4, BW, {"tp": 2, "all": 2}), ring(servers, 4, BW))
+    assert not same_circuits(torus(servers, 4, BW), ring(servers, 4, BW))
+    assert not same_circuits(ring(servers, 6, BW), ring(servers, 4, BW))  # 3 vs 2 circuits
 
 
 def test_optimize_alternates_and_keeps_the_best():

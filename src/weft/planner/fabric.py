@@ -10,6 +10,10 @@ back). Every candidate topology, the optical designs and the fixed ring, torus a
 with the same ports per server, is judged the same way: the plan's predicted step time
 (`PlanModel.estimate`) with the ranks placed on it by `weft.planner.placement.place`.
 The pipeline's split is fixed once (on the fat tree) so every fabric runs the same plan.
+A fixed fabric that the choice equals up to names (`optical.circuit_maps`, e.g. the ring
+when every port went to rings over all servers) also gets the choice's placement under each
+renaming, when that is better than its own search's: the same circuits, at least the same
+time (routes between paths of equal length follow the names, so a renaming can differ).
 """
 
 from __future__ import annotations
@@ -80,4 +84,11 @@ def optimize_fabric(workload: Workload, shape: Shape, ports: int, bandwidth: flo
         topo = builders[name](servers, ports, bandwidth, latency)
         times[name], places[name] = judge(topo)
         topos[name] = topo
+        model = PlanModel(workload, topo, costs, devices=servers)
+        for same in optical.circuit_maps(opt.topology, topo):
+            # the choice is this fabric: its placement, renamed, counts too
+            where = [same[d] for d in opt.placement]
+            t = model.estimate(shape, where).step_s
+            if t < times[name]:
+                times[name], places[name] = t, where
     return FabricChoice(opt, times, topos, places)

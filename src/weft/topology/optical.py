@@ -192,6 +192,27 @@ def design(servers: list[str], traffic: Traffic, ports: int, bandwidth: float,
     return t
 
 
+def circuit_maps(a: Topology, b: Topology, limit: int = 64) -> list[dict[str, str]]:
+    """Up to `limit` renamings of `a`'s servers onto `b`'s under which both have the same
+    circuits (equal bandwidth per link); none if they differ (a design that is the ring in
+    another order has 2n: the ring's rotations and reflections)."""
+    def undirected(t: Topology) -> nx.Graph:
+        g = nx.Graph()
+        g.add_nodes_from(d.name for d in t.compute_devices)
+        g.add_edges_from((ln.src, ln.dst, {"bw": ln.bandwidth}) for ln in t.links)
+        return g
+
+    gm = nx.isomorphism.GraphMatcher(
+        undirected(a), undirected(b),
+        edge_match=lambda x, y: abs(x["bw"] - y["bw"]) <= 1e-6 * y["bw"])
+    return list(itertools.islice(gm.isomorphisms_iter(), limit))
+
+
+def same_circuits(a: Topology, b: Topology) -> bool:
+    """Whether `a` and `b` join their servers by the same circuits up to their names."""
+    return bool(circuit_maps(a, b, limit=1))
+
+
 ALL = "all"  # rings over every server, in rank order (TotientPerms over the whole job)
 
 
