@@ -193,9 +193,17 @@ class Parallel(nn.Module):
         """Forward and backward on this rank's batch (moved to the plan's device); returns the
         loss (detached). The same call for every plan: pipelined plans run their schedule
         over the micro-batches and return the loss on the last stage's ranks only (None
-        elsewhere)."""
+        elsewhere). Under pipeline x weft DataParallel the replicas average the gradients
+        once, after the schedule's last backward (the micro-batches accumulate locally);
+        inside the user's `no_sync()` not at all."""
         if self.pipeline is not None:
-            return self.pipeline.step(inputs, targets, loss_fn)
+            runner = self.runner
+            if not getattr(runner, "syncing", False):
+                return self.pipeline.step(inputs, targets, loss_fn)
+            with runner.no_sync():  # else each micro-batch's backward would all-reduce
+                loss = self.pipeline.step(inputs, targets, loss_fn)
+            runner.sync_gradients()
+            return loss
         args = inputs if isinstance(inputs, tuple) else (inputs,)
         args = tuple(a.to(self.device) if torch.is_tensor(a) else a for a in args)
         loss = loss_fn(self(*args), targets.to(self.device))

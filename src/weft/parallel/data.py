@@ -121,6 +121,11 @@ class DataParallel(nn.Module):
                     self.comm.broadcast(b.data, src=0)
         return self.module(*args, **kwargs)
 
+    @property
+    def syncing(self) -> bool:
+        """Whether a backward averages the gradients now (False inside `no_sync`)."""
+        return self._sync
+
     @contextlib.contextmanager
     def no_sync(self):
         """Accumulate gradients locally (no communication) inside this block."""
