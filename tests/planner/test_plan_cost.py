@@ -156,3 +156,20 @@ def test_shape_round_trips_through_a_plan():
         check(plan, model, shape.world)
         again = Shape.of(plan, wl, shape.global_batch)
         assert again == shape
+
+
+def test_replicated_all_reduce_overlaps_the_backward_only_without_a_pipeline():
+    """weft.parallelize averages a pipeline stage's gradients once, after the schedule's
+    last backward: nothing of it is hidden; without a pipeline the hooks start it during the
+    backward, which hides up to `overlap` of it."""
+    from weft.planner.plan_cost import Costs
+
+    wl = transformer(n_layer=4, d_model=256, n_head=4, seq=64, flops=1e12)
+    topo = multi_node(2, 2, style="switch")
+    model = PlanModel(wl, topo, Costs(overlap=1.0))
+    flat = model.estimate(Shape(dp_replicate=4, global_batch=32, flavour="weft"))
+    piped = model.estimate(Shape(pp=2, dp_replicate=2, global_batch=32, microbatches=4,
+                                 flavour="weft"))
+    assert flat.terms["data-parallel exposed"] < flat.terms["data-parallel total"]
+    assert piped.terms["data-parallel total"] > 0
+    assert piped.terms["data-parallel exposed"] == piped.terms["data-parallel total"]

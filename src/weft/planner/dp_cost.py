@@ -131,7 +131,9 @@ def sharded_sync(model, shape: Shape, comm, groups, r: int, stages) -> tuple[flo
 def replicated_sync(model, shape: Shape, comm, groups, r: int, stages) -> tuple[float, float,
                                                                                Counter]:
     """(total, exposed seconds, calls) of the gradient all-reduce over dp_replicate in
-    buckets of `bucket_mb`, after the last micro-batch's backward, which it may overlap."""
+    buckets of `bucket_mb`: without a pipeline it may overlap the backward (gradient
+    hooks); under a pipeline schedule it runs after the last backward, not overlapped
+    (`weft.parallelize` averages a stage's micro-batches once, after the schedule)."""
     a, t = model._arrays, shape.tp
     mine = [st for st in stages if st["stage"] % shape.pp == r]
     P = float(sum(a["p_rep"][k] + a["p_split"][k] / t for st in mine
@@ -142,7 +144,8 @@ def replicated_sync(model, shape: Shape, comm, groups, r: int, stages) -> tuple[
     total = full * comm.collective("allreduce", dr, bucket) + \
         comm.collective("allreduce", dr, rest)
     last = comm.collective("allreduce", dr, rest if rest else bucket)
-    window_b = sum(st["backward_s"] for st in mine) * model.costs.overlap
+    window_b = 0.0 if shape.pp > 1 else \
+        sum(st["backward_s"] for st in mine) * model.costs.overlap
     calls = Counter({"allreduce": int(full) + (1 if rest else 0)})
     return total, max(total - window_b, last), calls
 
