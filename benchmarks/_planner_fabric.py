@@ -88,6 +88,7 @@ def emulated_fabric(args, figs):
     from weft.collectives.emulate.netns import NetnsCluster
     from weft.plan.parse import from_dict
     from weft.planner.fabric import optimize_fabric
+    from weft.planner.plan_cost import PlanModel
     from weft.planner.shape import Shape
     from weft.topology.optical import same_circuits
 
@@ -116,15 +117,17 @@ def emulated_fabric(args, figs):
             measured[name] = run_placed(c, plan, res.placements[name], cfg, batch, 5)
         print(f"    {name}: measured {measured[name] * 1e3:.0f} ms, predicted "
               f"{res.times[name] * 1e3:.0f} ms (load {os.getloadavg()[0]:.1f})", flush=True)
-    # link-bound? the chosen fabric again at half the rate: its time should grow
-    half = optimize_fabric(wl, shape, ports=4, bandwidth=emu / 2, costs=costs, rounds=1,
-                           baselines=())
+    # link-bound? the chosen fabric again at half the rate, the same circuits and placement:
+    # its time should grow
+    half = PlanModel(wl, _rescaled(res.topologies["optical"], emu, emu / 2), costs,
+                     devices=[f"s{i}" for i in range(8)]).estimate(
+        shape, res.placements["optical"]).step_s
     with NetnsCluster(_rescaled(res.topologies["optical"], emu, bw),
                       mbit_per_gbs=scale / 2) as c:
         slow = run_placed(c, plan, res.placements["optical"], cfg, batch, 5)
     print(f"    chosen at {scale / 2:g} Mbit/s per GB/s: measured {slow * 1e3:.0f} ms "
-          f"({slow / measured['optical']:.2f}x), predicted {half.times['optical'] * 1e3:.0f} ms "
-          f"({half.times['optical'] / res.times['optical']:.2f}x)")
+          f"({slow / measured['optical']:.2f}x), predicted {half * 1e3:.0f} ms "
+          f"({half / res.times['optical']:.2f}x)")
     figs.append(figure("fabric/8servers/measured_half_rate_slowdown",
                        slow / measured["optical"], "x", None, "higher"))
     for other in ("ring", "torus"):

@@ -132,21 +132,27 @@ def memory_ranks(plans: list[dict], spec: str, batch: int, steps: int = 2,
 def time_rank(plan_dict: dict, spec: str, batch: int, steps: int = 5,
               config: dict | None = None, warmup: int = 2) -> dict:
     """Per-step time (slowest rank, median over `steps`) after `warmup` steps."""
+    import torch.distributed as dist
+
+    built = _train(plan_dict, spec, batch, steps, config or {}, True)
+    for _ in range(warmup):
+        _step(*built)
+    times = [_timed_step(built) for _ in range(steps)]
+    return {"rank": dist.get_rank(), "step_s": statistics.median(times), "steps": times}
+
+
+def _timed_step(built) -> float:
+    """One step of a built plan: the slowest rank's seconds (a barrier before, the max over
+    ranks after), the same on every rank."""
     import torch
     import torch.distributed as dist
 
-    pm, opt, xs, ys, loss_fn = _train(plan_dict, spec, batch, steps, config or {}, True)
-    for _ in range(warmup):
-        _step(pm, opt, xs, ys, loss_fn)
-    times = []
-    for _ in range(steps):
-        dist.barrier()
-        t0 = time.perf_counter()
-        _step(pm, opt, xs, ys, loss_fn)
-        t = torch.tensor([time.perf_counter() - t0], dtype=torch.float64)
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-        times.append(float(t))
-    return {"rank": dist.get_rank(), "step_s": statistics.median(times), "steps": times}
+    dist.barrier()
+    t0 = time.perf_counter()
+    _step(*built)
+    t = torch.tensor([time.perf_counter() - t0], dtype=torch.float64)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return float(t)
 
 
 def time_ranks(plans: list[dict], spec: str, batch: int, steps: int = 5,
@@ -159,7 +165,6 @@ def time_ranks(plans: list[dict], spec: str, batch: int, steps: int = 5,
     cannot share it: interleaving refuses it."""
     if rounds <= 1:
         return [time_rank(p, spec, batch, steps, config=config) for p in plans]
-    import torch
     import torch.distributed as dist
 
     from weft.errors import PlanError
@@ -177,13 +182,7 @@ def time_ranks(plans: list[dict], spec: str, batch: int, steps: int = 5,
     for r in range(rounds):
         for k in (range(len(plans)) if r % 2 == 0 else reversed(range(len(plans)))):
             _step(*built[k])  # the switch from the previous plan is not this plan's cost
-            for _ in range(per):
-                dist.barrier()
-                t0 = time.perf_counter()
-                _step(*built[k])
-                t = torch.tensor([time.perf_counter() - t0], dtype=torch.float64)
-                dist.all_reduce(t, op=dist.ReduceOp.MAX)
-                times[k].append(float(t))
+            times[k] += [_timed_step(built[k]) for _ in range(per)]
     return [{"rank": dist.get_rank(), "step_s": statistics.median(ts), "steps": ts}
             for ts in times]
 
