@@ -137,19 +137,19 @@ def time_rank(plan_dict: dict, spec: str, batch: int, steps: int = 5,
     built = _train(plan_dict, spec, batch, steps, config or {}, True)
     for _ in range(warmup):
         _step(*built)
-    times = [_timed_step(built) for _ in range(steps)]
+    times = [slowest_seconds(lambda: _step(*built)) for _ in range(steps)]
     return {"rank": dist.get_rank(), "step_s": statistics.median(times), "steps": times}
 
 
-def _timed_step(built) -> float:
-    """One step of a built plan: the slowest rank's seconds (a barrier before, the max over
-    ranks after), the same on every rank."""
+def slowest_seconds(fn) -> float:
+    """Run `fn()` on every rank at once: the slowest rank's seconds (a barrier before, the
+    max over ranks after), the same on every rank."""
     import torch
     import torch.distributed as dist
 
     dist.barrier()
     t0 = time.perf_counter()
-    _step(*built)
+    fn()
     t = torch.tensor([time.perf_counter() - t0], dtype=torch.float64)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return float(t)
@@ -182,7 +182,7 @@ def time_ranks(plans: list[dict], spec: str, batch: int, steps: int = 5,
     for r in range(rounds):
         for k in (range(len(plans)) if r % 2 == 0 else reversed(range(len(plans)))):
             _step(*built[k])  # the switch from the previous plan is not this plan's cost
-            times[k] += [_timed_step(built[k]) for _ in range(per)]
+            times[k] += [slowest_seconds(lambda: _step(*built[k])) for _ in range(per)]
     return [{"rank": dist.get_rank(), "step_s": statistics.median(ts), "steps": ts}
             for ts in times]
 

@@ -42,12 +42,13 @@ from __future__ import annotations
 
 import functools
 import statistics
-import time
 from dataclasses import asdict, dataclass, field, replace
 
 import torch
 import torch.distributed as dist
 from torch import nn
+
+from weft.planner.measure import slowest_seconds
 
 
 @dataclass(frozen=True)
@@ -88,13 +89,9 @@ def _rounds(fns: dict, repeats: int) -> dict[str, float]:
     ts: dict[str, list[float]] = {k: [] for k in fns}
     for r in range(repeats + 1):
         for k, fn in fns.items():
-            dist.barrier()
-            t0 = time.perf_counter()
-            fn()
-            t = torch.tensor([time.perf_counter() - t0], dtype=torch.float64)
-            dist.all_reduce(t, op=dist.ReduceOp.MAX)
+            t = slowest_seconds(fn)
             if r:
-                ts[k].append(float(t))
+                ts[k].append(t)
     return {k: statistics.median(v) for k, v in ts.items()}
 
 
