@@ -1,6 +1,7 @@
 """Memory over a training step: measured allocations, binning, the file format, the CLI."""
 
 import json
+import time
 
 import numpy as np
 import pytest
@@ -46,6 +47,52 @@ def test_bins_take_each_bins_maximum():
     assert list(p.bins(2, period=2.0)) == [9, 3]      # a longer period holds the last value
     with pytest.raises(PlanError, match="shorter than the step"):
         p.bins(4, period=0.5)
+
+
+def test_retimed_maps_each_phase_onto_its_duration():
+    p = MemoryProfile([0.0, 0.1, 0.2, 0.5, 0.9, 1.0], [1, 2, 3, 4, 5, 6], period=1.2,
+                      marks={"forward_end": 0.2, "backward_end": 1.0}, meta={"k": 1})
+    q = p.retimed({"forward": 0.4, "backward": 0.4, "rest": 0.1})
+    # forward [0, 0.2] -> [0, 0.4] (x2); backward [0.2, 1.0] -> [0.4, 0.8] (x0.5);
+    # rest [1.0, 1.2] -> [0.8, 0.9]
+    assert q.times == pytest.approx([0.0, 0.2, 0.4, 0.55, 0.75, 0.8])
+    assert q.bytes == p.bytes and q.period == pytest.approx(0.9)
+    assert q.marks == pytest.approx({"forward_end": 0.4, "backward_end": 0.8})
+    assert q.meta == {"k": 1, "profiled_period_s": 1.2,
+                      "profiled_marks": {"forward_end": 0.2, "backward_end": 1.0}}
+    with pytest.raises(PlanError, match="no mark 'forward_end'"):
+        MemoryProfile([0.0], [1.0], 1.0).retimed({"forward": 1, "backward": 1, "rest": 1})
+    with pytest.raises(PlanError, match="need durations >= 0 s"):
+        p.retimed({"forward": -1, "backward": 1, "rest": 1})
+
+
+class _SlowWhenProfiled(nn.Module):
+    """Sleeps in its forward only while torch's profiler records: a stand-in for the
+    profiler's overhead landing on one phase."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(8, 4)
+
+    def forward(self, x):
+        if torch.autograd._profiler_enabled():
+            time.sleep(0.3)
+        return self.lin(x)
+
+
+def test_profile_times_are_those_of_an_unprofiled_step():
+    x, y = torch.randn(16, 8), torch.randint(0, 4, (16,))
+    raw = profile_memory(_SlowWhenProfiled(), x, y, nn.functional.cross_entropy,
+                         timing="profiled")
+    assert raw.marks["forward_end"] >= 0.3 and "timing" not in raw.meta
+    p = profile_memory(_SlowWhenProfiled(), x, y, nn.functional.cross_entropy)
+    assert p.meta["timing"] == "unprofiled" and p.meta["profiled_marks"]["forward_end"] >= 0.3
+    assert p.marks["forward_end"] < 0.1 and p.period < 0.2
+    assert 0 < p.marks["forward_end"] < p.marks["backward_end"] < p.period
+    assert p.bytes == raw.bytes or p.peak == pytest.approx(raw.peak, rel=0.01)
+    assert p.times == sorted(p.times)
+    with pytest.raises(PlanError, match="timing must be one of"):
+        profile_memory(_SlowWhenProfiled(), x, y, timing="wall")
 
 
 def test_file_round_trip_and_errors(tmp_path):

@@ -66,7 +66,8 @@ def _profile_memory(args) -> int:
     for b in batches:
         x, y = _batch(args.model, b, args.input_shape)
         prof = profile_memory(model, x, y, loss_fn if y is not None else None,
-                              warmup=args.warmup, device=args.device, **opt_kw)
+                              warmup=args.warmup, device=args.device, timing=args.timing,
+                              **opt_kw)
         prof.meta["model_spec"] = args.model
         prof.save(out / f"memory_b{b}.json")
         profiles.append(prof)
@@ -214,6 +215,10 @@ def register(sub) -> None:
                                          "e.g. 3,32,32")
     m.add_argument("--device", default="cpu", help="cpu (default) or cuda[:i]")
     m.add_argument("--warmup", type=nonneg_int, default=1, help="steps before the profiled one")
+    m.add_argument("--timing", choices=("unprofiled", "profiled"), default="unprofiled",
+                   help="the time axis: each phase (forward, backward, optimizer) rescaled to "
+                        "unprofiled steps of the same copy (default; the profiler stretches "
+                        "allocation-heavy phases most), or the profiled step's own clock")
     m.add_argument("--waves", type=positive_int, default=1,
                    help="plan offsets for this many waves of the largest batch (tick-tock: 2)")
     m.add_argument("--budget", type=size, help="device memory, e.g. 2GiB: report what fits")
