@@ -85,7 +85,7 @@ def _train(cfg, how, b, n, rec=None, one_group=None):
     model, opt, x, y = _build(cfg, how, b, one_group)
     _steps(model, opt, x, y, n, rec)
     if how != "one":
-        model.finish()
+        model.close()   # its process groups too: each idle gloo group's thread costs CPU
 
 
 def _build(cfg, how, b, one_group):
@@ -140,7 +140,10 @@ def _rate(cfg, how, b, one_group):
         if how != "one":
             model.finish()
     dist.barrier()
-    return time.perf_counter() - t0
+    took = time.perf_counter() - t0
+    if runs and how != "one":
+        model.close()   # after the clock: its groups would slow every later round
+    return took
 
 
 # the ways of running timed, alternated in every round; "capped": tick-tock at the largest total

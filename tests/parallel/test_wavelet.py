@@ -1,9 +1,12 @@
 """Tick-tock waves train exactly like one wave on the summed batch, and keep their phase."""
 
+import gc
+
 import torch
 import torch.distributed as dist
 from torch import nn
 
+from weft.errors import PlanError
 from weft.launch import launch
 from weft.parallel.wavelet import Wavelet, layout
 
@@ -49,10 +52,34 @@ def _worker(waves):
                             nn.Linear(32, 5))
         model = Wavelet(net, waves=waves, bucket_cap_mb=0.001, **kw)
         _train(model, dist.get_rank(), dist.get_world_size())
-        model.finish()
+        before, groups = _gloo_threads(), list(model._groups)
+        model.close()
+        left = sum(g in dist.distributed_c10d._world.pg_map for g in groups)
+        del groups
+        gc.collect()
+        freed = (left, before - _gloo_threads())
+        if mode == "gang":  # no signal to wait for: a step after close() fails at once
+            try:
+                _train(model, dist.get_rank(), dist.get_world_size())
+            except PlanError as exc:
+                freed += (str(exc),)
         out[mode] = ({k: v.clone() for k, v in net.state_dict().items()},
-                        layout(waves), model.started, model.signalled)
+                     layout(waves), model.started, model.signalled, freed)
     return out
+
+
+def _gloo_threads() -> int:
+    """Threads of this process that gloo's TCP transport runs (one loop per group's device)."""
+    import os
+
+    names = []
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/comm") as f:
+                names.append(f.read().strip())
+        except OSError:   # the thread ended meanwhile
+            pass
+    return sum(n.startswith("gloo_tcp") for n in names)
 
 
 def test_tick_tock_equals_one_wave_on_the_summed_batch():
@@ -61,8 +88,12 @@ def test_tick_tock_equals_one_wave_on_the_summed_batch():
     ranks = launch(_worker, 4, args=(2,), timeout=120)   # 2 waves x 2 workers
     for mode in MODES:
         for rank, res in enumerate(ranks):
-            state, (wave, worker, workers), _, _ = res[mode]
+            state, (wave, worker, workers), _, _, freed = res[mode]
             assert (wave, worker, workers) == (rank // 2, rank % 2, 2)
+            # close() destroyed its wave and worker groups, and their transport threads ended
+            assert freed[:2] == (0, 2), (mode, rank, freed)
+            if mode == "gang":
+                assert "this Wavelet was closed" in freed[2]
             for k, v in ref.state_dict().items():
                 assert torch.allclose(state[k], v, atol=1e-5, rtol=0), \
                     (mode, rank, k, (state[k] - v).abs().max())
@@ -80,8 +111,6 @@ def test_tick_tock_equals_one_wave_on_the_summed_batch():
 
 def test_an_unknown_combine_is_refused_before_any_group_is_made():
     import pytest
-
-    from weft.errors import PlanError
 
     with pytest.raises(PlanError, match="combine must be one of last, each, got 'both'"):
         Wavelet(nn.Linear(2, 2), waves=2, combine="both")   # no process group exists here
