@@ -34,3 +34,21 @@ def test_a_placed_plan_is_not_interleaved():
     placed = {**DP, "placement": ["d1", "d0"]}
     with pytest.raises(PlanError, match=r"plan\(s\) \['dp'\] have a placement"):
         time_ranks([DP, placed], SPEC, 8, 2, CONFIG, rounds=2)
+
+
+def _rounds_then_groups():
+    from weft.parallel.groups import live_groups
+
+    before = len(live_groups())
+    rows = time_ranks([DP, FSDP], SPEC, 8, 2, CONFIG, rounds=2)
+    return before, len(live_groups()), rows
+
+
+def test_no_plan_outlives_its_turn():
+    """Each plan's process groups are destroyed after its turn in a round: afterwards the
+    rank knows exactly the groups it knew before (none of 2 plans x 2 rounds is left)."""
+    from weft.launch import launch
+
+    for before, after, rows in launch(_rounds_then_groups, 2, timeout=240):
+        assert after == before
+        assert [len(r["steps"]) for r in rows] == [2, 2]

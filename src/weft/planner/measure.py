@@ -8,7 +8,8 @@ Every rank builds the model spec's model (same seed), applies the plan with
 integer, else zeros of the output's shape) after `warmup` steps. Step time: per step the
 slowest rank's time (a barrier before, the max over ranks after), median over steps.
 Several plans (`many`) can be timed in interleaved rounds (`rounds`), so that they compare
-as if side by side on a host whose speed drifts.
+as if side by side on a host whose speed drifts; each plan is built for its turn and torn
+down after it with its process groups, so none is timed beside another's.
 
 Memory (`memory=True`), per rank, measured by the kernel: the process's peak resident set
 (VmHWM) minus its resident set just before the model was built, with the peak reset
@@ -21,6 +22,7 @@ code paths (shared-library pages count as resident too).
 
 from __future__ import annotations
 
+import functools
 import gc
 import statistics
 import time
@@ -134,11 +136,24 @@ def time_rank(plan_dict: dict, spec: str, batch: int, steps: int = 5,
     """Per-step time (slowest rank, median over `steps`) after `warmup` steps."""
     import torch.distributed as dist
 
-    built = _train(plan_dict, spec, batch, steps, config or {}, True)
-    for _ in range(warmup):
-        _step(*built)
-    times = [slowest_seconds(lambda: _step(*built)) for _ in range(steps)]
+    times = _alone(plan_dict, spec, batch, steps, config or {}, warmup, steps)
     return {"rank": dist.get_rank(), "step_s": statistics.median(times), "steps": times}
+
+
+def _alone(plan_dict: dict, spec: str, batch: int, steps: int, config: dict, warmup: int,
+           timed: int) -> list[float]:
+    """Build the plan, run `warmup` untimed steps and `timed` timed ones; its process groups
+    are destroyed afterwards, so no later plan runs beside their transport threads
+    (`weft.parallel.groups`)."""
+    from weft.parallel.groups import own_groups
+
+    with own_groups():
+        step = functools.partial(_step, *_train(plan_dict, spec, batch, steps, config, True))
+        for _ in range(warmup):
+            step()
+        times = [slowest_seconds(step) for _ in range(timed)]
+        del step
+    return times
 
 
 def slowest_seconds(fn) -> float:
@@ -157,12 +172,14 @@ def slowest_seconds(fn) -> float:
 
 def time_ranks(plans: list[dict], spec: str, batch: int, steps: int = 5,
                config: dict | None = None, rounds: int = 1) -> list[dict]:
-    """`time_rank` for several plans: one after the other (``rounds`` 1), or all built at
-    once and timed in `rounds` interleaved rounds (plan order forwards, then backwards, ...;
-    an untimed step before each plan's share of about steps / rounds timed steps), so that
-    a host whose speed drifts over minutes slows every plan alike and the plans compare
-    as if measured side by side. A plan with a `placement` renumbers the process and
-    cannot share it: interleaving refuses it."""
+    """`time_rank` for several plans: one after the other (``rounds`` 1), or in `rounds`
+    interleaved rounds (plan order forwards, then backwards, ...; in each, a plan is built,
+    runs 2 untimed steps and its share of about steps / rounds timed steps, and is torn
+    down with its process groups), so that a host whose speed drifts over minutes slows
+    every plan alike and the plans compare as if measured side by side. Plans are never
+    alive together: every gloo group's transport thread costs CPU (`weft.parallel.groups`;
+    the 8 GPT plans of the planner benchmark built at once slowed dp4 by about 14%). A plan
+    with a `placement` renumbers the process and cannot share it: interleaving refuses it."""
     if rounds <= 1:
         return [time_rank(p, spec, batch, steps, config=config) for p in plans]
     import torch.distributed as dist
@@ -173,16 +190,11 @@ def time_ranks(plans: list[dict], spec: str, batch: int, steps: int = 5,
     if placed:
         raise PlanError(f"time_ranks: plan(s) {placed} have a placement, which renumbers the "
                          f"process: time them with rounds=1")
-    built = [_train(p, spec, batch, steps, config or {}, True) for p in plans]
-    for b in built:  # warm-up
-        for _ in range(2):
-            _step(*b)
     per = max(1, -(-steps // rounds))
     times: list[list[float]] = [[] for _ in plans]
     for r in range(rounds):
         for k in (range(len(plans)) if r % 2 == 0 else reversed(range(len(plans)))):
-            _step(*built[k])  # the switch from the previous plan is not this plan's cost
-            times[k] += [slowest_seconds(lambda: _step(*built[k])) for _ in range(per)]
+            times[k] += _alone(plans[k], spec, batch, steps, config or {}, 2, per)
     return [{"rank": dist.get_rank(), "step_s": statistics.median(ts), "steps": ts}
             for ts in times]
 

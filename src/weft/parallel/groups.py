@@ -1,0 +1,48 @@
+"""Process groups made for one piece of work, destroyed after it.
+
+Every gloo process group owns a TCP transport whose event loop thread wakes every 10 ms
+(gloo's ``epoll_wait`` timeout) for as long as the group lives, whether or not it is used.
+A process that builds several plans, meshes or models (a benchmark timing plans side by
+side, a re-plan) keeps all their groups unless it destroys them, and the wake-ups take CPU
+from the computation: on the 2-core machine here, 4 ranks with 50 idle groups each (159
+threads per process) ran a data-parallel step 10-20% slower than with none, and the 8 GPT
+plans of `benchmarks/planner.py` built at once (29 transport threads per rank) slowed the
+dp4 plan by about 14% (docs/planner.md).
+
+    with own_groups():
+        pm = weft.parallelize(model, plan)   # its mesh makes groups
+        ...                                  # train or time it
+        del pm, opt                          # drop them: a group lives while referred to
+
+On leaving the block, every process group made inside it (not the default group) is
+destroyed on this rank; torch then frees its transport once nothing refers to it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+
+import torch.distributed as dist
+
+
+def live_groups() -> list:
+    """The process groups this rank knows now, the default group included."""
+    return list(dist.distributed_c10d._world.pg_map)
+
+
+@contextlib.contextmanager
+def own_groups():
+    """Destroy, when the block ends, the process groups made inside it (see the module doc).
+    Every rank that made them must leave the block; objects still referring to a group keep
+    its transport alive (torch cannot free it), so drop them inside the block."""
+    before = set(map(id, live_groups()))
+    try:
+        yield
+    finally:
+        made = [g for g in live_groups()
+                if id(g) not in before and g is not dist.GroupMember.WORLD]
+        for g in made:
+            dist.destroy_process_group(g)
+        del made
+        gc.collect()
