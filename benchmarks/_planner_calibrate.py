@@ -1,5 +1,6 @@
 """Costs of the machine for benchmarks/planner.py's predictions, measured in the same run
-without the plans under test: compute contention, gloo's collectives, Adam's update rate."""
+without the plans under test: compute contention, gloo's collectives (fitted to the ring
+model, and per kind and group size), Adam's update rate."""
 
 from __future__ import annotations
 
@@ -30,14 +31,21 @@ def _calibrate_local(world: int, cfg, batch: int, quick: bool):
     gpt, model = gpt_model(cfg)
     sample = gpt.example_input(max(1, batch // world))
     if world > 1 and not quick:
-        # the median: the step is timed at its median, and the minimum of the concurrent
-        # passes picks the moments when other ranks happened to wait (docs/planner.md)
+        # the slowest rank's median pass over the solo minimum: the step is timed as the
+        # slowest rank at its median, the profile is a minimum (docs/planner.md)
         c = {"compute_scale": contention_local(world, sample, model=model, rounds=4,
-                                               statistic="median")["compute_scale"]}
+                                               statistic="slowest")["compute_scale"]}
     else:  # quick: not measured
         c = {"compute_scale": 1.0}
     params = fit_gloo(world, quick)
-    costs = Costs(compute_scale=c["compute_scale"], collective=params)
+    fits = ()
+    if world > 1 and not quick:  # per kind and group size, at the plans' sizes
+        from weft.planner.collective_fit import measure_collectives
+
+        measured = measure_collectives(world, repeats=9)
+        print(measured.summary())
+        fits = measured.table
+    costs = Costs(compute_scale=c["compute_scale"], collective=params, collective_fits=fits)
     if world > 1:  # overlap, fully_shard per call, the optimizer per tensor and per byte
         rc = measure_runtime_costs(world, repeats=5 if quick else 9, units=4 if quick else 8)
         costs = rc.apply(costs)
