@@ -17,13 +17,13 @@ def calibrate_local(world: int, wl, cfg, batch: int, quick: bool):
     """Costs of local gloo ranks, measured without the plans under test: compute
     contention (weft.planner.contention_local), gloo's collectives fitted to the ring
     model on a one-host star, Adam's update rate (once per world size and model)."""
-    key = (world, tuple(sorted(cfg.items())), batch)
+    key = (world, tuple(sorted(cfg.items())), batch, wl is not None)
     if key not in _CALIBRATED:
-        _CALIBRATED[key] = _calibrate_local(world, cfg, batch, quick)
+        _CALIBRATED[key] = _calibrate_local(world, wl, cfg, batch, quick)
     return _CALIBRATED[key]
 
 
-def _calibrate_local(world: int, cfg, batch: int, quick: bool):
+def _calibrate_local(world: int, wl, cfg, batch: int, quick: bool):
     from weft.planner import contention_local
     from weft.planner.plan_cost import Costs
     from weft.planner.runtime_costs import measure_runtime_costs
@@ -39,10 +39,17 @@ def _calibrate_local(world: int, cfg, batch: int, quick: bool):
         c = {"compute_scale": 1.0}
     params = fit_gloo(world, quick)
     fits = ()
-    if world > 1 and not quick:  # per kind and group size, at the plans' sizes
+    if world > 1 and not quick and wl is not None:  # per kind and group size, at the plans' sizes, each
+        # right after compute as long as half a typical layer's forward + backward (the
+        # profile's median layer at this micro-batch), as a step issues them
         from weft.planner.collective_fit import measure_collectives
 
-        measured = measure_collectives(world, repeats=9)
+        mb = max(1, batch // world)
+        seg = statistics.median(l.fixed_s + mb * (l.forward.rep + l.forward.split +
+                                                  l.backward.rep + l.backward.split)
+                                for l in wl.layers) / 2
+        measured = measure_collectives(world, repeats=9, after=seg)
+        print(f"collectives measured after {seg * 1e3:.2f} ms of compute (solo)")
         print(measured.summary())
         fits = measured.table
     costs = Costs(compute_scale=c["compute_scale"], collective=params, collective_fits=fits)
@@ -116,4 +123,5 @@ def emulated_costs(world, cfg, batch, quick):
     base = calibrate_local(world, None, cfg, batch, quick)
     c = base.collective
     return replace(base, collective=CostParams(alpha=c.alpha, step_overhead=c.step_overhead,
-                                               cores=c.cores, link_efficiency=0.97))
+                                               cores=c.cores, link_efficiency=0.97),
+                   collective_fits=())  # the local fits hold for the host's own links only

@@ -93,3 +93,7 @@ def test_measure_collectives_on_two_gloo_ranks():
     assert all(math.isfinite(t) and t > 0 for *_, t in got.samples)
     assert all(a >= 0 and b >= 0 for _, _, a, b in got.table)
     assert math.isfinite(got.error) and "allreduce n=2" in got.summary()
+    # right after 30 ms of compute: the compute alone is taken off (a 4 KiB collective
+    # on 2 ranks takes a few ms at most; with the compute counted it would be >= 30 ms)
+    after = measure_collectives(2, sizes=(4096,), repeats=2, after=0.03, timeout=120)
+    assert all(math.isfinite(t) and 0 < t < 0.015 for *_, t in after.samples)

@@ -20,6 +20,11 @@ for groups of 2). So the collectives a plan issues are measured as the plans run
   4 MiB (the whole tensor, as `weft.planner.comm.Comm.collective` counts it);
 * each timing is the slowest rank's seconds (a barrier before, the max over ranks after),
   the median over `repeats` interleaved rounds, as `weft.planner.measure` times a step;
+* with ``after`` (seconds), every rank computes that long (a matmul loop timed alone)
+  right before each collective and the round's median of the compute alone is taken off:
+  a step issues its collectives right after compute, when ranks that share cores arrive
+  at different times and must be woken while others compute (on 4 ranks sharing 2 cores,
+  2026-12-02: each 1-4 ms dearer than right after a barrier);
 * per (kind, n) the line ``seconds = latency + nbytes * per_byte`` with both terms
   non-negative, by least squares on the relative error (every size weighs alike).
 
@@ -30,6 +35,7 @@ the machine and the backend measured), and the ring model elsewhere.
 from __future__ import annotations
 
 import statistics
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -88,14 +94,39 @@ def fit_lines(samples) -> tuple[tuple[tuple[str, int, float, float], ...], float
     return tuple(table), float(np.mean(errs)) if errs else 0.0
 
 
-def collectives_rank(sizes, repeats: int) -> dict:
-    """In every rank: {(kind, n, nbytes): median slowest-rank seconds}."""
+def _compute_segment(seconds: float):
+    """A function computing for about `seconds` on one rank alone (a matmul loop whose
+    length rank 0 times while the others wait), the same work on every rank."""
+    import torch
+    import torch.distributed as dist
+
+    a, b = torch.ones(96, 96) / 96, torch.ones(96, 96) / 96
+
+    def loop(k):
+        x = a
+        for _ in range(k):
+            x = torch.tanh(x @ b)
+    n = torch.zeros(1, dtype=torch.int64)
+    if dist.get_rank() == 0:
+        loop(50)
+        t0 = time.perf_counter()
+        loop(200)
+        n[0] = max(1, int(seconds / ((time.perf_counter() - t0) / 200)))
+    dist.broadcast(n, 0)
+    return lambda: loop(int(n))
+
+
+def collectives_rank(sizes, repeats: int, after: float = 0.0) -> dict:
+    """In every rank: {(kind, n, nbytes): median slowest-rank seconds}; with `after`, of
+    each collective issued right after about `after` seconds (alone) of compute on every
+    rank, less that compute alone (the round's median of `slowest_seconds` of it)."""
     import torch
     import torch.distributed as dist
 
     from weft.planner.measure import slowest_seconds
 
     world, me = dist.get_world_size(), dist.get_rank()
+    seg = _compute_segment(after) if after > 0 else None
     groups = {}
     for n in range(2, world + 1):
         if world % n:
@@ -113,25 +144,30 @@ def collectives_rank(sizes, repeats: int) -> dict:
             return lambda: dist.all_gather_single(full, part, group=g)
         return lambda: dist.reduce_scatter_single(part, full, group=g)
     fns = {(k, n, s): op(k, n, s, g) for n, g in groups.items() for s in sizes for k in KINDS}
+    if seg is not None:
+        fns = {key: (lambda fn=fn: (seg(), fn())) for key, fn in fns.items()}
     ts: dict = {key: [] for key in fns}
     for r in range(repeats + 1):  # interleaved rounds, the first a warm-up
+        base = statistics.median(slowest_seconds(seg) for _ in range(7)) if seg else 0.0
         for key, fn in (fns.items() if r % 2 == 0 else reversed(fns.items())):
             t = slowest_seconds(fn)
             if r:
-                ts[key].append(t)
-    return {key: statistics.median(v) for key, v in ts.items()}
+                ts[key].append(t - base)
+    return {key: max(statistics.median(v), 1e-6) for key, v in ts.items()}
 
 
-def measure_collectives(world: int = 2, sizes=SIZES, repeats: int = 5,
+def measure_collectives(world: int = 2, sizes=SIZES, repeats: int = 5, after: float = 0.0,
                         timeout: float = 300.0) -> CollectiveFits:
-    """Measure and fit the collectives of the module doc on `world` local gloo ranks."""
+    """Measure and fit the collectives of the module doc on `world` local gloo ranks
+    (`after`: each right after that many seconds of compute, see `collectives_rank`)."""
     from weft.launch import launch
 
     if world < 2:
         raise PlanError(f"collectives are measured on at least 2 ranks, got {world}")
     if not sizes or min(sizes) <= 0:
         raise PlanError(f"collective sizes must be positive byte counts, got {sizes!r}")
-    got = launch(collectives_rank, world, args=(tuple(sizes), repeats), timeout=timeout)[0]
+    got = launch(collectives_rank, world, args=(tuple(sizes), repeats, after),
+                 timeout=timeout)[0]
     samples = tuple((k, n, s, t) for (k, n, s), t in sorted(got.items()))
     table, err = fit_lines(samples)
     return CollectiveFits(table, samples, err)
