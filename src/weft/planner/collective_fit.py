@@ -10,12 +10,12 @@ charges a collective per message and per byte of a ring on the group. On local g
 that share a few cores that misses most of a small collective's time: waking the ranks of
 a blocking call costs about the same whether the group holds 2 or 4 ranks and whether it
 moves 4 KiB or 1 MiB (docs/planner.md, 2026-12-02: every collective of 4 KiB - 1 MiB on 4
-ranks sharing 2 cores took 2-9 ms; the ring fitted on 4-rank groups predicted 0.5-1.6 ms
+ranks sharing 2 cores took 1.6-9 ms; the ring fitted on 4-rank groups predicted 0.5-1.6 ms
 for groups of 2). So the collectives a plan issues are measured as the plans run them:
 
-* each kind (all-reduce, all-gather and reduce-scatter of flat tensors, the calls weft's
-  DataParallel and fully_shard make) on every group size `n`
-  that divides the world, with the world's ``world / n`` groups of consecutive ranks
+* each kind (all-reduce, all-gather and reduce-scatter of flat tensors: the calls weft's
+  DataParallel and fully_shard make; DTensor's all-reduces run gloo's same all-reduce)
+  on every group size `n` that divides the world, with the world's ``world / n`` groups of consecutive ranks
   running at once (as every group of one mesh dimension does), at sizes from 4 KiB to
   4 MiB (the whole tensor, as `weft.planner.comm.Comm.collective` counts it);
 * each timing is the slowest rank's seconds (a barrier before, the max over ranks after),
@@ -24,7 +24,7 @@ for groups of 2). So the collectives a plan issues are measured as the plans run
   right before each collective and the round's median of the compute alone is taken off:
   a step issues its collectives right after compute, when ranks that share cores arrive
   at different times and must be woken while others compute (on 4 ranks sharing 2 cores,
-  2026-12-02: each 1-4 ms dearer than right after a barrier);
+  2026-12-02: fitted latencies 1-3 ms above those right after a barrier);
 * per (kind, n) the line ``seconds = latency + nbytes * per_byte`` with both terms
   non-negative, by least squares on the relative error (every size weighs alike).
 
