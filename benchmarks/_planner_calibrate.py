@@ -1,5 +1,6 @@
 """Costs of the machine for benchmarks/planner.py's predictions, measured in the same run
-without the plans under test: compute contention, gloo's collectives, Adam's update rate."""
+without the plans under test: compute contention, gloo's collectives (fitted to the ring
+model, and per kind and group size), Adam's update rate."""
 
 from __future__ import annotations
 
@@ -16,13 +17,13 @@ def calibrate_local(world: int, wl, cfg, batch: int, quick: bool):
     """Costs of local gloo ranks, measured without the plans under test: compute
     contention (weft.planner.contention_local), gloo's collectives fitted to the ring
     model on a one-host star, Adam's update rate (once per world size and model)."""
-    key = (world, tuple(sorted(cfg.items())), batch)
+    key = (world, tuple(sorted(cfg.items())), batch, wl is not None)
     if key not in _CALIBRATED:
-        _CALIBRATED[key] = _calibrate_local(world, cfg, batch, quick)
+        _CALIBRATED[key] = _calibrate_local(world, wl, cfg, batch, quick)
     return _CALIBRATED[key]
 
 
-def _calibrate_local(world: int, cfg, batch: int, quick: bool):
+def _calibrate_local(world: int, wl, cfg, batch: int, quick: bool):
     from weft.planner import contention_local
     from weft.planner.plan_cost import Costs
     from weft.planner.runtime_costs import measure_runtime_costs
@@ -30,14 +31,28 @@ def _calibrate_local(world: int, cfg, batch: int, quick: bool):
     gpt, model = gpt_model(cfg)
     sample = gpt.example_input(max(1, batch // world))
     if world > 1 and not quick:
-        # the median: the step is timed at its median, and the minimum of the concurrent
-        # passes picks the moments when other ranks happened to wait (docs/planner.md)
+        # the slowest rank's median pass over the solo minimum: the step is timed as the
+        # slowest rank at its median, the profile is a minimum (docs/planner.md)
         c = {"compute_scale": contention_local(world, sample, model=model, rounds=4,
-                                               statistic="median")["compute_scale"]}
+                                               statistic="slowest")["compute_scale"]}
     else:  # quick: not measured
         c = {"compute_scale": 1.0}
     params = fit_gloo(world, quick)
-    costs = Costs(compute_scale=c["compute_scale"], collective=params)
+    fits = ()
+    if world > 1 and not quick and wl is not None:  # per kind and group size, at the plans' sizes, each
+        # right after compute as long as half a typical layer's forward + backward (the
+        # profile's median layer at this micro-batch), as a step issues them
+        from weft.planner.collective_fit import measure_collectives
+
+        mb = max(1, batch // world)
+        seg = statistics.median(l.fixed_s + mb * (l.forward.rep + l.forward.split +
+                                                  l.backward.rep + l.backward.split)
+                                for l in wl.layers) / 2
+        measured = measure_collectives(world, repeats=9, after=seg)
+        print(f"collectives measured after {seg * 1e3:.2f} ms of compute (solo)")
+        print(measured.summary())
+        fits = measured.table
+    costs = Costs(compute_scale=c["compute_scale"], collective=params, collective_fits=fits)
     if world > 1:  # overlap, fully_shard per call, the optimizer per tensor and per byte
         rc = measure_runtime_costs(world, repeats=5 if quick else 9, units=4 if quick else 8)
         costs = rc.apply(costs)
@@ -108,4 +123,5 @@ def emulated_costs(world, cfg, batch, quick):
     base = calibrate_local(world, None, cfg, batch, quick)
     c = base.collective
     return replace(base, collective=CostParams(alpha=c.alpha, step_overhead=c.step_overhead,
-                                               cores=c.cores, link_efficiency=0.97))
+                                               cores=c.cores, link_efficiency=0.97),
+                   collective_fits=())  # the local fits hold for the host's own links only

@@ -190,8 +190,31 @@ def test_measure_on_two_gloo_ranks():
         assert len(alone) >= 3 * 2
 
 
+def _slowest_rank():
+    torch.set_num_threads(1)
+    me = dist.get_rank()
+
+    def work():  # rank 1's pass is much longer than rank 0's
+        time.sleep(0.002 if me == 0 else 0.02)
+
+    return measure(work, rounds=2, passes=2, statistic="slowest"), \
+        measure(work, rounds=2, passes=2, statistic="median")
+
+
+@pytest.mark.slow
+def test_slowest_statistic_takes_the_slowest_rank_of_each_concurrent_pass():
+    """'slowest': every rank's concurrent figure is the slowest rank's pass (about rank
+    1's 20 ms, also on rank 0, whose own passes take 2 ms), solo its own minimum."""
+    (slow, med), _ = launch(_slowest_rank, 2, timeout=60)
+    assert slow["statistic"] == "slowest"
+    assert slow["concurrent_s"][0] == slow["concurrent_s"][1] >= 0.02
+    assert med["concurrent_s"][0] < 0.01 <= med["concurrent_s"][1]
+    assert slow["solo_s"][0] < 0.01 <= slow["solo_s"][1]
+    assert slow["factors"][0] > 2 * med["factors"][0]
+
+
 def test_measure_rejects_bad_arguments():
-    with pytest.raises(PlanError, match="statistic must be 'min' or 'median'"):
+    with pytest.raises(PlanError, match="statistic must be 'min', 'median' or 'slowest'"):
         measure(lambda: None, statistic="mean")
     with pytest.raises(PlanError, match="rounds >= 1"):
         measure(lambda: None, rounds=0)

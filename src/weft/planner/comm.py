@@ -19,6 +19,10 @@ ring's link term is charged at the most loaded link with all groups' ring hops r
 once, over the most loaded link of the worst group alone (``congestion``). Results are
 cached by the group's structure (per ring hop: bandwidth, latency and hop count), so
 the thousand identical tp groups of a large cluster cost one evaluation.
+
+Collectives measured on the ranks themselves (`weft.planner.collective_fit`: a latency and
+a cost per byte per kind and group size, for local ranks that share their cores) replace
+the ring model for the groups of the sizes measured (``fits``).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from dataclasses import dataclass
 from weft.collectives.costmodel import CostParams, predict
 from weft.collectives.fabric import Fabric
 from weft.collectives.ring import ring
+from weft.planner.collective_fit import fitted_seconds
 from weft.planner.network import Network, ring_pairs
 
 STEPS = {"allreduce": 2, "reduce_scatter": 1, "all_gather": 1}
@@ -54,8 +59,11 @@ class Groups:
 
 class Comm:
     def __init__(self, network: Network, params: CostParams = DEFAULT_PARAMS,
-                 communicator: str = "torch", exact: int = 16):
+                 communicator: str = "torch", exact: int = 16, fits: tuple = ()):
+        """`fits`: rows (kind, group size, latency s, s per byte) measured on the ranks
+        (`weft.planner.collective_fit`); they replace the ring model for those groups."""
         self.net, self.params, self.communicator, self.exact = network, params, communicator, exact
+        self.fits = tuple(fits)
         self._groups: dict = {}
         self._alg: dict = {}
         self._fabrics: dict = {}
@@ -169,6 +177,10 @@ class Comm:
             return 0.0
         key = (id(gs), kind, float(nbytes))
         got = self._coll.get(key)
+        if got is None and self.fits:
+            got = fitted_seconds(self.fits, kind, n, nbytes)
+            if got is not None:
+                self._coll[key] = got
         if got is None:
             worst = max(self.one(kind, g, nbytes)[0] for g in gs.reps.values())
             steps = STEPS[kind] * (n - 1)
@@ -179,6 +191,8 @@ class Comm:
     def algorithm(self, kind: str, gs: Groups, nbytes: float) -> str:
         if gs.size < 2 or not gs.reps:
             return "-"
+        if fitted_seconds(self.fits, kind, gs.size, 1.0) is not None:
+            return "measured"
         return self.one(kind, next(iter(gs.reps.values())), nbytes)[1]
 
     def p2p(self, pairs, nbytes: float, latency_s: float | None = None) -> float:

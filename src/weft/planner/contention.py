@@ -26,11 +26,14 @@ r-th of `balanced_bounds`, stage-sized slices as in a balanced pipeline)
 in `rounds` interleaved rounds (solo turns and the concurrent trial alternate
 their order, so both see the same background load). A trial counts its mean
 per pass; `statistic` ('min', as the benchmark's profile, or 'median') picks
-one value per rank and mode over the rounds. A rank's factor is concurrent /
-solo, and ``compute_scale`` is the mean of the ranks' factors: the partitioner
-multiplies every profiled forward and backward time (and the per-stage autograd
-call) by it; `predict` does too, or with ``contention="overlap"`` charges each
-rank in proportion to the other ranks' concurrent compute (`settle_scales`).
+one value per rank and mode over the rounds; 'slowest' takes the solo trials' minimum
+(as a profile times a layer) and, of the concurrent passes, the median over passes of the
+slowest rank's pass (as `weft.planner.measure` times a step: the slowest rank, the median
+over steps; on 4 ranks sharing 2 cores that was 1.2-1.3x the ranks' own medians,
+docs/planner.md). A rank's factor is concurrent / solo, and ``compute_scale`` is
+the mean of the ranks' factors: the partitioner multiplies every profiled forward and
+backward time (and the per-stage autograd call) by it; `predict` does too, or with
+``contention="overlap"`` charges each rank in proportion to the other ranks' concurrent compute (`settle_scales`).
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ import torch.nn as nn
 
 from weft.errors import PlanError
 
-STATISTICS = ("min", "median")
+STATISTICS = ("min", "median", "slowest")
 
 
 def stage_pass(model: nn.Module, sample: torch.Tensor, layers: tuple[int, int] | None = None,
@@ -105,9 +108,23 @@ def balanced_bounds(profile, workers: int) -> list[tuple[int, int]]:
     return [stages[r % S] for r in range(workers)]
 
 
-def _trial(works, passes: int, sync=None) -> float:
+def _trial(works, passes: int, sync=None, slowest=None):
     """Mean seconds per pass of `passes` passes, a pass calling each of `works` in turn;
-    with `sync`, each call starts right after `sync()` returns (not timed)."""
+    with `sync`, each call starts right after `sync()` returns (not timed). With
+    `slowest` (a function of this rank's seconds of one pass, the same on every rank: the
+    slowest rank's), the list of each pass's `slowest` instead of the mean."""
+    if slowest is not None:
+        out = []
+        for _ in range(passes):
+            total = 0.0
+            for w in works:
+                if sync is not None:
+                    sync()
+                t0 = time.perf_counter()
+                w()
+                total += time.perf_counter() - t0
+            out.append(slowest(total))
+        return out
     if sync is None:
         t0 = time.perf_counter()
         for _ in range(passes):
@@ -140,7 +157,8 @@ def measure(work, rounds: int = 10, passes: int = 4, statistic: str = "min",
     import torch.distributed as dist
 
     if statistic not in STATISTICS:
-        raise PlanError(f"contention statistic must be 'min' or 'median', got {statistic!r}")
+        raise PlanError(f"contention statistic must be 'min', 'median' or 'slowest', got "
+                        f"{statistic!r}")
     if rounds < 1 or passes < 1:
         raise PlanError(f"contention needs rounds >= 1 and passes >= 1, got {rounds}, {passes}")
     W = dist.get_world_size(group)
@@ -157,16 +175,27 @@ def measure(work, rounds: int = 10, passes: int = 4, statistic: str = "min",
                 solo.append(_trial(works, passes))
         dist.barrier(group)
 
+    def slowest(t: float) -> float:
+        x = torch.tensor([t], dtype=torch.float64)
+        dist.all_reduce(x, op=dist.ReduceOp.MAX, group=group)
+        return float(x)
+
     def together():
         dist.barrier(group)
-        conc.append(_trial(works, passes, (lambda: dist.barrier(group)) if handoff else None))
+        got = _trial(works, passes, (lambda: dist.barrier(group)) if handoff else None,
+                     slowest if statistic == "slowest" else None)
+        if statistic == "slowest":
+            conc.extend(got)
+        else:
+            conc.append(got)
         dist.barrier(group)
 
     for k in range(rounds):
         for phase in ((solo_turns, together) if k % 2 == 0 else (together, solo_turns)):
             phase()
     pick = min if statistic == "min" else statistics.median
-    mine = torch.tensor([pick(solo), pick(conc)], dtype=torch.float64)
+    mine = torch.tensor([min(solo) if statistic == "slowest" else pick(solo), pick(conc)],
+                        dtype=torch.float64)
     every = [torch.zeros(2, dtype=torch.float64) for _ in range(W)]
     dist.all_gather(every, mine, group=group)
     s = [float(t[0]) for t in every]

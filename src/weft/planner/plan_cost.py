@@ -68,6 +68,8 @@ class Costs:
     dtensor_tensor_s: float = 0.0  # optimizer step per DTensor parameter (fully_shard, tp)
     tp_tensor_s: float = 0.0  # forward + backward per micro-batch per DTensor parameter of a
     #                           tensor-parallel module (DTensor dispatch, redistribute hooks)
+    collective_fits: tuple = ()  # (kind, group size, latency s, s per byte) measured on the
+    #                              ranks (weft.planner.collective_fit); replace the ring model
 
 
 @dataclass
@@ -208,7 +210,8 @@ class PlanModel:
     def comm(self, communicator: str) -> Comm:
         c = self.communicator or communicator
         if c not in self._comm:
-            self._comm[c] = Comm(self.net, self.costs.collective, c)
+            self._comm[c] = Comm(self.net, self.costs.collective, c,
+                                 fits=self.costs.collective_fits)
         return self._comm[c]
 
     def rank_order(self, world: int) -> list[str]:

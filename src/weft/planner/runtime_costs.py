@@ -28,10 +28,13 @@ on the machine, the backend and torch, so they are measured, not assumed:
 * ``tp_tensor_s``: what tensor parallelism costs per parameter tensor of a parallelised
   module and micro-batch beyond its local compute and its collectives (DTensor's dispatch
   of every op, the input/output redistribution hooks): `units` Linear(width, width)
-  layers, column- and row-wise in turn over all ranks (`parallelize_module`), train one
-  forward + backward; minus the same number of plain Linear layers of the local shapes,
-  minus the raw all-reduces of the activations (one per pair forward, one per pair
-  backward), per weight and bias.
+  layers, column- and row-wise in turn (`parallelize_module`) over a tp mesh of one rank
+  (each rank its own, all ranks at once: the dispatch and hooks without the collectives,
+  which the model charges apart), train one forward + backward; minus the same plain
+  Linear layers, per weight and bias. (Over all ranks, less the all-reduces timed alone,
+  as before 2026-12-02, it was a small difference of two large, noisy figures: 0-1.6 ms
+  per tensor in calibrations minutes apart, and it counted the all-reduces' extra cost
+  inside a step, which `weft.planner.collective_fit` measures now.)
 
 Each timing is the median over `repeats` interleaved rounds of the slowest rank, ranks
 synchronised by a barrier before each run; ranks run one thread each, as `weft.launch`
@@ -151,29 +154,29 @@ def runtime_costs_rank(repeats: int, units: int, width: int, tensors: int) -> di
     many = nn.Sequential(*[nn.Linear(32, 32, bias=False) for _ in range(tensors)])
     fully_shard(many, mesh=mesh)
     fns["adam_dtensors"] = _adam(list(many.parameters()))
-    fns.update(_tp_steps(mesh, units, width, x))
+    fns.update(_tp_steps(units, width, x))
     return {**_rounds(fns, repeats), **issued}
 
 
-def _tp_steps(mesh, units: int, width: int, x) -> dict:
+def _tp_steps(units: int, width: int, x) -> dict:
     """Forward + backward of `units` Linear layers, column- and row-wise parallel in turn
-    over `mesh` (`tp_step`); of plain layers of the local shapes (`tp_local`); and the
-    raw all-reduce of one activation (`tp_allreduce`)."""
+    over a tp mesh of this rank alone (`tp_step`), and of the same plain layers
+    (`tp_local`)."""
+    from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.tensor.parallel import (ColwiseParallel, RowwiseParallel,
                                                    parallelize_module)
 
-    n = mesh.size()
+    alone = init_device_mesh("cpu", (dist.get_world_size(), 1),
+                             mesh_dim_names=("ranks", "tp"))["tp"]
     units -= units % 2
     torch.manual_seed(0)
     tp = nn.Sequential(*[nn.Linear(width, width) for _ in range(units)])
-    parallelize_module(tp, mesh, {str(i): ColwiseParallel() if i % 2 == 0 else RowwiseParallel()
-                                  for i in range(units)})
-    local = nn.Sequential(*[nn.Linear(width, width // n) if i % 2 == 0 else
-                            nn.Linear(width // n, width) for i in range(units)])
-    act = torch.ones(x.shape[0], width)
+    parallelize_module(tp, alone, {str(i): ColwiseParallel() if i % 2 == 0 else
+                                   RowwiseParallel() for i in range(units)})
+    torch.manual_seed(0)
+    local = nn.Sequential(*[nn.Linear(width, width) for _ in range(units)])
     return {"tp_step": lambda: tp(x).sum().backward(),
-            "tp_local": lambda: local(x).sum().backward(),
-            "tp_allreduce": lambda: dist.all_reduce(act)}
+            "tp_local": lambda: local(x).sum().backward()}
 
 
 def _how_fsdp_calls(step) -> dict:
@@ -219,6 +222,6 @@ def measure_runtime_costs(world: int = 2, repeats: int = 5, units: int = 8, widt
     overlap = min(max(overlap, 0.0), 1.0)
     asynchronous = s["fsdp_async_calls"] / max(s["fsdp_calls"], 1.0)
     pairs = (units - units % 2) // 2
-    tp = (s["tp_step"] - s["tp_local"] - 2 * pairs * s["tp_allreduce"]) / (4 * pairs)
+    tp = (s["tp_step"] - s["tp_local"]) / (4 * pairs)
     return RuntimeCosts(overlap, overlap * asynchronous, max(fsdp_call, 0.0), per_tensor, bw,
                         max(dtensor, 0.0), world, seconds=s, tp_tensor_s=max(tp, 0.0))

@@ -1,0 +1,99 @@
+"""Collectives measured per kind and group size: the line fit, its use by the plan cost
+model in place of the ring model, and the measurement on 2 gloo ranks."""
+
+import math
+
+import pytest
+
+from weft.errors import PlanError
+from weft.planner.collective_fit import KINDS, fit_lines, fitted_seconds, measure_collectives
+from weft.planner.comm import Comm
+from weft.planner.network import Network
+from weft.planner.plan_cost import Costs, PlanModel
+from weft.planner.shape import Shape
+from weft.planner.workload import transformer
+from weft.topology.builders import multi_node
+
+LINES = {("allreduce", 2): (3e-3, 1e-9), ("allreduce", 4): (5e-3, 2e-9),
+         ("all_gather", 4): (1e-3, 0.5e-9)}
+
+
+def _samples(noise=()):
+    out = []
+    for (kind, n), (a, b) in LINES.items():
+        for k, size in enumerate((4096, 65536, 1 << 20, 4 << 20)):
+            f = 1 + (noise[k % len(noise)] if noise else 0.0)
+            out.append((kind, n, size, (a + b * size) * f))
+    return out
+
+
+def test_fit_lines_recovers_each_kind_and_group_size():
+    table, err = fit_lines(_samples())
+    assert err == pytest.approx(0.0, abs=1e-9)
+    assert {(k, n) for k, n, _, _ in table} == set(LINES)
+    for kind, n, a, b in table:
+        assert (a, b) == pytest.approx(LINES[kind, n], rel=1e-6)
+        assert fitted_seconds(table, kind, n, 1 << 20) == pytest.approx(
+            LINES[kind, n][0] + LINES[kind, n][1] * (1 << 20))
+    assert fitted_seconds(table, "reduce_scatter", 4, 1024) is None
+    # noise: the terms stay non-negative and the error is reported
+    table, err = fit_lines(_samples(noise=(0.3, -0.2, 0.1, -0.25)))
+    assert all(a >= 0 and b >= 0 for _, _, a, b in table) and 0.05 < err < 0.3
+
+
+def test_fit_lines_rejects_bad_samples():
+    with pytest.raises(PlanError, match="allreduce n=2 4096 B: 0.0 s is not a positive time"):
+        fit_lines([("allreduce", 2, 4096, 0.0)])
+    with pytest.raises(PlanError, match="at least 2 ranks"):
+        measure_collectives(1)
+    with pytest.raises(PlanError, match="sizes must be positive"):
+        measure_collectives(2, sizes=(0, 4096))
+
+
+def test_fits_replace_the_ring_for_the_fitted_group_sizes_only():
+    topo = multi_node(1, 4)
+    net = Network(topo)
+    devs = [d.name for d in topo.compute_devices]
+    table, _ = fit_lines(_samples())
+    ring, fitted = Comm(net), Comm(net, fits=table)
+    pairs = fitted.groups([devs[:2], devs[2:]])
+    four = fitted.groups([devs])
+    assert fitted.collective("allreduce", pairs, 1 << 20) == pytest.approx(3e-3 + 1e-9 * (1 << 20))
+    assert fitted.collective("allreduce", four, 4096) == pytest.approx(5e-3 + 2e-9 * 4096)
+    assert fitted.algorithm("allreduce", four, 4096) == "measured"
+    # not fitted: reduce-scatter, and all-gather on pairs: the ring model
+    for kind, gs in (("reduce_scatter", four), ("all_gather", pairs)):
+        assert fitted.collective(kind, gs, 1 << 20) == ring.collective(
+            kind, ring.groups(gs.groups), 1 << 20)
+
+
+def test_plan_model_charges_the_fitted_all_reduce():
+    """dp4 with nothing overlapped: the data-parallel total is the fitted all-reduce of
+    the gradients, bucket by bucket."""
+    wl = transformer(n_layer=2, d_model=64, n_head=4, seq=32, flops=1e12)
+    topo = multi_node(1, 4)
+    table, _ = fit_lines(_samples())
+    shape = Shape(dp_replicate=4, global_batch=16, flavour="weft")
+    est = PlanModel(wl, topo, Costs(overlap=0.0, collective_fits=table)).estimate(shape)
+    P = sum(l.params.rep + l.params.split for l in wl.layers)
+    bucket = shape.bucket_mb * 2**20
+    full, rest = divmod(P, bucket)
+    want = full * (5e-3 + 2e-9 * bucket) + (5e-3 + 2e-9 * rest if rest else 0.0)
+    assert est.terms["data-parallel total"] == pytest.approx(want)
+    plain = PlanModel(wl, topo, Costs(overlap=0.0)).estimate(shape)
+    assert plain.terms["data-parallel total"] != pytest.approx(want)
+
+
+@pytest.mark.slow
+def test_measure_collectives_on_two_gloo_ranks():
+    got = measure_collectives(2, sizes=(4096, 1 << 20), repeats=2, timeout=120)
+    assert {(k, n) for k, n, _, _ in got.table} == {(k, 2) for k in KINDS}
+    assert sorted((k, n, s) for k, n, s, _ in got.samples) == sorted(
+        (k, 2, s) for k in KINDS for s in (4096, 1 << 20))
+    assert all(math.isfinite(t) and t > 0 for *_, t in got.samples)
+    assert all(a >= 0 and b >= 0 for _, _, a, b in got.table)
+    assert math.isfinite(got.error) and "allreduce n=2" in got.summary()
+    # right after 30 ms of compute: the compute alone is taken off (a 4 KiB collective
+    # on 2 ranks takes a few ms at most; with the compute counted it would be >= 30 ms)
+    after = measure_collectives(2, sizes=(4096,), repeats=2, after=0.03, timeout=120)
+    assert all(math.isfinite(t) and 0 < t < 0.015 for *_, t in after.samples)
