@@ -3,7 +3,7 @@ the autotuner's choice against ring / tree / packing measured in the same run.
 
 Per shape (loopback ranks, or an emulated cluster in network namespaces):
 1. calibration: ring, double binary tree and packing with 1 and 4 trees at 512 KiB and
-   8 MiB (pieces of 32 KiB, 256 KiB and 2 MiB) are timed, and `costmodel.fit` finds the
+   8 MiB (pieces of 16 KiB, 64 KiB, 256 KiB and 2 MiB) are timed, and `costmodel.fit` finds the
    CPU parameters (per message, per byte copied, per byte forwarded, per step) that
    predict them best;
 2. sweep: at every size, the autotuner's choice under the fitted model and the model's
@@ -24,8 +24,11 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+# pieces from the autotuner's smallest (16 KiB) up: without it the per-message cost was
+# unidentified (32 KiB pieces hide it behind the links) and the sweep then picked 16 KiB
 CALIBRATION = [(alg, size, chunk) for alg in ("ring", "dbtree", "packing:1", "packing:4")
-               for size in (512 << 10, 8 << 20) for chunk in (32 << 10, 256 << 10, 2 << 20)]
+               for size in (512 << 10, 8 << 20)
+               for chunk in (16 << 10, 64 << 10, 256 << 10, 2 << 20)]
 BASE = dict(alpha=10e-6, reduce_bw=0.5e9, step_overhead=20e-6, cores=float(os.cpu_count()),
             link_efficiency=0.97)
 LOOPBACK_BASE = dict(alpha=150e-6, reduce_bw=8e9, step_overhead=100e-6,
@@ -130,11 +133,17 @@ def part_collectives(args, figs):
 
     sizes = [256 << 10, 2 << 20] if args.quick else [256 << 10, 1 << 20, 4 << 20, 16 << 20,
                                                      64 << 20]
-    shapes = [("loopback4", None)]
+    wanted = getattr(args, "collectives_shapes", "loopback4,dgx1-mesh,two-node").split(",")
+    bad = [w for w in wanted if w not in ("loopback4", "dgx1-mesh", "two-node")]
+    if bad:
+        raise SystemExit(f"--collectives-shapes: unknown {bad}; choose from loopback4, "
+                         "dgx1-mesh, two-node")
+    shapes = [("loopback4", None)] if "loopback4" in wanted else []
     ok, why = netns_ok()
+    emulated = [(w, 4.0) for w in ("dgx1-mesh", "two-node") if w in wanted]
     if not args.quick and ok:
-        shapes += [("dgx1-mesh", 4.0), ("two-node", 4.0)]
-    elif not args.quick:
+        shapes += emulated
+    elif not args.quick and emulated:
         print(f"  collectives: emulated shapes skipped: {why}")
     calib = CALIBRATION if not args.quick else \
         [(a, s, c) for a in ("ring", "packing:1") for s in (512 << 10,) for c in (64 << 10,
@@ -150,7 +159,7 @@ def part_collectives(args, figs):
 
             with NetnsCluster(SHAPES[name](), mbit_per_gbs=scale) as c:
                 out = sweep(c.fabric(), netns_runner(c), sizes, BASE, rounds=3,
-                               calib_rounds=2)
+                               calib_rounds=3)
         print(f"  collectives {name}: fitted {out['params']} (calibration error "
               f"{out['fit_error']:.0%})")
         for r in out["rows"]:
