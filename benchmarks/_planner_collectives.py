@@ -35,9 +35,14 @@ LOOPBACK_BASE = dict(alpha=150e-6, reduce_bw=8e9, step_overhead=100e-6,
                      cores=float(os.cpu_count()), link_efficiency=1.0, copy_bw=2.5e9)
 
 
+SMALL = 8 << 20  # jobs below this many bytes get SMALL_ROUNDS x the rounds: they are
+SMALL_ROUNDS = 3  # short, and their medians over 3 rounds moved by up to 30% (2026-12-02)
+
+
 def time_runs(job_file: str, rounds: int) -> dict:
-    """In every rank: run each (key, schedule, chunk, size) job, interleaved rounds; the
-    slowest rank's time per run; median per key."""
+    """In every rank: run each (key, schedule, chunk, size) job, interleaved rounds (jobs
+    under SMALL bytes SMALL_ROUNDS times as many); the slowest rank's time per run;
+    median per key."""
     from weft.collectives.executor import execute
 
     torch.set_num_threads(1)
@@ -46,8 +51,10 @@ def time_runs(job_file: str, rounds: int) -> dict:
     for key, sched, chunk, size in jobs:  # warm-up (and buffers)
         execute(sched, bufs[size], chunk_bytes=chunk, timeout=600)
     times: dict = {key: [] for key, *_ in jobs}
-    for _ in range(rounds):
+    for i in range(rounds * SMALL_ROUNDS):
         for key, sched, chunk, size in jobs:
+            if i >= rounds and size >= SMALL:
+                continue
             dist.barrier()
             t0 = time.perf_counter()
             execute(sched, bufs[size], chunk_bytes=chunk, timeout=600)
@@ -86,9 +93,17 @@ def sweep(fabric, runner, sizes, base: dict, rounds: int, calib_rounds: int,
             if fam in ("ring", "dbtree", "packing") and fam not in best_of:
                 best_of[fam] = c
         plan[size] = (r[0], best_of)
-        jobs += [((name, size), c.schedule, c.chunk_bytes, size)
-                 for name, c in {"choice": r[0], **best_of}.items()]
+        # the choice is timed once: it is also its family's best (the same job timed
+        # twice differed by up to 30%, and was then compared with itself)
+        timed = dict(best_of) if any(c is r[0] for c in best_of.values()) \
+            else {"choice": r[0], **best_of}  # e.g. flat
+        jobs += [((name, size), c.schedule, c.chunk_bytes, size) for name, c in timed.items()]
     got = _run(runner, jobs, rounds)
+    for size in sizes:
+        choice, best_of = plan[size]
+        same = [k for k, c in best_of.items() if c is choice]
+        if same:
+            got["choice", size] = got[same[0], size]
     rows = []
     for size in sizes:
         choice, best_of = plan[size]
