@@ -3,7 +3,7 @@ the autotuner's choice against ring / tree / packing measured in the same run.
 
 Per shape (loopback ranks, or an emulated cluster in network namespaces):
 1. calibration: ring, double binary tree and packing with 1 and 4 trees at 512 KiB and
-   8 MiB (pieces of 32 KiB, 256 KiB and 2 MiB) are timed, and `costmodel.fit` finds the
+   8 MiB (pieces of 16 KiB, 64 KiB, 256 KiB and 2 MiB) are timed, and `costmodel.fit` finds the
    CPU parameters (per message, per byte copied, per byte forwarded, per step) that
    predict them best;
 2. sweep: at every size, the autotuner's choice under the fitted model and the model's
@@ -24,17 +24,25 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+# pieces from the autotuner's smallest (16 KiB) up: without it the per-message cost was
+# unidentified (32 KiB pieces hide it behind the links) and the sweep then picked 16 KiB
 CALIBRATION = [(alg, size, chunk) for alg in ("ring", "dbtree", "packing:1", "packing:4")
-               for size in (512 << 10, 8 << 20) for chunk in (32 << 10, 256 << 10, 2 << 20)]
+               for size in (512 << 10, 8 << 20)
+               for chunk in (16 << 10, 64 << 10, 256 << 10, 2 << 20)]
 BASE = dict(alpha=10e-6, reduce_bw=0.5e9, step_overhead=20e-6, cores=float(os.cpu_count()),
             link_efficiency=0.97)
 LOOPBACK_BASE = dict(alpha=150e-6, reduce_bw=8e9, step_overhead=100e-6,
                      cores=float(os.cpu_count()), link_efficiency=1.0, copy_bw=2.5e9)
 
 
+SMALL = 8 << 20  # jobs below this many bytes get SMALL_ROUNDS x the rounds: they are
+SMALL_ROUNDS = 3  # short, and their medians over 3 rounds moved by up to 30% (2026-12-02)
+
+
 def time_runs(job_file: str, rounds: int) -> dict:
-    """In every rank: run each (key, schedule, chunk, size) job, interleaved rounds; the
-    slowest rank's time per run; median per key."""
+    """In every rank: run each (key, schedule, chunk, size) job, interleaved rounds (jobs
+    under SMALL bytes SMALL_ROUNDS times as many); the slowest rank's time per run;
+    median per key."""
     from weft.collectives.executor import execute
 
     torch.set_num_threads(1)
@@ -43,8 +51,10 @@ def time_runs(job_file: str, rounds: int) -> dict:
     for key, sched, chunk, size in jobs:  # warm-up (and buffers)
         execute(sched, bufs[size], chunk_bytes=chunk, timeout=600)
     times: dict = {key: [] for key, *_ in jobs}
-    for _ in range(rounds):
+    for i in range(rounds * SMALL_ROUNDS):
         for key, sched, chunk, size in jobs:
+            if i >= rounds and size >= SMALL:
+                continue
             dist.barrier()
             t0 = time.perf_counter()
             execute(sched, bufs[size], chunk_bytes=chunk, timeout=600)
@@ -83,9 +93,17 @@ def sweep(fabric, runner, sizes, base: dict, rounds: int, calib_rounds: int,
             if fam in ("ring", "dbtree", "packing") and fam not in best_of:
                 best_of[fam] = c
         plan[size] = (r[0], best_of)
-        jobs += [((name, size), c.schedule, c.chunk_bytes, size)
-                 for name, c in {"choice": r[0], **best_of}.items()]
+        # the choice is timed once: it is also its family's best (the same job timed
+        # twice differed by up to 30%, and was then compared with itself)
+        timed = dict(best_of) if any(c is r[0] for c in best_of.values()) \
+            else {"choice": r[0], **best_of}  # e.g. flat
+        jobs += [((name, size), c.schedule, c.chunk_bytes, size) for name, c in timed.items()]
     got = _run(runner, jobs, rounds)
+    for size in sizes:
+        choice, best_of = plan[size]
+        same = [k for k, c in best_of.items() if c is choice]
+        if same:
+            got["choice", size] = got[same[0], size]
     rows = []
     for size in sizes:
         choice, best_of = plan[size]
@@ -130,11 +148,17 @@ def part_collectives(args, figs):
 
     sizes = [256 << 10, 2 << 20] if args.quick else [256 << 10, 1 << 20, 4 << 20, 16 << 20,
                                                      64 << 20]
-    shapes = [("loopback4", None)]
+    wanted = getattr(args, "collectives_shapes", "loopback4,dgx1-mesh,two-node").split(",")
+    bad = [w for w in wanted if w not in ("loopback4", "dgx1-mesh", "two-node")]
+    if bad:
+        raise SystemExit(f"--collectives-shapes: unknown {bad}; choose from loopback4, "
+                         "dgx1-mesh, two-node")
+    shapes = [("loopback4", None)] if "loopback4" in wanted else []
     ok, why = netns_ok()
+    emulated = [(w, 4.0) for w in ("dgx1-mesh", "two-node") if w in wanted]
     if not args.quick and ok:
-        shapes += [("dgx1-mesh", 4.0), ("two-node", 4.0)]
-    elif not args.quick:
+        shapes += emulated
+    elif not args.quick and emulated:
         print(f"  collectives: emulated shapes skipped: {why}")
     calib = CALIBRATION if not args.quick else \
         [(a, s, c) for a in ("ring", "packing:1") for s in (512 << 10,) for c in (64 << 10,
@@ -150,7 +174,7 @@ def part_collectives(args, figs):
 
             with NetnsCluster(SHAPES[name](), mbit_per_gbs=scale) as c:
                 out = sweep(c.fabric(), netns_runner(c), sizes, BASE, rounds=3,
-                               calib_rounds=2)
+                               calib_rounds=3)
         print(f"  collectives {name}: fitted {out['params']} (calibration error "
               f"{out['fit_error']:.0%})")
         for r in out["rows"]:

@@ -6,7 +6,9 @@ time of one time step is the largest, over physical links, of the bytes that
 the step's transfers put on the link divided by its bandwidth (contention:
 transfers sharing a link share its bandwidth), plus a per-message overhead
 times the most messages any rank handles in the step, plus the longest route
-latency, plus the time to add received data (reduce) at `reduce_bw`.
+latency, plus the time to add received data (reduce) at `reduce_bw`. A link with a
+burst (`Fabric.burst`: the emulation's token-bucket shapers) passes a step's bytes
+within its credit at once; the credit refills at the link's rate up to the burst.
 
 The executor's CPU cost (`CostParams`): `alpha` per message at each end (Python,
 gloo, the socket calls), `copy_bw` per byte sent or received (the kernel's copies),
@@ -119,15 +121,24 @@ def predict(schedule: Schedule, fabric: Fabric, nbytes: int, chunk_bytes: int = 
     cum = np.vstack([np.zeros(len(links)), np.cumsum(loads, axis=0)])
     cm, cr = np.concatenate([[0], np.cumsum(msgs)]), np.concatenate([[0], np.cumsum(red)])
     ca, car = np.concatenate([[0], np.cumsum(allmsg)]), np.concatenate([[0], np.cumsum(allred)])
+    # token-bucket shapers (the emulation's tbf): a link holds up to `burst` bytes of
+    # credit, refilled at its rate, and a step's bytes within the credit pass at once
+    burst = np.array([fabric.burst(e) for e in links])
+    credit = burst.copy() if burst.any() else None
     for k in range(p + s - 1):
         lo, hi = max(0, k - p + 1), min(k, s - 1) + 1
-        link_t = float(((cum[hi] - cum[lo]) / caps).max(initial=0.0))
+        load = cum[hi] - cum[lo]
+        over = load if credit is None else np.maximum(load - credit, 0.0)
+        link_t = float((over / caps).max(initial=0.0))
         cpu = (cm[hi] - cm[lo]) * params.alpha + (cr[hi] - cr[lo])
         if params.cores > 0:  # ranks share cores: the whole step's CPU work, spread over them
             cpu = max(cpu, ((ca[hi] - ca[lo]) * params.alpha + (car[hi] - car[lo])
                             + fabric.n * params.step_overhead) / params.cores)
         work = max(link_t, cpu) if params.overlap else link_t + cpu
-        total += work + lat[lo:hi].max(initial=0.0) + params.step_overhead
+        step = work + lat[lo:hi].max(initial=0.0) + params.step_overhead
+        if credit is not None:
+            credit = np.clip(credit + step * caps - load, 0.0, burst)
+        total += step
     return total
 
 

@@ -95,6 +95,12 @@ class Fabric:
     def capacity(self, e: Edge) -> float:
         return self.topology.graph.edges[e]["bandwidth"]
 
+    def burst(self, e: Edge) -> float:
+        """Bytes the link passes at once after being idle (a token-bucket shaper's burst,
+        as the emulated clusters' tbf has; 0 for a plain link): it refills at the link's
+        rate."""
+        return float(self.topology.graph.edges[e].get("burst", 0.0))
+
     def latency(self, i: int, j: int) -> float:
         return sum(self.topology.graph.edges[e]["latency"] for e in self.route(i, j))
 
@@ -110,7 +116,8 @@ class Fabric:
         """A stable fingerprint (for caches): devices, links and placement."""
         h = hashlib.sha1()
         for e in sorted(self.topology.graph.edges(data=True), key=lambda x: (x[0], x[1])):
-            h.update(f"{e[0]}>{e[1]}:{e[2]['bandwidth']:.6g}:{e[2]['latency']:.3g};".encode())
+            h.update(f"{e[0]}>{e[1]}:{e[2]['bandwidth']:.6g}:{e[2]['latency']:.3g}:"
+                     f"{e[2].get('burst', 0):.6g};".encode())
         h.update(",".join(self.devices).encode())
         h.update(repr(sorted(self._paths.items())).encode())
         return h.hexdigest()[:16]

@@ -155,13 +155,19 @@ class NetnsCluster:
         """Emulated bytes/s for a topology link of `bandwidth` bytes/s."""
         return bandwidth / 1e9 * self.mbit_per_gbs * 1e6 / 8
 
+    def burst(self, rate: float) -> int:
+        """tbf's burst (bytes) on a link of `rate` bytes/s: at least two jumbo packets."""
+        return max(16000, 2 * self.mtu + 1000, int(rate * self.burst_ms / 1e3))
+
     def emulated_topology(self) -> Topology:
         """The topology with every link at its emulated rate (for the cost model)."""
         t = Topology(name=f"{self.topology.name}@netns")
         for dev in self.topology.devices:
             t.graph.add_node(dev.name, device=dev)
         for ln in self.topology.links:
-            t.add_link(ln.src, ln.dst, self.rate(ln.bandwidth), 50e-6, ln.kind, bidirectional=False)
+            r = self.rate(ln.bandwidth)
+            t.add_link(ln.src, ln.dst, r, 50e-6, ln.kind, bidirectional=False)
+            t.graph.edges[ln.src, ln.dst]["burst"] = float(self.burst(r))
         return t
 
     def fabric(self, emulated: bool = True) -> Fabric:
@@ -231,7 +237,7 @@ class NetnsCluster:
         # shape each direction at the sender (egress of its veth end)
         for a, b in g.edges:
             r = self.rate(g.edges[a, b]["bandwidth"])
-            burst = max(16000, 2 * self.mtu + 1000, int(r * self.burst_ms / 1e3))
+            burst = self.burst(r)
             _sh(["tc", "-n", self.ns[a], "qdisc", "add", "dev", self._ifname(a, b), "root", "tbf",
                  "rate", f"{int(r * 8)}bit", "burst", str(burst), "latency", f"{self.queue_ms:g}ms"])
         # /32 routes: neighbours direct, others via the next hop towards them
