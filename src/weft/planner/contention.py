@@ -33,7 +33,8 @@ over steps; on 4 ranks sharing 2 cores that was 1.2-1.3x the ranks' own medians,
 docs/planner.md). A rank's factor is concurrent / solo, and ``compute_scale`` is
 the mean of the ranks' factors: the partitioner multiplies every profiled forward and
 backward time (and the per-stage autograd call) by it; `predict` does too, or with
-``contention="overlap"`` charges each rank in proportion to the other ranks' concurrent compute (`settle_scales`).
+``contention="overlap"`` charges each rank in proportion to the other ranks' concurrent
+compute (`settle_scales`).
 """
 
 from __future__ import annotations
