@@ -17,8 +17,8 @@ for groups of 2). So the collectives a plan issues are measured as the plans run
   DataParallel and fully_shard make; DTensor's all-reduces run gloo's same all-reduce)
   on every group size `n` that divides the world, with the world's ``world / n`` groups
   of consecutive ranks running at once (as every group of one mesh dimension does), at
-  sizes from 4 KiB to
-  4 MiB (the whole tensor, as `weft.planner.comm.Comm.collective` counts it);
+  sizes from 4 KiB to 4 MiB (the whole tensor, as `weft.planner.comm.Comm.collective`
+  counts it);
 * each timing is the slowest rank's seconds (a barrier before, the max over ranks after),
   the median over `repeats` interleaved rounds, as `weft.planner.measure` times a step;
 * with ``after`` (seconds), every rank computes that long (a matmul loop timed alone)
