@@ -4,36 +4,23 @@ import torch
 import torch.distributed as dist
 
 from weft.launch import launch
-from weft.parallel.groups import live_groups, own_groups
-
-
-def _gloo_threads() -> int:
-    import os
-
-    n = 0
-    for tid in os.listdir("/proc/self/task"):
-        try:
-            with open(f"/proc/self/task/{tid}/comm") as f:
-                n += f.read().startswith("gloo_tcp")
-        except OSError:   # the thread ended meanwhile
-            pass
-    return n
+from weft.parallel.groups import live_groups, own_groups, transport_threads
 
 
 def _worker():
     from torch.distributed.device_mesh import init_device_mesh
 
     kept = dist.new_group([0, 1])            # made before the block: it stays
-    start = (len(live_groups()), _gloo_threads())
+    start = (len(live_groups()), transport_threads())
     with own_groups():
         g = dist.new_group([0, 1])
         mesh = init_device_mesh("cpu", (1, 2), mesh_dim_names=("a", "b"))
         x = torch.ones(3)
         dist.all_reduce(x, group=g)
         dist.all_reduce(x, group=mesh.get_group("b"))
-        inside = (len(live_groups()), _gloo_threads())
+        inside = (len(live_groups()), transport_threads())
         del g, mesh
-    after = (len(live_groups()), _gloo_threads())
+    after = (len(live_groups()), transport_threads())
     y = torch.ones(2)
     dist.all_reduce(y, group=kept)            # still works
     return start, inside, after, x.tolist(), y.tolist()

@@ -8,6 +8,7 @@ from torch import nn
 
 from weft.errors import PlanError
 from weft.launch import launch
+from weft.parallel.groups import transport_threads
 from weft.parallel.wavelet import Wavelet, layout
 
 STEPS, BATCH, SEED = 4, 48, 3   # BATCH: the global batch of every step
@@ -52,12 +53,12 @@ def _worker(waves):
                             nn.Linear(32, 5))
         model = Wavelet(net, waves=waves, bucket_cap_mb=0.001, **kw)
         _train(model, dist.get_rank(), dist.get_world_size())
-        before, groups = _gloo_threads(), list(model._groups)
+        before, groups = transport_threads(), list(model._groups)
         model.close()
         left = sum(g in dist.distributed_c10d._world.pg_map for g in groups)
         del groups
         gc.collect()
-        freed = (left, before - _gloo_threads())
+        freed = (left, before - transport_threads())
         if mode == "gang":  # no signal to wait for: a step after close() fails at once
             try:
                 _train(model, dist.get_rank(), dist.get_world_size())
@@ -66,20 +67,6 @@ def _worker(waves):
         out[mode] = ({k: v.clone() for k, v in net.state_dict().items()},
                      layout(waves), model.started, model.signalled, freed)
     return out
-
-
-def _gloo_threads() -> int:
-    """Threads of this process that gloo's TCP transport runs (one loop per group's device)."""
-    import os
-
-    names = []
-    for tid in os.listdir("/proc/self/task"):
-        try:
-            with open(f"/proc/self/task/{tid}/comm") as f:
-                names.append(f.read().strip())
-        except OSError:   # the thread ended meanwhile
-            pass
-    return sum(n.startswith("gloo_tcp") for n in names)
 
 
 def test_tick_tock_equals_one_wave_on_the_summed_batch():

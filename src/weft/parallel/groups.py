@@ -31,6 +31,29 @@ def live_groups() -> list:
     return list(dist.distributed_c10d._world.pg_map)
 
 
+def destroy(groups) -> None:
+    """Destroy `groups` on this rank (a group made by `dist.new_group`, not the default);
+    torch frees each one's transport once nothing else refers to it."""
+    for g in groups:
+        dist.destroy_process_group(g)
+    gc.collect()
+
+
+def transport_threads() -> int:
+    """Threads of this process that gloo's TCP transport runs (one event loop per group),
+    what idle groups cost."""
+    import os
+
+    n = 0
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/comm") as f:
+                n += f.read().startswith("gloo_tcp")
+        except OSError:   # the thread ended meanwhile
+            pass
+    return n
+
+
 @contextlib.contextmanager
 def own_groups():
     """Destroy, when the block ends, the process groups made inside it (see the module doc).
@@ -42,7 +65,4 @@ def own_groups():
     finally:
         made = [g for g in live_groups()
                 if id(g) not in before and g is not dist.GroupMember.WORLD]
-        for g in made:
-            dist.destroy_process_group(g)
-        del made
-        gc.collect()
+        destroy(made)

@@ -327,12 +327,13 @@ class Wavelet(nn.Module):
         cannot train after. Call it when a process builds more models: every gloo group
         keeps a thread that wakes every 10 ms, and 50 idle groups slowed a 2-rank data-
         parallel step by 10-20% here (docs/wavelet.md)."""
+        from weft.parallel.groups import destroy
+
         self.finish()
-        for g in self._groups:
-            dist.destroy_process_group(g)
-        self._groups = []
         # a group's transport (and its thread) lives as long as something refers to it
         self.comm.wave = self.comm.worker = _Closed()
+        groups, self._groups = self._groups, []
+        destroy(groups)
 
 
 class _Closed:
