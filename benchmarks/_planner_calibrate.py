@@ -39,9 +39,10 @@ def _calibrate_local(world: int, wl, cfg, batch: int, quick: bool):
         c = {"compute_scale": 1.0}
     params = fit_gloo(world, quick)
     fits = ()
-    if world > 1 and not quick and wl is not None:  # per kind and group size, at the plans' sizes, each
-        # right after compute as long as half a typical layer's forward + backward (the
-        # profile's median layer at this micro-batch), as a step issues them
+    if world > 1 and not quick and wl is not None:
+        # per kind and group size, at the plans' sizes, each right after compute as long as
+        # half a typical layer's forward + backward (the profile's median layer at this
+        # micro-batch), as a step issues them
         from weft.planner.collective_fit import measure_collectives
 
         mb = max(1, batch // world)

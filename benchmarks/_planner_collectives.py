@@ -35,6 +35,8 @@ LOOPBACK_BASE = dict(alpha=150e-6, reduce_bw=8e9, step_overhead=100e-6,
                      cores=float(os.cpu_count()), link_efficiency=1.0, copy_bw=2.5e9)
 
 
+SHAPES_SWEPT = ("loopback4", "dgx1-mesh", "two-node")  # --collectives-shapes
+
 SMALL = 8 << 20  # jobs below this many bytes get SMALL_ROUNDS x the rounds: they are
 SMALL_ROUNDS = 3  # short, and their medians over 3 rounds moved by up to 30% (2026-12-02)
 
@@ -148,11 +150,11 @@ def part_collectives(args, figs):
 
     sizes = [256 << 10, 2 << 20] if args.quick else [256 << 10, 1 << 20, 4 << 20, 16 << 20,
                                                      64 << 20]
-    wanted = getattr(args, "collectives_shapes", "loopback4,dgx1-mesh,two-node").split(",")
-    bad = [w for w in wanted if w not in ("loopback4", "dgx1-mesh", "two-node")]
+    wanted = getattr(args, "collectives_shapes", ",".join(SHAPES_SWEPT)).split(",")
+    bad = [w for w in wanted if w not in SHAPES_SWEPT]
     if bad:
-        raise SystemExit(f"--collectives-shapes: unknown {bad}; choose from loopback4, "
-                         "dgx1-mesh, two-node")
+        raise SystemExit(f"--collectives-shapes: unknown {bad}; choose from "
+                         f"{', '.join(SHAPES_SWEPT)}")
     shapes = [("loopback4", None)] if "loopback4" in wanted else []
     ok, why = netns_ok()
     emulated = [(w, 4.0) for w in ("dgx1-mesh", "two-node") if w in wanted]

@@ -43,6 +43,8 @@ def part_functions() -> dict:
 
 
 def main(argv=None) -> int:
+    from _planner_collectives import SHAPES_SWEPT
+
     from weft.args import positive_float, positive_int
 
     p = parser(__doc__.splitlines()[0])
@@ -54,9 +56,9 @@ def main(argv=None) -> int:
     p.add_argument("--fabric-mbit-per-gbs", type=positive_float, default=1.0,
                    help="the same for the fabric part (slow enough that the links, not the "
                         "2 cores, bound its step)")
-    p.add_argument("--collectives-shapes", default="loopback4,dgx1-mesh,two-node",
-                   help="comma list of the collectives part's shapes (loopback4, dgx1-mesh, "
-                        "two-node)")
+    p.add_argument("--collectives-shapes", default=",".join(SHAPES_SWEPT),
+                   help="comma list of the collectives part's shapes "
+                        f"({', '.join(SHAPES_SWEPT)})")
     args = p.parse_args(argv)
     parts = args.parts.split(",")
     bad = [x for x in parts if x not in PARTS]
