@@ -189,8 +189,10 @@ class MemoryProfile:
                             f"backward_end {old[2]:g} s, step {old[3]:g} s")
         new = list(itertools.accumulate([0.0, phases["forward"], phases["backward"],
                                          phases["rest"]]))
-        times = _piecewise(np.asarray(self.times, float), old, new)
-        marks = {k: float(_piecewise(np.array([v]), old, new)[0]) for k, v in self.marks.items()}
+        # piecewise linear, phase by phase (an event at a boundary of an empty phase takes
+        # either side: the same moment of the profiled step)
+        times = np.interp(np.asarray(self.times, float), old, new)
+        marks = {k: float(np.interp(v, old, new)) for k, v in self.marks.items()}
         meta = dict(self.meta, profiled_period_s=self.period, profiled_marks=dict(self.marks))
         return MemoryProfile(list(map(float, times)), list(self.bytes), new[-1], marks,
                              self.device, self.batch_size, self.method, meta)
@@ -233,19 +235,6 @@ class MemoryProfile:
     @classmethod
     def load(cls, path: str | Path) -> MemoryProfile:
         return cls.from_dict(read_json(path, PlanError, "memory profile"), str(path))
-
-
-def _piecewise(t: np.ndarray, old: list[float], new: list[float]) -> np.ndarray:
-    """Map times `t` linearly within each segment [old[i], old[i+1]] onto [new[i], new[i+1]]
-    (a segment of length 0 maps to its new start)."""
-    out = np.empty_like(t)
-    seg = np.clip(np.searchsorted(old, t, side="right") - 1, 0, len(old) - 2)
-    for i in range(len(old) - 1):
-        m = seg == i
-        span = old[i + 1] - old[i]
-        frac = (t[m] - old[i]) / span if span > 0 else np.zeros(int(m.sum()))
-        out[m] = new[i] + np.clip(frac, 0.0, 1.0) * (new[i + 1] - new[i])
-    return out
 
 
 def window(rec: AllocationRecorder, start_ns: int, end_ns: int, **kw) -> MemoryProfile:
