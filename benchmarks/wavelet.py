@@ -17,11 +17,14 @@ gradient buckets and activations). Figures, per condition:
   summed on the shared wall clock), peak over the measured steps; tick-tock (the tock wave
   starts when the tick wave is `--signal-at` into its backward: by default at its end)
   against the same two waves gang-launched (target <= 0.8x), and against one wave with the
-  summed batch;
+  summed batch. Tick-tock's gradient buckets live in memory shared by the worker's waves,
+  which the allocator does not see: their bytes are added to each of its ranks' timelines;
 * throughput: samples/s of tick-tock (2 x W ranks, per-rank batch b) against one wave with the
   same total batch (W ranks, per-rank batch 2b), models built and warmed up before the clock
   starts, rounds alternated, median and range (target >= 1.0x); the same for tick-tock with
-  ``combine="each"`` (every wave all-reduces its own gradients across workers);
+  the worker's waves combining their gradients through gloo messages (``local="gloo"``)
+  instead of the worker's shared memory, and with ``combine="each"`` (every wave
+  all-reduces its own gradients across workers);
 * the largest total batch that fits a memory cap (default: what one wave with batch 2b per
   worker needs): peaks measured at two batch sizes per way of running, a line through them,
   and tick-tock then measured at its largest batch (shrunk and measured again if over); with
@@ -80,18 +83,23 @@ def _steps(model, opt, x, y, n, rec=None):
         rec.mark("end")
 
 
-def _train(cfg, how, b, n, rec=None, one_group=None):
-    """Build and train (n steps) one way of running (see `_build`)."""
+def _train(cfg, how, b, n, rec=None, one_group=None) -> int:
+    """Build and train (n steps) one way of running (see `_build`); the bytes of its gradient
+    buckets in shared memory (which the allocator does not see)."""
     model, opt, x, y = _build(cfg, how, b, one_group)
     _steps(model, opt, x, y, n, rec)
+    shared = getattr(model, "shared_bytes", 0)
     if how != "one":
         model.close()   # its process groups too: each idle gloo group's thread costs CPU
+    return shared
 
 
 def _build(cfg, how, b, one_group):
     """(model, optimizer, x, y) of one way of running: 'ticktock' / 'gang' (every rank, batch
-    b; Wavelet's default way of combining the waves' gradients), 'each' (tick-tock with
-    combine="each") or 'one' (wave 0's ranks only, batch b, DataParallel over them)."""
+    b; Wavelet's default way of combining the waves' gradients: the last wave sums them from
+    the worker's shared memory), 'gloo' (tick-tock, the worker's waves combining through gloo
+    messages instead), 'each' (tick-tock with combine="each") or 'one' (wave 0's ranks only,
+    batch b, DataParallel over them)."""
     from weft.collectives.communicator import TorchCommunicator
     from weft.parallel import DataParallel
     from weft.parallel.wavelet import Wavelet
@@ -101,7 +109,7 @@ def _build(cfg, how, b, one_group):
     if how == "one":
         model = DataParallel(net, communicator=TorchCommunicator(one_group))
     else:
-        kw = {"combine": "each"} if how == "each" else {}
+        kw = {"each": {"combine": "each"}, "gloo": {"local": "gloo"}}.get(how, {})
         model = Wavelet(net, waves=2, stagger=how != "gang", signal_at=cfg["signal_at"], **kw)
     opt = torch.optim.SGD(net.parameters(), lr=0.01)
     x, y = _batch(b, cfg, seed=rank)
@@ -117,9 +125,10 @@ def _memory(cfg, how, b, one_group):
         dist.barrier()
         return None
     with AllocationRecorder() as rec:
-        _train(cfg, how, b, cfg["warm"] + cfg["steps"], rec, one_group)
+        shared = _train(cfg, how, b, cfg["warm"] + cfg["steps"], rec, one_group)
     dist.barrier()
     t, v = rec.timeline()
+    v = v + shared   # the buckets in shared memory are held for the whole step
     steps = rec.marks["step"]
     return {"t": t, "bytes": v, "start": steps[cfg["warm"]], "end": rec.marks["end"][0],
             "steps": steps[cfg["warm"]:] + rec.marks["end"]}
@@ -148,7 +157,7 @@ def _rate(cfg, how, b, one_group):
 
 # the ways of running timed, alternated in every round; "capped": tick-tock at the largest total
 # batch measured to fit the memory cap (one wave's largest is 2b when the cap is its peak there)
-RATED = ("ticktock", "each", "one", "capped")
+RATED = ("ticktock", "gloo", "each", "one", "capped")
 
 
 def _worker(cfg):
@@ -165,7 +174,8 @@ def _worker(cfg):
             out["mem"][(how, 2 * per_wave)] = _memory(cfg, how, per_wave, one_group)
         out["mem"][("one", 2 * per_wave)] = _memory(cfg, "one", 2 * per_wave, one_group)
     out.update(_largest(cfg, out, one_group))
-    batch = {"ticktock": b, "each": b, "one": 2 * b, "capped": out["tries"][-1][0] // 2}
+    batch = {"ticktock": b, "gloo": b, "each": b, "one": 2 * b,
+             "capped": out["tries"][-1][0] // 2}
     for _ in range(cfg["rounds"]):
         for how in RATED:
             out["rate"][how].append(_rate(cfg, "ticktock" if how == "capped" else how,
@@ -288,10 +298,11 @@ def _figures(results, cfg, label: str) -> tuple[list[dict], str]:
     tt, gang, one = (_peaks(results, h, 2 * b) for h in ("ticktock", "gang", "one"))
     cap, largest, tries = results[0]["cap"], results[0]["largest"], results[0]["tries"]
     big, at_big = tries[-1]
-    samples = {"ticktock": 2 * b, "each": 2 * b, "one": 2 * b, "capped": big}
+    samples = {"ticktock": 2 * b, "gloo": 2 * b, "each": 2 * b, "one": 2 * b, "capped": big}
     rate = {h: W * samples[h] * cfg["steps"] / np.array(results[0]["rate"][h]) for h in RATED}
     ratios = rate["ticktock"] / rate["one"]
     each = rate["each"] / rate["one"]
+    gloo = rate["gloo"] / rate["one"]
     plan = _planned(results, cfg)
     f = [
         figure(f"{label}: memory: tick-tock / gang-launched (2 waves, peak per worker)",
@@ -311,6 +322,8 @@ def _figures(results, cfg, label: str) -> tuple[list[dict], str]:
                float(np.max(ratios)), "x"),
         figure(f"{label}: throughput: tick-tock, every wave all-reduces (combine=each) / one "
                f"wave", float(np.median(each)), "x"),
+        figure(f"{label}: throughput: tick-tock, the worker's waves combining through gloo "
+               f"(local=gloo) / one wave", float(np.median(gloo)), "x"),
         figure(f"{label}: throughput: tick-tock", float(np.median(rate["ticktock"])),
                "samples/s"),
         figure(f"{label}: throughput: one wave", float(np.median(rate["one"])), "samples/s"),

@@ -42,7 +42,14 @@ PHASES = {"at backward start": {"signal_at": 0.0}, "default (half the backward)"
 # every phase with each way of combining the waves' gradients (the default: "last")
 MODES = {**PHASES, **{f"{k}, each wave all-reduces": dict(v, combine="each")
                       for k, v in PHASES.items()}}
+# the worker's waves hand each other buckets through gloo messages instead of shared memory
+MODES.update({f"{k}, gloo on the worker": dict(v, local="gloo")
+              for k, v in PHASES.items() if k in ("default (half the backward)", "gang")})
 STAGGERED = [m for m, kw in MODES.items() if kw.get("stagger", True)]
+
+
+def _local_way(kw):
+    return "shared" if kw.get("combine", "last") == "last" and "local" not in kw else "gloo"
 
 
 def _worker(waves):
@@ -52,6 +59,7 @@ def _worker(waves):
         net = nn.Sequential(nn.Linear(12, 32), nn.Tanh(), nn.Linear(32, 32), nn.ReLU(),
                             nn.Linear(32, 5))
         model = Wavelet(net, waves=waves, bucket_cap_mb=0.001, **kw)
+        assert model.local == _local_way(kw), (mode, model.local)
         _train(model, dist.get_rank(), dist.get_world_size())
         before, groups = transport_threads(), list(model._groups)
         model.close()

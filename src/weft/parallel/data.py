@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -65,10 +66,13 @@ class DataParallel(nn.Module):
     in a step count as zeros (every rank then agrees on the bucket layout).
     Tensor-parallel (DTensor) parameters are averaged shard by shard: the
     communicator's group then holds one rank per replica of the same shard.
+    `allocate(numel, dtype, device)`, if given, makes each bucket's flat gradient buffer (in
+    bucket order; zeros by default), e.g. in memory shared with other processes.
     """
 
     def __init__(self, module: nn.Module, communicator: Communicator | None = None,
-                 bucket_cap_mb: float = 25.0, broadcast_buffers: bool = True):
+                 bucket_cap_mb: float = 25.0, broadcast_buffers: bool = True,
+                 allocate: Callable[[int, torch.dtype, torch.device], torch.Tensor] | None = None):
         super().__init__()
         self.module = module
         self.comm = communicator if communicator is not None else TorchCommunicator()
@@ -85,8 +89,9 @@ class DataParallel(nn.Module):
         # all-reduce works in place and nothing is copied back afterwards.
         self._views: dict[int, torch.Tensor] = {}
         for bucket in self.buckets:
-            bucket.flat = torch.zeros(bucket.numel, dtype=bucket.params[0].dtype,
-                                      device=bucket.params[0].device)
+            p0 = bucket.params[0]
+            bucket.flat = (allocate(bucket.numel, p0.dtype, _local(p0).device) if allocate
+                           else torch.zeros(bucket.numel, dtype=p0.dtype, device=p0.device))
             offset = 0
             for p in bucket.params:
                 n = _local(p).numel()

@@ -21,7 +21,12 @@ into the last wave's, which alone all-reduces it across workers while its backwa
 and hands the result back (one gradient per worker crosses the network per step, as for one
 wave); "each" lets every wave all-reduce its own buckets across workers (the earlier waves'
 traffic overlaps the later waves' computation, but each wave sends a whole gradient) and
-averages the waves on the worker afterwards. Either way no wave starts its next step before
+averages the waves on the worker afterwards. With "last" and CPU gradients the waves of a
+worker keep their gradient buckets in one block of shared memory (`local="shared"`, the
+default; `weft.parallel.wavelet_shared`): the last wave sums the others' buckets straight
+from their memory and writes the result back, so no gradient byte crosses a socket on the
+worker; `local="gloo"` (and any case where the block cannot be mapped, e.g. CUDA tensors)
+hands them over with gloo's reduce and broadcast. Either way no wave starts its next step before
 the last wave's gradients of this step are reduced: the next forward needs the updated
 parameters, and that is the price of the exactness: the last wave's final all-reduce is
 waited for, as one wave's is (docs/wavelet.md, "Benchmark", says what that means for
@@ -52,7 +57,8 @@ from torch import nn
 
 from weft.collectives.communicator import DONE, Communicator, TorchCommunicator, Work
 from weft.errors import PlanError, WeftError
-from weft.parallel.data import DataParallel
+from weft.parallel.data import DataParallel, _local
+from weft.parallel.wavelet_shared import ALIGN, SharedGradients
 
 
 class SignalTimeout(WeftError, RuntimeError):
@@ -143,6 +149,7 @@ class _ToOthers:
 
 
 COMBINES = ("last", "each")
+LOCALS = ("shared", "gloo")   # how a worker's waves hand each other buckets ("last")
 
 
 class WaveCommunicator:
@@ -162,10 +169,12 @@ class WaveCommunicator:
       for one wave with the summed batch.
     """
 
-    def __init__(self, wave: Communicator, worker: Communicator, combine: str = "last"):
+    def __init__(self, wave: Communicator, worker: Communicator, combine: str = "last",
+                 shared: SharedGradients | None = None):
         if combine not in COMBINES:
             raise PlanError(f"combine must be one of {', '.join(COMBINES)}, got {combine!r}")
         self.wave, self.worker, self.combine = wave, worker, combine
+        self.shared = shared  # "last" through the worker's shared memory (wavelet_shared)
 
     @property
     def rank(self) -> int:
@@ -180,6 +189,8 @@ class WaveCommunicator:
         if self.combine == "each" or waves == 1:
             work = _Then(self.wave.all_reduce(tensor, op=op, async_op=True),
                          lambda: self.worker.all_reduce(tensor, op=op))
+        elif self.shared is not None and self.shared.owns(tensor):
+            work = self.shared.all_reduce(tensor, self.wave, op)
         else:
             group, last = self.worker.group, waves - 1
             if dist.get_rank(group) < last:
@@ -211,12 +222,14 @@ class Wavelet(nn.Module):
                  make_communicator: Callable[[dist.ProcessGroup | None], Communicator]
                  = TorchCommunicator, bucket_cap_mb: float = 25.0,
                  signal_at: float = 0.5, signal_timeout: float = 300.0,
-                 combine: str = "last"):
+                 combine: str = "last", local: str = "shared"):
         super().__init__()
         if not signal_timeout > 0:
             raise PlanError(f"signal_timeout must be > 0 seconds, got {signal_timeout!r}")
         if combine not in COMBINES:
             raise PlanError(f"combine must be one of {', '.join(COMBINES)}, got {combine!r}")
+        if local not in LOCALS:
+            raise PlanError(f"local must be one of {', '.join(LOCALS)}, got {local!r}")
         if not 0.0 <= signal_at <= 1.0:
             raise PlanError(f"signal_at must be in [0, 1] (a fraction of the backward), got "
                             f"{signal_at!r}")
@@ -224,13 +237,21 @@ class Wavelet(nn.Module):
         self.wave, self.worker, self.workers = layout(waves)
         wave_group, worker_group = make_groups(waves)
         self._groups = [g for g in (wave_group, worker_group) if g is not None]
+        params = [p for p in module.parameters() if p.requires_grad]
+        self.shared = None
+        if (combine == "last" and local == "shared" and waves > 1
+                and all(_local(p).device.type == "cpu" for p in params)):
+            bound = sum(_local(p).numel() * p.element_size() + ALIGN for p in params)
+            self.shared = SharedGradients.create(worker_group, self.wave, waves, bound)
+        self.local = "shared" if self.shared is not None else "gloo"  # what the waves use
         wave_comm = make_communicator(wave_group) if self.workers > 1 else _Single()
         worker_comm = TorchCommunicator(worker_group) if waves > 1 else _Single()
-        self.comm = WaveCommunicator(wave_comm, worker_comm, combine)
+        self.comm = WaveCommunicator(wave_comm, worker_comm, combine, self.shared)
         # DataParallel broadcasts every parameter and buffer through self.comm: every replica
         # of every wave starts as global rank 0's
         self.dp = DataParallel(module, communicator=self.comm, bucket_cap_mb=bucket_cap_mb,
-                               broadcast_buffers=False)
+                               broadcast_buffers=False,
+                               allocate=self.shared.allocate if self.shared else None)
         self.module = module
         self.timeout = datetime.timedelta(seconds=signal_timeout)
         self.prev = (self.wave - 1) * self.workers + self.worker  # the wave before, same worker
@@ -240,7 +261,6 @@ class Wavelet(nn.Module):
         self._sends: list = []
         self.steps = 0
         self.signal_at = signal_at
-        params = [p for p in module.parameters() if p.requires_grad]
         self._threshold = max(1, math.ceil(signal_at * len(params)))
         self._armed: int | None = None   # the step whose signal waits for gradients
         self._ready = 0
@@ -249,6 +269,12 @@ class Wavelet(nn.Module):
                 p.register_post_accumulate_grad_hook(self._on_grad)
         self.started: list[float] = []    # time.time() of each staggered forward's start
         self.signalled: list[float] = []  # ... and of each signal to the next wave
+
+    @property
+    def shared_bytes(self) -> int:
+        """Bytes of this rank's gradient buckets in the worker's shared memory (0 with
+        `local="gloo"`): host memory the CPU allocator does not see."""
+        return self.shared.per_wave if self.shared is not None else 0
 
     def _staggered(self) -> bool:
         return (self.stagger and self.waves > 1 and torch.is_grad_enabled()
@@ -321,6 +347,8 @@ class Wavelet(nn.Module):
         for w in self._sends:
             w.wait(timeout=self.timeout)
         self._sends = []
+        if self.shared is not None:
+            self.shared.finish()
 
     def close(self) -> None:
         """`finish`, then destroy the wave and worker process groups this model made; it
@@ -332,6 +360,9 @@ class Wavelet(nn.Module):
         self.finish()
         # a group's transport (and its thread) lives as long as something refers to it
         self.comm.wave = self.comm.worker = _Closed()
+        if self.shared is not None:  # the buckets' memory stays while the gradients view it
+            self.shared.close()
+            self.shared = self.comm.shared = None
         groups, self._groups = self._groups, []
         destroy(groups)
 
