@@ -114,32 +114,18 @@ def _trial(works, passes: int, sync=None, slowest=None):
     with `sync`, each call starts right after `sync()` returns (not timed). With
     `slowest` (a function of this rank's seconds of one pass, the same on every rank: the
     slowest rank's), the list of each pass's `slowest` instead of the mean."""
-    if slowest is not None:
-        out = []
-        for _ in range(passes):
-            total = 0.0
-            for w in works:
-                if sync is not None:
-                    sync()
-                t0 = time.perf_counter()
-                w()
-                total += time.perf_counter() - t0
-            out.append(slowest(total))
-        return out
-    if sync is None:
-        t0 = time.perf_counter()
-        for _ in range(passes):
-            for w in works:
-                w()
-        return (time.perf_counter() - t0) / passes
-    total = 0.0
+    out = []
     for _ in range(passes):
+        total = 0.0
         for w in works:
-            sync()
+            if sync is not None:
+                sync()
             t0 = time.perf_counter()
             w()
             total += time.perf_counter() - t0
-    return total / passes
+        # slowest is a collective: every rank ends each pass together, as the step does
+        out.append(slowest(total) if slowest is not None else total)
+    return out if slowest is not None else sum(out) / passes
 
 
 def measure(work, rounds: int = 10, passes: int = 4, statistic: str = "min",
