@@ -3,7 +3,7 @@
     rc = measure_runtime_costs(world=4)          # local gloo ranks, a few seconds
     model = PlanModel(workload, topology, rc.apply(Costs(collective=params)))
 
-The plan cost model (`weft.planner.plan_cost`, `weft.planner.dp_cost`) charges four
+The plan cost model (`weft.planner.plan_cost`, `weft.planner.dp_cost`) charges these
 things that the workload profile and the collectives' cost model do not see; they depend
 on the machine, the backend and torch, so they are measured, not assumed:
 
