@@ -57,7 +57,8 @@ def _calibrate_local(world: int, wl, cfg, batch: int, quick: bool):
     if world > 1:  # overlap, fully_shard per call, the optimizer per tensor and per byte
         rc = measure_runtime_costs(world, repeats=5 if quick else 9, units=4 if quick else 8)
         costs = rc.apply(costs)
-        what = rc.summary()
+        what = (f"{rc.summary()}; pipeline action {costs.pipeline_action_s * 1e3:.2f} ms beyond "
+                f"its sends")
     else:
         what = "one rank: no runtime costs"
     print(f"calibration on {world} local ranks: compute_scale {c['compute_scale']:.2f} "

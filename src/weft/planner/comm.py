@@ -205,11 +205,18 @@ class Comm:
         """`p2p` from the pairs' `Network.per_byte` (seconds per byte, latency)."""
         if nbytes <= 0 or per_byte == (0.0, 0.0):
             return 0.0
-        p = self.params
         per, lat = per_byte
         lat = lat if latency_s is None else latency_s
-        copy = 2 * nbytes / p.copy_bw if p.copy_bw > 0 else 0.0
-        return nbytes * per / p.link_efficiency + lat + 2 * p.alpha + copy
+        return nbytes * per / self.params.link_efficiency + lat + p2p_cpu(self.params, nbytes)
+
+
+def p2p_cpu(params, nbytes: float) -> float:
+    """What a point-to-point message of `nbytes` costs the two ranks' CPUs (`CostParams`:
+    a per-message cost at each end and a copy in and out), links aside."""
+    if nbytes <= 0:
+        return 0.0
+    copy = 2 * nbytes / params.copy_bw if params.copy_bw > 0 else 0.0
+    return 2 * params.alpha + copy
 
 
 def ring_link_time(comm: Comm, kind: str, group, nbytes: float) -> float:
@@ -221,4 +228,4 @@ def ring_link_time(comm: Comm, kind: str, group, nbytes: float) -> float:
     return STEPS[kind] * (n - 1) * float((load / comm.net.cap).max(initial=0.0))
 
 
-__all__ = ["Comm", "Groups", "ring_link_time"]
+__all__ = ["Comm", "Groups", "p2p_cpu", "ring_link_time"]

@@ -10,6 +10,7 @@ WHAT = {
     "compute": "forward + backward (+ recompute) of the busiest pipeline rank, all micro-batches",
     "tensor-parallel collectives": "the layers' tp all-reduces / all-gathers, not overlapped",
     "pipeline sends": "activations forward and gradients back between stages",
+    "pipeline actions": "the schedule's own cost per forward / backward of a micro-batch",
     "pipeline bubble": "pipeline fill and drain: time beyond M x the mean stage's work",
     "data-parallel total": "gradient synchronisation (all-reduce, or fully_shard's all-gathers "
                            "and reduce-scatters)",
@@ -30,13 +31,14 @@ def explain(est: Estimate, workload: Workload, topology: str = "") -> str:
     pred = (f"predicted step {_ms(est.step_s)} ({s.global_batch / est.step_s:,.1f} samples/s), "
             f"bubble {est.bubble:.1%}, communication {est.comm_share:.0%} of the step")
     lines = [head, pred, "", "time per step:"]
-    counted = ("compute", "tensor-parallel collectives", "pipeline sends", "pipeline bubble",
+    counted = ("compute", "tensor-parallel collectives", "pipeline sends", "pipeline actions",
+               "pipeline bubble",
                "data-parallel exposed", "optimizer", "overhead")
     for k, v in est.terms.items():
         mark = "+" if k in counted else " "
         lines.append(f"  {mark} {k:<30} {_ms(v):>14}   {WHAT.get(k, '')}")
-    lines.append("  (step = pipeline time (compute + tp + sends + bubble of the busiest rank) "
-                 "+ exposed sync + optimizer + overhead)")
+    lines.append("  (step = pipeline time (compute + tp + sends + actions + bubble of the busiest "
+                 "rank) + exposed sync + optimizer + overhead)")
     calls = [", ".join(f"{n} {k}" for k, n in sorted(c.items()) if n) for c in est.calls]
     if any(calls):
         lines.append("  data-parallel collectives per step: " + "; ".join(

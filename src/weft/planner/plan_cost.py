@@ -12,10 +12,12 @@ micro-batch of b samples at tensor-parallel degree t:
 * tensor parallelism: each layer's collectives (`Layer.collectives`, b x bytes per
   sample) over the stage's tp groups, all at once (`weft.planner.comm`), not overlapped;
 * pipeline: activations (b x the stage's last layer's output bytes) to the next stage
-  and gradients back, over every pp pair at once; with M micro-batches a flush schedule
-  takes ``sum_s w_s + (M - 1) max_s w_s`` (w_s: forward + backward + sends of a micro-batch
-  on stage s; GPipe and 1F1B alike), interleaved (v chunks per rank) ``sum_r w_r / v +
-  (M - 1) max_r w_r`` over ranks; the bubble is what exceeds M x the mean stage's work;
+  and gradients back, over every pp pair at once, and the schedule's own cost of each
+  forward and backward action (``pipeline_action_s``: its bookkeeping, posting the sends
+  and receives and waking up on them; `weft.planner.runtime_costs`); with M micro-batches
+  a flush schedule takes ``sum_s w_s + (M - 1) max_s w_s`` (w_s: forward + backward +
+  sends + two actions of a micro-batch on stage s; GPipe and 1F1B alike), interleaved
+  (v chunks per rank) ``sum_r w_r / v + (M - 1) max_r w_r`` over ranks; the bubble is what exceeds M x the mean stage's work;
 * data parallelism (`weft.planner.dp_cost`), after the last micro-batch's backward:
   weft/DDP all-reduce the stage's gradients over dp_replicate in buckets of ``bucket_mb``,
   overlapped with that backward except the last bucket; fully_shard's all-gathers and
@@ -68,6 +70,8 @@ class Costs:
     dtensor_tensor_s: float = 0.0  # optimizer step per DTensor parameter (fully_shard, tp)
     tp_tensor_s: float = 0.0  # forward + backward per micro-batch per DTensor parameter of a
     #                           tensor-parallel module (DTensor dispatch, redistribute hooks)
+    pipeline_action_s: float = 0.0  # the pipeline schedule's own cost per forward or
+    #                                 backward action of a micro-batch on a stage (pp > 1)
     collective_fits: tuple = ()  # (kind, group size, latency s, s per byte) measured on the
     #                              ranks (weft.planner.collective_fit); replace the ring model
 
@@ -321,13 +325,14 @@ class PlanModel:
             raise PlanError(f"{len(bounds)} stage ranges for {S} pipeline stages")
         shape = shape.with_bounds(bounds)
         stages, work = [], []
+        act = 2 * self.costs.pipeline_action_s if S > 1 else 0.0  # forward + backward
         for s, (i, j) in enumerate(bounds):
             f, bw_, tp = float(fwd[i:j].sum()), float(bwd[i:j].sum()), float(tpc[i:j].sum())
             send = comm.p2p_time(hops[s], b * wl.layers[j - 1].out_bytes,
                                  self.costs.latency_s) if s < S - 1 else 0.0
             stages.append({"stage": s, "layers": (i, j), "forward_s": f, "backward_s": bw_,
-                           "tp_s": tp, "send_s": send})
-            work.append(f + bw_ + 2 * send)
+                           "tp_s": tp, "send_s": send, "actions_s": act})
+            work.append(f + bw_ + 2 * send + act)
         per_rank = [sum(work[c] for c in range(S) if c % shape.pp == r) for r in range(shape.pp)]
         v = shape.stages_per_rank
         pipe_t = sum(per_rank) / v + (M - 1) * max(per_rank)
@@ -347,6 +352,7 @@ class PlanModel:
         terms = {"compute": M * sum(st["forward_s"] + st["backward_s"] - st["tp_s"] for st in mine),
                  "tensor-parallel collectives": M * sum(st["tp_s"] for st in mine),
                  "pipeline sends": M * sum(2 * st["send_s"] for st in mine),
+                 "pipeline actions": M * sum(st["actions_s"] for st in mine),
                  "pipeline bubble": max(pipe_t - busy, 0.0),
                  "data-parallel total": max(sync_total),
                  "data-parallel exposed": max(sync),

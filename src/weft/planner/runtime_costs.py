@@ -3,7 +3,7 @@
     rc = measure_runtime_costs(world=4)          # local gloo ranks, a few seconds
     model = PlanModel(workload, topology, rc.apply(Costs(collective=params)))
 
-The plan cost model (`weft.planner.plan_cost`, `weft.planner.dp_cost`) charges four
+The plan cost model (`weft.planner.plan_cost`, `weft.planner.dp_cost`) charges these
 things that the workload profile and the collectives' cost model do not see; they depend
 on the machine, the backend and torch, so they are measured, not assumed:
 
@@ -35,6 +35,16 @@ on the machine, the backend and torch, so they are measured, not assumed:
   as before 2026-12-02, it was a small difference of two large, noisy figures: 0-1.6 ms
   per tensor in calibrations minutes apart, and it counted the all-reduces' extra cost
   inside a step, which `weft.planner.collective_fit` measures now.)
+* ``pipeline_microbatch_s``: what one more micro-batch costs a pipelined plan's step
+  when its stages compute nothing: a two-stage 1F1B plan (`weft.parallelize`, torch's
+  schedule, weft's DataParallel over the other ranks; an odd world runs one stage per
+  rank) whose stages multiply ``pipe_width`` floats per sample by a scalar, stepped with
+  as many micro-batches of one sample as it has stages and with `pipe_extra` more, the
+  difference per extra micro-batch. Each stage then runs a forward and a backward per micro-batch and sends
+  one message each way, so `apply` charges the plan cost model, per forward or backward
+  action (``Costs.pipeline_action_s``), half of it less the charge of one such send
+  (`weft.planner.comm.p2p_cpu`): the schedule's bookkeeping, posting its sends and
+  receives and waking up on them, which the compute and the sends do not cover.
 
 Each timing is the median over `repeats` interleaved rounds of the slowest rank, ranks
 synchronised by a barrier before each run; ranks run one thread each, as `weft.launch`
@@ -64,22 +74,34 @@ class RuntimeCosts:
     dtensor_tensor_s: float
     world: int
     tp_tensor_s: float = 0.0
+    pipeline_microbatch_s: float = 0.0
+    pipeline_bytes: float = 0.0  # the activation each micro-batch sends in that measurement
     seconds: dict = field(default_factory=dict)  # the timings the figures come from
 
     def apply(self, costs):
-        """`costs` (a `weft.planner.plan_cost.Costs`) with these figures."""
+        """`costs` (a `weft.planner.plan_cost.Costs`) with these figures; the pipeline's
+        per action from `pipeline_microbatch_s` less what `costs` charge for its sends."""
         return replace(costs, overlap=self.overlap, fsdp_overlap=self.fsdp_overlap,
-                       fsdp_call_s=self.fsdp_call_s,
+                       pipeline_action_s=self.action_s(costs), fsdp_call_s=self.fsdp_call_s,
                        optimizer_tensor_s=self.optimizer_tensor_s,
                        dtensor_tensor_s=self.dtensor_tensor_s, optimizer_bw=self.optimizer_bw,
                        tp_tensor_s=self.tp_tensor_s)
+
+    def action_s(self, costs) -> float:
+        """Seconds per pipeline action beyond the sends `costs` charge (see the module doc):
+        each stage's micro-batch is two actions and two sends of `pipeline_bytes`."""
+        from weft.planner.comm import p2p_cpu
+
+        send = p2p_cpu(costs.collective, self.pipeline_bytes) + (costs.latency_s or 0.0)
+        return max(self.pipeline_microbatch_s / 2 - send, 0.0)
 
     def summary(self) -> str:
         return (f"overlap {self.overlap:.2f} (fully_shard's {self.fsdp_overlap:.2f}), "
                 f"fully_shard {self.fsdp_call_s * 1e3:.2f} ms per call, optimizer {self.optimizer_tensor_s * 1e6:.0f} us per tensor + "
                 f"{self.optimizer_bw / 1e9:.2f} GB/s, DTensor {self.dtensor_tensor_s * 1e6:.0f} "
                 f"us per tensor, tensor parallel {self.tp_tensor_s * 1e6:.0f} us per tensor "
-                f"and micro-batch (on {self.world} local gloo ranks)")
+                f"and micro-batch, pipeline {self.pipeline_microbatch_s * 1e3:.2f} ms per "
+                f"micro-batch (on {self.world} local gloo ranks)")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -105,7 +127,8 @@ def _adam(params):
     return opt.step
 
 
-def runtime_costs_rank(repeats: int, units: int, width: int, tensors: int) -> dict:
+def runtime_costs_rank(repeats: int, units: int, width: int, tensors: int,
+                       pipe_width: int = 16384, pipe_extra: int = 12) -> dict:
     """In every rank (see the module doc): the timings, seconds."""
     from torch.distributed.device_mesh import init_device_mesh
 
@@ -155,7 +178,45 @@ def runtime_costs_rank(repeats: int, units: int, width: int, tensors: int) -> di
     fully_shard(many, mesh=mesh)
     fns["adam_dtensors"] = _adam(list(many.parameters()))
     fns.update(_tp_steps(units, width, x))
-    return {**_rounds(fns, repeats), **issued}
+    return {**_rounds(fns, repeats), **_pipeline_steps(pipe_width, pipe_extra, repeats),
+            **issued}
+
+
+class _Scale(nn.Module):
+    """x * w, one scalar weight: a pipeline stage that computes (almost) nothing."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.ones(()))
+
+    def forward(self, x):
+        return x * self.w
+
+
+def _pipeline_steps(width: int, extra: int, repeats: int) -> dict:
+    """{"pipe_lo": s, "pipe_hi": s}: the step of a pipelined plan of `_Scale` stages (see
+    the module doc) with the fewest micro-batches its schedule takes and with `extra` more,
+    one sample of `width` floats each; timed in rounds of their own, after the other
+    figures, with the plans' process groups destroyed afterwards."""
+    from weft.parallel.apply import parallelize
+    from weft.parallel.groups import own_groups
+
+    n = dist.get_world_size()
+    pp = 2 if n % 2 == 0 else n
+    lo = pp
+    with own_groups():
+        fns = {}
+        for key, m in (("pipe_lo", lo), ("pipe_hi", lo + extra)):
+            plan = {"format": "weft.plan/1", "name": f"pipeline x{m}",
+                    "mesh": {"pp": pp, "dp_replicate": n // pp},
+                    "pipeline": {"split": [str(k) for k in range(1, pp)], "schedule": "1f1b",
+                                 "microbatches": m}}
+            pm = parallelize(nn.Sequential(*[_Scale() for _ in range(pp)]), plan)
+            x = torch.ones(m, width)
+            fns[key] = functools.partial(pm.step, x, x, lambda out, _: out.sum())
+        out = _rounds(fns, repeats)
+        del fns, pm
+    return out
 
 
 def _tp_steps(units: int, width: int, x) -> dict:
@@ -201,15 +262,18 @@ def _how_fsdp_calls(step) -> dict:
 
 
 def measure_runtime_costs(world: int = 2, repeats: int = 5, units: int = 8, width: int = 128,
-                          tensors: int = 64, timeout: float = 300.0) -> RuntimeCosts:
+                          tensors: int = 64, timeout: float = 300.0, pipe_width: int = 16384,
+                          pipe_extra: int = 12) -> RuntimeCosts:
     """The figures of the module doc on `world` local gloo ranks (at least 2)."""
     from weft.errors import PlanError
     from weft.launch import launch
 
     if world < 2:
         raise PlanError(f"runtime costs are measured on at least 2 ranks, got {world}")
-    s = launch(runtime_costs_rank, world, args=(repeats, units, width, tensors),
-               timeout=timeout)[0]
+    if pipe_width < 1 or pipe_extra < 1:
+        raise PlanError(f"pipe_width and pipe_extra must be >= 1, got {pipe_width}, {pipe_extra}")
+    s = launch(runtime_costs_rank, world, args=(repeats, units, width, tensors, pipe_width,
+                                                pipe_extra), timeout=timeout)[0]
     overlap = (s["compute"] + s["gather"] - s["both"]) / max(min(s["compute"], s["gather"]),
                                                              1e-9)
     calls = 3 * units
@@ -223,5 +287,7 @@ def measure_runtime_costs(world: int = 2, repeats: int = 5, units: int = 8, widt
     asynchronous = s["fsdp_async_calls"] / max(s["fsdp_calls"], 1.0)
     pairs = (units - units % 2) // 2
     tp = (s["tp_step"] - s["tp_local"]) / (4 * pairs)
+    per_mb = (s["pipe_hi"] - s["pipe_lo"]) / pipe_extra
     return RuntimeCosts(overlap, overlap * asynchronous, max(fsdp_call, 0.0), per_tensor, bw,
-                        max(dtensor, 0.0), world, seconds=s, tp_tensor_s=max(tp, 0.0))
+                        max(dtensor, 0.0), world, seconds=s, tp_tensor_s=max(tp, 0.0),
+                        pipeline_microbatch_s=max(per_mb, 0.0), pipeline_bytes=4.0 * pipe_width)
