@@ -2,9 +2,9 @@
 the autotuner's choice against ring / tree / packing measured in the same run.
 
 Per shape (loopback ranks, or an emulated cluster in network namespaces):
-1. calibration: ring, double binary tree, flat tree and packing with 1 and 4 trees at
-   512 KiB and 8 MiB (pieces of 16 KiB, 64 KiB, 256 KiB and 2 MiB; on loopback also
-   16 MiB, every message whole) are timed, and `costmodel.fit` finds the CPU parameters
+1. calibration: ring, double binary tree and packing with 1 and 4 trees at 512 KiB and
+   8 MiB (pieces of 16 KiB, 64 KiB, 256 KiB and 2 MiB; on loopback also the flat tree, and
+   16 MiB pieces, every message whole) are timed, and `costmodel.fit` finds the CPU parameters
    (per message, per byte copied, per byte forwarded, per step) that predict them best,
    then a factor per algorithm and regime (whole or in pieces, `CostParams.scales`);
 2. sweep: at every size, the autotuner's choice under the fitted model and the model's
@@ -30,16 +30,19 @@ import torch.distributed as dist
 
 # pieces from the autotuner's smallest (16 KiB) up: without it the per-message cost was
 # unidentified (32 KiB pieces hide it behind the links) and the sweep then picked 16 KiB
-# the flat tree too: the autotuner's choice on loopback at 256 KiB - 16 MiB in every run
-# of 2026-12-02, and until then never calibrated
-CALIBRATION = [(alg, size, chunk) for alg in ("ring", "dbtree", "flat", "packing:1", "packing:4")
+CALIBRATION = [(alg, size, chunk) for alg in ("ring", "dbtree", "packing:1", "packing:4")
                for size in (512 << 10, 8 << 20)
                for chunk in (16 << 10, 64 << 10, 256 << 10, 2 << 20)]
-# loopback's best runs send every segment whole (2026-12-02, 15:24 UTC: the fastest of 226
-# runs at each of 7 sizes was one piece per segment); at 8 MiB only 16 MiB pieces make
-# every algorithm's message whole
-LOOPBACK_CALIBRATION = CALIBRATION + [(alg, 8 << 20, 16 << 20) for alg in
-                                      ("ring", "dbtree", "flat", "packing:1", "packing:4")]
+# loopback: the flat tree too (the autotuner's choice there at 256 KiB - 16 MiB in every
+# run of 2026-12-02, and until then never calibrated; on the emulated shapes it was never
+# chosen, and its 8 runs took about 4 minutes on two-node), and every algorithm whole at
+# 8 MiB: loopback's best runs send every segment whole (2026-12-02, 15:24 UTC: the
+# fastest of 226 runs at each of 7 sizes was one piece per segment), and at 8 MiB only
+# 16 MiB pieces make every algorithm's message whole
+LOOPBACK_CALIBRATION = CALIBRATION + \
+    [(alg, size, chunk) for alg in ("flat",) for size in (512 << 10, 8 << 20)
+     for chunk in (16 << 10, 64 << 10, 256 << 10, 2 << 20)] + \
+    [(alg, 8 << 20, 16 << 20) for alg in ("ring", "dbtree", "flat", "packing:1", "packing:4")]
 TUNE_TOP = 4  # loopback: the autotuner times the best of each family (ring, dbtree,
 # flat, packing): its contenders there are within 10-30% of each other, and one-piece
 # runs of the same job moved by up to 30% between runs (2026-12-02), more than the
