@@ -219,7 +219,7 @@ def part_collectives(args, figs):
         if scale is None:
             fab = Fabric(star_slow(4, fast=1e12, slow=1e12), [f"h{i}" for i in range(4)])
             out = sweep(fab, loopback_runner(4), sizes, LOOPBACK_BASE,
-                        rounds=3 if args.quick else 15, calib_rounds=2 if args.quick else 5,
+                        rounds=3 if args.quick else 15, calib_rounds=2 if args.quick else 9,
                         calibration=calib, tune_top=TUNE_TOP)
         else:
             from weft.collectives.emulate.netns import NetnsCluster
