@@ -20,6 +20,13 @@ step costs the larger of its link time and its CPU time (the dataflow executor m
 one piece while it handles another's messages) instead of their sum. `fit` finds the
 CPU parameters from measured runs (`weft.collectives.costmodel.fit`), so the autotuner
 ranks candidates right where the CPU, not the links, is the limit.
+
+`scales` corrects what one set of those terms does not fit: a factor on the predicted
+time per algorithm and regime, a message sent whole (one piece per segment) or
+pipelined in pieces (`regime`). On 4 local gloo ranks sharing 2 cores (2026-12-02) one
+set of CPU terms, fitted to one-piece runs alone, still under-predicted the flat tree's
+(all bytes through one rank) by 20-31% and over-predicted the ring's by up to 22%;
+`fit(..., per_regime=True)` fits the factors from the samples' own residuals.
 """
 
 from __future__ import annotations
@@ -43,6 +50,28 @@ class CostParams:
     copy_bw: float = 0.0  # >0: bytes/s a rank copies to send or receive (one host: kernel copies)
     forward_bw: float = 0.0  # >0: bytes/s a host's CPU forwards a message it relays (emulation)
     overlap: bool = False  # a time step costs max(link, CPU) instead of link + CPU
+    # ((key, factor), ...): predicted time x factor for runs of that `regime` key
+    # ("ring/whole", "packing:4/pieces") or, failing that, of its family ("packing/whole")
+    scales: tuple[tuple[str, float], ...] = ()
+
+    def scale(self, algorithm: str, pieces: int) -> float:
+        """The factor on a run of `algorithm` in `pieces` pieces per segment (1.0 if none)."""
+        if not self.scales:
+            return 1.0
+        table = dict(self.scales)
+        for key in regime_keys(algorithm, pieces):
+            if key in table:
+                return table[key]
+        return 1.0
+
+
+def regime_keys(algorithm: str, pieces: int) -> tuple[str, str]:
+    """The keys of `CostParams.scales` for a run, most specific first: the algorithm
+    ("packing:4") and its family ("packing"), each with "/whole" (one piece per segment)
+    or "/pieces" (pipelined)."""
+    regime = "whole" if pieces <= 1 else "pieces"
+    family = algorithm.partition(":")[0]
+    return f"{algorithm}/{regime}", f"{family}/{regime}"
 
 
 def pieces_for(schedule: Schedule, nbytes: int, chunk_bytes: int) -> int:
@@ -139,18 +168,19 @@ def predict(schedule: Schedule, fabric: Fabric, nbytes: int, chunk_bytes: int = 
         if credit is not None:
             credit = np.clip(credit + step * caps - load, 0.0, burst)
         total += step
-    return total
+    return total * params.scale(schedule.algorithm, p)
 
 
 FIT = ("alpha", "copy_bw", "forward_bw", "step_overhead")
 
 
-def fit(samples, base: CostParams = CostParams(), free=FIT) -> tuple[CostParams, float]:
+def fit(samples, base: CostParams = CostParams(), free=FIT,
+        per_regime: bool = False) -> tuple[CostParams, float]:
     """CPU parameters that best predict measured runs: `samples` are (schedule, fabric,
     nbytes, chunk_bytes, seconds). Least squares on log(predicted / measured) over the
     logs of the `free` fields (bandwidths as seconds per byte; a field may go to zero),
-    trying `base.overlap` both ways. Returns the parameters and their mean |relative
-    error|."""
+    trying `base.overlap` both ways. With `per_regime`, then `fit_scales`. Returns the
+    parameters and their mean |relative error|."""
     from dataclasses import replace
 
     from scipy.optimize import least_squares
@@ -158,6 +188,8 @@ def fit(samples, base: CostParams = CostParams(), free=FIT) -> tuple[CostParams,
     samples = list(samples)
     if not samples:
         raise ValueError("fit needs at least one measured run")
+    if base.scales:
+        base = replace(base, scales=())
 
     def params_of(x, overlap):
         kw = {}
@@ -184,7 +216,36 @@ def fit(samples, base: CostParams = CostParams(), free=FIT) -> tuple[CostParams,
         err = float(np.mean(np.abs(np.expm1(np.asarray(residuals(res.x, overlap))))))
         if best is None or err < best[1]:
             best = (params_of(res.x, overlap), err)
-    return best
+    return fit_scales(samples, best[0]) if per_regime else best
+
+
+def fit_scales(samples, params: CostParams, min_samples: int = 2) -> tuple[CostParams, float]:
+    """`params` with `scales` fitted to `samples` (as `fit`'s): per regime key of
+    `regime_keys` (algorithm and family, whole or in pieces) that at least `min_samples`
+    runs have, the geometric mean of measured / predicted (the least-squares factor on
+    the log error), predicted without scales. Returns the parameters and their mean
+    |relative error| on `samples`."""
+    from dataclasses import replace
+
+    samples = list(samples)
+    if not samples:
+        raise ValueError("fit_scales needs at least one measured run")
+    if min_samples < 1:
+        raise ValueError(f"min_samples must be at least 1, got {min_samples}")
+    plain = replace(params, scales=())
+    logs: dict[str, list[float]] = {}
+    for s, f, n, c, t in samples:
+        if t <= 0:
+            raise ValueError(f"a measured run of {s.algorithm} on {n} bytes took {t} s, "
+                             "not a positive time")
+        r = float(np.log(t / max(predict(s, f, n, c, plain), 1e-12)))
+        for key in regime_keys(s.algorithm, pieces_for(s, n, c)):
+            logs.setdefault(key, []).append(r)
+    scales = tuple(sorted((k, float(np.exp(np.mean(v)))) for k, v in logs.items()
+                          if len(v) >= min_samples))
+    out = replace(plain, scales=scales)
+    err = float(np.mean([abs(predict(s, f, n, c, out) / t - 1) for s, f, n, c, t in samples]))
+    return out, err
 
 
 def allreduce_rate_bound(fabric: Fabric) -> float:
