@@ -17,7 +17,8 @@ micro-batch of b samples at tensor-parallel degree t:
   and receives and waking up on them; `weft.planner.runtime_costs`); with M micro-batches
   a flush schedule takes ``sum_s w_s + (M - 1) max_s w_s`` (w_s: forward + backward +
   sends + two actions of a micro-batch on stage s; GPipe and 1F1B alike), interleaved
-  (v chunks per rank) ``sum_r w_r / v + (M - 1) max_r w_r`` over ranks; the bubble is what exceeds M x the mean stage's work;
+  (v chunks per rank) ``sum_r w_r / v + (M - 1) max_r w_r`` over ranks; the bubble is
+  what exceeds M x the mean stage's work;
 * data parallelism (`weft.planner.dp_cost`), after the last micro-batch's backward:
   weft/DDP all-reduce the stage's gradients over dp_replicate in buckets of ``bucket_mb``,
   overlapped with that backward except the last bucket; fully_shard's all-gathers and

@@ -40,8 +40,8 @@ on the machine, the backend and torch, so they are measured, not assumed:
   schedule, weft's DataParallel over the other ranks; an odd world runs one stage per
   rank) whose stages multiply ``pipe_width`` floats per sample by a scalar, stepped with
   as many micro-batches of one sample as it has stages and with `pipe_extra` more, the
-  difference per extra micro-batch. Each stage then runs a forward and a backward per micro-batch and sends
-  one message each way, so `apply` charges the plan cost model, per forward or backward
+  difference per extra micro-batch. Each stage then runs a forward and a backward per
+  micro-batch and sends one message each way, so `apply` charges the plan cost model, per forward or backward
   action (``Costs.pipeline_action_s``), half of it less the charge of one such send
   (`weft.planner.comm.p2p_cpu`): the schedule's bookkeeping, posting its sends and
   receives and waking up on them, which the compute and the sends do not cover.
