@@ -22,7 +22,7 @@ forward+backward at the micro-batch, both ranks at once vs one at a time, min of
 2*reps rounds of M passes) and given to the partitioner (`compute_scale`) and to `predict`
 (`contention="overlap"`: charged in proportion to the other rank's concurrent
 compute). The runtime's own cost per schedule action and per step is calibrated
-on the same ranks (`weft.planner.calibrate`: the real runtime on a
+on the same ranks (`weft.planner.local_costs`: the real runtime on a
 trivial model, same schedule and micro-batches) and charged by both too
 (one `PlannerSettings`).
 A recorded run of each plan compares every stage's measured forward/backward

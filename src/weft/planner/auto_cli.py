@@ -45,20 +45,62 @@ def workload_of(args):
     return wl, rules, model
 
 
-def costs_of(args):
+def costs_of(args, topo=None, workload=None, devices: int | None = None):
+    """The plan model's costs from the options; with --calibrate N, measured on N local gloo
+    ranks: on a local topology (`local:N`: CPU ranks of this machine) everything
+    `weft.planner.local_costs` measures, elsewhere the runtime's own costs only (this
+    machine's contention and loopback collectives say nothing of another cluster's)."""
     from weft.planner.plan_cost import Costs
 
-    costs = Costs(compute_scale=args.compute_scale, optimizer_bw=args.optimizer_bw or 0.0,
+    costs = Costs(compute_scale=args.compute_scale or 1.0,
+                  optimizer_bw=args.optimizer_bw or 0.0,
                   step_overhead_s=args.step_overhead or 0.0)
-    if getattr(args, "calibrate", None):
+    n = getattr(args, "calibrate", None)
+    if n and topo is not None and is_local(topo):
+        costs = _calibrated_here(args, n, topo, workload,
+                                 devices or len(topo.compute_devices))
+    elif n:
         from weft.planner.runtime_costs import measure_runtime_costs
 
-        rc = measure_runtime_costs(args.calibrate)
+        rc = measure_runtime_costs(n)
         print(f"runtime costs measured: {rc.summary()}")
         costs = rc.apply(costs)
-        if args.optimizer_bw:  # given beats measured
-            costs = replace(costs, optimizer_bw=args.optimizer_bw)
+        if topo is not None:
+            print(f"({topo.name} is not this machine's local ranks: its compute contention "
+                  f"and collectives are not measured; plan on local:{n} for them)")
+    if n and args.optimizer_bw:  # given beats measured
+        costs = replace(costs, optimizer_bw=args.optimizer_bw)
+    if n and args.compute_scale:
+        costs = replace(costs, compute_scale=args.compute_scale)
+    if args.step_overhead:
+        costs = replace(costs, step_overhead_s=args.step_overhead)
     return costs
+
+
+def is_local(topo) -> bool:
+    from weft.topology.builders import is_local as local
+
+    return local(topo)
+
+
+def _calibrated_here(args, n: int, topo, workload, devices: int):
+    """`weft.planner.local_costs.measure_local_costs` on n ranks for a plan on this machine."""
+    from weft.planner.local_costs import measure_local_costs
+
+    if devices != n:
+        raise PlanError(f"--calibrate {n} measures {n} local ranks, but the plan is for "
+                        f"{devices} devices of {topo.name}: calibrate on as many ranks as "
+                        f"the plan uses (--calibrate {devices})")
+    sample, spec = None, None
+    model = getattr(args, "model", None)
+    if model and not model.startswith("transformer:"):
+        from weft.model_spec import extra
+
+        make = extra(model, "example_input")
+        sample, spec = (make(args.micro_batch), model) if make is not None else (None, None)
+    if spec is None:
+        print("(no model to run: compute contention is not measured; --compute-scale sets it)")
+    return measure_local_costs(n, workload if sample is not None else None, sample, spec=spec)
 
 
 def block_pattern(workload) -> tuple[str, ...]:
@@ -138,7 +180,7 @@ def _auto(args) -> int:
     con = Console(width=max(Console().width, 110))
     topo = resolve(args.topology).validate()
     wl, rules, model = workload_of(args)
-    pm = PlanModel(wl, topo, costs_of(args))
+    pm = PlanModel(wl, topo, costs_of(args, topo, wl, args.devices))
     devs = args.devices or len(pm.net.compute_devices)
     used = pm.rank_order(devs)
     memory = args.memory or min(topo.device(d).memory for d in used)
@@ -190,8 +232,8 @@ def _explain(args) -> int:
     plan = load(args.plan)
     topo = resolve(args.topology).validate()
     wl, _, _ = workload_of(args)
-    pm = PlanModel(wl, topo, costs_of(args))
-    world = args.world or (plan.mesh.size if plan.mesh.resolved else len(pm.net.compute_devices))
+    world = args.world or (plan.mesh.size if plan.mesh.resolved else len(topo.compute_devices))
+    pm = PlanModel(wl, topo, costs_of(args, topo, wl, world))
     shape = Shape.of(plan, wl, args.batch, world)
     est = pm.estimate(shape, list(plan.placement) if plan.placement else None)
     print(explain(est, wl, topo.name))
@@ -245,15 +287,18 @@ def _common(q) -> None:
     q.add_argument("--tp-rules", type=existing_file,
                    help="a plan file whose tensor_parallel rules to use "
                    "(default: Megatron-style rules found in the model)")
-    q.add_argument("--compute-scale", type=positive_float, default=1.0,
-                   help="multiply profiled compute (contention with all ranks busy)")
+    q.add_argument("--compute-scale", type=positive_float,
+                   help="multiply profiled compute (contention with all ranks busy; default 1, "
+                   "or measured by --calibrate on a local topology)")
     q.add_argument("--optimizer-bw", type=size,
                    help="parameter bytes/s Adam updates, e.g. 2GB/s (default: not charged)")
     q.add_argument("--step-overhead", type=nonneg_float, help="seconds per step beyond the model")
     q.add_argument("--calibrate", type=ranks, metavar="N",
-                   help="first measure the runtime's own costs on N (>= 2) local gloo ranks: "
-                   "overlap, fully_shard per call, the optimizer per tensor and per byte "
-                   "(weft.planner.runtime_costs; this machine's, a few seconds)")
+                   help="first measure costs on N (>= 2) local gloo ranks: the runtime's own "
+                   "(overlap, fully_shard per call, the optimizer, the pipeline's actions; "
+                   "weft.planner.runtime_costs), and with --topology local:N also compute "
+                   "contention of the model and gloo's collectives (weft.planner.local_costs; "
+                   "this machine's, under a minute)")
 
 
 def register(psub) -> None:

@@ -158,6 +158,32 @@ def fat_tree(k: int = 4, bandwidth: float = NET100G) -> Topology:
     return t
 
 
+def local(n: int) -> Topology:
+    """This machine's n local gloo CPU ranks ("r0".."r{n-1}", one host): each linked to a
+    loopback "switch" by links that cost nothing here, since on one host the collectives'
+    cost is the CPU's (`weft plan auto --calibrate N` measures it); each rank's memory is
+    an equal share of the machine's."""
+    import os
+
+    _check_n(n, 1, "local")
+    try:
+        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        ram = 16 * 2**30
+    t = Topology(name=f"local{n}")
+    t.add_device("loopback", kind="switch", memory=0, flops=0, host="localhost")
+    for i in range(n):
+        t.add_device(f"r{i}", kind="cpu", memory=ram / n, flops=1e11, host="localhost")
+        t.add_link(f"r{i}", "loopback", 1e12, 0.0, kind="loopback")
+    return t
+
+
+def is_local(topology: Topology) -> bool:
+    """Whether every compute device is a CPU on one host (a `local` topology or alike)."""
+    devs = topology.compute_devices
+    return bool(devs) and all(d.kind == "cpu" for d in devs) and len(topology.hosts()) == 1
+
+
 BUILDERS: dict[str, Callable[..., Topology]] = {
     "ring": ring,
     "full_mesh": full_mesh,
@@ -166,4 +192,5 @@ BUILDERS: dict[str, Callable[..., Topology]] = {
     "nvswitch": nvswitch,
     "multi_node": multi_node,
     "fat_tree": fat_tree,
+    "local": local,
 }

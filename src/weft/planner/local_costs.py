@@ -1,0 +1,126 @@
+"""What plans cost on this machine's local gloo ranks, measured before they are searched.
+
+    costs = measure_local_costs(4, workload, sample, model=net)   # or spec="examples/gpt.py"
+    PlanModel(workload, build("local:4"), costs)
+
+`weft plan auto --calibrate N --topology local:N` and `benchmarks/planner.py` use it. It
+measures, without the plans themselves:
+
+* compute contention (`weft.planner.contention_local`, statistic "slowest"): the slowest
+  rank's median forward + backward of the model on `sample` with all N ranks computing,
+  over one rank's alone (N ranks share this machine's cores);
+* gloo's collectives fitted to the ring model on a one-host star (`fit_gloo`);
+* per kind and group size, the collectives measured right after compute as a step issues
+  them (`weft.planner.collective_fit`), with a workload;
+* the runtime's own costs (`weft.planner.runtime_costs`).
+
+The figures hold for plans that run on these N ranks of this machine (a `local:N`
+topology), not for other hosts' links or accelerators.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from collections.abc import Callable
+
+from weft.errors import PlanError
+
+
+def gloo_rank(sizes, reps) -> dict:
+    """In every rank: median seconds (slowest rank) of gloo's all-reduce, all-gather and
+    reduce-scatter of each size in bytes."""
+    import torch
+    import torch.distributed as dist
+
+    out = {}
+    n = dist.get_world_size()
+    for kind in ("allreduce", "all_gather", "reduce_scatter"):
+        for size in sizes:
+            x = torch.ones(size // 4)
+            outs = torch.empty(size // 4 // n * n)
+            ts = []
+            for i in range(reps + 1):
+                dist.barrier()
+                t0 = time.perf_counter()
+                if kind == "allreduce":
+                    dist.all_reduce(x)
+                elif kind == "all_gather":
+                    dist.all_gather_single(outs, x[:size // 4 // n])
+                else:
+                    dist.reduce_scatter_single(x[:size // 4 // n], outs)
+                t = torch.tensor([time.perf_counter() - t0], dtype=torch.float64)
+                dist.all_reduce(t, op=dist.ReduceOp.MAX)
+                if i:
+                    ts.append(float(t))
+            out[kind, size] = statistics.median(ts)
+    return out
+
+
+def fit_gloo(world: int, quick: bool = False, log: Callable[[str], None] = print):
+    """CostParams for gloo's built-in collectives on `world` ranks of one host, fitted to
+    the ring model on a star of links that cost nothing (the CPU is the cost)."""
+    from weft.collectives.costmodel import CostParams, fit
+    from weft.collectives.emulate.shapes import star_slow
+    from weft.collectives.fabric import Fabric
+    from weft.collectives.ring import ring
+    from weft.launch import launch
+
+    if world < 2:
+        return CostParams()
+    sizes = [64 << 10, 1 << 20] if quick else [64 << 10, 512 << 10, 4 << 20]
+    got = launch(gloo_rank, world, args=(sizes, 3 if quick else 7), timeout=300)[0]
+    fab = Fabric(star_slow(world, fast=1e12, slow=1e12), [f"h{i}" for i in range(world)])
+    samples = [(ring(kind, world), fab, size, size + 1, t) for (kind, size), t in got.items()]
+    base = CostParams(alpha=50e-6, reduce_bw=4e9, step_overhead=20e-6,
+                      cores=float(os.cpu_count()), copy_bw=2.5e9)
+    params, err = fit(samples, base, free=("alpha", "copy_bw", "step_overhead"))
+    log(f"gloo on {world} local ranks fitted to the ring model (mean error {err:.0%}): "
+        f"{params}")
+    return params
+
+
+def measure_local_costs(world: int, workload=None, sample=None, model=None,
+                        spec: str | None = None, quick: bool = False,
+                        log: Callable[[str], None] = print):
+    """`weft.planner.plan_cost.Costs` of `world` local gloo ranks (see the module doc).
+    Contention needs the model (`model`, picklable, or its `spec`) and a micro-batch
+    `sample`; the per-size collectives need the `workload` (their compute gap is half its
+    median layer). `quick`: the gloo fit and the runtime costs only, fewer repeats."""
+    from weft.planner.contention import contention_local
+    from weft.planner.plan_cost import Costs
+    from weft.planner.runtime_costs import measure_runtime_costs
+
+    if world < 1:
+        raise PlanError(f"calibration needs at least one local rank, got {world}")
+    scale, measured_scale = 1.0, False
+    if world > 1 and not quick and sample is not None and (model is not None or spec):
+        # the slowest rank's median pass over the solo minimum: a step is as slow as its
+        # slowest rank, and the profile is a minimum (docs/planner.md)
+        scale = contention_local(world, sample, model=model, spec=spec, rounds=4,
+                                 statistic="slowest")["compute_scale"]
+        measured_scale = True
+    params = fit_gloo(world, quick, log)
+    fits = ()
+    if world > 1 and not quick and workload is not None and sample is not None:
+        from weft.planner.collective_fit import measure_collectives
+
+        mb = int(sample.shape[0])
+        seg = statistics.median(l.fixed_s + mb * (l.forward.rep + l.forward.split +
+                                                  l.backward.rep + l.backward.split)
+                                for l in workload.layers) / 2
+        measured = measure_collectives(world, repeats=9, after=seg)
+        log(f"collectives measured after {seg * 1e3:.2f} ms of compute (solo)")
+        log(measured.summary())
+        fits = measured.table
+    costs = Costs(compute_scale=scale, collective=params, collective_fits=fits)
+    if world > 1:  # overlap, fully_shard per call, the optimizer per tensor and per byte
+        rc = measure_runtime_costs(world, repeats=5 if quick else 9, units=4 if quick else 8)
+        costs = rc.apply(costs)
+        what = rc.summary()
+    else:
+        what = "one rank: no runtime costs"
+    log(f"calibration on {world} local ranks: compute_scale {scale:.2f} "
+        f"({'contention_local' if measured_scale else 'not measured'}); {what}")
+    return costs
