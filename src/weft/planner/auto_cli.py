@@ -51,6 +51,7 @@ def costs_of(args, topo=None, workload=None, devices: int | None = None):
     `weft.planner.local_costs` measures, elsewhere the runtime's own costs only (this
     machine's contention and loopback collectives say nothing of another cluster's)."""
     from weft.planner.plan_cost import Costs
+    from weft.topology.builders import is_local
 
     costs = Costs(compute_scale=args.compute_scale or 1.0,
                   optimizer_bw=args.optimizer_bw or 0.0,
@@ -75,12 +76,6 @@ def costs_of(args, topo=None, workload=None, devices: int | None = None):
     if args.step_overhead:
         costs = replace(costs, step_overhead_s=args.step_overhead)
     return costs
-
-
-def is_local(topo) -> bool:
-    from weft.topology.builders import is_local as local
-
-    return local(topo)
 
 
 def _calibrated_here(args, n: int, topo, workload, devices: int):
