@@ -107,7 +107,7 @@ def sweep(fabric, runner, sizes, base: dict, rounds: int, calib_rounds: int,
     rounds, and the choice and the contenders are compared by the odd rounds (timings
     of the same conditions that the choice was not made on)."""
     from weft.collectives.autotune import choose, ranked, schedule_for, shortlist
-    from weft.collectives.costmodel import CostParams, fit
+    from weft.collectives.costmodel import CostParams, family, fit
 
     base_p = CostParams(**base)
     jobs = [((alg, size, chunk), schedule_for(fabric, "allreduce", alg), chunk, size)
@@ -121,7 +121,7 @@ def sweep(fabric, runner, sizes, base: dict, rounds: int, calib_rounds: int,
         r = ranked(fabric, "allreduce", size, params=params)
         best_of = {}
         for c in r:
-            fam = "packing" if c.algorithm.startswith("packing") else c.algorithm
+            fam = family(c.algorithm)
             if fam in ("ring", "dbtree", "packing") and fam not in best_of:
                 best_of[fam] = c
         # each job timed once: the choice is often its family's best too (the same job

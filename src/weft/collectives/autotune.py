@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 
-from weft.collectives.costmodel import CostParams, lower_bound, predict
+from weft.collectives.costmodel import CostParams, family, lower_bound, predict
 from weft.collectives.fabric import Fabric
 from weft.collectives.packing import pack
 from weft.collectives.ring import ring_for
@@ -112,11 +112,6 @@ def ranked(fabric: Fabric, collective: str, nbytes: int, root: int = 0,
         for ch in chunks or CHUNKS:
             out.append(Choice(alg, ch, s, predict(s, fabric, nbytes, ch, params), bound))
     return sorted(out, key=lambda c: c.predicted)
-
-
-def family(algorithm: str) -> str:
-    """An algorithm's family: "packing:4" -> "packing"; "ring", "dbtree", "flat" as is."""
-    return algorithm.partition(":")[0]
 
 
 def shortlist(ranked_choices: list[Choice], top: int = 3) -> list[Choice]:

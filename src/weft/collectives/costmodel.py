@@ -65,13 +65,17 @@ class CostParams:
         return 1.0
 
 
+def family(algorithm: str) -> str:
+    """An algorithm's family: "packing:4" -> "packing"; "ring", "dbtree", "flat" as is."""
+    return algorithm.partition(":")[0]
+
+
 def regime_keys(algorithm: str, pieces: int) -> tuple[str, str]:
     """The keys of `CostParams.scales` for a run, most specific first: the algorithm
     ("packing:4") and its family ("packing"), each with "/whole" (one piece per segment)
     or "/pieces" (pipelined)."""
     regime = "whole" if pieces <= 1 else "pieces"
-    family = algorithm.partition(":")[0]
-    return f"{algorithm}/{regime}", f"{family}/{regime}"
+    return f"{algorithm}/{regime}", f"{family(algorithm)}/{regime}"
 
 
 def pieces_for(schedule: Schedule, nbytes: int, chunk_bytes: int) -> int:
