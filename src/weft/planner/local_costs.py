@@ -22,40 +22,9 @@ from __future__ import annotations
 
 import os
 import statistics
-import time
 from collections.abc import Callable
 
 from weft.errors import PlanError
-
-
-def gloo_rank(sizes, reps) -> dict:
-    """In every rank: median seconds (slowest rank) of gloo's all-reduce, all-gather and
-    reduce-scatter of each size in bytes."""
-    import torch
-    import torch.distributed as dist
-
-    out = {}
-    n = dist.get_world_size()
-    for kind in ("allreduce", "all_gather", "reduce_scatter"):
-        for size in sizes:
-            x = torch.ones(size // 4)
-            outs = torch.empty(size // 4 // n * n)
-            ts = []
-            for i in range(reps + 1):
-                dist.barrier()
-                t0 = time.perf_counter()
-                if kind == "allreduce":
-                    dist.all_reduce(x)
-                elif kind == "all_gather":
-                    dist.all_gather_single(outs, x[:size // 4 // n])
-                else:
-                    dist.reduce_scatter_single(x[:size // 4 // n], outs)
-                t = torch.tensor([time.perf_counter() - t0], dtype=torch.float64)
-                dist.all_reduce(t, op=dist.ReduceOp.MAX)
-                if i:
-                    ts.append(float(t))
-            out[kind, size] = statistics.median(ts)
-    return out
 
 
 def fit_gloo(world: int, quick: bool = False, log: Callable[[str], None] = print):
@@ -65,12 +34,15 @@ def fit_gloo(world: int, quick: bool = False, log: Callable[[str], None] = print
     from weft.collectives.emulate.shapes import star_slow
     from weft.collectives.fabric import Fabric
     from weft.collectives.ring import ring
-    from weft.launch import launch
+    from weft.planner.collective_fit import measure_collectives
 
     if world < 2:
         return CostParams()
     sizes = [64 << 10, 1 << 20] if quick else [64 << 10, 512 << 10, 4 << 20]
-    got = launch(gloo_rank, world, args=(sizes, 3 if quick else 7), timeout=300)[0]
+    # the slowest rank's median of each kind on the whole world right after a barrier
+    # (`collective_fit` measures every group size; the ring fit takes the world's)
+    got = {(k, size): t for k, n, size, t in
+           measure_collectives(world, sizes, repeats=3 if quick else 7).samples if n == world}
     fab = Fabric(star_slow(world, fast=1e12, slow=1e12), [f"h{i}" for i in range(world)])
     samples = [(ring(kind, world), fab, size, size + 1, t) for (kind, size), t in got.items()]
     base = CostParams(alpha=50e-6, reduce_bw=4e9, step_overhead=20e-6,
