@@ -50,7 +50,7 @@ class SharedGradients:
 
     def region(self, wave: int, offset: int, numel: int, dtype: torch.dtype) -> torch.Tensor:
         start = wave * self.per_wave + offset
-        nbytes = numel * torch.empty((), dtype=dtype).element_size()
+        nbytes = numel * dtype.itemsize
         return self.block.tensor[start:start + nbytes].view(dtype)
 
     def allocate(self, numel: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -58,7 +58,7 @@ class SharedGradients:
         allocate their buckets in the same order, so a bucket has one offset on every wave."""
         if device.type != "cpu":
             raise ValueError(f"shared gradient buckets are host memory, got a {device} bucket")
-        nbytes = numel * torch.empty((), dtype=dtype).element_size()
+        nbytes = numel * dtype.itemsize
         if self._used + nbytes > self.per_wave:
             raise ValueError(f"the wave's buckets need more than the {self.per_wave} bytes "
                              f"mapped for them")
