@@ -64,3 +64,27 @@ def test_resolve_and_fingerprint(tmp_path, monkeypatch):
     before = fingerprint("m.py")
     p.write_text("x = 2\n")
     assert fingerprint("m.py") != before and fingerprint("torch.nn:Identity") is None
+
+
+def test_input_maker_takes_example_input_else_example_batchs_inputs(tmp_path):
+    import torch
+
+    from weft.model_spec import input_maker
+
+    both = tmp_path / "both.py"
+    both.write_text("import torch\nmodel = torch.nn.Linear(3, 2)\n"
+                    "def example_input(b): return torch.zeros(b, 3)\n"
+                    "def example_batch(b): return torch.ones(b, 3), torch.zeros(b)\n")
+    assert torch.equal(input_maker(str(both))(4), torch.zeros(4, 3))
+    xy = tmp_path / "xy.py"
+    xy.write_text("import torch\nmodel = torch.nn.Linear(3, 2)\n"
+                  "def example_batch(b): return torch.ones(b, 3), torch.zeros(b)\n")
+    assert torch.equal(input_maker(str(xy))(5), torch.ones(5, 3))
+    bad = tmp_path / "bad.py"
+    bad.write_text("import torch\nmodel = torch.nn.Linear(3, 2)\n"
+                   "def example_batch(b): return torch.ones(b, 3)\n")
+    with pytest.raises(SpecError, match=r"example_batch\(2\) must return \(inputs, labels\)"):
+        input_maker(str(bad))(2)
+    none = tmp_path / "none.py"
+    none.write_text("import torch\nmodel = torch.nn.Linear(3, 2)\n")
+    assert input_maker(str(none)) is None

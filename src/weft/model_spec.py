@@ -128,3 +128,22 @@ def extra(spec: str, name: str, default=None):
     """An optional helper (example_input, loss_fn, dataset, optimizer) from the spec's module."""
     mod, _ = load_module(spec)
     return getattr(mod, name, default)
+
+
+def input_maker(spec: str):
+    """A function b -> a batch of b inputs from the spec: its ``example_input(b)``, else the
+    inputs of its ``example_batch(b)`` (which returns ``(inputs, labels)``); None if it
+    defines neither."""
+    make = extra(spec, "example_input")
+    if make is not None:
+        return make
+    make_xy = extra(spec, "example_batch")
+    if make_xy is None:
+        return None
+
+    def inputs(b):
+        got = make_xy(b)
+        if not isinstance(got, (tuple, list)) or len(got) != 2:
+            raise SpecError(f"{spec}: example_batch({b}) must return (inputs, labels)")
+        return got[0]
+    return inputs

@@ -29,14 +29,15 @@ def workload_of(args):
         from weft.planner.tp_rules import GPT_RULES
 
         return parse_transformer(args.model), rules or GPT_RULES, None
-    from weft.model_spec import extra, load_model
+    from weft.model_spec import input_maker, load_model
     from weft.planner.profile_units import profile_workload
     from weft.planner.tp_rules import megatron_rules
 
     model = load_model(args.model)
-    make = extra(args.model, "example_input")
+    make = input_maker(args.model)
     if make is None:
-        raise PlanError(f"{args.model} defines no example_input(batch_size); the planner "
+        raise PlanError(f"{args.model} defines no example_input(batch_size) or "
+                        "example_batch(batch_size); the planner "
                         "profiles the model on it")
     rules = rules or megatron_rules(model)
     wl = profile_workload(model, make, args.micro_batch, rules, repeats=args.repeats)
@@ -89,9 +90,9 @@ def _calibrated_here(args, n: int, topo, workload, devices: int):
     sample, spec = None, None
     model = getattr(args, "model", None)
     if model and not model.startswith("transformer:"):
-        from weft.model_spec import extra
+        from weft.model_spec import input_maker
 
-        make = extra(model, "example_input")
+        make = input_maker(model)
         sample, spec = (make(args.micro_batch), model) if make is not None else (None, None)
     if spec is None:
         print("(no model to run: compute contention is not measured; --compute-scale sets it)")

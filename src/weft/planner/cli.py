@@ -8,13 +8,14 @@ from weft.errors import PlanError
 def _sample(spec: str, args):
     import torch
 
-    from weft.model_spec import extra
+    from weft.model_spec import input_maker
 
-    make = extra(spec, "example_input")
+    make = input_maker(spec)
     if make is not None:
         return make(args.micro_batch)
     if not args.input_shape:
-        raise PlanError(f"{spec} defines no example_input(batch_size); pass --input-shape, "
+        raise PlanError(f"{spec} defines no example_input(batch_size) or example_batch("
+                        "batch_size); pass --input-shape, "
                         "e.g. --input-shape 64 or 3,32,32")
     try:
         dims = [int(d) for d in args.input_shape.split(",")]
