@@ -58,24 +58,28 @@ def stage_pass(model: nn.Module, sample: torch.Tensor, layers: tuple[int, int] |
     input is the real output of the layers before it, it needs a gradient unless the
     stage is first, parameter gradients accumulate. With `split`, a pair of functions
     (forward, backward of that forward's output), to be called alternately."""
-    from weft.parallel.pipeline.layers import as_sequential
-    from weft.planner.profile import input_safe
+    from weft.planner.profile import backward_ones, input_safe
 
-    seq = as_sequential(model, sample, trace)
-    L = len(seq)
-    first, end = (0, L) if layers is None else (int(layers[0]), int(layers[1]))
-    if not 0 <= first < end <= L:
-        raise PlanError(f"contention: layers [{first}, {end}) is not a non-empty range of the "
-                        f"model's {L} layers")
-    with torch.no_grad():
-        x = seq[:first](sample) if first else sample
-    stage = seq[first:end]
-    inp = x.detach().requires_grad_(first > 0 and x.is_floating_point())
-    part = input_safe(stage, inp)  # on a copy if it changes its input in place (as the runtime)
+    if layers is None:  # the whole model, called as it is (any output structure)
+        inp = sample
+        part = input_safe(model, inp)  # on a copy if it changes its input in place
+    else:
+        from weft.parallel.pipeline.layers import as_sequential
+
+        seq = as_sequential(model, sample, trace)
+        L = len(seq)
+        first, end = int(layers[0]), int(layers[1])
+        if not 0 <= first < end <= L:
+            raise PlanError(f"contention: layers [{first}, {end}) is not a non-empty range of "
+                            f"the model's {L} layers")
+        with torch.no_grad():
+            x = seq[:first](sample) if first else sample
+        stage = seq[first:end]
+        inp = x.detach().requires_grad_(first > 0 and x.is_floating_point())
+        part = input_safe(stage, inp)  # on a copy if it changes its input in place (as the runtime)
 
     def run():
-        out = part(inp)
-        torch.autograd.backward(out, torch.ones_like(out))
+        backward_ones(part(inp))
 
     if not split:
         return run
@@ -85,8 +89,7 @@ def stage_pass(model: nn.Module, sample: torch.Tensor, layers: tuple[int, int] |
         held.append(part(inp))
 
     def backward():
-        out = held.pop()
-        torch.autograd.backward(out, torch.ones_like(out))
+        backward_ones(held.pop())
 
     return forward, backward
 

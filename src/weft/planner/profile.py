@@ -131,6 +131,19 @@ def _time(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
+def backward_ones(out, what: str = "the model") -> None:
+    """Backward from every tensor of `out` that requires grad, each with a gradient of ones:
+    `out` a tensor or any structure of them (tuples, dicts, Hugging Face's ModelOutput:
+    torch's pytree leaves)."""
+    import torch.utils._pytree as pytree
+
+    outs = [t for t in pytree.tree_leaves(out) if isinstance(t, torch.Tensor) and t.requires_grad]
+    if not outs:
+        raise PlanError(f"{what}'s output holds no tensor that requires grad: there is no "
+                        "backward to time")
+    torch.autograd.backward(outs, [torch.ones_like(t) for t in outs])
+
+
 def input_safe(layer: nn.Module, x: torch.Tensor):
     """`layer` as a function of its (leaf) input: on a copy when it changes its input in
     place (as the runtime runs such a stage), so every call sees the same input."""

@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from weft.errors import PlanError
+from weft.planner.profile import backward_ones
 from weft.plan.check import layout, matching, tp_styles
 from weft.plan.format import Mesh, Plan, TPRule
 from weft.planner.workload import Collective, Layer, Split, Workload, divisors_upto
@@ -154,7 +155,7 @@ def measure_units(model: nn.Module, sample, repeats: int = 5, statistic: str = "
             with torch.autograd.graph.saved_tensors_hooks(probe.pack, lambda t: t):
                 out = model(*inputs)
             t_b = time.perf_counter()
-            torch.autograd.backward(out, torch.ones_like(out))
+            backward_ones(out, type(model).__name__)
             t_end = time.perf_counter()
             order = [n for i, n in enumerate(probe.order) if n not in probe.order[:i]]
             starts = [probe.bwd_start.get(n) for n in order]
