@@ -36,6 +36,7 @@ BF16 = {"mixed_precision": {"param_dtype": "bfloat16", "reduce_dtype": "float32"
 OUTPUT_DTYPES = {}  # plan name -> dtype of the model's output in the last step
 LOCAL_SHAPES = {}  # "last" -> {parameter name: shape this rank holds} of the last parallelize
 COORDS = {}  # "last" -> this rank's mesh coordinate (pp, dp_replicate, dp_shard, tp)
+COMM_DEVICES = {}  # "last" -> the devices of weft's data-parallel communicator, if any
 
 
 def _plan(file, **over):
@@ -84,6 +85,8 @@ def train(plan, task="gpt", steps=STEPS, start=0, load=None, save=None, accumula
     LOCAL_SHAPES["last"] = {n: tuple(getattr(p, "_local_tensor", p).shape)
                             for n, p in model.module.named_parameters()}
     COORDS["last"] = tuple(model.mesh.get_coordinate()) if model.mesh is not None else None
+    fabric = getattr(getattr(model.runner, "comm", None), "fabric", None)
+    COMM_DEVICES["last"] = list(fabric.devices) if fabric is not None else None
     opt = torch.optim.Adam(model.parameters(), lr=LR)
     if load:
         assert model.load(load, opt) == {"step": start}
@@ -129,9 +132,12 @@ CASES = {
     "tp": {"plan": _plan("tp")},
     "dp-tp": {"plan": _plan("dp_tp")},
     # a placement (weft plan auto's): mesh rank r is the process on device placement[r];
-    # each process names its device through $WEFT_DEVICE ("d{rank}": process g is on dg)
-    "dp-tp-placed": {"plan": _plan("dp_tp", placement=["d3", "d1", "d2", "d0"]),
-                     "device": "d{rank}"},
+    # each process names its device through $WEFT_DEVICE ("gpu{rank}": process g is on
+    # gpug); weft's communicator schedules the dp all-reduce over those devices of ring:4
+    "dp-tp-placed": {"plan": _plan("dp_tp", placement=["gpu3", "gpu1", "gpu2", "gpu0"],
+                                   data_parallel={"communicator": "weft",
+                                                  "topology": "ring:4"}),
+                     "device": "gpu{rank}"},
     "dp-tp-fsdp-replicate": {"plan": _plan("dp_tp", data_parallel={"replicate": "fsdp"})},
     "fsdp-tp": {"plan": _plan("fsdp_tp")},
     "dp-tp-sp": {"plan": _plan("tp_sp")},
@@ -198,6 +204,7 @@ def _run_case(out, name, case):
         os.environ.pop("WEFT_DEVICE", None)
     out[name + ":local"] = LOCAL_SHAPES["last"]
     out[name + ":coords"] = COORDS["last"]
+    out[name + ":comm_devices"] = COMM_DEVICES["last"]
 
 
 def _world(ckpt_dir):
@@ -207,7 +214,8 @@ def _world(ckpt_dir):
     before = dist.get_rank()
     _run_case(out, "dp-tp-placed", CASES["dp-tp-placed"])
     out["placed:ranks"] = (before, dist.get_rank())
-    again = {**CASES["dp-tp-placed"], "plan": _plan("dp_tp", placement=["d0", "d1", "d2", "d3"])}
+    again = {**CASES["dp-tp-placed"],
+             "plan": _plan("dp_tp", placement=["gpu0", "gpu1", "gpu2", "gpu3"])}
     try:
         _run_case({}, "again", again)
     except PlanError as exc:
@@ -273,17 +281,21 @@ def test_plan_matches_single_process(case, world_results, references):
 
 @pytest.mark.slow
 def test_placement_decides_each_process_mesh_coordinate(world_results):
-    """Process g (on device dg) becomes the mesh rank whose device is dg, and the plan still
-    trains to the reference (above); a second renumbering in the same process is refused."""
+    """Process g (on device gpug) becomes the mesh rank whose device is gpug, weft's
+    data-parallel communicator runs its group over the devices its ranks are placed on,
+    and the plan still trains to the reference (above); a second renumbering in the same
+    process is refused."""
     import numpy as np
 
     results, _ = world_results
     placement = CASES["dp-tp-placed"]["plan"]["placement"]
     shape = (1, WORLD // 2, 1, 2)  # pp, dp_replicate, dp_shard, tp
     for g, res in enumerate(results):
-        r = placement.index(f"d{g}")
+        r = placement.index(f"gpu{g}")
         assert res["placed:ranks"] == (g, r)
         assert res["dp-tp-placed:coords"] == tuple(np.unravel_index(r, shape)), g
+        # the dp group of mesh rank r: the ranks of its tp coordinate, r % 2 and r % 2 + 2
+        assert res["dp-tp-placed:comm_devices"] == [placement[r % 2], placement[r % 2 + 2]]
         # later plans without a placement: rank order, in the new numbering
         assert res["dp-tp:coords"] == tuple(np.unravel_index(r, shape))
         assert "only the first weft.parallelize" in res["placed:again"]

@@ -132,12 +132,24 @@ def _replicate(model, plan, mesh, device, flavour, communicator) -> nn.Module:
         if dp.communicator == "weft":
             from weft.collectives.weft_comm import WeftCommunicator
 
-            communicator = WeftCommunicator(dp.topology, algorithm=dp.algorithm, group=group)
+            communicator = WeftCommunicator(dp.topology, devices=_group_devices(plan, group),
+                                            algorithm=dp.algorithm, group=group)
         else:
             from weft.collectives.communicator import TorchCommunicator
 
             communicator = TorchCommunicator(group)
     return DataParallel(model, communicator=communicator, bucket_cap_mb=dp.bucket_mb)
+
+
+def _group_devices(plan, group) -> list[str] | None:
+    """The devices of `group`'s ranks under the plan's placement (after `build_mesh` the
+    process rank is the mesh rank, which runs on placement[rank]), for a communicator
+    whose topology was named: the data-parallel schedules then run over the links between
+    the devices the ranks are placed on. None without a placement or with topology "auto"
+    (a mesh of the group's own size, which does not know the placement's device names)."""
+    if not plan.placement or plan.data_parallel.topology == "auto":
+        return None
+    return [plan.placement[g] for g in dist.get_process_group_ranks(group)]
 
 
 def apply_activation_checkpointing(model: nn.Module, patterns) -> list[str]:

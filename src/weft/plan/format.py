@@ -11,6 +11,7 @@ loop do not change when the plan does::
       replicate: weft          # auto | weft | ddp | fsdp   (how dp_replicate averages)
       communicator: torch      # torch | weft (topology-aware schedules, weft replicate only)
       topology: auto           # for communicator weft: a builder spec or a YAML file
+                               # (with a placement, ranks sit on their placed devices)
       shard_modules: ["blocks.*"]   # fully_shard units (dp_shard > 1 or replicate fsdp)
     tensor_parallel:           # rules by module-name pattern, applied on the tp dim
       - {module: "blocks.*.attn.[qkv]", style: colwise}

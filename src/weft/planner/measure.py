@@ -102,10 +102,19 @@ def _step(pm, opt, xs, ys, loss_fn):
 
 def memory_rank(plan_dict: dict, spec: str, batch: int, steps: int = 2,
                 config: dict | None = None, warm_config: dict | None = None) -> dict:
-    """Peak training memory of this rank (see the module doc), bytes."""
+    """Peak training memory of this rank (see the module doc), bytes. The process groups
+    the plan makes are destroyed afterwards, so a later plan measured in the same process
+    does not run beside their transport threads."""
+    from weft.parallel.groups import own_groups
+
+    with own_groups():
+        return _memory_rank(plan_dict, spec, batch, steps, config or {}, warm_config)
+
+
+def _memory_rank(plan_dict: dict, spec: str, batch: int, steps: int, config: dict,
+                 warm_config: dict | None) -> dict:
     import torch.distributed as dist
 
-    config = config or {}
     fixed = fixed_mmap_threshold()
     pm, opt, xs, ys, loss_fn = _train(plan_dict, spec, batch, 1, warm_config or config, False)
     _step(pm, opt, xs, ys, loss_fn)
@@ -121,6 +130,7 @@ def memory_rank(plan_dict: dict, spec: str, batch: int, steps: int = 2,
         _step(pm, opt, xs, ys, loss_fn)
     peak = _status("VmHWM")
     dist.barrier()
+    del pm, opt, xs, ys, loss_fn
     return {"rank": dist.get_rank(), "peak": peak - base, "applied": after_apply - base,
             "reset": ok, "mmap_fixed": fixed}
 
