@@ -136,11 +136,31 @@ def _gpt_plan(**over):
      "pipeline.split[0]", "'blocks.7'"),
     (_gpt_plan(mesh={"pp": 3}, pipeline={"split": ["blocks.1", "blocks.0"]}, tensor_parallel=[]), 3,
      "pipeline.split[1]", "'blocks.0'"),
+    # weft's communicator on a named topology: the placement's devices must be in it; without
+    # a placement the topology is one data-parallel group's
+    (_gpt_plan(data_parallel={"replicate": "weft", "communicator": "weft", "topology": "ring:4"},
+               placement=["gpu3", "gpu1", "n0.gpu2", "gpu0"]), 4, "placement[2]", "'n0.gpu2'"),
+    (_gpt_plan(data_parallel={"replicate": "weft", "communicator": "weft", "topology": "ring:4"}),
+     4, "data_parallel.topology", "4 compute devices but a data-parallel group has 2"),
+    (_gpt_plan(data_parallel={"replicate": "weft", "communicator": "weft",
+                              "topology": "no/such/topology.yaml"}), 4,
+     "data_parallel.topology", "no/such/topology.yaml"),
 ])
 def test_check_errors_name_field_and_value(plan, world, field, value):
     with pytest.raises(PlanError) as err:
         wp.check(plan, gpt.model(), world)
     assert field in str(err.value) and value in str(err.value), str(err.value)
+
+
+def test_weft_communicator_topology_fits_the_placement_or_a_group():
+    """What weft.parallelize then runs: the placement's devices of the topology, or a
+    topology of one data-parallel group's size in rank order."""
+    dp = {"replicate": "weft", "communicator": "weft", "topology": "ring:4"}
+    placed = wp.check(_gpt_plan(data_parallel=dp, placement=["gpu3", "gpu1", "gpu2", "gpu0"]),
+                      gpt.model(), 4)
+    assert placed.placement == ("gpu3", "gpu1", "gpu2", "gpu0")
+    wp.check(_gpt_plan(data_parallel={**dp, "topology": "ring:2"}), gpt.model(), 4)
+    wp.check(_gpt_plan(data_parallel={**dp, "topology": "ring:4"}), gpt.model(), 2)  # dp1
 
 
 def test_memory_check():

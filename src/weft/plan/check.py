@@ -100,6 +100,40 @@ def check(plan: Plan, model: nn.Module, world: int, device_memory: float | None 
         raise
 
 
+def _check_communicator(plan: Plan) -> None:
+    """weft's data-parallel communicator on a named topology: its groups run over the
+    placement's devices (all of them in the topology), or without a placement over the
+    topology's compute devices in order (as many as a group has ranks), as
+    `weft.parallel.apply` makes it; checked here so that no rank starts to find out."""
+    dp, mesh = plan.data_parallel, plan.mesh
+    if (dp.communicator != "weft" or dp.topology == "auto" or mesh.dp_replicate < 2
+            or mesh.dp_shard > 1 or dp.flavour(mesh) != "weft"):
+        return
+    from weft.errors import WeftError
+    from weft.topology.io import resolve
+
+    try:
+        names = [d.name for d in resolve(dp.topology).compute_devices]
+    except WeftError as exc:
+        raise PlanError(f"data_parallel.topology: {exc}") from None
+    if plan.placement:
+        missing = [(r, d) for r, d in enumerate(plan.placement) if d not in names]
+        if missing:
+            r, d = missing[0]
+            raise PlanError(f"placement[{r}]: {d!r} is not a compute device of "
+                            f"data_parallel.topology {dp.topology!r} ({_listed(names)}), on "
+                            "which weft's communicator runs the rank's data-parallel group")
+    elif len(names) != mesh.dp_replicate:
+        raise PlanError(f"data_parallel.topology: {dp.topology!r} has {len(names)} compute "
+                        f"devices but a data-parallel group has {mesh.dp_replicate} ranks; "
+                        "give the plan a placement (the device of every rank), or a topology "
+                        "of one data-parallel group")
+
+
+def _listed(names: list[str]) -> str:
+    return ", ".join(names[:8]) + (f", ... ({len(names)} in all)" if len(names) > 8 else "")
+
+
 def _check(plan: Plan, model: nn.Module, device_memory: float | None) -> Plan:
     tp = plan.mesh.tp
     modules = dict(model.named_modules())
@@ -142,6 +176,7 @@ def _check(plan: Plan, model: nn.Module, device_memory: float | None) -> Plan:
                 raise PlanError(f"pipeline.split[{i}]: {s!r} comes before the previous split point "
                                 "in the model's module order")
             last = order.index(s)
+    _check_communicator(plan)
     if device_memory is not None:
         need = memory_per_rank(plan, model)
         if need > device_memory:
