@@ -6,12 +6,15 @@ binned, as a `weft.colocation/1` profiles file for `weft cluster simulate --colo
         --out examples/cluster/gavel/profiles.json [--only 'ResNet-18'] [--threads 2]
 
 Each job type (scale factor 1 keys of the throughput file, e.g. 'ResNet-50 (batch size 64)')
-is profiled by `weft profile memory SPEC --batch B` in its own process, one at a time, with
-torch limited to --threads threads; the spec is this folder's file for the model family
-(resnet18.py, ..., cyclegan.py). The profile's 64-bin maxima, its peak, batch and step time
-go into the output file, together with the conditions. An existing output file is updated:
-job types not profiled this time keep their entries, so the job types can be measured in
-several runs. A job type whose profile fails (e.g. out of memory) is reported and left out.
+is profiled by `weft profile memory SPEC --batch B --timing unprofiled` in its own process,
+one at a time, with torch limited to --threads threads; the spec is this folder's file for
+the model family (resnet18.py, ..., cyclegan.py). The profile's 64-bin maxima, its peak,
+batch and step time go into the output file, together with the conditions; the time axis is
+`--timing unprofiled`'s: each phase (forward, backward, optimizer) of the profiled step put
+on the median of unprofiled steps, so the step time is the unprofiled one. An existing
+output file is updated: job types not profiled this time keep their entries, so the job
+types can be measured in several runs. A job type whose profile fails (e.g. out of memory)
+is reported and left out.
 
 What the bytes are: c10's CPU allocator, every tensor storage of the step (parameters,
 gradients, optimizer state, activations, the batch), counted from zero. They stand in for
@@ -78,7 +81,7 @@ def profile_one(spec: Path, batch: int, threads: int, bins: int, timeout: float)
                PYTHONPATH=os.pathsep.join([str(SRC)] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
     with tempfile.TemporaryDirectory(prefix="gavel_prof_") as tmp:
         cmd = [sys.executable, "-m", "weft", "profile", "memory", str(spec), "--batch", str(batch),
-               "--bins", str(bins), "--out", tmp]
+               "--bins", str(bins), "--timing", "unprofiled", "--out", tmp]
         t0 = time.time()
         res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
         wall = time.time() - t0
@@ -105,6 +108,9 @@ def _write(args, doc: dict, conditions: dict, profiles: dict) -> None:
                                   f"{platform.node()}",
                        "torch": torch.__version__, "threads": args.threads, "device": "cpu",
                        "warmup_steps": 1, "bins": args.bins, "limits": LIMITS,
+                       "timing": "unprofiled: each phase (forward, backward, optimizer) of the "
+                                 "profiled step rescaled to the median of 3 unprofiled steps "
+                                 "(weft profile memory --timing unprofiled)",
                        "source": "model facts from stanford-futuredata/gavel @ c4fa400, "
                                  "workloads/pytorch (see each spec's docstring)"})
     def order(name):  # families in FAMILIES' order, then by batch
