@@ -4,6 +4,8 @@ model in place of the ring model, and the measurement on 2 gloo ranks."""
 import math
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from weft.errors import PlanError
 from weft.planner.collective_fit import KINDS, fit_lines, fitted_seconds, measure_collectives
@@ -77,8 +79,11 @@ def test_plan_model_charges_the_fitted_all_reduce():
     est = PlanModel(wl, topo, Costs(overlap=0.0, collective_fits=table)).estimate(shape)
     P = sum(l.params.rep + l.params.split for l in wl.layers)
     bucket = shape.bucket_mb * 2**20
-    full, rest = divmod(P, bucket)
-    want = full * (5e-3 + 2e-9 * bucket) + (5e-3 + 2e-9 * rest if rest else 0.0)
+    first = min(P, 2**20)  # DataParallel's first bucket: 1 MiB, so the sync starts early
+    full, rest = divmod(P - first, bucket)
+    want = (5e-3 + 2e-9 * first) + full * (5e-3 + 2e-9 * bucket) + \
+        (5e-3 + 2e-9 * rest if rest else 0.0)
+    assert P > 2**20  # two buckets: the calls the runtime makes
     assert est.terms["data-parallel total"] == pytest.approx(want)
     plain = PlanModel(wl, topo, Costs(overlap=0.0)).estimate(shape)
     assert plain.terms["data-parallel total"] != pytest.approx(want)
@@ -97,3 +102,25 @@ def test_measure_collectives_on_two_gloo_ranks():
     # on 2 ranks takes a few ms at most; with the compute counted it would be >= 30 ms)
     after = measure_collectives(2, sizes=(4096,), repeats=2, after=0.03, timeout=120)
     assert all(math.isfinite(t) and 0 < t < 0.015 for *_, t in after.samples)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(1, 4096), min_size=1, max_size=2000), st.sampled_from([1, 2, 3]))
+def test_model_buckets_are_the_runtimes(numels, cap_mb):
+    """The plan model's gradient buckets (`dp_cost.bucket_bytes`) against the ones weft's
+    DataParallel makes from parameters of those sizes (each at most 1/64 of a bucket, at
+    most 32 buckets): the same bytes, the first bucket 1 MiB, and as many buckets or one
+    more (the runtime fills them with whole parameters, so each ends a little early; less
+    than one bucket in all)."""
+    import torch
+
+    from weft.parallel.data import DataParallel
+    from weft.planner.dp_cost import bucket_bytes
+
+    cap = cap_mb * 2**20
+    params = [torch.nn.Parameter(torch.zeros(n)) for n in numels]
+    runtime = [4 * b.numel for b in DataParallel._make_buckets(params, cap)]
+    model = bucket_bytes(4.0 * sum(numels), cap)
+    assert sum(model) == pytest.approx(sum(runtime))
+    assert model[0] == min(4 * sum(numels), 2**20) and runtime[0] <= 2**20
+    assert len(model) <= len(runtime) <= len(model) + 1

@@ -225,3 +225,16 @@ def test_runtime_costs_watch_fully_shard_block_on_gloo():
     costs = rc.apply(Costs(compute_scale=1.5))
     assert costs.compute_scale == 1.5 and costs.fsdp_call_s == rc.fsdp_call_s
     assert costs.tp_tensor_s == rc.tp_tensor_s
+
+
+def test_optimizer_rate_is_measured_at_the_models_size():
+    """Adam's large case holds the model's parameters (at least 8x the small case), else
+    32x the small case; a size that is not positive is refused before any rank starts."""
+    from weft.errors import PlanError
+    from weft.planner.runtime_costs import _large, measure_runtime_costs
+
+    assert _large(None, 1024) == 32 * 1024
+    assert _large(828_672, 1024) == 828_672
+    assert _large(3000, 1024) == 8 * 1024
+    with pytest.raises(PlanError, match="optimizer_numel must be >= 1, got 0"):
+        measure_runtime_costs(2, optimizer_numel=0)

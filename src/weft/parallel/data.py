@@ -58,6 +58,9 @@ class _Bucket:
     flat: torch.Tensor | None = None
 
 
+FIRST_BUCKET_BYTES = 2**20  # the first bucket's cap (torch DDP's too); the rest get bucket_cap_mb
+
+
 class DataParallel(nn.Module):
     """Averages gradients over all ranks of `communicator` after each backward.
 
@@ -104,11 +107,11 @@ class DataParallel(nn.Module):
     @staticmethod
     def _make_buckets(params, cap_bytes: int) -> list[_Bucket]:
         # Gradients become ready roughly in reverse registration order. The first
-        # bucket is small (1 MiB) so communication starts early in backward.
+        # bucket is small (FIRST_BUCKET_BYTES) so communication starts early in backward.
         buckets, cur, size, dtype = [], [], 0, None
         for p in reversed(params):
             nbytes = _local(p).numel() * p.element_size()
-            cap = min(cap_bytes, 2**20) if not buckets else cap_bytes
+            cap = min(cap_bytes, FIRST_BUCKET_BYTES) if not buckets else cap_bytes
             if cur and (size + nbytes > cap or p.dtype != dtype):
                 buckets.append(_Bucket(cur, sum(_local(q).numel() for q in cur)))
                 cur, size = [], 0

@@ -139,15 +139,29 @@ def replicated_sync(model, shape: Shape, comm, groups, r: int, stages) -> tuple[
     P = float(sum(a["p_rep"][k] + a["p_split"][k] / t for st in mine
                   for k in range(*st["layers"])))
     dr = groups["dp_replicate"][r]
-    bucket = shape.bucket_mb * 2**20
-    full, rest = divmod(P, bucket)
-    total = full * comm.collective("allreduce", dr, bucket) + \
-        comm.collective("allreduce", dr, rest)
-    last = comm.collective("allreduce", dr, rest if rest else bucket)
+    sizes = bucket_bytes(P, shape.bucket_mb * 2**20)
+    times = {b: comm.collective("allreduce", dr, b) for b in set(sizes)}
+    total = sum(times[b] for b in sizes)
+    last = times[sizes[-1]] if sizes else 0.0
     window_b = 0.0 if shape.pp > 1 else \
         sum(st["backward_s"] for st in mine) * model.costs.overlap
-    calls = Counter({"allreduce": int(full) + (1 if rest else 0)})
+    calls = Counter({"allreduce": len(sizes)})
     return total, max(total - window_b, last), calls
+
+
+def bucket_bytes(nbytes: float, cap: float) -> list[float]:
+    """The gradient buckets of `nbytes` of parameters, in the order they are reduced, as
+    weft's DataParallel (and torch DDP) make them: the first one small
+    (`FIRST_BUCKET_BYTES`) so the communication starts early in the backward, the rest of
+    at most `cap` bytes. (The runtime fills buckets with whole parameters, so its
+    boundaries fall a little earlier than these.)"""
+    from weft.parallel.data import FIRST_BUCKET_BYTES
+
+    if nbytes <= 0:
+        return []
+    first = min(nbytes, FIRST_BUCKET_BYTES, cap)
+    full, rest = divmod(nbytes - first, cap)
+    return [first] + [cap] * int(full) + ([rest] if rest else [])
 
 
 def optimizer_time(model, shape: Shape, layers: list[int]) -> float:

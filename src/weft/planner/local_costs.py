@@ -12,7 +12,8 @@ measures, without the plans themselves:
 * gloo's collectives fitted to the ring model on a one-host star (`fit_gloo`);
 * per kind and group size, the collectives measured right after compute as a step issues
   them (`weft.planner.collective_fit`), with a workload;
-* the runtime's own costs (`weft.planner.runtime_costs`).
+* the runtime's own costs (`weft.planner.runtime_costs`; Adam's rate per byte at the
+  workload's parameter count, when there is a workload).
 
 The figures hold for plans that run on these N ranks of this machine (a `local:N`
 topology), not for other hosts' links or accelerators.
@@ -88,7 +89,9 @@ def measure_local_costs(world: int, workload=None, sample=None, model=None,
         fits = measured.table
     costs = Costs(compute_scale=scale, collective=params, collective_fits=fits)
     if world > 1:  # overlap, fully_shard per call, the optimizer per tensor and per byte
-        rc = measure_runtime_costs(world, repeats=5 if quick else 9, units=4 if quick else 8)
+        numel = int(workload.param_bytes // 4) if workload is not None else None
+        rc = measure_runtime_costs(world, repeats=5 if quick else 9, units=4 if quick else 8,
+                                   optimizer_numel=numel or None)
         costs = rc.apply(costs)
         what = rc.summary()
     else:

@@ -21,8 +21,14 @@ on the machine, the backend and torch, so they are measured, not assumed:
   same model unsharded and minus the raw collectives of the same sizes timed in the same
   run, per call (three per unit: gather, gather again for the backward, reduce-scatter).
 * ``optimizer_tensor_s`` and ``optimizer_bw``: Adam's step over many small tensors
-  against two of the same bytes (per tensor), and two small against two 32 times as
-  large (per byte).
+  against two of the same bytes (per tensor), and two small against two of
+  ``optimizer_numel`` elements in all (per byte): the size of the model planned, when the
+  caller knows it (`weft.planner.local_costs` passes the workload's parameters), else 32
+  times the small ones. Adam's rate per byte depends on whether its working set (the
+  parameters, their gradients and two state tensors) stays in the caches: on 4 ranks
+  sharing 2 cores (2026-12-02) Adam over 2M elements ran at 0.27-0.36 GB/s, and the
+  planner benchmark's GPT (0.83M parameters) took 4.5-5.5 ms per step where that rate
+  charged 10.5-13.9 ms.
 * ``dtensor_tensor_s``: Adam's step over the many small tensors as fully_shard's
   DTensors, per tensor, less their local bytes at ``optimizer_bw``.
 * ``tp_tensor_s``: what tensor parallelism costs per parameter tensor of a parallelised
@@ -121,14 +127,20 @@ def _rounds(fns: dict, repeats: int) -> dict[str, float]:
 
 
 def _adam(params):
+    """Adam's step over `params`, with gradients of a training step's order of magnitude:
+    with all-zero gradients the same steps took 1.3-2x as long (4 ranks sharing 2 cores,
+    2026-12-02: 828,672 elements in 57 tensors, 7.4-8.3 ms against 4.0-4.9)."""
     opt = torch.optim.Adam(params)
-    for p in params:
-        p.grad = torch.zeros_like(p)
+    g = torch.Generator().manual_seed(0)
+    for p in params:  # fully_shard's DTensors get a constant gradient of their own layout
+        p.grad = torch.full_like(p, 1e-3) if hasattr(p, "_local_tensor") else \
+            torch.randn(p.shape, generator=g) * 1e-3
     return opt.step
 
 
 def runtime_costs_rank(repeats: int, units: int, width: int, tensors: int,
-                       pipe_width: int = 16384, pipe_extra: int = 12) -> dict:
+                       pipe_width: int = 16384, pipe_extra: int = 12,
+                       optimizer_numel: int | None = None) -> dict:
     """In every rank (see the module doc): the timings, seconds."""
     from torch.distributed.device_mesh import init_device_mesh
 
@@ -168,18 +180,22 @@ def runtime_costs_rank(repeats: int, units: int, width: int, tensors: int,
         fns[f"{key}_step"] = lambda model=model: model(x).sum().backward()
     issued = _how_fsdp_calls(lambda: fns["fsdp_step"]())
     # Adam over plain tensors: many small and few small (the same bytes), few large; and
-    # over the many small as fully_shard's DTensors (one unit)
+    # over the many small as fully_shard's DTensors (one unit). Timed in rounds of their
+    # own: between collectives and fully_shard steps the same Adam steps ran 1.7x slower
+    # per byte (0.39 against 0.68 GB/s on 4 ranks sharing 2 cores, 2026-12-02), and a
+    # training step's optimizer follows its own backward, not other work
     small = tensors * 1024
+    adam = {}
     for key, count, numel in (("many_small", tensors, small), ("few_small", 2, small),
-                              ("few_large", 2, small * 32)):
-        fns[f"adam_{key}"] = _adam([nn.Parameter(torch.zeros(numel // count))
-                                    for _ in range(count)])
+                              ("few_large", 2, _large(optimizer_numel, small))):
+        adam[f"adam_{key}"] = _adam([nn.Parameter(torch.zeros(numel // count))
+                                     for _ in range(count)])
     many = nn.Sequential(*[nn.Linear(32, 32, bias=False) for _ in range(tensors)])
     fully_shard(many, mesh=mesh)
-    fns["adam_dtensors"] = _adam(list(many.parameters()))
+    adam["adam_dtensors"] = _adam(list(many.parameters()))
     fns.update(_tp_steps(units, width, x))
-    return {**_rounds(fns, repeats), **_pipeline_steps(pipe_width, pipe_extra, repeats),
-            **issued}
+    return {**_rounds(fns, repeats), **_rounds(adam, repeats),
+            **_pipeline_steps(pipe_width, pipe_extra, repeats), **issued}
 
 
 class _Scale(nn.Module):
@@ -261,10 +277,19 @@ def _how_fsdp_calls(step) -> dict:
     return seen
 
 
+def _large(optimizer_numel: int | None, small: int) -> int:
+    """The elements of Adam's large case: the model's, at least 8 times the small case
+    (so the difference per byte is not lost in the noise), else 32 times it."""
+    return max(int(optimizer_numel), 8 * small) if optimizer_numel else 32 * small
+
+
 def measure_runtime_costs(world: int = 2, repeats: int = 5, units: int = 8, width: int = 128,
                           tensors: int = 64, timeout: float = 300.0, pipe_width: int = 16384,
-                          pipe_extra: int = 12) -> RuntimeCosts:
-    """The figures of the module doc on `world` local gloo ranks (at least 2)."""
+                          pipe_extra: int = 12,
+                          optimizer_numel: int | None = None) -> RuntimeCosts:
+    """The figures of the module doc on `world` local gloo ranks (at least 2);
+    `optimizer_numel`: the parameters of the model planned (Adam's rate per byte is
+    measured at that size)."""
     from weft.errors import PlanError
     from weft.launch import launch
 
@@ -272,8 +297,11 @@ def measure_runtime_costs(world: int = 2, repeats: int = 5, units: int = 8, widt
         raise PlanError(f"runtime costs are measured on at least 2 ranks, got {world}")
     if pipe_width < 1 or pipe_extra < 1:
         raise PlanError(f"pipe_width and pipe_extra must be >= 1, got {pipe_width}, {pipe_extra}")
+    if optimizer_numel is not None and optimizer_numel < 1:
+        raise PlanError(f"optimizer_numel must be >= 1, got {optimizer_numel}")
     s = launch(runtime_costs_rank, world, args=(repeats, units, width, tensors, pipe_width,
-                                                pipe_extra), timeout=timeout)[0]
+                                                pipe_extra, optimizer_numel),
+               timeout=timeout)[0]
     overlap = (s["compute"] + s["gather"] - s["both"]) / max(min(s["compute"], s["gather"]),
                                                              1e-9)
     calls = 3 * units
@@ -281,7 +309,8 @@ def measure_runtime_costs(world: int = 2, repeats: int = 5, units: int = 8, widt
     fsdp_call = (s["fsdp_step"] - s["plain_step"] - raw) / calls
     per_tensor = max(0.0, (s["adam_many_small"] - s["adam_few_small"]) / (tensors - 2))
     small = 4.0 * tensors * 1024
-    bw = 31 * small / max(s["adam_few_large"] - s["adam_few_small"], 1e-9)
+    bw = (4.0 * _large(optimizer_numel, tensors * 1024) - small) / \
+        max(s["adam_few_large"] - s["adam_few_small"], 1e-9)
     dtensor = (s["adam_dtensors"] - small / world / bw) / tensors
     overlap = min(max(overlap, 0.0), 1.0)
     asynchronous = s["fsdp_async_calls"] / max(s["fsdp_calls"], 1.0)
