@@ -10,8 +10,12 @@ on the machine, the backend and torch, so they are measured, not assumed:
 * ``overlap``: the fraction of the compute under which a collective can run. Every rank
   times a compute loop alone, an all-gather alone, and the all-gather issued
   asynchronously around the same compute; ``(compute + gather - both) / min(compute,
-  gather)``, clipped to [0, 1]. GPUs with communication streams reach about 1; CPU
-  ranks that share their cores with gloo's copies and reductions get about 0.
+  gather)`` per round, the median over 3x the rounds of the other figures, clipped to
+  [0, 1]. GPUs with communication streams reach about 1; CPU ranks that share their cores
+  with gloo's copies and reductions get about 0. (Since the data-parallel model charges
+  DataParallel's buckets, the first of 1 MiB, this figure hides that bucket's all-reduce:
+  from the medians of 9 rounds it came out 0.33 and 0.78 in two calibrations of
+  2026-12-02 evening, 0.00-0.14 in the others.)
 * ``fsdp_overlap``: ``overlap`` times the share of fully_shard's collectives that it
   issues asynchronously, watched in the run below (with gloo, FSDP2 issues them
   blocking, so 0).
@@ -24,11 +28,11 @@ on the machine, the backend and torch, so they are measured, not assumed:
   against two of the same bytes (per tensor), and two small against two of
   ``optimizer_numel`` elements in all (per byte): the size of the model planned, when the
   caller knows it (`weft.planner.local_costs` passes the workload's parameters), else 32
-  times the small ones. Adam's rate per byte depends on whether its working set (the
-  parameters, their gradients and two state tensors) stays in the caches: on 4 ranks
-  sharing 2 cores (2026-12-02) Adam over 2M elements ran at 0.27-0.36 GB/s, and the
-  planner benchmark's GPT (0.83M parameters) took 4.5-5.5 ms per step where that rate
-  charged 10.5-13.9 ms.
+  times the small ones, with gradients of a training step's size. Adam's rate per byte
+  depends on the size (whether the parameters, gradients and two state tensors stay in
+  the caches) and on the data: on 4 ranks sharing 2 cores (2026-12-02) Adam over 2M
+  elements with all-zero gradients ran at 0.27-0.40 GB/s, and the planner benchmark's GPT
+  (0.83M parameters) took 4.5-5.5 ms per step where that rate charged 10.5-13.9 ms.
 * ``dtensor_tensor_s``: Adam's step over the many small tensors as fully_shard's
   DTensors, per tensor, less their local bytes at ``optimizer_bw``.
 * ``tp_tensor_s``: what tensor parallelism costs per parameter tensor of a parallelised
@@ -126,6 +130,22 @@ def _rounds(fns: dict, repeats: int) -> dict[str, float]:
     return {k: statistics.median(v) for k, v in ts.items()}
 
 
+def _overlap_rounds(hide: dict, repeats: int) -> dict[str, float]:
+    """`_rounds` of compute, gather and both, and "overlap_rounds": the median over the
+    rounds of each round's own (compute + gather - both) / min(compute, gather), so that
+    the three timings combined are from the same moment."""
+    ts: dict[str, list[float]] = {k: [] for k in hide}
+    for r in range(repeats + 1):
+        for k, fn in hide.items():
+            t = slowest_seconds(fn)
+            if r:
+                ts[k].append(t)
+    per = [(c + g - b) / max(min(c, g), 1e-9)
+           for c, g, b in zip(ts["compute"], ts["gather"], ts["both"])]
+    return {**{k: statistics.median(v) for k, v in ts.items()},
+            "overlap_rounds": statistics.median(per)}
+
+
 def _adam(params):
     """Adam's step over `params`, with gradients of a training step's order of magnitude:
     with all-zero gradients the same steps took 1.3-2x as long (4 ranks sharing 2 cores,
@@ -164,8 +184,12 @@ def runtime_costs_rank(repeats: int, units: int, width: int, tensors: int,
         work.wait()
     unit = torch.ones(width * width // n * n)
     part = torch.ones(unit.numel() // n)
-    fns = {"compute": compute, "gather": lambda: dist.all_gather_single(full, shard),
-           "both": both, "unit_gather": lambda: dist.all_gather_single(unit, part),
+    # the overlap is a difference of three timings: rounds of their own, 3x as many (at 9
+    # rounds among the other figures it came out 0.00-0.14 in most calibrations of
+    # 2026-12-02 evening, and 0.33 and 0.78 in two)
+    hide = {"compute": compute, "gather": lambda: dist.all_gather_single(full, shard),
+            "both": both}
+    fns = {"unit_gather": lambda: dist.all_gather_single(unit, part),
            "unit_scatter": lambda: dist.reduce_scatter_single(part, unit)}
     # fully_shard: `units` Linear(width, width) units, and the same model unsharded
     x = torch.randn(2, width)
@@ -181,9 +205,7 @@ def runtime_costs_rank(repeats: int, units: int, width: int, tensors: int,
     issued = _how_fsdp_calls(lambda: fns["fsdp_step"]())
     # Adam over plain tensors: many small and few small (the same bytes), few large; and
     # over the many small as fully_shard's DTensors (one unit). Timed in rounds of their
-    # own: between collectives and fully_shard steps the same Adam steps ran 1.7x slower
-    # per byte (0.39 against 0.68 GB/s on 4 ranks sharing 2 cores, 2026-12-02), and a
-    # training step's optimizer follows its own backward, not other work
+    # own (a training step's optimizer follows its own backward, not other work)
     small = tensors * 1024
     adam = {}
     for key, count, numel in (("many_small", tensors, small), ("few_small", 2, small),
@@ -196,7 +218,8 @@ def runtime_costs_rank(repeats: int, units: int, width: int, tensors: int,
     fns.update(_tp_steps(units, width, x))
     # Adam's rounds are short (a few ms each), and the rate per byte is a difference of
     # two of them: 3x the rounds (at 9, the rate moved 0.38-2.0 GB/s between calibrations)
-    return {**_rounds(fns, repeats), **_rounds(adam, 3 * repeats),
+    return {**_rounds(fns, repeats), **_overlap_rounds(hide, 3 * repeats),
+            **_rounds(adam, 3 * repeats),
             **_pipeline_steps(pipe_width, pipe_extra, repeats), **issued}
 
 
@@ -304,8 +327,7 @@ def measure_runtime_costs(world: int = 2, repeats: int = 5, units: int = 8, widt
     s = launch(runtime_costs_rank, world, args=(repeats, units, width, tensors, pipe_width,
                                                 pipe_extra, optimizer_numel),
                timeout=timeout)[0]
-    overlap = (s["compute"] + s["gather"] - s["both"]) / max(min(s["compute"], s["gather"]),
-                                                             1e-9)
+    overlap = s["overlap_rounds"]
     calls = 3 * units
     raw = units * (2 * s["unit_gather"] + s["unit_scatter"])
     fsdp_call = (s["fsdp_step"] - s["plain_step"] - raw) / calls
