@@ -189,3 +189,68 @@ def test_auto_on_a_real_model_writes_a_runnable_plan(tmp_path, spec):
 
     plan = loads(out.read_text())
     check(plan, load_model(spec), 4)
+
+
+def test_weft_communicator_serves_the_data_parallel_all_reduce_only():
+    """With weft's communicator the data-parallel all-reduce is the autotuner's choice on the
+    topology (never slower than the ring in the model, faster over the DGX-1's NVLink mesh),
+    while the tensor-parallel collectives stay torch's (DTensor runs them) either way."""
+    from dataclasses import replace
+
+    from weft.planner.shape import Shape
+    from weft.topology.builders import dgx1
+
+    wl = transformer(n_layer=4, d_model=512, n_head=8, seq=256, vocab=4096, flops=5e12)
+    model = PlanModel(wl, dgx1())
+    gain = {}
+    for dr, tp in ((8, 1), (4, 2), (2, 4)):
+        torch_ = Shape(1, dr, 1, tp, 32, flavour="weft")
+        et, ew = model.estimate(torch_), model.estimate(replace(torch_, communicator="weft"))
+        assert ew.terms["tensor-parallel collectives"] == et.terms["tensor-parallel collectives"]
+        assert ew.terms["compute"] == et.terms["compute"]
+        gain[dr] = et.terms["data-parallel total"] / ew.terms["data-parallel total"]
+        assert gain[dr] >= 1 - 1e-9, (dr, tp)
+    assert gain[8] > 1.2
+    # fully_shard's collectives are torch's: the plan's communicator changes nothing there
+    fsdp = Shape(1, 1, 8, 1, 32, flavour="fsdp")
+    assert model.estimate(fsdp).step_s == model.estimate(replace(fsdp, communicator="weft")).step_s
+
+
+def test_search_with_weft_communicator_equals_exhaustive():
+    wl = transformer(n_layer=3, d_model=256, n_head=8, seq=128, vocab=4096, flops=5e12)
+    model = PlanModel(wl, multi_node(2, 2, inter=2e9))
+    space = Space(communicator="weft")
+    a = search(wl, model, 4, 16, None, space, top=4)
+    b = exhaustive(wl, model, 4, 16, None, space, top=4)
+    assert _labels(a) == _labels(b)
+    for e in a.top:
+        assert e.shape.communicator == ("weft" if e.shape.flavour == "weft" else "torch")
+
+
+def test_auto_with_weft_communicator_writes_the_topology_and_placement(tmp_path, capsys):
+    """The written plan runs weft's collectives where the model costed them: the topology
+    named in the plan, every rank's device given, and the plan passes the format's check."""
+    from weft.cli import main
+    from weft.plan.check import _check_communicator
+
+    out = tmp_path / "plan.yaml"
+    model = "transformer:n_layer=2,d_model=1024,n_head=8,seq=64,vocab=1024,flops=1e14"
+    rc = main(["plan", "auto", "--model", model, "--topology", "dgx1", "--batch", "64",
+               "--communicator", "weft", "--out", str(out)])
+    assert rc == 0, capsys.readouterr()
+    plan = loads(out.read_text(), str(out))
+    dp = plan.data_parallel
+    assert plan.mesh.dp_replicate > 1 and plan.mesh.dp_shard == 1  # weft's DataParallel won
+    assert (dp.replicate, dp.communicator, dp.topology) == ("weft", "weft", "dgx1")
+    assert len(plan.placement) == plan.mesh.size
+    assert set(plan.placement) <= {f"gpu{i}" for i in range(8)}
+    _check_communicator(plan)  # what weft train --plan checks before starting a rank
+    # a topology file is named by its absolute path: the plan runs from any directory
+    topo = tmp_path / "t.yaml"
+    assert main(["topology", "save", "dgx1", str(topo)]) == 0
+    rc = main(["plan", "auto", "--model", model, "--topology", str(topo), "--batch", "64",
+               "--communicator", "weft", "--no-place", "--out", str(out)])
+    assert rc == 0
+    plan = loads(out.read_text(), str(out))
+    assert plan.data_parallel.topology == str(topo.resolve())
+    assert len(plan.placement) == plan.mesh.size  # rank order, written out

@@ -2,12 +2,14 @@
 
     weft plan auto --model examples/gpt.py --topology multi_node:2x4 --batch 64 --out plan.yaml
     weft plan auto --model transformer:n_layer=48 --topology multi_node:128x8 --any
+    weft plan auto --model examples/gpt.py --topology dgx1 --communicator weft --out plan.yaml
     weft plan explain plan.yaml --model examples/gpt.py --topology multi_node:2x4 --batch 64
 """
 
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 from weft.errors import PlanError
 
@@ -181,7 +183,8 @@ def _auto(args) -> int:
     used = pm.rank_order(devs)
     memory = args.memory or min(topo.device(d).memory for d in used)
     space = Space(schedules=args.schedules, interleaved=args.any,
-                  checkpoint=(False, True), runnable=None if args.any else runnable(args.batch))
+                  checkpoint=(False, True), runnable=None if args.any else runnable(args.batch),
+                  communicator=args.communicator)
     found = search(wl, pm, devs, args.batch, memory, space, top=args.top)
     if not found.top:
         found.best  # noqa: B018 - raises the reason (no empty table printed before it)
@@ -204,10 +207,7 @@ def _auto(args) -> int:
         blocks = block_pattern(wl)
         plan = best.shape.to_plan(wl, rules, name=args.name, shard_modules=blocks,
                                   checkpoint=blocks)
-        if placement:
-            from dataclasses import replace
-
-            plan = replace(plan, placement=placement)
+        plan = _placed(plan, placement, used, args.topology)
         path = save(plan, args.out)
         plan = load(path)
         if model is not None:
@@ -216,6 +216,17 @@ def _auto(args) -> int:
             check(plan, model, devs)
         con.print(f"best plan written to {path}")
     return 0
+
+
+def _placed(plan, placement, used, topology: str):
+    """`plan` with its placement; with weft's communicator also the topology its
+    data-parallel groups run their schedules on, and then the placement always (rank order
+    if nothing better was found), so that every group knows its devices."""
+    if plan.data_parallel.communicator == "weft":
+        spec = str(Path(topology).resolve()) if Path(topology).is_file() else topology
+        plan = replace(plan, data_parallel=replace(plan.data_parallel, topology=spec))
+        placement = placement or tuple(used)
+    return replace(plan, placement=placement) if placement else plan
 
 
 def _explain(args) -> int:
@@ -312,6 +323,11 @@ def register(psub) -> None:
     q.add_argument("--schedules", type=schedules, default="1f1b",
                    help="pipeline schedules to search (gpipe,1f1b; GPipe takes 1F1B's time "
                    "in the model and more memory)")
+    q.add_argument("--communicator", choices=("torch", "weft"), default="torch",
+                   help="data-parallel all-reduce of the plans: torch.distributed's (gloo/"
+                   "NCCL ring), or weft's (ring, trees or packed spanning trees, the "
+                   "autotuner's choice on the topology's links; the written plan names the "
+                   "topology and the placement)")
     q.add_argument("--no-place", action="store_true", help="keep rank order")
     q.add_argument("--place-budget", type=nonneg_float, default=5.0, help="seconds for refinement")
     q.add_argument("--name", default="auto", help="name of the written plan")

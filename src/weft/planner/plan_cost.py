@@ -187,14 +187,13 @@ class _LazyList(list):
 
 class PlanModel:
     def __init__(self, workload: Workload, topology: Topology | Network, costs: Costs = Costs(),
-                 communicator: str | None = None, devices: list[str] | None = None):
+                 devices: list[str] | None = None):
         """`devices`: the launcher's order of devices (rank order); default the compute
-        devices grouped by host. `communicator` overrides each plan's."""
+        devices grouped by host."""
         self.workload = workload
         self.net = topology if isinstance(topology, Network) else Network(topology)
         self.devices = list(devices) if devices is not None else None
         self.costs = costs
-        self.communicator = communicator
         self._comm: dict[str, Comm] = {}
         self._parts: dict = {}
         self._mesh: dict = {}
@@ -213,7 +212,9 @@ class PlanModel:
             "colls": [tuple((c.kind, c.phase, c.nbytes) for c in l.collectives) for l in ls]}
 
     def comm(self, communicator: str) -> Comm:
-        c = self.communicator or communicator
+        """The `Comm` of "torch" (torch.distributed's collectives) or "weft" (the
+        autotuner's choice on the topology)."""
+        c = communicator
         if c not in self._comm:
             self._comm[c] = Comm(self.net, self.costs.collective, c,
                                  fits=self.costs.collective_fits)
@@ -303,7 +304,9 @@ class PlanModel:
         placement = list(placement) if placement is not None else self.rank_order(shape.world)
         if len(placement) != shape.world:
             raise PlanError(f"placement names {len(placement)} devices for {shape.world} ranks")
-        comm = self.comm(shape.communicator)
+        # DTensor, fully_shard and the pipeline's sends run torch.distributed's collectives;
+        # weft's communicator serves only weft's DataParallel (the plan format's rule)
+        comm = self.comm("torch")
         gkey = (shape.pp, shape.dp_replicate, shape.dp_shard, shape.tp, tuple(placement))
         groups = self._mesh.get(gkey)
         if groups is None:
@@ -340,7 +343,7 @@ class PlanModel:
         busy = M * sum(per_rank) / shape.pp
         sync, opt, sync_total, calls = [], [], [], []
         for r in range(shape.pp):
-            total, exposed, n = self._sync(shape, comm, G, r, stages)
+            total, exposed, n = self._sync(shape, comm, groups, gkey, r, stages)
             sync.append(exposed)
             sync_total.append(total)
             calls.append(dict(n))
@@ -362,15 +365,21 @@ class PlanModel:
         fits = memory_limit is None or peak <= memory_limit
         return Estimate(shape, step, terms, mem, mstage, stages, placement, fits, calls=calls)
 
-    def _sync(self, shape: Shape, comm: Comm, groups, r: int, stages):
+    def _sync(self, shape: Shape, comm: Comm, groups, gkey, r: int, stages):
         """(total, exposed seconds, calls) of data parallelism on pipeline rank r per step
-        (`weft.planner.dp_cost`)."""
+        (`weft.planner.dp_cost`); weft's DataParallel runs over the plan's communicator."""
         mine = [st for st in stages if st["stage"] % shape.pp == r]
         if shape.dp < 2 or not any(self._params_at(shape.tp, *st["layers"]) for st in mine):
             return 0.0, 0.0, Counter()
         if shape.sharded:
-            return sharded_sync(self, shape, comm, groups, r, stages)
-        return replicated_sync(self, shape, comm, groups, r, stages)
+            return sharded_sync(self, shape, comm, self._dims(comm, gkey, groups), r, stages)
+        comm = self.dp_comm(shape)
+        return replicated_sync(self, shape, comm, self._dims(comm, gkey, groups), r, stages)
+
+    def dp_comm(self, shape: Shape) -> Comm:
+        """The `Comm` of `shape`'s data-parallel all-reduce (weft's communicator, if the
+        plan asks for it, serves weft's DataParallel only)."""
+        return self.comm(shape.communicator if shape.flavour == "weft" else "torch")
 
 
 def explain_dims(shape: Shape) -> str:

@@ -44,7 +44,7 @@ class Space:
     microbatch_factors: tuple[int, ...] = (1, 2, 4, 8)
     accumulation: tuple[int, ...] = (1, 2, 4)
     max_tp: int | None = None  # default: the largest host's device count
-    communicator: str = "torch"
+    communicator: str = "torch"  # of weft's DataParallel: torch, or weft (topology-aware)
     runnable: object = None  # shape -> reason it cannot run (str) or None
 
 
@@ -89,6 +89,7 @@ def candidates(workload: Workload, devices: int, global_batch: int, space: Space
                max_tp: int) -> list[Shape]:
     blocks = block_layers(workload)
     L = len(workload)
+    comm = space.communicator  # weft's serves weft's DataParallel only (dp_replicate)
     out = []
     for pp, dr, ds, tp in _factorizations(devices):
         if tp not in workload.tp_degrees or tp > max_tp:
@@ -112,14 +113,14 @@ def candidates(workload: Workload, devices: int, global_batch: int, space: Space
                     continue
                 out.append(Shape(pp, dr, ds, tp, global_batch, m, sched, v,
                                  checkpoint=blocks if ck else (), flavour=flavour,
-                                 communicator=space.communicator))
+                                 communicator=comm if flavour == "weft" else "torch"))
     return out
 
 
 def lower_bound(model: PlanModel, shape: Shape, memo: dict | None = None) -> float:
     """Step time if the compute and the tensor-parallel collectives (each on one tp group
     alone, no link shared) were spread perfectly over the pipeline ranks."""
-    key = (shape.tp, shape.micro_batch, shape.checkpoint, shape.communicator)
+    key = (shape.tp, shape.micro_batch, shape.checkpoint)
     per_mb = memo.get(key) if memo is not None else None
     if per_mb is None:
         wl, b, t = model.workload, shape.micro_batch, shape.tp
@@ -128,7 +129,7 @@ def lower_bound(model: PlanModel, shape: Shape, memo: dict | None = None) -> flo
         per_mb = sum(l.compute_s(b, t) + (b * l.forward.at(t) if i in ck else 0.0)
                      for i, l in enumerate(wl.layers)) * k
         if t > 1:
-            comm = model.comm(shape.communicator)
+            comm = model.comm("torch")  # DTensor's collectives
             group = model.rank_order(t)
             for i, l in enumerate(wl.layers):
                 for c in l.collectives:
