@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -24,6 +25,21 @@ from torch import nn
 from torch.autograd import Variable
 
 from weft.collectives.communicator import Communicator, TorchCommunicator, Work
+
+
+def weak_hook(method):
+    """A gradient hook calling the bound `method` through a weak reference to its object.
+    A tensor keeps its hooks where Python's garbage collector cannot see them, so a module
+    holding its parameters and hooked to them by its own bound method is a cycle that is
+    never collected: every DataParallel ever built stayed alive with its model, buckets
+    and communicator (and the communicator's process group's transport thread)."""
+    ref = weakref.WeakMethod(method)
+
+    def hook(p):
+        m = ref()
+        if m is not None:
+            m(p)
+    return hook
 
 
 def _local(t: torch.Tensor) -> torch.Tensor:
@@ -101,7 +117,8 @@ class DataParallel(nn.Module):
                 self._views[id(p)] = bucket.flat[offset:offset + n].view_as(_local(p))
                 offset += n
         # One rank: nothing to average, so no hooks and no overhead.
-        self._hooks = ([p.register_post_accumulate_grad_hook(self._on_grad) for p in params]
+        self._hooks = ([p.register_post_accumulate_grad_hook(weak_hook(self._on_grad))
+                        for p in params]
                        if self.comm.world_size > 1 else [])
 
     @staticmethod

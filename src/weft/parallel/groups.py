@@ -33,10 +33,34 @@ def live_groups() -> list:
 
 def destroy(groups) -> None:
     """Destroy `groups` on this rank (a group made by `dist.new_group`, not the default);
-    torch frees each one's transport once nothing else refers to it."""
+    torch frees each one's transport once nothing else refers to it, so every DeviceMesh
+    still alive forgets them too (`_forget_in_meshes`)."""
+    groups = list(groups)
     for g in groups:
         dist.destroy_process_group(g)
     gc.collect()
+    _forget_in_meshes(groups)
+    gc.collect()
+
+
+def _forget_in_meshes(groups) -> None:
+    """Drop `groups` from every live DeviceMesh's registry of its groups. DTensor's
+    sharding caches (torch's lru_caches) keep every mesh they saw for the life of the
+    process, and a mesh keeps its groups in ``_pg_registry``: without this, 4 ranks kept 3-4
+    transports of every tensor- or fully-sharded plan they had built and torn down, and
+    the plans timed after 8 such plans ran 20-30% slower (docs/planner.md, 2026-12-03). A
+    mesh whose groups are destroyed cannot run collectives anyway."""
+    try:
+        from torch.distributed.device_mesh import DeviceMesh
+    except ImportError:  # torch built without distributed meshes
+        return
+    gone = {id(g) for g in groups}
+    for obj in gc.get_objects():
+        if isinstance(obj, DeviceMesh):
+            reg = getattr(obj, "_pg_registry", None)
+            if isinstance(reg, dict):
+                for name in [n for n, g in reg.items() if id(g) in gone]:
+                    del reg[name]
 
 
 def transport_threads() -> int:

@@ -57,7 +57,7 @@ from torch import nn
 
 from weft.collectives.communicator import DONE, Communicator, TorchCommunicator, Work
 from weft.errors import PlanError, WeftError
-from weft.parallel.data import DataParallel, _local
+from weft.parallel.data import DataParallel, _local, weak_hook
 from weft.parallel.wavelet_shared import ALIGN, SharedGradients
 
 
@@ -266,7 +266,7 @@ class Wavelet(nn.Module):
         self._ready = 0
         if signal_at > 0 and stagger and self.wave < waves - 1:
             for p in params:
-                p.register_post_accumulate_grad_hook(self._on_grad)
+                p.register_post_accumulate_grad_hook(weak_hook(self._on_grad))
         self.started: list[float] = []    # time.time() of each staggered forward's start
         self.signalled: list[float] = []  # ... and of each signal to the next wave
 
