@@ -56,7 +56,9 @@ def _forget_in_meshes(groups) -> None:
         return
     gone = {id(g) for g in groups}
     for obj in gc.get_objects():
-        if isinstance(obj, DeviceMesh):
+        # by the type's MRO: isinstance() runs the metaclass's checks on every object of
+        # the heap (DeviceMesh's warned about deprecated attributes of torch.distributed)
+        if DeviceMesh in type(obj).__mro__:
             reg = getattr(obj, "_pg_registry", None)
             if isinstance(reg, dict):
                 for name in [n for n, g in reg.items() if id(g) in gone]:
