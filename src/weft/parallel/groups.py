@@ -47,9 +47,10 @@ def _forget_in_meshes(groups) -> None:
     """Drop `groups` from every live DeviceMesh's registry of its groups. DTensor's
     sharding caches (torch's lru_caches) keep every mesh they saw for the life of the
     process, and a mesh keeps its groups in ``_pg_registry``: without this, 4 ranks kept 3-4
-    transports of every tensor- or fully-sharded plan they had built and torn down, and
-    the plans timed after 8 such plans ran 20-30% slower (docs/planner.md, 2026-12-03). A
-    mesh whose groups are destroyed cannot run collectives anyway."""
+    transports of every tensor- or fully-sharded plan they had built and torn down (with
+    DataParallel's own leak, 38 per rank by the end of the planner benchmark's plans;
+    docs/planner.md, 2026-12-03). A mesh whose groups are destroyed cannot run
+    collectives anyway."""
     try:
         from torch.distributed.device_mesh import DeviceMesh
     except ImportError:  # torch built without distributed meshes
