@@ -245,6 +245,12 @@ def test_auto_with_weft_communicator_writes_the_topology_and_placement(tmp_path,
     assert len(plan.placement) == plan.mesh.size
     assert set(plan.placement) <= {f"gpu{i}" for i in range(8)}
     _check_communicator(plan)  # what weft train --plan checks before starting a rank
+    capsys.readouterr()
+    assert main(["plan", "explain", str(out), "--model", model, "--topology", "dgx1",
+                 "--batch", "64"]) == 0
+    line = next(l for l in capsys.readouterr().out.splitlines()
+                if "data-parallel all-reduce (weft's)" in l)
+    assert any(a in line for a in ("ring", "dbtree", "packing", "flat"))  # the choice named
     # a topology file is named by its absolute path: the plan runs from any directory
     topo = tmp_path / "t.yaml"
     assert main(["topology", "save", "dgx1", str(topo)]) == 0

@@ -243,7 +243,7 @@ def _explain(args) -> int:
     pm = PlanModel(wl, topo, costs_of(args, topo, wl, world))
     shape = Shape.of(plan, wl, args.batch, world)
     est = pm.estimate(shape, list(plan.placement) if plan.placement else None)
-    print(explain(est, wl, topo.name))
+    print(explain(est, wl, topo.name, pm.dp_algorithms(est)))
     return 0
 
 

@@ -149,6 +149,18 @@ def replicated_sync(model, shape: Shape, comm, groups, r: int, stages) -> tuple[
     return total, max(total - window_b, last), calls
 
 
+def replicated_algorithms(model, shape: Shape, comm, groups, r: int, stages) -> str:
+    """The algorithms of the data-parallel all-reduce's buckets on pipeline rank r, as
+    `replicated_sync` charges them (the ring, "measured", or weft's choice with its piece
+    size), for `weft plan explain`."""
+    a, t = model._arrays, shape.tp
+    P = float(sum(a["p_rep"][k] + a["p_split"][k] / t for st in stages
+                  if st["stage"] % shape.pp == r for k in range(*st["layers"])))
+    dr = groups["dp_replicate"][r]
+    sizes = bucket_bytes(P, shape.bucket_mb * 2**20)
+    return ", ".join(dict.fromkeys(comm.algorithm("allreduce", dr, b) for b in sizes))
+
+
 def bucket_bytes(nbytes: float, cap: float) -> list[float]:
     """The gradient buckets of `nbytes` of parameters, in the order they are reduced, as
     weft's DataParallel (and torch DDP) make them: the first one small

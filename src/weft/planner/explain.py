@@ -24,7 +24,10 @@ def _ms(x: float) -> str:
     return f"{x * 1e3:.3f} ms"
 
 
-def explain(est: Estimate, workload: Workload, topology: str = "") -> str:
+def explain(est: Estimate, workload: Workload, topology: str = "",
+            algorithms: list[str] = ()) -> str:
+    """`algorithms`: of the data-parallel all-reduce per pipeline rank
+    (`PlanModel.dp_algorithms`)."""
     s = est.shape
     head = (f"plan {s.label()} on {s.world} devices of {topology}: {s.global_batch} samples "
             f"per step = {s.dp} replicas x {s.microbatches} micro-batches x {s.micro_batch:g}")
@@ -43,6 +46,9 @@ def explain(est: Estimate, workload: Workload, topology: str = "") -> str:
     if any(calls):
         lines.append("  data-parallel collectives per step: " + "; ".join(
             f"pipeline rank {r}: {c or 'none'}" for r, c in enumerate(calls)))
+    if any(algorithms):
+        lines.append(f"  data-parallel all-reduce ({s.communicator}'s): " + "; ".join(
+            f"pipeline rank {r}: {a}" for r, a in enumerate(algorithms) if a))
     cols = (f"  {'stage':<6}{'layers':<28}{'forward':>12}{'backward':>12}{'tp comm':>12}"
             f"{'send':>12}")
     lines += ["", "stages (per micro-batch):", cols]

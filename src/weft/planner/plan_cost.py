@@ -46,7 +46,12 @@ from weft.errors import PlanError
 from weft.plan.format import DIMS
 from weft.planner.comm import DEFAULT_PARAMS, Comm
 from weft.planner.cost import CostModel
-from weft.planner.dp_cost import optimizer_time, replicated_sync, sharded_sync
+from weft.planner.dp_cost import (
+    optimizer_time,
+    replicated_algorithms,
+    replicated_sync,
+    sharded_sync,
+)
 from weft.planner.memory import Memory, plan_memory
 from weft.planner.network import Network
 from weft.planner.profile import LayerProfile, ModelProfile
@@ -364,6 +369,19 @@ class PlanModel:
         peak, mstage, mem = plan_memory(shape, wl)
         fits = memory_limit is None or peak <= memory_limit
         return Estimate(shape, step, terms, mem, mstage, stages, placement, fits, calls=calls)
+
+    def dp_algorithms(self, est: Estimate) -> list[str]:
+        """The algorithms of `est`'s data-parallel all-reduce per pipeline rank (replicated
+        plans; [] otherwise), as the estimate charged them: for `weft plan explain`."""
+        shape = est.shape
+        if shape.dp_replicate < 2 or shape.sharded:
+            return []
+        gkey = (shape.pp, shape.dp_replicate, shape.dp_shard, shape.tp, tuple(est.placement))
+        groups = self._mesh.get(gkey) or mesh_groups(shape, list(est.placement))
+        comm = self.dp_comm(shape)
+        G = self._dims(comm, gkey, groups)
+        return [replicated_algorithms(self, shape, comm, G, r, est.stages)
+                for r in range(shape.pp)]
 
     def _sync(self, shape: Shape, comm: Comm, groups, gkey, r: int, stages):
         """(total, exposed seconds, calls) of data parallelism on pipeline rank r per step
