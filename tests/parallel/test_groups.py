@@ -49,8 +49,8 @@ def test_groups_made_inside_are_destroyed_and_their_threads_end():
 
 def test_a_mesh_held_by_torchs_caches_does_not_keep_its_groups_alive():
     """DTensor's sharding caches keep every DeviceMesh they saw, and a mesh keeps its
-    process groups (`_pg_registry`): the groups' transports outlived the block (4 threads
-    per fully_shard plan on 4 ranks, which slowed the plans timed after it by 20-30%)."""
+    process groups (`_pg_registry`): the groups' transports outlived the block (3-4 per
+    tensor- or fully-sharded plan on 4 ranks, each a thread that wakes every 10 ms)."""
     for start, inside, after, full in launch(_dtensor_worker, 2, timeout=120):
         assert inside > start
         assert after == start
