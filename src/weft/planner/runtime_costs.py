@@ -7,18 +7,18 @@ The plan cost model (`weft.planner.plan_cost`, `weft.planner.dp_cost`) charges t
 things that the workload profile and the collectives' cost model do not see; they depend
 on the machine, the backend and torch, so they are measured, not assumed:
 
-* ``overlap``: the fraction of the compute under which a collective can run. Every rank
-  times a compute loop alone, an all-gather alone, and the all-gather issued
-  asynchronously around the same compute; ``(compute + gather - both) / min(compute,
-  gather)`` per round, the median over 3x the rounds of the other figures, clipped to
-  [0, 1]. GPUs with communication streams reach about 1; CPU ranks that share their cores
-  with gloo's copies and reductions get about 0. (Since the data-parallel model charges
-  DataParallel's buckets, the first of 1 MiB, this figure hides that bucket's all-reduce:
-  from the medians of 9 rounds it came out 0.33 and 0.78 in two calibrations of
-  2026-12-02 evening, 0.00-0.14 in the others.)
-* ``fsdp_overlap``: ``overlap`` times the share of fully_shard's collectives that it
-  issues asynchronously, watched in the run below (with gloo, FSDP2 issues them
-  blocking, so 0).
+* ``overlap``: the all-reduce time of weft's DataParallel hidden per second of its
+  backward, measured on a model of about the planned parameter count
+  (`weft.planner.dp_overlap`, 3x the rounds of the other figures). GPUs with
+  communication streams reach about 1; CPU ranks that share their cores with gloo's
+  copies and reductions get about 0. (Until 2026-12-03 it was the next figure's, which
+  came out 0.33, 0.78 and 0.40 in three calibrations and 0.00-0.14 in the others.)
+* ``fsdp_overlap``: the fraction of the compute under which an asynchronous collective
+  can run (every rank times a compute loop alone, an all-gather alone, and the all-gather
+  issued asynchronously around the same compute; ``(compute + gather - both) /
+  min(compute, gather)`` per round, the median over 3x the rounds, clipped to [0, 1])
+  times the share of fully_shard's collectives that it issues asynchronously, watched in
+  the run below (with gloo, FSDP2 issues them blocking, so 0).
 * ``fsdp_call_s``: fully_shard's own cost per all-gather or reduce-scatter (copying
   parameters into and out of the flat buffer, hooks, DTensor bookkeeping): `units`
   Linear layers each their own fully_shard unit train one forward + backward; minus the
@@ -71,6 +71,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from weft.planner.dp_overlap import dp_overlap_rounds
 from weft.planner.measure import slowest_seconds
 
 
@@ -219,7 +220,7 @@ def runtime_costs_rank(repeats: int, units: int, width: int, tensors: int,
     # Adam's rounds are short (a few ms each), and the rate per byte is a difference of
     # two of them: 3x the rounds (at 9, the rate moved 0.38-2.0 GB/s between calibrations)
     return {**_rounds(fns, repeats), **_overlap_rounds(hide, 3 * repeats),
-            **_rounds(adam, 3 * repeats),
+            **dp_overlap_rounds(optimizer_numel, 3 * repeats), **_rounds(adam, 3 * repeats),
             **_pipeline_steps(pipe_width, pipe_extra, repeats), **issued}
 
 
@@ -327,7 +328,8 @@ def measure_runtime_costs(world: int = 2, repeats: int = 5, units: int = 8, widt
     s = launch(runtime_costs_rank, world, args=(repeats, units, width, tensors, pipe_width,
                                                 pipe_extra, optimizer_numel),
                timeout=timeout)[0]
-    overlap = s["overlap_rounds"]
+    overlap = s["dp_overlap"]            # DataParallel's sync under its backward
+    hidden = min(max(s["overlap_rounds"], 0.0), 1.0)  # an asynchronous all-gather's
     calls = 3 * units
     raw = units * (2 * s["unit_gather"] + s["unit_scatter"])
     fsdp_call = (s["fsdp_step"] - s["plain_step"] - raw) / calls
@@ -336,11 +338,10 @@ def measure_runtime_costs(world: int = 2, repeats: int = 5, units: int = 8, widt
     bw = (4.0 * _large(optimizer_numel, tensors * 1024) - small) / \
         max(s["adam_few_large"] - s["adam_few_small"], 1e-9)
     dtensor = (s["adam_dtensors"] - small / world / bw) / tensors
-    overlap = min(max(overlap, 0.0), 1.0)
     asynchronous = s["fsdp_async_calls"] / max(s["fsdp_calls"], 1.0)
     pairs = (units - units % 2) // 2
     tp = (s["tp_step"] - s["tp_local"]) / (4 * pairs)
     per_mb = (s["pipe_hi"] - s["pipe_lo"]) / pipe_extra
-    return RuntimeCosts(overlap, overlap * asynchronous, max(fsdp_call, 0.0), per_tensor, bw,
+    return RuntimeCosts(overlap, hidden * asynchronous, max(fsdp_call, 0.0), per_tensor, bw,
                         max(dtensor, 0.0), world, seconds=s, tp_tensor_s=max(tp, 0.0),
                         pipeline_microbatch_s=max(per_mb, 0.0), pipeline_bytes=4.0 * pipe_width)
