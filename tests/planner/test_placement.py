@@ -9,8 +9,9 @@ from hypothesis import strategies as st
 
 from weft.errors import PlanError
 from weft.plan.io import loads
+from weft.planner.mesh_groups import mesh_groups
 from weft.planner.placement import _partition_milp, place, rank_of_device
-from weft.planner.plan_cost import PlanModel, mesh_groups
+from weft.planner.plan_cost import PlanModel
 from weft.planner.shape import Shape
 from weft.planner.workload import transformer
 from weft.topology.model import Topology

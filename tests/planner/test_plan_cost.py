@@ -10,8 +10,9 @@ from weft.plan.check import check
 from weft.plan.describe import groups
 from weft.plan.format import Mesh
 from weft.planner.comm import Comm
+from weft.planner.mesh_groups import mesh_groups
 from weft.planner.network import Network
-from weft.planner.plan_cost import PlanModel, mesh_groups
+from weft.planner.plan_cost import PlanModel
 from weft.planner.shape import Shape
 from weft.planner.workload import Collective, Layer, Split, Workload, transformer
 from weft.topology.builders import dgx1, fat_tree, multi_node, ring

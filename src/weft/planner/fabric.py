@@ -20,8 +20,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from weft.planner.mesh_groups import mesh_groups
 from weft.planner.placement import place, traffic
-from weft.planner.plan_cost import Costs, PlanModel, mesh_groups
+from weft.planner.plan_cost import Costs, PlanModel
 from weft.planner.shape import Shape
 from weft.planner.workload import Workload
 from weft.topology import optical

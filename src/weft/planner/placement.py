@@ -39,7 +39,8 @@ import numpy as np
 from weft.errors import PlanError
 from weft.plan.format import Plan
 from weft.planner.comm import STEPS
-from weft.planner.plan_cost import Estimate, PlanModel, mesh_groups
+from weft.planner.mesh_groups import mesh_groups
+from weft.planner.plan_cost import Estimate, PlanModel
 from weft.planner.shape import Shape
 
 

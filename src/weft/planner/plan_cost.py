@@ -43,7 +43,6 @@ import numpy as np
 
 from weft.collectives.costmodel import CostParams
 from weft.errors import PlanError
-from weft.plan.format import DIMS
 from weft.planner.comm import DEFAULT_PARAMS, Comm
 from weft.planner.cost import CostModel
 from weft.planner.dp_cost import (
@@ -53,6 +52,7 @@ from weft.planner.dp_cost import (
     sharded_sync,
 )
 from weft.planner.memory import Memory, plan_memory
+from weft.planner.mesh_groups import LazyDims, mesh_groups
 from weft.planner.network import Network
 from weft.planner.profile import LayerProfile, ModelProfile
 from weft.planner.shape import Shape
@@ -145,49 +145,6 @@ class _OneRankStages(CostModel):
             choice[:L, m, 0] = k
             choice[:L, m, 1] = 1
         return A, choice
-
-
-def mesh_groups(shape: Shape, placement: list[str]) -> dict[str, list[list[list[str]]]]:
-    """{dim: per pp coordinate, the device groups along dim} (for pp: the pipelines, once).
-    Groups and their members are in `weft.plan.describe.groups`' order."""
-    dims = (shape.pp, shape.dp_replicate, shape.dp_shard, shape.tp)
-    arr = np.empty(len(placement), dtype=object)
-    arr[:] = placement
-    arr = arr.reshape(dims)
-    out: dict[str, list[list[list[str]]]] = {}
-    for k, d in enumerate(DIMS):
-        moved = np.moveaxis(arr, k, -1)
-        if d == "pp":
-            out[d] = [moved.reshape(-1, dims[k]).tolist()]
-        else:
-            out[d] = [moved[s].reshape(-1, dims[k]).tolist() for s in range(shape.pp)]
-    return out
-
-
-class _LazyDims(dict):
-    """dim -> per pp coordinate -> Groups, made on first use."""
-
-    def __init__(self, comm: Comm, groups: dict):
-        super().__init__()
-        self.comm, self.raw = comm, groups
-
-    def __missing__(self, dim: str):
-        value = _LazyList(self.comm, self.raw[dim])
-        self[dim] = value
-        return value
-
-
-class _LazyList(list):
-    def __init__(self, comm: Comm, per_stage):
-        super().__init__([None] * len(per_stage))
-        self.comm, self.raw = comm, per_stage
-
-    def __getitem__(self, r):
-        v = super().__getitem__(r)
-        if v is None:
-            v = self.comm.groups(self.raw[r])
-            super().__setitem__(r, v)
-        return v
 
 
 class PlanModel:
@@ -299,7 +256,7 @@ class PlanModel:
         key = (comm.communicator, gkey)
         got = self._groups.get(key)
         if got is None:
-            got = self._groups[key] = _LazyDims(comm, groups)
+            got = self._groups[key] = LazyDims(comm, groups)
         return got
 
     # -- the whole plan ---------------------------------------------------------------------
