@@ -260,3 +260,53 @@ def test_auto_with_weft_communicator_writes_the_topology_and_placement(tmp_path,
     plan = loads(out.read_text(), str(out))
     assert plan.data_parallel.topology == str(topo.resolve())
     assert len(plan.placement) == plan.mesh.size  # rank order, written out
+
+
+TIED = '''
+import torch
+from torch import nn
+class Tied(nn.Module):
+    def __init__(s, v=64, d=32):
+        super().__init__()
+        s.emb = nn.Embedding(v, d)
+        s.blocks = nn.ModuleList(nn.Linear(d, d) for _ in range(3))
+        s.head = nn.Linear(d, v, bias=False)
+        s.head.weight = s.emb.weight
+    def forward(s, x):
+        h = s.emb(x)
+        for b in s.blocks:
+            h = torch.relu(b(h))
+        return s.head(h)
+def model():
+    torch.manual_seed(0)
+    return Tied()
+def example_input(b):
+    return torch.randint(0, 64, (b, 8))
+def loss_fn(logits, y):
+    return nn.functional.cross_entropy(logits.flatten(0, 1), y.flatten())
+'''
+
+
+def test_auto_keeps_tied_weights_in_one_stage(tmp_path, capsys):
+    """A model whose embedding and head share their weight: no pipeline plan is written
+    (weft.parallelize refuses stages that share a parameter), and the layers are found."""
+    from weft.cli import main
+    from weft.model_spec import load_model
+    from weft.planner.auto_cli import tied_layers
+    from weft.planner.profile_units import profile_workload
+
+    spec = tmp_path / "tied.py"
+    spec.write_text(TIED)
+    out = tmp_path / "p.yaml"
+    assert main(["plan", "auto", "--model", str(spec), "--topology", "multi_node:2x2",
+                 "--batch", "16", "--micro-batch", "4", "--repeats", "1", "--out",
+                 str(out)]) == 0
+    assert "pp with tied weights across layers" in capsys.readouterr().out
+    assert loads(out.read_text()).mesh.pp == 1
+    model = load_model(str(spec))
+    wl = profile_workload(model, lambda b: __import__("torch").randint(0, 64, (b, 8)), 4,
+                          repeats=1)
+    spans = tied_layers(wl, model)
+    assert len(spans) == 1
+    first, last = spans[0]
+    assert "emb" in wl.layers[first].modules and "head" in wl.layers[last].modules

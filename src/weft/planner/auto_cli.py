@@ -113,8 +113,29 @@ def block_pattern(workload) -> tuple[str, ...]:
     return tuple(pats)
 
 
-def runnable(global_batch: int):
-    """shape -> why weft.parallelize cannot run it (None: it can)."""
+def tied_layers(workload, model) -> list[tuple[int, int]]:
+    """(first, last) workload layers that share a parameter (tied weights, e.g. an
+    embedding and the output head), first < last."""
+    def layer_of(module: str) -> int | None:
+        for i, l in enumerate(workload.layers):
+            if any(module == m or module.startswith(m + ".") for m in l.modules):
+                return i
+        return None
+    names: dict[int, list[str]] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        names.setdefault(id(p), []).append(name.rpartition(".")[0])
+    spans = set()
+    for mods in names.values():
+        at = {layer_of(m) for m in mods} - {None}
+        if len(at) > 1:
+            spans.add((min(at), max(at)))
+    return sorted(spans)
+
+
+def runnable(global_batch: int, tied: list[tuple[int, int]] = ()):
+    """shape -> why weft.parallelize cannot run it (None: it can). `tied`: layers sharing
+    a parameter (`tied_layers`); pipeline stages cannot share one, and a split keeping
+    them in one stage is not searched, so no pipeline then."""
     import torch
 
     from weft.parallel.pp import check_pipeline
@@ -123,6 +144,8 @@ def runnable(global_batch: int):
     def why(shape, workload: Workload | None = None) -> str | None:
         if shape.pp == 1:
             return None
+        if tied:
+            return "pp with tied weights across layers"
         if shape.stages_per_rank > 1:
             return "interleaved (several stages per rank)"
         if shape.tp > 1:
@@ -183,7 +206,9 @@ def _auto(args) -> int:
     used = pm.rank_order(devs)
     memory = args.memory or min(topo.device(d).memory for d in used)
     space = Space(schedules=args.schedules, interleaved=args.any,
-                  checkpoint=(False, True), runnable=None if args.any else runnable(args.batch),
+                  checkpoint=(False, True),
+                  runnable=None if args.any else runnable(
+                      args.batch, tied_layers(wl, model) if model is not None else ()),
                   communicator=args.communicator)
     found = search(wl, pm, devs, args.batch, memory, space, top=args.top)
     if not found.top:
