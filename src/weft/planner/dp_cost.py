@@ -134,12 +134,9 @@ def replicated_sync(model, shape: Shape, comm, groups, r: int, stages) -> tuple[
     buckets of `bucket_mb`: without a pipeline it may overlap the backward (gradient
     hooks); under a pipeline schedule it runs after the last backward, not overlapped
     (`weft.parallelize` averages a stage's micro-batches once, after the schedule)."""
-    a, t = model._arrays, shape.tp
     mine = [st for st in stages if st["stage"] % shape.pp == r]
-    P = float(sum(a["p_rep"][k] + a["p_split"][k] / t for st in mine
-                  for k in range(*st["layers"])))
     dr = groups["dp_replicate"][r]
-    sizes = bucket_bytes(P, shape.bucket_mb * 2**20)
+    sizes = _rank_buckets(model, shape, mine)
     times = {b: comm.collective("allreduce", dr, b) for b in set(sizes)}
     total = sum(times[b] for b in sizes)
     last = times[sizes[-1]] if sizes else 0.0
@@ -153,12 +150,17 @@ def replicated_algorithms(model, shape: Shape, comm, groups, r: int, stages) -> 
     """The algorithms of the data-parallel all-reduce's buckets on pipeline rank r, as
     `replicated_sync` charges them (the ring, "measured", or weft's choice with its piece
     size), for `weft plan explain`."""
-    a, t = model._arrays, shape.tp
-    P = float(sum(a["p_rep"][k] + a["p_split"][k] / t for st in stages
-                  if st["stage"] % shape.pp == r for k in range(*st["layers"])))
+    sizes = _rank_buckets(model, shape, [st for st in stages if st["stage"] % shape.pp == r])
     dr = groups["dp_replicate"][r]
-    sizes = bucket_bytes(P, shape.bucket_mb * 2**20)
     return ", ".join(dict.fromkeys(comm.algorithm("allreduce", dr, b) for b in sizes))
+
+
+def _rank_buckets(model, shape: Shape, mine) -> list[float]:
+    """The gradient buckets (bytes) of the parameters of the stages `mine`."""
+    a, t = model._arrays, shape.tp
+    P = float(sum(a["p_rep"][k] + a["p_split"][k] / t for st in mine
+                  for k in range(*st["layers"])))
+    return bucket_bytes(P, shape.bucket_mb * 2**20)
 
 
 def bucket_bytes(nbytes: float, cap: float) -> list[float]:

@@ -46,29 +46,26 @@ def dp_overlap_rounds(numel: int | None, repeats: int, rows: int = 64) -> dict[s
     "dp_overlap": the median per-round estimate of the module doc}."""
     from weft.collectives.communicator import TorchCommunicator
     from weft.parallel.data import DataParallel
-    from weft.parallel.groups import own_groups
 
-    torch.manual_seed(0)
-    with own_groups():
-        dp = DataParallel(probe_model(numel), communicator=TorchCommunicator(None))
-        x = torch.randn(rows, WIDTH)
-        ts: dict[str, list[float]] = {"b": [], "a": [], "c": []}
-        for r in range(repeats + 1):
-            for key in ("b", "a", "c"):
-                loss = dp(x).square().mean()
-                if key == "b":
-                    with dp.no_sync():
-                        t = slowest_seconds(loss.backward)
-                elif key == "a":
+    torch.manual_seed(0)  # over the default group: no group of its own to tear down
+    dp = DataParallel(probe_model(numel), communicator=TorchCommunicator(None))
+    x = torch.randn(rows, WIDTH)
+    ts: dict[str, list[float]] = {"b": [], "a": [], "c": []}
+    for r in range(repeats + 1):
+        for key in ("b", "a", "c"):
+            loss = dp(x).square().mean()
+            if key == "b":
+                with dp.no_sync():
                     t = slowest_seconds(loss.backward)
-                else:
-                    with dp.no_sync():
-                        loss.backward()
-                    t = slowest_seconds(dp.sync_gradients)
-                dp.zero_grad(set_to_none=False)
-                if r:
-                    ts[key].append(t)
-        del dp
+            elif key == "a":
+                t = slowest_seconds(loss.backward)
+            else:
+                with dp.no_sync():
+                    loss.backward()
+                t = slowest_seconds(dp.sync_gradients)
+            dp.zero_grad(set_to_none=False)
+            if r:
+                ts[key].append(t)
     return {"dp_backward": statistics.median(ts["b"]),
             "dp_backward_sync": statistics.median(ts["a"]),
             "dp_sync": statistics.median(ts["c"]),

@@ -305,7 +305,7 @@ class PlanModel:
         busy = M * sum(per_rank) / shape.pp
         sync, opt, sync_total, calls = [], [], [], []
         for r in range(shape.pp):
-            total, exposed, n = self._sync(shape, comm, groups, gkey, r, stages)
+            total, exposed, n = self._sync(shape, groups, gkey, r, stages)
             sync.append(exposed)
             sync_total.append(total)
             calls.append(dict(n))
@@ -340,24 +340,17 @@ class PlanModel:
         return [replicated_algorithms(self, shape, comm, G, r, est.stages)
                 for r in range(shape.pp)]
 
-    def _sync(self, shape: Shape, comm: Comm, groups, gkey, r: int, stages):
+    def _sync(self, shape: Shape, groups, gkey, r: int, stages):
         """(total, exposed seconds, calls) of data parallelism on pipeline rank r per step
-        (`weft.planner.dp_cost`); weft's DataParallel runs over the plan's communicator."""
+        (`weft.planner.dp_cost`), over `dp_comm`'s collectives."""
         mine = [st for st in stages if st["stage"] % shape.pp == r]
         if shape.dp < 2 or not any(self._params_at(shape.tp, *st["layers"]) for st in mine):
             return 0.0, 0.0, Counter()
-        if shape.sharded:
-            return sharded_sync(self, shape, comm, self._dims(comm, gkey, groups), r, stages)
         comm = self.dp_comm(shape)
-        return replicated_sync(self, shape, comm, self._dims(comm, gkey, groups), r, stages)
+        sync = sharded_sync if shape.sharded else replicated_sync
+        return sync(self, shape, comm, self._dims(comm, gkey, groups), r, stages)
 
     def dp_comm(self, shape: Shape) -> Comm:
-        """The `Comm` of `shape`'s data-parallel all-reduce (weft's communicator, if the
-        plan asks for it, serves weft's DataParallel only)."""
+        """The `Comm` of `shape`'s data-parallel collectives (weft's communicator, if the
+        plan asks for it, serves weft's DataParallel only; fully_shard's are torch's)."""
         return self.comm(shape.communicator if shape.flavour == "weft" else "torch")
-
-
-def explain_dims(shape: Shape) -> str:
-    return " x ".join(f"{d}={getattr(shape, d)}" for d in DIMS)
-
-
