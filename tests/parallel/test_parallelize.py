@@ -52,10 +52,19 @@ def _plan(file, **over):
 HAVE_HF = importlib.util.find_spec("transformers") is not None
 
 
+def tied_gpt():
+    """The GPT example with its head tied to its token embedding, as GPT-2's lm_head is."""
+    model = gpt.model(n_layer=2)
+    model.head.weight = model.tok.weight
+    return model
+
+
 def _task(name):
     if name == "gpt":
         train_set, _ = gpt.dataset(max_chars=20_000)
         return (lambda: gpt.model(n_layer=2)), train_set, gpt.loss_fn
+    if name == "tied":
+        return tied_gpt, gpt.dataset(max_chars=20_000)[0], gpt.loss_fn
     if name == "hf-gpt2":  # a Hugging Face model built from a config, as it comes
         from tests.parallel._zoo import hf_gpt2, hf_loss
 
@@ -161,6 +170,13 @@ CASES = {
     "resnet-dp": {"plan": _plan("dp"), "task": "resnet"},
     "resnet-fsdp": {"plan": _plan("fsdp", data_parallel={"shard_modules": ["layer*"]}),
                     "task": "resnet"},
+    # a head tied to the embedding (weft.parallel.tied): tensor parallelism keeps one
+    # tensor for both uses; stages on different ranks sum their copies' gradients
+    "tied-tp": {"plan": _plan("tp"), "task": "tied"},
+    "tied-pp-tp": {"plan": _plan("pp_tp"), "task": "tied"},
+    "tied-pp-dp": {"plan": _plan("pp_dp"), "task": "tied"},
+    "tied-pp-fsdp": {"plan": _plan("pp_fsdp"), "task": "tied"},
+    "tied-pp-tp-interleaved": {"plan": _plan("pp_tp", pipeline=FOUR_STAGES), "task": "tied"},
     # run where transformers imports; skipped (importorskip) where it does not
     "hf-gpt2-dp": {"plan": _plan("dp"), "task": "hf-gpt2"},
     "hf-gpt2-fsdp": {"plan": _plan("fsdp", data_parallel={"shard_modules": ["transformer.h.*"]}),
@@ -250,7 +266,8 @@ def references():
     refs = {"gpt": train(single), "digits": train(single, task="digits"),
             "doc": doc_train(PLANS / "single.yaml"),
             # BatchNorm normalises over each replica's share: the reference does the same
-            "resnet": train(single, task="resnet", replicas=WORLD)}
+            "resnet": train(single, task="resnet", replicas=WORLD),
+            "tied": train(single, task="tied")}
     if HAVE_HF:
         refs["hf-gpt2"] = train(single, task="hf-gpt2")
     return refs

@@ -287,13 +287,16 @@ def loss_fn(logits, y):
 '''
 
 
-def test_auto_keeps_tied_weights_in_one_stage(tmp_path, capsys):
-    """A model whose embedding and head share their weight: no pipeline plan is written
-    (weft.parallelize refuses stages that share a parameter), and the layers are found."""
+def test_auto_costs_the_sync_of_weights_tied_across_stages(tmp_path, capsys):
+    """A model whose embedding and head share their weight: pipeline plans are searched
+    (weft.parallelize sums the copies' gradients between the stages' ranks,
+    weft.parallel.tied), charged an all-reduce of the tied bytes between the first and
+    last stage; the layers and bytes are found."""
     from weft.cli import main
     from weft.model_spec import load_model
     from weft.planner.auto_cli import tied_layers
     from weft.planner.profile_units import profile_workload
+    from weft.planner.shape import Shape
 
     spec = tmp_path / "tied.py"
     spec.write_text(TIED)
@@ -301,12 +304,22 @@ def test_auto_keeps_tied_weights_in_one_stage(tmp_path, capsys):
     assert main(["plan", "auto", "--model", str(spec), "--topology", "multi_node:2x2",
                  "--batch", "16", "--micro-batch", "4", "--repeats", "1", "--out",
                  str(out)]) == 0
-    assert "pp with tied weights across layers" in capsys.readouterr().out
-    assert loads(out.read_text()).mesh.pp == 1
+    assert "tied" not in capsys.readouterr().out  # nothing rejected for it
     model = load_model(str(spec))
     wl = profile_workload(model, lambda b: __import__("torch").randint(0, 64, (b, 8)), 4,
                           repeats=1)
     spans = tied_layers(wl, model)
     assert len(spans) == 1
-    first, last = spans[0]
+    first, last, nbytes = spans[0]
     assert "emb" in wl.layers[first].modules and "head" in wl.layers[last].modules
+    assert nbytes == 64 * 32 * 4  # the embedding's weight, counted once
+    topo = multi_node(2, 2)
+    shape = Shape(pp=2, dp_replicate=2, global_batch=16, microbatches=4)
+    plain = PlanModel(wl, topo).estimate(shape)
+    wl.meta["tied"] = [list(spans[0])]
+    tied = PlanModel(wl, topo).estimate(shape)
+    t = tied.terms["tied-weight sync"]
+    assert plain.terms["tied-weight sync"] == 0 and t > 0
+    assert tied.step_s >= plain.step_s + t * 0.99  # after the schedule, on top of the rest
+    one = PlanModel(wl, topo).estimate(Shape(dp_replicate=4, global_batch=16))
+    assert one.terms["tied-weight sync"] == 0  # no pipeline: one copy per rank

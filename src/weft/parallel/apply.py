@@ -72,14 +72,18 @@ def parallelize(model: nn.Module, plan: Plan | str | os.PathLike | dict, *,
 
         check_pipeline(plan, example_input)
         stages = split_model(model, plan.pipeline.split)  # before any traffic: errors first
+        tied = _check_tied_stages(model, stages, plan)
     model.to(device)
     mesh = build_mesh(plan, device) if world > 1 else None
     if stages is not None:
-        return _pipelined(stages, plan, mesh, device, communicator)
+        return _pipelined(model, tied, stages, plan, mesh, device, communicator)
     if mesh is not None and plan.mesh.tp > 1:
         from weft.parallel.tensor import apply_tensor_parallel
+        from weft.parallel.tied import retie, ties
 
+        tied = ties(model)
         apply_tensor_parallel(model, plan, mesh["tp"])
+        retie(model, tied)  # the rules gave each use of a tied weight its own tensor
     apply_activation_checkpointing(model, plan.activation_checkpoint)
     runner: nn.Module = model
     flavour = plan.data_parallel.flavour(plan.mesh)
@@ -92,20 +96,37 @@ def parallelize(model: nn.Module, plan: Plan | str | os.PathLike | dict, *,
     return Parallel(model, runner, plan, mesh, device)
 
 
-def _pipelined(stages, plan, mesh, device, communicator) -> Parallel:
+def _check_tied_stages(model, stages, plan):
+    """(tied weight groups, parameter names per stage, stage -> pp rank), checked."""
+    from weft.parallel.tied import check_schedule, ties
+    from weft.plan.describe import stage_rank
+
+    groups = ties(model)
+    names = [{n for n, _ in st.named_parameters(remove_duplicate=False)} for st in stages]
+    rank_of = lambda s: stage_rank(s, plan.mesh.pp, plan.pipeline.schedule)
+    check_schedule(plan, groups, names, rank_of)
+    return groups, names, rank_of
+
+
+def _pipelined(model, tied_stages, stages, plan, mesh, device, communicator) -> Parallel:
     """This rank's stages (the model's own submodules): TP, activation checkpointing and
-    fully_shard inside each, then weft DataParallel over all of them, then the schedule."""
+    fully_shard inside each, then weft DataParallel over all of them, then the schedule.
+    A weight tied across stages on different ranks is kept equal (weft.parallel.tied)."""
     from weft.parallel.pp import PipelineRunner
     from weft.parallel.split import stage_holder
+    from weft.parallel.tied import TiedGrads, retie, stage_names_on
 
+    tied, names, rank_of = tied_stages
     pipe = PipelineRunner(stages, plan, mesh, device)
     flavour = plan.data_parallel.flavour(plan.mesh)
     fsdp = plan.mesh.dp_shard > 1 or (flavour == "fsdp" and plan.mesh.dp > 1)
-    for mod in pipe.modules:
-        if plan.mesh.tp > 1:
-            from weft.parallel.tensor import apply_tensor_parallel
+    if plan.mesh.tp > 1:
+        from weft.parallel.tensor import apply_tensor_parallel
 
+        for mod in pipe.modules:
             apply_tensor_parallel(mod, plan, mesh["tp"], strict=False)
+        retie(model, tied, stage_names_on(names, rank_of, mesh.get_coordinate()[0]))
+    for mod in pipe.modules:
         apply_activation_checkpointing(mod, plan.activation_checkpoint)
         if fsdp:
             from weft.parallel.fsdp import apply_fully_shard
@@ -115,6 +136,7 @@ def _pipelined(stages, plan, mesh, device, communicator) -> Parallel:
     runner = held
     if not fsdp and plan.mesh.dp_replicate > 1:  # gradient hooks on the stages' parameters
         runner = _replicate(held, plan, mesh, device, flavour, communicator)
+    pipe.tied = TiedGrads(model, tied, names, rank_of, mesh)  # after the replicas agree
     pipe.build()
     return Parallel(held, runner, plan, mesh, device, pipeline=pipe)
 
@@ -185,6 +207,7 @@ class Parallel(nn.Module):
         mp = plan.mixed_precision
         self._autocast = (mp is not None and mp.param_dtype != "float32"
                           and not self.fully_sharded)
+        self._accumulating = False  # inside no_sync()
 
     @property
     def fully_sharded(self) -> bool:
@@ -210,11 +233,14 @@ class Parallel(nn.Module):
         inside the user's `no_sync()` not at all."""
         if self.pipeline is not None:
             runner = self.runner
-            if not getattr(runner, "syncing", False):
-                return self.pipeline.step(inputs, targets, loss_fn)
-            with runner.no_sync():  # else each micro-batch's backward would all-reduce
+            if getattr(runner, "syncing", False):
+                with runner.no_sync():  # else each micro-batch's backward would all-reduce
+                    loss = self.pipeline.step(inputs, targets, loss_fn)
+                runner.sync_gradients()
+            else:
                 loss = self.pipeline.step(inputs, targets, loss_fn)
-            runner.sync_gradients()
+            if not self._accumulating:  # a weight tied across stages: sum its copies' grads
+                self.pipeline.tied.sync()
             return loss
         args = inputs if isinstance(inputs, tuple) else (inputs,)
         args = tuple(a.to(self.device) if torch.is_tensor(a) else a for a in args)
@@ -230,6 +256,15 @@ class Parallel(nn.Module):
     @contextlib.contextmanager
     def no_sync(self):
         """Accumulate gradients locally (no data-parallel communication) inside this block."""
+        self._accumulating, before = True, self._accumulating
+        try:
+            with self._no_sync():
+                yield
+        finally:
+            self._accumulating = before
+
+    @contextlib.contextmanager
+    def _no_sync(self):
         if self.fully_sharded:
             self.module.set_requires_gradient_sync(False)
             try:

@@ -11,8 +11,8 @@ a stage as in the whole model: a block's forward runs, it is not traced, so noth
 shapes or head counts is baked in (torch.distributed.pipelining's tracer bakes both).
 
 Values that cross a cut are the stage's outputs and the next stage's inputs (passed through
-the stages in between); they must be tensors. Parameters shared by two stages (tied weights)
-are refused. The model's forward above the split modules must be traceable by torch.fx (no
+the stages in between); they must be tensors. A parameter that two stages use (tied weights)
+is in both (weft.parallel.tied keeps the copies of ranks running them equal). The model's forward above the split modules must be traceable by torch.fx (no
 Python control flow on tensor values). Errors are PlanErrors naming `pipeline.split`.
 """
 
@@ -92,10 +92,6 @@ def split_model(model: nn.Module, split: Sequence[str]) -> list[fx.GraphModule]:
         users_from = [nd for nd in graph.nodes if nd.op != "get_attr" and stage[nd] >= s]
         used = {a for u in users_from for a in u.all_input_nodes}
         live[s] = [nd for nd in nodes if stage[nd] < s and nd in used]
-    params: dict[int, list[str]] = {}
-    for name, p in model.named_parameters(remove_duplicate=False):
-        params.setdefault(id(p), []).append(name)
-    owner: dict[int, int] = {}
     modules = []
     for s in range(n):
         g = fx.Graph()
@@ -107,7 +103,6 @@ def split_model(model: nn.Module, split: Sequence[str]) -> list[fx.GraphModule]:
             if a.op == "get_attr":
                 if a not in env:
                     env[a] = g.get_attr(a.target)
-                    _claim(model, a.target, s, owner, params)
                 return env[a]
             return env[a]
         for nd in nodes:
@@ -118,28 +113,8 @@ def split_model(model: nn.Module, split: Sequence[str]) -> list[fx.GraphModule]:
         else:
             outs = [env[nd] for nd in live[s + 1]]
             g.output(outs[0] if len(outs) == 1 else tuple(outs))
-        gm = fx.GraphModule(model, g, class_name=f"Stage{s}")
-        for p in gm.parameters():
-            _claim_param(id(p), s, owner, params)
-        modules.append(gm)
+        modules.append(fx.GraphModule(model, g, class_name=f"Stage{s}"))
     return modules
-
-
-def _claim(model: nn.Module, target: str, s: int, owner: dict, params: dict) -> None:
-    obj = model
-    for atom in target.split("."):
-        obj = getattr(obj, atom)
-    if isinstance(obj, nn.Parameter):
-        _claim_param(id(obj), s, owner, params)
-
-
-def _claim_param(pid: int, s: int, owner: dict, params: dict) -> None:
-    if owner.setdefault(pid, s) != s:
-        names = params.get(pid, ["?"])
-        also = f" (also named {', '.join(map(repr, names[1:]))})" if len(names) > 1 else ""
-        raise PlanError(f"pipeline.split: parameter {names[0]!r}{also} is used by stages "
-                        f"{owner[pid]} and {s} (tied weights); pipeline stages cannot share "
-                        "parameters: cut so that its users share a stage")
 
 
 def stage_holder(stages: Sequence[nn.Module]) -> nn.Module:

@@ -49,7 +49,7 @@ def _no_match(where: str, pattern: str, model: nn.Module) -> PlanError:
 
 
 # How each style shards a module's weights: {param name: dim} for (style, module type).
-_SHARD_DIMS = {
+SHARD_DIMS = {
     ("colwise", nn.Linear): ({"weight": 0, "bias": 0}, "out_features"),
     ("rowwise", nn.Linear): ({"weight": 1}, "in_features"),
     ("colwise", nn.Embedding): ({"weight": 1}, "embedding_dim"),
@@ -141,15 +141,17 @@ def _check(plan: Plan, model: nn.Module, device_memory: float | None) -> Plan:
     for name, (i, rule) in styles.items():
         mod, where = modules[name], f"tensor_parallel[{i}]"
         if rule.style in ("colwise", "rowwise"):
-            key = next((k for k in _SHARD_DIMS if k[0] == rule.style and isinstance(mod, k[1])), None)
+            key = next((k for k in SHARD_DIMS if k[0] == rule.style and isinstance(mod, k[1])), None)
             if key is None:
                 raise PlanError(f"{where}.style: {rule.style!r} shards nn.Linear or nn.Embedding; "
                                 f"{name!r} is {type(mod).__name__}")
-            attr = _SHARD_DIMS[key][1]
+            attr = SHARD_DIMS[key][1]
             size = getattr(mod, attr)
             if size % tp:
                 raise PlanError(f"{where}: mesh.tp={tp} does not divide {name}.{attr}={size} "
                                 f"({rule.style} splits it)")
+    if tp > 1:
+        _check_ties(model, styles, modules)
     for i, rule in enumerate(plan.tensor_parallel):
         for a, attr in enumerate(rule.divide):
             for name in matching(rule.module, model):
@@ -186,6 +188,44 @@ def _check(plan: Plan, model: nn.Module, device_memory: float | None) -> Plan:
     return plan
 
 
+def ties(model: nn.Module) -> list[list[str]]:
+    """Groups of parameter names (model order) that are one tensor (tied weights)."""
+    by_id: dict[int, list[str]] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        by_id.setdefault(id(p), []).append(name)
+    return [names for names in by_id.values() if len(names) > 1]
+
+
+def _tp_split(style: str | None, module: nn.Module, pname: str) -> str:
+    """How a tp style leaves one parameter: 'whole' (a plain tensor), 'replicate' or
+    'shard(d)' (a DTensor)."""
+    if style in ("colwise", "rowwise"):
+        key = next((k for k in SHARD_DIMS if k[0] == style and isinstance(module, k[1])), None)
+        dim = SHARD_DIMS[key][0].get(pname) if key else None
+        return f"shard({dim})" if dim is not None else "replicate"
+    if style in ("replicate", "sequence_parallel"):
+        return "replicate"
+    return "whole"
+
+
+def _check_ties(model: nn.Module, styles: dict, modules: dict) -> None:
+    """The uses of one tied tensor must come out of the tp rules split alike, to stay one
+    tensor (`weft.parallel.tied.retie`)."""
+    for names in ties(model):
+        got = []
+        for n in names:
+            mod, _, pname = n.rpartition(".")
+            rule = styles.get(mod, (None, None))[1]
+            style = rule.style if rule is not None else None
+            got.append((n, style, _tp_split(style, modules[mod], pname)))
+        if len({s for *_, s in got}) > 1:
+            said = "; ".join(f"{n} {s} ({st or 'no rule'})" for n, st, s in got)
+            raise PlanError(f"tensor_parallel: {' and '.join(names)} are one tensor (tied "
+                            f"weights), but the rules split them differently: {said}; give "
+                            "every use the same split (a row-wise embedding and a column-wise "
+                            "head both split the vocabulary)")
+
+
 def _mesh_text(plan: Plan) -> str:
     return " x ".join(f"{d}={v}" for d, v in plan.mesh.degrees().items())
 
@@ -198,15 +238,16 @@ def layout(plan: Plan, model: nn.Module) -> list[ParamLayout]:
     out, seen = [], set()
     for mod_name, mod in model.named_modules():
         for pname, p in mod.named_parameters(recurse=False):
-            if id(p) in seen:  # a tied weight is held once, under its first name
+            # a tied weight is held once per stage using it, under its first name there
+            if (id(p), stage_of(mod_name)) in seen:
                 continue
-            seen.add(id(p))
+            seen.add((id(p), stage_of(mod_name)))
             full = f"{mod_name}.{pname}" if mod_name else pname
             tp_dim, style = None, None
             if mod_name in styles:
                 style = styles[mod_name][1].style
-                key = next((k for k in _SHARD_DIMS if k[0] == style and isinstance(mod, k[1])), None)
-                tp_dim = _SHARD_DIMS[key][0].get(pname) if key else None
+                key = next((k for k in SHARD_DIMS if k[0] == style and isinstance(mod, k[1])), None)
+                tp_dim = SHARD_DIMS[key][0].get(pname) if key else None
             out.append(ParamLayout(full, tuple(p.shape), tp_dim, style, fsdp, stage_of(mod_name)))
     return out
 

@@ -113,29 +113,29 @@ def block_pattern(workload) -> tuple[str, ...]:
     return tuple(pats)
 
 
-def tied_layers(workload, model) -> list[tuple[int, int]]:
-    """(first, last) workload layers that share a parameter (tied weights, e.g. an
-    embedding and the output head), first < last."""
+def tied_layers(workload, model) -> list[tuple[int, int, float]]:
+    """(first, last, bytes) for each parameter that workload layers first < last share
+    (tied weights, e.g. an embedding and the output head)."""
     def layer_of(module: str) -> int | None:
         for i, l in enumerate(workload.layers):
             if any(module == m or module.startswith(m + ".") for m in l.modules):
                 return i
         return None
     names: dict[int, list[str]] = {}
+    size: dict[int, float] = {}
     for name, p in model.named_parameters(remove_duplicate=False):
         names.setdefault(id(p), []).append(name.rpartition(".")[0])
+        size[id(p)] = float(p.numel() * p.element_size())
     spans = set()
-    for mods in names.values():
+    for pid, mods in names.items():
         at = {layer_of(m) for m in mods} - {None}
         if len(at) > 1:
-            spans.add((min(at), max(at)))
+            spans.add((min(at), max(at), size[pid]))
     return sorted(spans)
 
 
-def runnable(global_batch: int, tied: list[tuple[int, int]] = ()):
-    """shape -> why weft.parallelize cannot run it (None: it can). `tied`: layers sharing
-    a parameter (`tied_layers`); pipeline stages cannot share one, and a split keeping
-    them in one stage is not searched, so no pipeline then."""
+def runnable(global_batch: int):
+    """shape -> why weft.parallelize cannot run it (None: it can)."""
     import torch
 
     from weft.parallel.pp import check_pipeline
@@ -144,8 +144,6 @@ def runnable(global_batch: int, tied: list[tuple[int, int]] = ()):
     def why(shape, workload: Workload | None = None) -> str | None:
         if shape.pp == 1:
             return None
-        if tied:
-            return "pp with tied weights across layers"
         if shape.stages_per_rank > 1:
             return "interleaved (several stages per rank)"
         if shape.tp > 1:
@@ -201,14 +199,15 @@ def _auto(args) -> int:
     con = Console(width=max(Console().width, 110))
     topo = resolve(args.topology).validate()
     wl, rules, model = workload_of(args)
+    if model is not None:  # weights tied across layers: summed between stages (pp > 1)
+        wl.meta["tied"] = [list(t) for t in tied_layers(wl, model)]
     pm = PlanModel(wl, topo, costs_of(args, topo, wl, args.devices))
     devs = args.devices or len(pm.net.compute_devices)
     used = pm.rank_order(devs)
     memory = args.memory or min(topo.device(d).memory for d in used)
     space = Space(schedules=args.schedules, interleaved=args.any,
                   checkpoint=(False, True),
-                  runnable=None if args.any else runnable(
-                      args.batch, tied_layers(wl, model) if model is not None else ()),
+                  runnable=None if args.any else runnable(args.batch),
                   communicator=args.communicator)
     found = search(wl, pm, devs, args.batch, memory, space, top=args.top)
     if not found.top:

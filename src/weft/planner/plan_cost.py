@@ -311,7 +311,8 @@ class PlanModel:
             calls.append(dict(n))
             opt.append(optimizer_time(self, shape, [k for c in range(S) if c % shape.pp == r
                                                     for k in range(*bounds[c])]))
-        tail = max(x + y for x, y in zip(sync, opt))
+        tied = self._tied_sync(shape, comm, groups, bounds)
+        tail = max(x + y + z for x, y, z in zip(sync, opt, tied))
         step = pipe_t + tail + self.costs.step_overhead_s
         rb = max(range(shape.pp), key=lambda r: per_rank[r])
         mine = [st for st in stages if st["stage"] % shape.pp == rb]
@@ -322,10 +323,27 @@ class PlanModel:
                  "pipeline bubble": max(pipe_t - busy, 0.0),
                  "data-parallel total": max(sync_total),
                  "data-parallel exposed": max(sync),
-                 "optimizer": max(opt), "overhead": self.costs.step_overhead_s}
+                 "optimizer": max(opt), "tied-weight sync": max(tied),
+                 "overhead": self.costs.step_overhead_s}
         peak, mstage, mem = plan_memory(shape, wl)
         fits = memory_limit is None or peak <= memory_limit
         return Estimate(shape, step, terms, mem, mstage, stages, placement, fits, calls=calls)
+
+    def _tied_sync(self, shape: Shape, comm: Comm, groups, bounds) -> list[float]:
+        """Per pp rank, seconds to sum the gradients of weights tied across stages on
+        different ranks (`workload.meta["tied"]`: (first layer, last layer, bytes); the
+        ranks holding a copy all-reduce it after the schedule, weft.parallel.tied)."""
+        out = [0.0] * shape.pp
+        for first, last, nbytes in self.workload.meta.get("tied", ()):
+            at = [next(s for s, (i, j) in enumerate(bounds) if i <= k < j) % shape.pp
+                  for k in (first, last)]
+            if shape.pp < 2 or at[0] == at[1]:
+                continue
+            pairs = comm.groups([[p[at[0]], p[at[1]]] for p in groups["pp"][0]])
+            t = comm.collective("allreduce", pairs, nbytes / shape.tp)
+            for r in at:
+                out[r] += t
+        return out
 
     def dp_algorithms(self, est: Estimate) -> list[str]:
         """The algorithms of `est`'s data-parallel all-reduce per pipeline rank (replicated
