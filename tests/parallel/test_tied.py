@@ -14,16 +14,12 @@ from weft.parallel.split import split_model
 from weft.parallel.tied import check_schedule, retie, ties
 from weft.plan.describe import stage_rank
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "examples"))
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+sys.path.insert(0, str(EXAMPLES))
 import gpt
 
-TP = [{"module": "tok", "style": "rowwise"},
-      {"module": "blocks.*.attn.[qkv]", "style": "colwise"},
-      {"module": "blocks.*.attn", "divide": ["n_head"]},
-      {"module": "blocks.*.attn.proj", "style": "rowwise"},
-      {"module": "blocks.*.mlp.fc", "style": "colwise"},
-      {"module": "blocks.*.mlp.proj", "style": "rowwise"},
-      {"module": "head", "style": "colwise", "output_layouts": "replicate"}]
+# the example plan's rules: a row-wise embedding and a column-wise head (both Shard(0))
+TP = wp.to_dict(wp.load(EXAMPLES / "plans" / "tp.yaml"))["tensor_parallel"]
 
 
 def tied_gpt():
