@@ -49,7 +49,7 @@ def _no_match(where: str, pattern: str, model: nn.Module) -> PlanError:
 
 
 # How each style shards a module's weights: {param name: dim} for (style, module type).
-SHARD_DIMS = {
+_SHARD_DIMS = {
     ("colwise", nn.Linear): ({"weight": 0, "bias": 0}, "out_features"),
     ("rowwise", nn.Linear): ({"weight": 1}, "in_features"),
     ("colwise", nn.Embedding): ({"weight": 1}, "embedding_dim"),
@@ -141,11 +141,11 @@ def _check(plan: Plan, model: nn.Module, device_memory: float | None) -> Plan:
     for name, (i, rule) in styles.items():
         mod, where = modules[name], f"tensor_parallel[{i}]"
         if rule.style in ("colwise", "rowwise"):
-            key = next((k for k in SHARD_DIMS if k[0] == rule.style and isinstance(mod, k[1])), None)
+            key = next((k for k in _SHARD_DIMS if k[0] == rule.style and isinstance(mod, k[1])), None)
             if key is None:
                 raise PlanError(f"{where}.style: {rule.style!r} shards nn.Linear or nn.Embedding; "
                                 f"{name!r} is {type(mod).__name__}")
-            attr = SHARD_DIMS[key][1]
+            attr = _SHARD_DIMS[key][1]
             size = getattr(mod, attr)
             if size % tp:
                 raise PlanError(f"{where}: mesh.tp={tp} does not divide {name}.{attr}={size} "
@@ -200,8 +200,8 @@ def _tp_split(style: str | None, module: nn.Module, pname: str) -> str:
     """How a tp style leaves one parameter: 'whole' (a plain tensor), 'replicate' or
     'shard(d)' (a DTensor)."""
     if style in ("colwise", "rowwise"):
-        key = next((k for k in SHARD_DIMS if k[0] == style and isinstance(module, k[1])), None)
-        dim = SHARD_DIMS[key][0].get(pname) if key else None
+        key = next((k for k in _SHARD_DIMS if k[0] == style and isinstance(module, k[1])), None)
+        dim = _SHARD_DIMS[key][0].get(pname) if key else None
         return f"shard({dim})" if dim is not None else "replicate"
     if style in ("replicate", "sequence_parallel"):
         return "replicate"
@@ -246,8 +246,8 @@ def layout(plan: Plan, model: nn.Module) -> list[ParamLayout]:
             tp_dim, style = None, None
             if mod_name in styles:
                 style = styles[mod_name][1].style
-                key = next((k for k in SHARD_DIMS if k[0] == style and isinstance(mod, k[1])), None)
-                tp_dim = SHARD_DIMS[key][0].get(pname) if key else None
+                key = next((k for k in _SHARD_DIMS if k[0] == style and isinstance(mod, k[1])), None)
+                tp_dim = _SHARD_DIMS[key][0].get(pname) if key else None
             out.append(ParamLayout(full, tuple(p.shape), tp_dim, style, fsdp, stage_of(mod_name)))
     return out
 
