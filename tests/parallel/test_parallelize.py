@@ -190,7 +190,16 @@ CHAINS = {
     "pp-dp->fsdp-tp": [("pp_dp", 2), ("fsdp_tp", 1)],
     "tp->pp-fsdp": [("tp", 1), ("pp_fsdp", 2)],
     "fsdp->pp-tp": [("fsdp", 1), ("pp_tp", 2)],
+    # the tied GPT: the last stage holds the tied weight as head.weight; its optimizer
+    # state is saved under tok.weight, as one process saves it
+    "tied:pp-tp->tp": [("pp_tp", 2), ("tp", 1)],
+    "tied:tp->pp-dp": [("tp", 1), ("pp_dp", 2)],
+    "tied:pp-dp->pp-fsdp": [("pp_dp", 1), ("pp_fsdp", 2)],
 }
+
+
+def _chain_task(name: str) -> str:
+    return "tied" if name.startswith("tied:") else "gpt"
 
 
 # Mixed precision (bf16 compute): reductions in another order round differently in bf16 and
@@ -247,7 +256,8 @@ def _world(ckpt_dir):
         start, prev = 0, None
         for i, (plan, steps) in enumerate(chain):
             path = f"{ckpt_dir}/{name}-{i}"
-            state = train(_plan(plan), steps=steps, start=start, load=prev, save=path)
+            state = train(_plan(plan), task=_chain_task(name), steps=steps, start=start,
+                          load=prev, save=path)
             start, prev = start + steps, path
         out[name] = state
     return out
@@ -276,7 +286,7 @@ def references():
 @pytest.mark.slow
 @pytest.mark.parametrize("case", list(CASES) + list(CHAINS))
 def test_plan_matches_single_process(case, world_results, references):
-    task = CASES.get(case, {}).get("task", "gpt")
+    task = CASES.get(case, {}).get("task", _chain_task(case))
     if task == "hf-gpt2":
         pytest.importorskip("transformers")
     results, _ = world_results

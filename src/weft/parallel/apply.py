@@ -316,9 +316,16 @@ class Parallel(nn.Module):
              **extra) -> None:
         from weft.parallel.state import save
 
-        save(path, self.module, optimizer, plan=self.plan, **extra)
+        save(path, self.module, optimizer, plan=self.plan, optim_names=self._optim_names(),
+             **extra)
 
     def load(self, path: str | os.PathLike, optimizer: torch.optim.Optimizer | None = None) -> dict:
         from weft.parallel.state import load
 
-        return load(path, self.module, optimizer)
+        return load(path, self.module, optimizer, optim_names=self._optim_names())
+
+    def _optim_names(self) -> dict[str, str]:
+        """Names this rank's optimizer state is saved under instead of its own (a weight
+        tied across pipeline stages: the model's first name for it)."""
+        tied = getattr(self.pipeline, "tied", None)
+        return tied.canonical if tied is not None else {}

@@ -50,7 +50,8 @@ def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
             for k, v in sd.items()}
 
 
-def _state(model: nn.Module, optimizer) -> dict[str, Any]:
+def _state(model: nn.Module, optimizer, optim_names: dict[str, str] | None = None
+           ) -> dict[str, Any]:
     from torch.distributed.checkpoint.state_dict import (
         get_model_state_dict,
         get_state_dict,
@@ -59,12 +60,25 @@ def _state(model: nn.Module, optimizer) -> dict[str, Any]:
     if optimizer is None:
         return {"model": get_model_state_dict(model)}
     msd, osd = get_state_dict(model, optimizer)
-    return {"model": msd, "optim": osd}
+    return {"model": msd, "optim": _renamed(osd, optim_names or {})}
 
 
-def save(path: str | os.PathLike, model: nn.Module, optimizer=None, plan=None, **extra) -> Path:
+def _renamed(osd: dict, names: dict[str, str]) -> dict:
+    """An optimizer state dict (keyed by parameter names) with names[k] for k: a weight
+    tied across pipeline stages is saved under the model's first name for it, as one
+    process saves it (weft.parallel.tied), so the checkpoint resumes under any plan."""
+    if not names:
+        return osd
+    return {**osd, "state": {names.get(k, k): v for k, v in osd["state"].items()},
+            "param_groups": [dict(g, params=[names.get(p, p) for p in g["params"]])
+                             for g in osd["param_groups"]]}
+
+
+def save(path: str | os.PathLike, model: nn.Module, optimizer=None, plan=None,
+         optim_names: dict[str, str] | None = None, **extra) -> Path:
     """Write model (and optimizer) state to the folder `path`, atomically; `extra` (JSON-able,
-    e.g. step=100) goes to weft.json and comes back from `load`."""
+    e.g. step=100) goes to weft.json and comes back from `load`. `optim_names`: optimizer
+    state saved under another parameter name (`_renamed`)."""
     import torch.distributed.checkpoint as dcp
 
     path = Path(path)
@@ -77,7 +91,7 @@ def save(path: str | os.PathLike, model: nn.Module, optimizer=None, plan=None, *
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     _barrier()
-    state = _state(model, optimizer)
+    state = _state(model, optimizer, optim_names)
     dcp.save(state, checkpoint_id=str(tmp))
     _barrier()
     if _rank() == 0:
@@ -91,9 +105,11 @@ def save(path: str | os.PathLike, model: nn.Module, optimizer=None, plan=None, *
     return path
 
 
-def load(path: str | os.PathLike, model: nn.Module, optimizer=None) -> dict[str, Any]:
+def load(path: str | os.PathLike, model: nn.Module, optimizer=None,
+         optim_names: dict[str, str] | None = None) -> dict[str, Any]:
     """Read a checkpoint written by `save` under any plan into `model` (and `optimizer`,
-    whose gradients must be unset); return the extras saved with it."""
+    whose gradients must be unset); return the extras saved with it. `optim_names` as
+    `save`'s."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import set_state_dict
 
@@ -104,7 +120,7 @@ def load(path: str | os.PathLike, model: nn.Module, optimizer=None) -> dict[str,
     meta = json.loads(meta_path.read_text())
     if optimizer is not None and not meta.get("optimizer"):
         raise WeftError(f"checkpoint {path} has no optimizer state; load without optimizer=")
-    state = _state(model, optimizer)
+    state = _state(model, optimizer, optim_names)
     try:
         dcp.load(state, checkpoint_id=str(path))
     except Exception as exc:  # noqa: BLE001 - name the checkpoint and the model
@@ -115,6 +131,7 @@ def load(path: str | os.PathLike, model: nn.Module, optimizer=None) -> dict[str,
 
         set_model_state_dict(model, state["model"])
     else:
+        back = {v: k for k, v in (optim_names or {}).items()}
         set_state_dict(model, optimizer, model_state_dict=state["model"],
-                       optim_state_dict=state["optim"])
+                       optim_state_dict=_renamed(state["optim"], back))
     return meta.get("extra", {})

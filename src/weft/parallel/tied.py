@@ -16,6 +16,8 @@ in a plan would quietly break that:
   their gradients over the ranks holding them after every step, so every copy takes the
   full gradient and the same update. The ranks summed are those with the same data- and
   tensor-parallel coordinates, so the local shards they add are the same slice.
+  Checkpoints key a copy's optimizer state by the model's first name for the weight
+  (`TiedGrads.canonical`), as one process does, so they resume under any plan.
 """
 
 from __future__ import annotations
@@ -80,6 +82,10 @@ class TiedGrads:
                  stage_rank, mesh):
         self.syncs: list[tuple[object, list[str]]] = []
         self.entries: list[dict] = []
+        # this rank's name of a tied weight -> the model's first name for it, where the
+        # rank does not hold that one: checkpoints key the optimizer state by the first
+        # name, as one process does (weft.parallel.state)
+        self.canonical: dict[str, str] = {}
         if mesh is None:
             return
         pp_dim = mesh.mesh_dim_names.index("pp")
@@ -102,6 +108,7 @@ class TiedGrads:
                 continue
             held = stage_names_on(stage_names, stage_rank, mine_pp)
             names = [next(n for n in g if n in held) for g in tied]
+            self.canonical.update({n: g[0] for n, g in zip(names, tied) if n != g[0]})
             src = next(s for s in sets if me in s)[0]
             with torch.no_grad():
                 for n in names:
