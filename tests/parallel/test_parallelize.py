@@ -177,6 +177,9 @@ CASES = {
     "tied-pp-dp": {"plan": _plan("pp_dp"), "task": "tied"},
     "tied-pp-fsdp": {"plan": _plan("pp_fsdp"), "task": "tied"},
     "tied-pp-tp-interleaved": {"plan": _plan("pp_tp", pipeline=FOUR_STAGES), "task": "tied"},
+    # the embedding and the head as fully_shard units of their own: sharded together
+    "tied-fsdp-units": {"plan": _plan("fsdp", data_parallel={
+        "shard_modules": ["tok", "blocks.*", "head"]}), "task": "tied"},
     # run where transformers imports; skipped (importorskip) where it does not
     "hf-gpt2-dp": {"plan": _plan("dp"), "task": "hf-gpt2"},
     "hf-gpt2-fsdp": {"plan": _plan("fsdp", data_parallel={"shard_modules": ["transformer.h.*"]}),

@@ -12,6 +12,7 @@ import weft.plan as wp
 from weft.errors import PlanError
 from weft.parallel.split import split_model
 from weft.parallel.tied import check_schedule, retie, ties
+from weft.plan.check import shard_units
 from weft.plan.describe import stage_rank
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -83,3 +84,21 @@ def test_zero_bubble_with_both_uses_on_one_rank_is_refused(schedule, refused):
             check_schedule(plan, ties(m), names, rank_of)
     else:
         check_schedule(plan, ties(m), names, rank_of)
+
+
+def test_fully_shard_units_of_one_tied_tensor_are_sharded_together():
+    """FSDP2 refuses a parameter in two groups (torch's ValueError, in the ranks): units
+    holding uses of one tied tensor become one fully_shard call; a use outside every unit
+    (the root would hold the tensor too) is a plan error before any traffic."""
+    def units(mods):
+        return shard_units(wp.from_dict({"format": "weft.plan/1", "name": "f",
+                                         "mesh": {"dp_shard": 2},
+                                         "data_parallel": {"shard_modules": mods}}), tied_gpt())
+    assert units(["tok", "blocks.*", "head"]) == [["blocks.0"], ["blocks.1"], ["tok", "head"]]
+    assert units(["blocks.*"]) == [["blocks.0"], ["blocks.1"]]  # both uses in the root
+    for mods in (["tok", "blocks.*"], ["head"]):
+        with pytest.raises(PlanError, match="fully_shard would get it twice"):
+            units(mods)
+    with pytest.raises(PlanError, match="in no unit"):  # the plan check says it first
+        wp.check(wp.from_dict({"format": "weft.plan/1", "name": "f", "mesh": {"dp_shard": 2},
+                               "data_parallel": {"shard_modules": ["head"]}}), tied_gpt(), 2)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from weft.plan.check import matching
+from weft.plan.check import shard_units
 from weft.plan.format import Plan
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -53,10 +53,9 @@ def apply_fully_shard(model: nn.Module, plan: Plan, mesh) -> nn.Module:
                                                reduce_dtype=dtype(mp.reduce_dtype))
     reshard = plan.data_parallel.reshard_after_forward
     modules = dict(model.named_modules())
-    units = {n for pat in plan.data_parallel.shard_modules for n in matching(pat, model)}
-    for name in sorted(units, key=lambda n: -n.count(".")):  # innermost first
-        fully_shard(modules[name], reshard_after_forward=True if reshard is None else reshard,
-                    **kw)
+    for names in shard_units(plan, model):  # innermost first; a tied weight's units together
+        unit = modules[names[0]] if len(names) == 1 else [modules[n] for n in names]
+        fully_shard(unit, reshard_after_forward=True if reshard is None else reshard, **kw)
     # unset: the root keeps its parameters (torch's default for it, spelled out: torch
     # before 2.6 takes no None)
     fully_shard(model, reshard_after_forward=False if reshard is None else reshard, **kw)

@@ -152,6 +152,9 @@ def _check(plan: Plan, model: nn.Module, device_memory: float | None) -> Plan:
                                 f"({rule.style} splits it)")
     if tp > 1:
         _check_ties(model, styles, modules)
+    if plan.mesh.pp == 1 and (plan.mesh.dp_shard > 1 or plan.data_parallel.flavour(plan.mesh)
+                              == "fsdp"):
+        shard_units(plan, model)  # tied weights across fully_shard units
     for i, rule in enumerate(plan.tensor_parallel):
         for a, attr in enumerate(rule.divide):
             for name in matching(rule.module, model):
@@ -194,6 +197,46 @@ def ties(model: nn.Module) -> list[list[str]]:
     for name, p in model.named_parameters(remove_duplicate=False):
         by_id.setdefault(id(p), []).append(name)
     return [names for names in by_id.values() if len(names) > 1]
+
+
+def shard_units(plan: Plan, model: nn.Module) -> list[list[str]]:
+    """The fully_shard calls for `model` (the whole model or one pipeline stage): each
+    module matched by data_parallel.shard_modules alone, innermost first, except that units
+    holding uses of one tied tensor are sharded together (one call; FSDP2 refuses a
+    parameter in two groups). A PlanError if a tied tensor is used both inside a unit and
+    outside every unit (the root would hold it too)."""
+    order = {n: i for i, (n, _) in enumerate(model.named_modules())}
+    units = sorted({n for pat in plan.data_parallel.shard_modules for n in matching(pat, model)},
+                   key=lambda n: (-n.count("."), order[n]))  # innermost first, model order
+    group = {u: u for u in units}
+
+    def unit_of(param: str) -> str:
+        mod = param.rpartition(".")[0]
+        return next((u for u in units if mod == u or mod.startswith(u + ".")), "")
+
+    def root(u: str) -> str:
+        while group[u] != u:
+            u = group[u]
+        return u
+    for names in ties(model):
+        at = {n: unit_of(n) for n in names}
+        if len(set(at.values())) < 2:
+            continue
+        if "" in at.values():
+            said = ", ".join(f"{n} in {u!r}" if u else f"{n} in no unit" for n, u in at.items())
+            raise PlanError(f"data_parallel.shard_modules: {' and '.join(names)} are one tensor "
+                            f"(tied weights) but fully_shard would get it twice ({said}); list "
+                            "every module using it (weft shards them as one unit), or none")
+        us = sorted({root(u) for u in at.values()})
+        if any(a != b and b.startswith(a + ".") for a in us for b in us):
+            raise PlanError(f"data_parallel.shard_modules: {' and '.join(names)} are one tensor "
+                            f"(tied weights) used in nested units {us}; list the outer one only")
+        for u in us[1:]:
+            group[u] = us[0]
+    out: dict[str, list[str]] = {}
+    for u in units:
+        out.setdefault(root(u), []).append(u)
+    return list(out.values())
 
 
 def _tp_split(style: str | None, module: nn.Module, pname: str) -> str:
