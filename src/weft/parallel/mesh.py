@@ -202,14 +202,22 @@ def _same_timeout(device, shape: tuple[int, ...]) -> dict | None:
     tested on); other backends keep torch's behaviour."""
     if dist.get_backend() != "gloo":
         return None
-    try:
-        timeout = dist.group.WORLD._get_backend(device).options._timeout
-    except (AttributeError, RuntimeError):
+    timeout = default_timeout(device)
+    if timeout is None:
         return None
     opts = dist.ProcessGroupGloo._Options()
     opts._timeout = timeout
     world = dist.get_world_size()
     return {d: ("gloo", opts) for d, n in zip(DIMS, shape) if n != world} or None
+
+
+def default_timeout(device: torch.device):
+    """The default process group's timeout (a timedelta), or None where the backend does
+    not tell it: to give a new subgroup, which torch otherwise gives its backend's default."""
+    try:
+        return dist.group.WORLD._get_backend(device).options._timeout
+    except (AttributeError, RuntimeError):
+        return None
 
 
 _MESHES_BUILT: list[str] = []  # plans whose mesh this process built

@@ -27,11 +27,8 @@ import torch.distributed as dist
 from torch import nn
 
 from weft.errors import PlanError
+from weft.parallel.mesh import default_timeout
 from weft.plan.check import ties
-
-
-def _get(model: nn.Module, name: str) -> nn.Parameter:
-    return model.get_parameter(name)
 
 
 def retie(model: nn.Module, groups: list[list[str]], held: set[str] | None = None) -> None:
@@ -42,9 +39,9 @@ def retie(model: nn.Module, groups: list[list[str]], held: set[str] | None = Non
         mine = [n for n in names if held is None or n in held]
         if len(mine) < 2:
             continue
-        first = _get(model, mine[0])
+        first = model.get_parameter(mine[0])
         for n in mine[1:]:
-            p = _get(model, n)
+            p = model.get_parameter(n)
             if p is first:
                 continue
             if type(p) is not type(first) or p.shape != first.shape or \
@@ -62,13 +59,6 @@ def _describe(p) -> str:
 
 def _local(t: torch.Tensor) -> torch.Tensor:
     return t._local_tensor if hasattr(t, "_local_tensor") else t
-
-
-def _timeout():
-    try:
-        return dist.group.WORLD._get_backend(torch.device("cpu")).options._timeout
-    except (AttributeError, RuntimeError):
-        return None
 
 
 class TiedGrads:
@@ -94,12 +84,12 @@ class TiedGrads:
         mine_pp = mesh.get_coordinate()[pp_dim]
         by_pp: dict[tuple[int, ...], list[list[str]]] = {}
         for names in groups:
-            stages = sorted({s for s, held in enumerate(stage_names) if held & set(names)})
+            stages = stages_using(names, stage_names)
             pps = tuple(sorted({stage_rank(s) for s in stages}))
             if len(pps) > 1:
                 by_pp.setdefault(pps, []).append(names)
                 self.entries.append({"names": names, "stages": stages, "pp_ranks": list(pps)})
-        timeout = _timeout()
+        timeout = default_timeout(torch.device("cpu"))
         for pps, tied in sorted(by_pp.items()):
             sets = grid[list(pps)].reshape(len(pps), -1).t().tolist()  # one group per column
             kw = {"timeout": timeout} if timeout is not None else {}
@@ -112,8 +102,8 @@ class TiedGrads:
             src = next(s for s in sets if me in s)[0]
             with torch.no_grad():
                 for n in names:
-                    dist.broadcast(_local(_get(model, n)), src=src, group=group)
-            self.syncs.append((group, [_get(model, n) for n in names]))
+                    dist.broadcast(_local(model.get_parameter(n)), src=src, group=group)
+            self.syncs.append((group, [model.get_parameter(n) for n in names]))
 
     def __bool__(self) -> bool:
         return bool(self.entries)
@@ -149,7 +139,7 @@ def check_schedule(plan, groups: list[list[str]], stage_names: list[set[str]], r
     if torch_schedule_name(plan) not in ZERO_BUBBLE:
         return
     for names in groups:
-        stages = sorted({s for s, held in enumerate(stage_names) if held & set(names)})
+        stages = stages_using(names, stage_names)
         for a in stages:
             for b in stages:
                 if a < b and rank_of(a) == rank_of(b):
@@ -159,6 +149,11 @@ def check_schedule(plan, groups: list[list[str]], stage_names: list[set[str]], r
                         f"rank does not follow ({' and '.join(names)}: stages {a} and {b}, both "
                         f"on pp rank {rank_of(a)}); use 1f1b or interleaved, or cut so that the "
                         "uses share a stage")
+
+
+def stages_using(names: list[str], stage_names: list[set[str]]) -> list[int]:
+    """The stages (indices) whose parameter names include one of `names`."""
+    return sorted({s for s, held in enumerate(stage_names) if held & set(names)})
 
 
 def stage_names_on(stage_names: list[set[str]], stage_rank, pp: int) -> set[str]:

@@ -121,16 +121,14 @@ def tied_layers(workload, model) -> list[tuple[int, int, float]]:
             if any(module == m or module.startswith(m + ".") for m in l.modules):
                 return i
         return None
-    names: dict[int, list[str]] = {}
-    size: dict[int, float] = {}
-    for name, p in model.named_parameters(remove_duplicate=False):
-        names.setdefault(id(p), []).append(name.rpartition(".")[0])
-        size[id(p)] = float(p.numel() * p.element_size())
+    from weft.plan.check import ties
+
     spans = set()
-    for pid, mods in names.items():
-        at = {layer_of(m) for m in mods} - {None}
+    for names in ties(model):
+        at = {layer_of(n.rpartition(".")[0]) for n in names} - {None}
         if len(at) > 1:
-            spans.add((min(at), max(at), size[pid]))
+            p = model.get_parameter(names[0])
+            spans.add((min(at), max(at), float(p.numel() * p.element_size())))
     return sorted(spans)
 
 
