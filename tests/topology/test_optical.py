@@ -140,3 +140,20 @@ def test_bad_budgets_are_refused():
         ring(["a", "b", "c"], 1, BW)
     with pytest.raises(TopologyError, match="ports"):
         torus(["a", "b", "c", "d"], 2, BW)
+
+
+def test_point_to_point_circuits_join_components_before_doubling_a_pair():
+    """pp4 x tp2 on 8 servers with 4 ports, 3 to each tp pair: the one port left per server
+    must chain the stages (0-2, 3-5, 4-6), not give s0-s2 and s1-s3 both and leave
+    {s0..s3} and {s4..s7} cut with no free port to join them."""
+    servers = [f"s{i}" for i in range(8)]
+    pairs = {}
+    for a, b in (("s0", "s2"), ("s2", "s4"), ("s4", "s6"), ("s1", "s3"), ("s3", "s5"),
+                 ("s5", "s7")):
+        pairs[a, b] = pairs[b, a] = 1e8
+    tp = tuple((f"s{i}", f"s{i + 1}") for i in range(0, 8, 2))
+    t = Traffic({"tp": (tp, 1e9)}, pairs, tuple(servers))
+    topo = design(servers, t, 4, BW, {"tp": 3})
+    assert topo is not None and _connected(topo)
+    assert max(circuits(topo, BW).values()) <= 4
+    assert all(topo.bandwidth(a, b) == 3 * BW for a, b in tp)

@@ -10,7 +10,8 @@ order may get some too, as TotientPerms does: ring permutations i -> i + p (mod 
 coprime to n, p = 1 first (the collective's own order), then other strides or the same
 ring again (more bandwidth; all ports on one ring over all servers is the fixed ring, so
 the designs include it); the remaining ports
-go to direct circuits for the point-to-point traffic, by a greedy degree-bounded
+go to direct circuits for the point-to-point traffic: first the pairs that join two
+components, by demand (a spanning forest, as Kruskal's), then a greedy degree-bounded
 matching on demand per unit of capacity already given. `optimize` alternates, as
 TopoOpt: traffic under the current placement -> the best design over every split of the
 ports between the dimensions (each judged by `evaluate`, which also re-places the ranks
@@ -167,6 +168,15 @@ def design(servers: list[str], traffic: Traffic, ports: int, bandwidth: float,
         if a != b and v > 0:
             key = (min(a, b), max(a, b))
             demand[key] = demand.get(key, 0.0) + v
+    g = nx.Graph()
+    g.add_nodes_from(servers)
+    g.add_edges_from(links)
+    # first, as Kruskal's spanning forest by demand: a pair that joins two components
+    # (else a pipeline's chain can spend its last ports twice on one pair and stay cut)
+    for (a, b), _ in sorted(demand.items(), key=lambda kv: (-kv[1], kv[0])):
+        if used[a] < ports and used[b] < ports and not nx.has_path(g, a, b):
+            add(a, b)
+            g.add_edge(a, b)
     while demand:  # greedy: the pair with most demand per circuit it already has
         free = [(v / (1 + links.get(k, 0)), k) for k, v in demand.items()
                 if used[k[0]] < ports and used[k[1]] < ports]
@@ -174,9 +184,7 @@ def design(servers: list[str], traffic: Traffic, ports: int, bandwidth: float,
             break
         _, (a, b) = max(free)
         add(a, b)
-    g = nx.Graph()
-    g.add_nodes_from(servers)
-    g.add_edges_from(links)
+        g.add_edge(a, b)
     comps = [sorted(c) for c in nx.connected_components(g)]
     while len(comps) > 1:  # join components through servers with a free port
         a = next((s for s in comps[0] if used[s] < ports), None)
