@@ -18,8 +18,25 @@ def hf_gpt2() -> nn.Module:
     torch.manual_seed(0)
     cfg = GPT2Config(vocab_size=128, n_positions=32, n_embd=64, n_layer=2, n_head=4,
                      resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
-                     bos_token_id=0, eos_token_id=0)
+                     bos_token_id=0, eos_token_id=0,
+                     use_cache=False)  # training; a pipeline cut keeps no cache object
     return GPT2LMHeadModel(cfg)
+
+
+def hf_llama() -> nn.Module:
+    """A Hugging Face Llama from a config: nn.Linear projections (tensor-parallel rules
+    apply), rotary embeddings computed once and passed to every layer as a tuple."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=64,
+                      bos_token_id=0, eos_token_id=0, pad_token_id=0, use_cache=False,
+                      initializer_range=0.1)  # at 0.02, this small a model's MLP gradients
+    # are near-cancellations: tensor parallelism alone (no pipeline) then moved gate_proj
+    # 1.6e-4 from one process after 3 Adam steps; at 0.1, 5e-7
+    return LlamaForCausalLM(cfg)
 
 
 def hf_loss(out, targets: torch.Tensor) -> torch.Tensor:

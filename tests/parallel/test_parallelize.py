@@ -69,6 +69,10 @@ def _task(name):
         from tests.parallel._zoo import hf_gpt2, hf_loss
 
         return hf_gpt2, gpt.dataset(max_chars=20_000)[0], hf_loss
+    if name == "hf-llama":
+        from tests.parallel._zoo import hf_llama, hf_loss
+
+        return hf_llama, gpt.dataset(max_chars=20_000)[0], hf_loss
     if name == "resnet":  # torchvision's ResNet layout (BatchNorm), on the digits
         from tests.parallel._zoo import resnet
         from weft.demo.data import digits
@@ -184,6 +188,20 @@ CASES = {
     "hf-gpt2-dp": {"plan": _plan("dp"), "task": "hf-gpt2"},
     "hf-gpt2-fsdp": {"plan": _plan("fsdp", data_parallel={"shard_modules": ["transformer.h.*"]}),
                      "task": "hf-gpt2"},
+    # torch.fx cannot trace its forward: torch.export captures it on a micro-batch; its
+    # lm_head (stage 1) is tied to transformer.wte (stage 0)
+    "hf-gpt2-pp-dp": {"plan": _plan("pp_dp", pipeline={"split": ["transformer.h.1"]}),
+                      "task": "hf-gpt2"},
+    # the same capture, tensor parallelism inside the stages (Llama's projections)
+    "hf-llama-pp-tp": {"plan": {
+        "format": "weft.plan/1", "name": "hf-llama-pp-tp", "mesh": {"pp": 2, "tp": 2},
+        "pipeline": {"split": ["model.layers.1"], "schedule": "1f1b", "microbatches": 4},
+        "tensor_parallel": [
+            {"module": "model.layers.*.self_attn.[qkv]_proj", "style": "colwise"},
+            {"module": "model.layers.*.self_attn.o_proj", "style": "rowwise"},
+            {"module": "model.layers.*.mlp.[gu]*_proj", "style": "colwise"},
+            {"module": "model.layers.*.mlp.down_proj", "style": "rowwise"}]},
+        "task": "hf-llama"},
 }
 # Checkpoint chains: (plan, steps) saved, then loaded under the next plan for the rest.
 CHAINS = {
@@ -250,7 +268,7 @@ def _world(ckpt_dir):
         out["placed:again"] = str(exc)
     out.update({f"doc:{f}": doc_train(PLANS / f"{f}.yaml") for f in DOC_STEPS})
     for name, case in CASES.items():
-        if (case.get("task") == "hf-gpt2" and not HAVE_HF) or name == "dp-tp-placed":
+        if (case.get("task", "").startswith("hf-") and not HAVE_HF) or name == "dp-tp-placed":
             continue
         _run_case(out, name, case)
     for name, plan in MIXED.items():
@@ -283,6 +301,7 @@ def references():
             "tied": train(single, task="tied")}
     if HAVE_HF:
         refs["hf-gpt2"] = train(single, task="hf-gpt2")
+        refs["hf-llama"] = train(single, task="hf-llama")
     return refs
 
 
@@ -290,7 +309,7 @@ def references():
 @pytest.mark.parametrize("case", list(CASES) + list(CHAINS))
 def test_plan_matches_single_process(case, world_results, references):
     task = CASES.get(case, {}).get("task", _chain_task(case))
-    if task == "hf-gpt2":
+    if task.startswith("hf-"):
         pytest.importorskip("transformers")
     results, _ = world_results
     # BatchNorm's running statistics are each replica's own (weft DP: rank 0's); the
@@ -349,7 +368,7 @@ def test_describe_says_what_each_rank_holds(case, world_results):
     import weft.plan as wp
 
     task = CASES[case].get("task", "gpt")
-    if task == "hf-gpt2":
+    if task.startswith("hf-"):
         pytest.importorskip("transformers")
     results, _ = world_results
     views = wp.describe(wp.from_dict(CASES[case]["plan"]), _task(task)[0](), WORLD)

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from weft.errors import PlanError
-from weft.parallel.split import split_model, stage_holder
+from weft.parallel.split import rebuild_output, split_model, stage_holder
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "examples"))
 import gpt
@@ -116,3 +116,93 @@ def test_what_cannot_be_cut_is_a_plan_error(model, split, message):
     with pytest.raises(PlanError) as err:
         split_model(model, split)
     assert message in str(err.value), str(err.value)
+
+
+class Block(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(8, 8)
+
+    def forward(self, h, mask, residual=False, pos=None):
+        mixed = mask.float() @ h / mask.shape[0]  # each position sees those before it
+        y = torch.tanh(self.lin(mixed)) * pos[0] + pos[1]
+        return h + y if residual else y
+
+
+class Rotary(nn.Module):
+    """Returns a tuple that every block takes (as Llama's rotary embedding does)."""
+
+    def forward(self, h):
+        t = torch.arange(h.shape[1], dtype=h.dtype)[:, None]
+        return torch.cos(t / 4), torch.sin(t / 4)
+
+
+class Shapey(nn.Module):
+    """A forward torch.fx cannot trace (a branch on a shape, as Hugging Face models take),
+    a parameter of its own used above the cuts, and a constant keyword (residual=True)."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb, self.head = nn.Embedding(16, 8), nn.Linear(8, 16)
+        self.blocks = nn.ModuleList([Block() for _ in range(3)])
+        self.scale = nn.Parameter(torch.linspace(0.5, 1.5, 8))
+        self.rot = Rotary()
+
+    def forward(self, x):
+        b, t = x.shape
+        mask = torch.ones(t, t).tril() if t > 1 else torch.ones(1, 1)
+        h = self.emb(x) * self.scale
+        pos = self.rot(h)
+        for blk in self.blocks:
+            h = blk(h, mask.bool(), residual=True, pos=pos)
+        return self.head(h)
+
+
+def test_a_forward_fx_cannot_trace_is_captured_by_torch_export():
+    torch.manual_seed(0)
+    m = Shapey()
+    with pytest.raises(PlanError, match="example input"):
+        split_model(m, ["blocks.1"])
+    state = torch.get_rng_state()
+    stages = split_model(m, ["blocks.1", "blocks.2"], example=lambda: torch.randint(0, 16, (2, 5)))
+    assert torch.equal(torch.get_rng_state(), state)  # making the example drew nothing of ours
+    for b in (2, 3, 1):  # the batch stays symbolic; the sequence length is the example's
+        x = torch.randint(0, 16, (b, 5))
+        assert torch.allclose(_chain(stages, x), m(x), atol=1e-6)
+    own = {id(p): n for n, p in m.named_parameters()}
+    names = [n for st_ in stages for n, p in st_.named_parameters() if own[id(p)] == n]
+    assert sorted(names) == sorted(own.values())  # the model's own objects and names
+    for cut, st_ in zip(["blocks.1", "blocks.2"], stages[1:]):
+        assert st_.get_submodule(cut) is m.get_submodule(cut)
+    mid = stages[0](torch.randint(0, 16, (2, 5)))
+    # what crosses a cut is tensors (h and rot's two), not pytrees or tuples; the mask,
+    # made from constants alone (the sequence length is the example's), is made again
+    assert len(mid) == 3 and all(torch.is_tensor(v) for v in mid)
+    # residual=True reached the blocks (torch.export's swap alone passes None)
+    calls = [nd for st_ in stages for nd in st_.graph.nodes if nd.op == "call_module"
+             and nd.target.startswith("blocks.")]
+    assert calls and all(nd.kwargs.get("residual") is True for nd in calls)
+
+
+class Structured(Shapey):
+    """Returns a dict, as Hugging Face models return a ModelOutput."""
+
+    def forward(self, x):
+        return {"logits": super().forward(x), "scale": 2, "bad": x.shape[0] > 0 if self.bad
+                else None}
+
+
+def test_a_structured_output_leaves_the_last_stage_as_tensors_with_its_spec():
+    m = Structured()
+    m.bad = True  # a value computed from the batch's size: not a tensor, so not sent
+    with pytest.raises(PlanError, match="output holds a SymBool computed in forward"):
+        split_model(m, ["blocks.1"], example=torch.randint(0, 16, (2, 5)))
+    m.bad = False
+    stages = split_model(m, ["blocks.1"], example=torch.randint(0, 16, (2, 5)))
+    x = torch.randint(0, 16, (3, 5))
+    out = _chain(stages, x)
+    assert isinstance(out, tuple) and all(torch.is_tensor(t) for t in out)
+    back = rebuild_output(stages[-1], out)
+    assert torch.allclose(back["logits"], m(x)["logits"], atol=1e-6)
+    assert back["scale"] == 2 and back["bad"] is None
+    assert stages[0].output_spec is None

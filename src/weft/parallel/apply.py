@@ -58,8 +58,10 @@ def parallelize(model: nn.Module, plan: Plan | str | os.PathLike | dict, *,
     unknown on CPU). `communicator`: a Communicator for replicate 'weft' instead of the one
     the plan names. `example_input`: optionally a global batch of inputs (only shapes
     matter); plans with mesh.pp > 1 then check that it splits into dp x micro-batches before
-    any traffic (such plans train with `model.step`, which every plan offers). Works
-    without a process group for a one-rank plan.
+    any traffic (such plans train with `model.step`, which every plan offers), and a model
+    whose forward torch.fx cannot trace is cut after torch.export captures it on one
+    micro-batch of it (`weft.parallel.exported`). Works without a process group for a
+    one-rank plan.
     """
     plan = resolve(plan)
     world = dist.get_world_size() if dist.is_initialized() else 1
@@ -67,11 +69,14 @@ def parallelize(model: nn.Module, plan: Plan | str | os.PathLike | dict, *,
     plan = check(plan, model, world, memory if memory is not None else device_memory(device))
     stages = None
     if plan.mesh.pp > 1:
-        from weft.parallel.pp import check_pipeline
+        from weft.parallel.pp import check_pipeline, micro_batch
         from weft.parallel.split import split_model
 
         check_pipeline(plan, example_input)
-        stages = split_model(model, plan.pipeline.split)  # before any traffic: errors first
+        micro = None if example_input is None else \
+            lambda: micro_batch(example_input, plan.mesh.dp * plan.pipeline.microbatches)
+        # before any traffic: errors first (torch.export captures it where fx cannot)
+        stages = split_model(model, plan.pipeline.split, micro)
         tied = _check_tied_stages(model, stages, plan)
     model.to(device)
     mesh = build_mesh(plan, device) if world > 1 else None

@@ -79,6 +79,12 @@ def check_pipeline(plan: Plan, example_input=None) -> None:
                                 f"into {m.dp} replicas x {pipe.microbatches} micro-batches")
 
 
+def micro_batch(example, parts: int):
+    """The first of `parts` equal pieces of a batch of inputs (a tensor or a tuple of them)."""
+    got = tuple(t[: t.shape[0] // parts] for t in _tuple(example))
+    return got if isinstance(example, tuple) else got[0]
+
+
 def _tuple(x) -> tuple:
     return x if isinstance(x, tuple) else (x,)
 
@@ -99,6 +105,7 @@ class PipelineRunner:
         self.n_stages = len(stages)
         self.indices = stage_indices(plan, dist.get_rank(self.group))
         self.modules = [stages[s].to(device) for s in self.indices]
+        self.last_stage = stages[-1]  # rebuilds a structured output for the loss
         self.stages: list = []
         self._schedules: dict[int, object] = {}
         self._shapes = None
@@ -128,8 +135,17 @@ class PipelineRunner:
             cls = schedule_class(self.plan)
             stages = self.stages if self.plan.pipeline.stages_per_rank > 1 else self.stages[0]
             self._schedules = {key: cls(stages, n_microbatches=self.plan.pipeline.microbatches,
-                                        loss_fn=loss_fn)}
+                                        loss_fn=self._structured(loss_fn))}
         return self._schedules[key]
+
+    def _structured(self, loss_fn):
+        """`loss_fn` on the model's own output: the last stage sends the tensors of a
+        structured one (a ModelOutput captured by torch.export), rebuilt here."""
+        from weft.parallel.split import rebuild_output
+
+        if getattr(self.last_stage, "output_spec", None) is None:
+            return loss_fn
+        return lambda out, target: loss_fn(rebuild_output(self.last_stage, out), target)
 
     def step(self, inputs, target, loss_fn) -> torch.Tensor | None:
         """One training step on this rank's batch. Returns the mean micro-batch loss on the

@@ -85,6 +85,17 @@ def _named(source: str, fn, *args, **kw):
         raise PlanError(f"{source}: {exc}") from None
 
 
+def micro_example(spec: str, batch: int, parts: int):
+    """A function giving one micro-batch of the spec's example inputs (None if the spec has
+    none): what torch.export captures a forward on where torch.fx cannot trace it."""
+    from weft.model_spec import input_maker
+
+    make = input_maker(spec)
+    if make is None or batch % parts:
+        return None
+    return lambda: make(batch // parts)
+
+
 def prepare(args) -> TrainConfig:
     """Everything checked in the parent; a TrainConfig the ranks run."""
     import weft.plan as wp
@@ -122,14 +133,14 @@ def prepare(args) -> TrainConfig:
         _named(path, check_launch_placement, plan.placement, world, env_rendezvous())
     m = plan.mesh
     per = m.dp
+    batch = args.global_batch
     if m.pp > 1:
         from weft.parallel.pp import check_pipeline
         from weft.parallel.split import split_model
 
-        _named(path, check_pipeline, plan)
-        _named(path, split_model, model, plan.pipeline.split)
         per *= plan.pipeline.microbatches
-    batch = args.global_batch
+        _named(path, check_pipeline, plan)
+        _named(path, split_model, model, plan.pipeline.split, micro_example(spec, batch, per))
     if batch % per:
         what = f"dp={m.dp}" + (f" x microbatches={plan.pipeline.microbatches}" if m.pp > 1 else "")
         raise PlanError(f"--global-batch: {batch} does not split into {what} (= {per}) equal "
@@ -197,7 +208,14 @@ def train_rank(cfg: TrainConfig) -> dict:
 
     rank, world = dist.get_rank(), dist.get_world_size()
     torch.manual_seed(cfg.seed)
-    model = parallelize(load_model(cfg.spec), cfg.plan, memory=cfg.device_memory)
+    model = load_model(cfg.spec)
+    example = None
+    if cfg.plan["mesh"].get("pp", 1) > 1:  # for torch.export, where torch.fx cannot trace it
+        make = micro_example(cfg.spec, cfg.global_batch, 1)
+        if make is not None:
+            with torch.random.fork_rng():
+                example = make()
+    model = parallelize(model, cfg.plan, memory=cfg.device_memory, example_input=example)
     train_set = extra(cfg.spec, "dataset")()[0]
     loss_fn, make_opt = extra(cfg.spec, "loss_fn"), extra(cfg.spec, "optimizer")
     if cfg.lr is None and callable(make_opt):
