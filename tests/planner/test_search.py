@@ -323,3 +323,21 @@ def test_auto_costs_the_sync_of_weights_tied_across_stages(tmp_path, capsys):
     assert tied.step_s >= plain.step_s + t * 0.99  # after the schedule, on top of the rest
     one = PlanModel(wl, topo).estimate(Shape(dp_replicate=4, global_batch=16))
     assert one.terms["tied-weight sync"] == 0  # no pipeline: one copy per rank
+
+
+def test_auto_keeps_every_pipeline_weft_parallelize_runs():
+    """pp x tp, checkpointing with pp and interleaved stages all run under weft.parallelize
+    (tests/parallel/test_parallelize.py's pp-tp, pp-dp-interleaved-ac); what its pipeline
+    check refuses is still refused, with that check's reason."""
+    from weft.planner.auto_cli import runnable
+    from weft.planner.shape import Shape
+
+    why = runnable(16)
+    base = dict(pp=2, global_batch=16, microbatches=4)
+    assert why(Shape(**base, tp=2)) is None
+    assert why(Shape(**base, dp_replicate=2, checkpoint=(1, 2))) is None
+    assert why(Shape(**base, dp_replicate=2, schedule="interleaved", stages_per_rank=2)) is None
+    assert why(Shape(**base, dp_replicate=2, schedule="torch:ZBVZeroBubble",
+                     stages_per_rank=2)) == "pipeline.schedule"
+    assert why(Shape(pp=2, dp_replicate=2, global_batch=16, microbatches=16)) == \
+        "pipeline.microbatches"

@@ -142,17 +142,13 @@ def runnable(global_batch: int):
     def why(shape, workload: Workload | None = None) -> str | None:
         if shape.pp == 1:
             return None
-        if shape.stages_per_rank > 1:
-            return "interleaved (several stages per rank)"
-        if shape.tp > 1:
-            return "tp with pp"
-        if shape.checkpoint:
-            return "checkpointing with pp"
         from weft.plan.format import Mesh, Pipeline, Plan
 
+        stages = shape.pp * shape.stages_per_rank
         plan = Plan(mesh=Mesh(shape.pp, shape.dp_replicate, shape.dp_shard, shape.tp),
-                    pipeline=Pipeline(split=tuple(f"s{i}" for i in range(shape.pp - 1)),
-                                      schedule=shape.schedule, microbatches=shape.microbatches))
+                    pipeline=Pipeline(split=tuple(f"s{i}" for i in range(stages - 1)),
+                                      schedule=shape.schedule, microbatches=shape.microbatches,
+                                      stages_per_rank=shape.stages_per_rank))
         try:
             check_pipeline(plan, torch.empty(global_batch, 1))
         except PlanError as exc:
@@ -203,7 +199,7 @@ def _auto(args) -> int:
     devs = args.devices or len(pm.net.compute_devices)
     used = pm.rank_order(devs)
     memory = args.memory or min(topo.device(d).memory for d in used)
-    space = Space(schedules=args.schedules, interleaved=args.any,
+    space = Space(schedules=args.schedules, interleaved=True,
                   checkpoint=(False, True),
                   runnable=None if args.any else runnable(args.batch),
                   communicator=args.communicator)
@@ -340,8 +336,8 @@ def register(psub) -> None:
     q.add_argument("--memory", type=size,
                    help="memory per device, e.g. 80GB (default: the topology's)")
     q.add_argument("--top", type=positive_int, default=10, help="plans to list")
-    q.add_argument("--any", action="store_true", help="also plans weft.parallelize does not run "
-                   "yet (tp with pp, interleaved, checkpointing with pp)")
+    q.add_argument("--any", action="store_true", help="also plans weft.parallelize refuses "
+                   "(e.g. a micro-batch count its pipeline schedule cannot run)")
     q.add_argument("--schedules", type=schedules, default="1f1b",
                    help="pipeline schedules to search (gpipe,1f1b; GPipe takes 1F1B's time "
                    "in the model and more memory)")
