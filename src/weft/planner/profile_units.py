@@ -3,7 +3,8 @@
     wl = profile_workload(gpt.model(), gpt.example_input, micro_batch=8, rules=plan.tensor_parallel)
 
 Layers are the model's pipeline units: its top-level children in call order, with the
-largest `nn.ModuleList` / `nn.Sequential` child (a transformer's blocks) expanded, so a
+largest `nn.ModuleList` / `nn.Sequential` (a transformer's blocks, at any depth: its
+ancestors' other children are units too) expanded, so a
 pipeline stage may start at any block or at the first module after them (the units
 before the blocks form the first layer). Every unit is timed inside whole forward +
 backward passes (hooks: a unit's forward from its pre- to its post-hook; its backward
@@ -31,6 +32,7 @@ import torch
 from torch import nn
 
 from weft.errors import PlanError
+from weft.parallel.exported import kept_modules
 from weft.planner.profile import backward_ones
 from weft.plan.check import layout, matching, tp_styles
 from weft.plan.format import Mesh, Plan, TPRule
@@ -42,20 +44,22 @@ def _nbytes(t) -> float:
 
 
 def unit_modules(model: nn.Module) -> tuple[str | None, list[tuple[str, nn.Module]]]:
-    """(name of the expanded container or None, [(unit name, module)]) in registration order."""
+    """(name of the expanded container or None, [(unit name, module)]) in registration order.
+    The container is the largest `nn.ModuleList` / `nn.Sequential` at any depth (a Hugging
+    Face model's `transformer.h` or `model.layers`); the units are its children and the
+    children of its ancestors, as `weft.parallel.split` keeps them whole when it cuts there."""
     if isinstance(model, (nn.Sequential, nn.ModuleList)):
         return "", [(n, m) for n, m in model.named_children()]
-    children = list(model.named_children())
-    containers = [(n, m) for n, m in children if isinstance(m, (nn.ModuleList, nn.Sequential))]
+    containers = [(n, m) for n, m in model.named_modules()
+                  if n and isinstance(m, (nn.ModuleList, nn.Sequential))]
     big = max(containers, key=lambda c: sum(p.numel() for p in c[1].parameters()),
               default=(None, None))[0]
-    out = []
-    for n, m in children:
-        if n == big:
-            out += [(f"{n}.{c}", cm) for c, cm in m.named_children()]
-        else:
-            out.append((n, m))
-    return big, out
+    if big is None:
+        return None, list(model.named_children())
+    atoms = big.split(".")
+    inner = {""} | {".".join(atoms[:i]) for i in range(1, len(atoms) + 1)}
+    mods = dict(model.named_modules())
+    return big, [(q, mods[q]) for q in kept_modules(model, inner)]
 
 
 def local_model(model: nn.Module, rules: tuple[TPRule, ...], tp: int) -> nn.Module:
