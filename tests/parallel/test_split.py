@@ -202,7 +202,7 @@ def test_a_structured_output_leaves_the_last_stage_as_tensors_with_its_spec():
     x = torch.randint(0, 16, (3, 5))
     out = _chain(stages, x)
     assert isinstance(out, tuple) and all(torch.is_tensor(t) for t in out)
-    back = rebuild_output(stages[-1], out)
+    back = rebuild_output(stages[-1].output_spec, out)
     assert torch.allclose(back["logits"], m(x)["logits"], atol=1e-6)
     assert back["scale"] == 2 and back["bad"] is None
     assert stages[0].output_spec is None

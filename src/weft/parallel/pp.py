@@ -105,7 +105,9 @@ class PipelineRunner:
         self.n_stages = len(stages)
         self.indices = stage_indices(plan, dist.get_rank(self.group))
         self.modules = [stages[s].to(device) for s in self.indices]
-        self.last_stage = stages[-1]  # rebuilds a structured output for the loss
+        # how a structured output is rebuilt for the loss (not the stage: a rank keeps
+        # only its own stages' modules, and so their parameters, alive)
+        self.output_spec = getattr(stages[-1], "output_spec", None)
         self.stages: list = []
         self._schedules: dict[int, object] = {}
         self._shapes = None
@@ -143,9 +145,10 @@ class PipelineRunner:
         structured one (a ModelOutput captured by torch.export), rebuilt here."""
         from weft.parallel.split import rebuild_output
 
-        if getattr(self.last_stage, "output_spec", None) is None:
+        spec = self.output_spec
+        if spec is None:
             return loss_fn
-        return lambda out, target: loss_fn(rebuild_output(self.last_stage, out), target)
+        return lambda out, target: loss_fn(rebuild_output(spec, out), target)
 
     def step(self, inputs, target, loss_fn) -> torch.Tensor | None:
         """One training step on this rank's batch. Returns the mean micro-batch loss on the

@@ -152,14 +152,14 @@ def split_model(model: nn.Module, split: Sequence[str], example=None) -> list[fx
     return modules
 
 
-def rebuild_output(stage: nn.Module, out):
-    """The model's own output from what its last stage returned (see `split_model`)."""
+def rebuild_output(output_spec, out):
+    """The model's own output from what its last stage returned, given that stage's
+    `output_spec` (see `split_model`; None: the output as it is)."""
     import torch.utils._pytree as pytree
 
-    got = getattr(stage, "output_spec", None)
-    if got is None:
+    if output_spec is None:
         return out
-    spec, consts = got
+    spec, consts = output_spec
     tensors = iter(out if isinstance(out, (tuple, list)) else (out,))
     leaves = [consts[i] if i in consts else next(tensors) for i in range(spec.num_leaves)]
     return pytree.tree_unflatten(leaves, spec)
