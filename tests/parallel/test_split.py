@@ -47,6 +47,12 @@ def test_stages_chain_to_the_model_and_partition_its_parameters(cuts):
         assert st_.get_submodule(cut) is model.get_submodule(cut)
 
 
+def test_an_example_function_is_not_called_where_torch_fx_traces():
+    def never():
+        raise AssertionError("the example was made for a model torch.fx traces")
+    assert len(split_model(gpt.model(n_layer=2), ["blocks.1"], example=never)) == 2
+
+
 def test_holder_keeps_the_names_of_several_stages():
     model = gpt.model(n_layer=4)
     stages = split_model(model, ["blocks.1", "blocks.2", "ln_f"])

@@ -60,7 +60,8 @@ def parallelize(model: nn.Module, plan: Plan | str | os.PathLike | dict, *,
     matter); plans with mesh.pp > 1 then check that it splits into dp x micro-batches before
     any traffic (such plans train with `model.step`, which every plan offers), and a model
     whose forward torch.fx cannot trace is cut after torch.export captures it on one
-    micro-batch of it (`weft.parallel.exported`). Works without a process group for a
+    micro-batch of it (`weft.parallel.exported`). It may be a function returning that batch,
+    called only then (its split is then not checked here). Works without a process group for a
     one-rank plan.
     """
     plan = resolve(plan)
@@ -72,9 +73,11 @@ def parallelize(model: nn.Module, plan: Plan | str | os.PathLike | dict, *,
         from weft.parallel.pp import check_pipeline, micro_batch
         from weft.parallel.split import split_model
 
-        check_pipeline(plan, example_input)
+        lazy = callable(example_input)  # made only if torch.export needs it
+        check_pipeline(plan, None if lazy else example_input)
         micro = None if example_input is None else \
-            lambda: micro_batch(example_input, plan.mesh.dp * plan.pipeline.microbatches)
+            lambda: micro_batch(example_input() if lazy else example_input,
+                                plan.mesh.dp * plan.pipeline.microbatches)
         # before any traffic: errors first (torch.export captures it where fx cannot)
         stages = split_model(model, plan.pipeline.split, micro)
         tied = _check_tied_stages(model, stages, plan)

@@ -86,7 +86,7 @@ def _named(source: str, fn, *args, **kw):
 
 
 def micro_example(spec: str, batch: int, parts: int):
-    """A function giving one micro-batch of the spec's example inputs (None if the spec has
+    """A function giving batch // parts of the spec's example inputs (None if the spec has
     none): what torch.export captures a forward on where torch.fx cannot trace it."""
     from weft.model_spec import input_maker
 
@@ -208,14 +208,10 @@ def train_rank(cfg: TrainConfig) -> dict:
 
     rank, world = dist.get_rank(), dist.get_world_size()
     torch.manual_seed(cfg.seed)
-    model = load_model(cfg.spec)
-    example = None
-    if cfg.plan["mesh"].get("pp", 1) > 1:  # for torch.export, where torch.fx cannot trace it
-        make = micro_example(cfg.spec, cfg.global_batch, 1)
-        if make is not None:
-            with torch.random.fork_rng():
-                example = make()
-    model = parallelize(model, cfg.plan, memory=cfg.device_memory, example_input=example)
+    # the spec's example batch, made only if torch.export must capture a pipelined model
+    # (prepare checked the batch splits)
+    model = parallelize(load_model(cfg.spec), cfg.plan, memory=cfg.device_memory,
+                        example_input=micro_example(cfg.spec, cfg.global_batch, 1))
     train_set = extra(cfg.spec, "dataset")()[0]
     loss_fn, make_opt = extra(cfg.spec, "loss_fn"), extra(cfg.spec, "optimizer")
     if cfg.lr is None and callable(make_opt):

@@ -29,7 +29,8 @@ from torch import fx, nn
 from weft.errors import PlanError
 
 
-def _ancestors(split: Sequence[str]) -> set[str]:
+def ancestors(split: Sequence[str]) -> set[str]:
+    """The root (\"\") and every module above the named ones: what a cut traces through."""
     out = {""}
     for s in split:
         atoms = s.split(".")
@@ -42,7 +43,7 @@ def trace(model: nn.Module, split: Sequence[str], example=None) -> tuple[fx.Grap
     the cuts, and the module holding the graph's attributes (the model, under torch.fx).
     Where torch.fx fails and `example` (a micro-batch of inputs, or a function returning
     one) is given, torch.export captures it (`weft.parallel.exported`)."""
-    inner = _ancestors(split)
+    inner = ancestors(split)
     for i, s in enumerate(split):
         if s in inner:
             raise PlanError(f"pipeline.split[{i}]: {s!r} contains another split point")

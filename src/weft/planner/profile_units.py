@@ -33,6 +33,7 @@ from torch import nn
 
 from weft.errors import PlanError
 from weft.parallel.exported import kept_modules
+from weft.parallel.split import ancestors
 from weft.planner.profile import backward_ones
 from weft.plan.check import layout, matching, tp_styles
 from weft.plan.format import Mesh, Plan, TPRule
@@ -56,10 +57,8 @@ def unit_modules(model: nn.Module) -> tuple[str | None, list[tuple[str, nn.Modul
               default=(None, None))[0]
     if big is None:
         return None, list(model.named_children())
-    atoms = big.split(".")
-    inner = {""} | {".".join(atoms[:i]) for i in range(1, len(atoms) + 1)}
     mods = dict(model.named_modules())
-    return big, [(q, mods[q]) for q in kept_modules(model, inner)]
+    return big, [(q, mods[q]) for q in kept_modules(model, ancestors([big]) | {big})]
 
 
 def local_model(model: nn.Module, rules: tuple[TPRule, ...], tp: int) -> nn.Module:
