@@ -41,7 +41,12 @@ def workload_of(args):
         raise PlanError(f"{args.model} defines no example_input(batch_size) or "
                         "example_batch(batch_size); the planner "
                         "profiles the model on it")
-    rules = rules or megatron_rules(model)
+    if not rules:
+        dropped: dict[str, str] = {}
+        rules = megatron_rules(model, make(args.micro_batch), dropped)
+        for group, why in dropped.items():
+            print(f"tensor-parallel rules for {group} left out (tried on 2 emulated ranks): "
+                  f"{why}")
     wl = profile_workload(model, make, args.micro_batch, rules, repeats=args.repeats)
     if args.save_workload:
         wl.save(args.save_workload)
