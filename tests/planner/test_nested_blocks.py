@@ -55,3 +55,13 @@ def test_every_layer_boundary_of_the_profile_is_a_cut():
     for st in stages:
         out = st(*out) if isinstance(out, tuple) else st(out)
     assert torch.allclose(out, m(x))
+
+
+def test_a_model_that_fails_on_its_example_is_a_plan_error():
+    import pytest
+
+    from weft.errors import PlanError
+
+    with pytest.raises(PlanError, match=r"profiling Nested: .*example input of 2 fail: .*IndexError"):
+        profile_workload(Nested(), lambda b: torch.randint(100, 200, (b, 5)), micro_batch=2,
+                         repeats=1)

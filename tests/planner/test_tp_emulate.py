@@ -219,3 +219,10 @@ def test_the_model_is_left_as_it_was():
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert all("forward" not in m.__dict__ for m in model.modules())
     assert not any(m._forward_pre_hooks for m in model.modules())
+
+
+def test_a_forward_that_fails_on_the_example_is_a_plan_error():
+    from weft.errors import PlanError
+
+    with pytest.raises(PlanError, match="forward on the example input fails: IndexError"):
+        megatron_rules(_model("separate"), torch.full((2, T), VOCAB + 5))

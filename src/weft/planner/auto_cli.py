@@ -47,6 +47,8 @@ def workload_of(args):
         for group, why in dropped.items():
             print(f"tensor-parallel rules for {group} left out (tried on 2 emulated ranks): "
                   f"{why}")
+        print(f"tensor-parallel rules found in the model: "
+              f"{', '.join(f'{r.module} {r.style or r.divide}' for r in rules) or 'none'}")
     wl = profile_workload(model, make, args.micro_batch, rules, repeats=args.repeats)
     if args.save_workload:
         wl.save(args.save_workload)

@@ -261,7 +261,14 @@ def profile_workload(model: nn.Module, example_input, micro_batch: int = 8,
         torch.manual_seed(0)
         x1, x2 = example_input(b), example_input(2 * b)
         big, _ = unit_modules(model)
-        m1 = measure_units(model, x1, repeats, statistic)
+        try:
+            m1 = measure_units(model, x1, repeats, statistic)
+        except PlanError:
+            raise
+        except Exception as e:  # the model's own error, named as such (not a weft crash)
+            raise PlanError(f"profiling {name or type(model).__name__}: its forward and "
+                            f"backward on the example input of {b} fail: "
+                            f"{type(e).__name__}: {e}") from e
         m2 = measure_units(model, x2, repeats, statistic)
         tp_ok = bool(rules) and any(r.style for r in rules)
         values = []

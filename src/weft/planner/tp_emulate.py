@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils._pytree import tree_leaves
 
+from weft.errors import PlanError
 from weft.plan.check import matching
 from weft.plan.format import TPRule
 
@@ -150,7 +151,11 @@ def emulate(model: nn.Module, groups: dict[str, tuple[TPRule, ...]], example,
     try:
         model.eval()
         with torch.no_grad():
-            model(*(example if isinstance(example, tuple) else (example,)))
+            try:
+                model(*(example if isinstance(example, tuple) else (example,)))
+            except Exception as e:
+                raise PlanError("trying the tensor-parallel rules: the model's forward on the "
+                                f"example input fails: {type(e).__name__}: {e}") from e
             for h in handles:
                 h.remove()
             handles = []
