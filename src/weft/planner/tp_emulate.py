@@ -18,7 +18,9 @@ the model on `example`:
 * the group's `divide` attributes are divided by `tp`.
 
 Each rank's output (its first tensor) must equal the whole module's. Eval mode, no
-gradients, the model's own weights (nothing is copied but the inputs' containers).
+gradients, the model's own weights (a rank's share is a view of them; only the recorded
+inputs are copied, for each call, so a forward that changes them in place or updates a
+cache object does not change the next call's).
 """
 
 from __future__ import annotations
