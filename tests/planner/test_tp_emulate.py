@@ -226,3 +226,21 @@ def test_a_forward_that_fails_on_the_example_is_a_plan_error():
 
     with pytest.raises(PlanError, match="forward on the example input fails: IndexError"):
         megatron_rules(_model("separate"), torch.full((2, T), VOCAB + 5))
+
+
+def test_plan_auto_leaves_out_what_fails_and_plans_with_the_rest(tmp_path, capsys):
+    """Before the trial, the names gave nanoGPT's fused attention tp rules, and `weft plan
+    auto` itself crashed profiling the tp-2 shaped copy."""
+    from weft.cli import main
+
+    spec = tmp_path / "fused.py"
+    spec.write_text("import torch\nfrom tests.planner.test_tp_emulate import Model, VOCAB, T\n\n"
+                    "def model():\n    torch.manual_seed(0)\n    return Model('fused_thirds')\n\n"
+                    "def example_input(b):\n    return torch.randint(0, VOCAB, (b, T))\n")
+    out = tmp_path / "plan.yaml"
+    rc = main(["plan", "auto", "--model", str(spec), "--topology", "local:2", "--batch", "8",
+               "--repeats", "1", "--out", str(out)])
+    text = capsys.readouterr().out
+    assert rc == 0 and out.exists()
+    assert "rules for blocks.*.attn left out" in text and "not enough values to unpack" in text
+    assert "blocks.*.mlp.fc colwise, blocks.*.mlp.proj rowwise" in text
