@@ -8,7 +8,8 @@ measures, without the plans themselves:
 
 * compute contention (`weft.planner.contention_local`, statistic "slowest"): the slowest
   rank's median forward + backward of the model on `sample` with all N ranks computing,
-  over one rank's alone (N ranks share this machine's cores);
+  over the workload's own time for that pass (N ranks share this machine's cores; without
+  a workload, over one rank's pass alone);
 * gloo's collectives fitted to the ring model on a one-host star (`fit_gloo`);
 * per kind and group size, the collectives measured right after compute as a step issues
   them (`weft.planner.collective_fit`), with a workload;
@@ -67,13 +68,21 @@ def measure_local_costs(world: int, workload=None, sample=None, model=None,
 
     if world < 1:
         raise PlanError(f"calibration needs at least one local rank, got {world}")
-    scale, measured_scale = 1.0, False
+    scale, measured_scale = 1.0, ""
     if world > 1 and not quick and sample is not None and (model is not None or spec):
-        # the slowest rank's median pass over the solo minimum: a step is as slow as its
-        # slowest rank, and the profile is a minimum (docs/planner.md)
-        scale = contention_local(world, sample, model=model, spec=spec, rounds=4,
-                                 statistic="slowest")["compute_scale"]
-        measured_scale = True
+        # the slowest rank's median pass: a step is as slow as its slowest rank
+        got = contention_local(world, sample, model=model, spec=spec, rounds=4,
+                               statistic="slowest")
+        scale, measured_scale = got["compute_scale"], "over one rank's alone"
+        alone = sum(l.compute_s(int(sample.shape[0]), 1) for l in workload.layers) \
+            if workload is not None else 0.0
+        if alone > 0:
+            # over the workload's own time for that pass, which the scale multiplies: the
+            # profile sums units timed alone and may be 10-20% under a whole pass timed
+            # alone, and one rank's alone moves by as much between ranks (docs/planner.md)
+            scale = statistics.median(got["concurrent_s"]) / alone
+            measured_scale = f"{statistics.median(got['concurrent_s']) * 1e3:.1f} ms over " \
+                             f"the workload's {alone * 1e3:.1f} ms"
     params = fit_gloo(world, quick, log)
     fits = ()
     if world > 1 and not quick and workload is not None and sample is not None:
@@ -97,5 +106,6 @@ def measure_local_costs(world: int, workload=None, sample=None, model=None,
     else:
         what = "one rank: no runtime costs"
     log(f"calibration on {world} local ranks: compute_scale {scale:.2f} "
-        f"({'contention_local' if measured_scale else 'not measured'}); {what}")
+        f"({'contention_local: ' + measured_scale if measured_scale else 'not measured'}); "
+        f"{what}")
     return costs
