@@ -34,8 +34,8 @@ from torch import nn
 from torch.utils._pytree import tree_leaves
 
 from weft.errors import PlanError
-from weft.plan.check import matching
-from weft.plan.format import TPRule
+from weft.plan.check import matching, tp_styles
+from weft.plan.format import Mesh, Plan, TPRule
 
 
 def _first_tensor(out):
@@ -162,18 +162,19 @@ def emulate(model: nn.Module, groups: dict[str, tuple[TPRule, ...]], example,
                 h.remove()
             handles = []
             for g, rules in groups.items():
+                # the modules each rule applies to, matched as weft.parallel.tensor does
+                styles = tp_styles(Plan(mesh=Mesh(tp=tp), tensor_parallel=tuple(rules)),
+                                   model, strict=False)
+                divides = {n: r.divide for r in rules if r.divide
+                           for n in matching(r.module, model)}
                 for name in targets[g]:
                     if name not in captured:
                         continue  # not called in this forward: nothing to try it on
-                    mod = mods[name]
-                    col, row, divide = {}, {}, []
-                    for rule in rules:
-                        divide += list(rule.divide) if rule.module == g else []
-                        child = rule.module[len(g) + 1:] if rule.module != g else None
-                        lin = getattr(mod, child, None) if child else None
-                        if isinstance(lin, nn.Linear) and rule.style in ("colwise", "rowwise"):
-                            (col if rule.style == "colwise" else row)[child] = lin
-                    why = _one(mod, col, row, divide, tp, *captured[name])
+                    inside = {n: rule.style for n, (_, rule) in styles.items()
+                              if n.startswith(name + ".") and isinstance(mods[n], nn.Linear)}
+                    col = {n: mods[n] for n, st in inside.items() if st == "colwise"}
+                    row = {n: mods[n] for n, st in inside.items() if st == "rowwise"}
+                    why = _one(mods[name], col, row, divides.get(name, ()), tp, *captured[name])
                     if why:
                         bad[g] = f"{name}: {why}"
                         break
