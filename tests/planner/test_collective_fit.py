@@ -8,7 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from weft.errors import PlanError
-from weft.planner.collective_fit import KINDS, fit_lines, fitted_seconds, measure_collectives
+from weft.planner.collective_fit import (DTENSOR_KINDS, KINDS, fit_lines, fitted_seconds,
+                                        measure_collectives)
 from weft.planner.comm import Comm
 from weft.planner.network import Network
 from weft.planner.plan_cost import Costs, PlanModel
@@ -89,12 +90,60 @@ def test_plan_model_charges_the_fitted_all_reduce():
     assert plain.terms["data-parallel total"] != pytest.approx(want)
 
 
+def test_tensor_parallel_collectives_are_charged_at_dtensors_fit():
+    """dp2 x tp2: the layers' tp all-reduces are charged at the "dtensor_allreduce" fit
+    of groups of 2 where it is measured, at the plain all-reduce's fit where not; the
+    data-parallel sync keeps the plain fit either way."""
+    wl = transformer(n_layer=2, d_model=64, n_head=4, seq=32, flops=1e12)
+    topo = multi_node(1, 4)
+    plain, _ = fit_lines(_samples())
+    own = plain + (("dtensor_allreduce", 2, 9e-3, 4e-9),)
+    shape = Shape(dp_replicate=2, tp=2, global_batch=16)
+    got = {name: PlanModel(wl, topo, Costs(overlap=0.0, collective_fits=t)).estimate(shape)
+           for name, t in (("plain", plain), ("own", own))}
+    b = got["own"].shape.micro_batch
+    calls = [c.nbytes * b for l in wl.layers for c in l.collectives if c.kind == "allreduce"]
+    assert len(calls) == 4 * 2  # two forward and two backward per block
+    # the head's all-gather (not fitted on pairs: the ring model) is the same in both
+    (a0, b0), M = LINES["allreduce", 2], got["own"].shape.microbatches
+    tp = {name: est.terms["tensor-parallel collectives"] for name, est in got.items()}
+    assert tp["own"] - tp["plain"] == pytest.approx(
+        M * sum((9e-3 - a0) + (4e-9 - b0) * n for n in calls))
+    assert got["own"].terms["data-parallel total"] == pytest.approx(
+        got["plain"].terms["data-parallel total"])
+
+
+def _dtensor_results(sizes):
+    import torch.distributed as dist
+
+    from weft.planner.collective_fit import _dtensor_op, _mesh
+
+    mesh = _mesh(dist.get_world_size(), 2)
+    return {(k, s): _dtensor_op(k, 2, s, mesh)().tolist() for k in DTENSOR_KINDS for s in sizes}
+
+
+def test_dtensor_kinds_move_what_tensor_parallelism_moves():
+    """On 2 gloo ranks each rank holding ones: the all-reduce gives every rank the whole
+    tensor of 2s, the all-gather the whole tensor of ones from the halves, the
+    reduce-scatter each rank its half of 2s."""
+    from weft.launch import launch
+
+    got = launch(_dtensor_results, 2, ((4096, 1 << 16),), timeout=120)
+    for out in got:
+        for s in (4096, 1 << 16):
+            n = s // 4
+            assert out["dtensor_allreduce", s] == [2.0] * n
+            assert out["dtensor_all_gather", s] == [1.0] * n
+            assert out["dtensor_reduce_scatter", s] == [2.0] * (n // 2)
+
+
 @pytest.mark.slow
 def test_measure_collectives_on_two_gloo_ranks():
     got = measure_collectives(2, sizes=(4096, 1 << 20), repeats=2, timeout=120)
-    assert {(k, n) for k, n, _, _ in got.table} == {(k, 2) for k in KINDS}
+    kinds = (*KINDS, *DTENSOR_KINDS)
+    assert {(k, n) for k, n, _, _ in got.table} == {(k, 2) for k in kinds}
     assert sorted((k, n, s) for k, n, s, _ in got.samples) == sorted(
-        (k, 2, s) for k in KINDS for s in (4096, 1 << 20))
+        (k, 2, s) for k in kinds for s in (4096, 1 << 20))
     assert all(math.isfinite(t) and t > 0 for *_, t in got.samples)
     assert all(a >= 0 and b >= 0 for _, _, a, b in got.table)
     assert math.isfinite(got.error) and "allreduce n=2" in got.summary()

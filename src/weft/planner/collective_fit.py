@@ -14,11 +14,17 @@ ranks sharing 2 cores took 1.6-9 ms; the ring fitted on 4-rank groups predicted 
 for groups of 2). So the collectives a plan issues are measured as the plans run them:
 
 * each kind (all-reduce, all-gather and reduce-scatter of flat tensors: the calls weft's
-  DataParallel and fully_shard make; DTensor's all-reduces run gloo's same all-reduce)
-  on every group size `n` that divides the world, with the world's ``world / n`` groups
-  of consecutive ranks running at once (as every group of one mesh dimension does), at
-  sizes from 4 KiB to 4 MiB (the whole tensor, as `weft.planner.comm.Comm.collective`
-  counts it);
+  DataParallel and fully_shard make) on every group size `n` that divides the world,
+  with the world's ``world / n`` groups of consecutive ranks running at once (as every
+  group of one mesh dimension does), at sizes from 4 KiB to 4 MiB (the whole tensor, as
+  `weft.planner.comm.Comm.collective` counts it);
+* the same three as tensor parallelism issues them (`DTENSOR_KINDS`, "dtensor_" + kind):
+  a DTensor on the group's mesh redistributed from Partial to Replicate, Shard to
+  Replicate and Partial to Shard, and waited for. DTensor runs the same gloo collective
+  through torch's functional collectives (a copy of the input, an asynchronous work
+  object and its wait): on 4 ranks sharing 2 cores (2026-12-03, after 2.6 ms of compute)
+  its all-reduce fitted 1.8-2.7 ms more per call than `dist.all_reduce` on groups of 2
+  and 4, about the under-prediction of the tensor-parallel plans (docs/planner.md);
 * each timing is the slowest rank's seconds (a barrier before, the max over ranks after),
   the median over `repeats` interleaved rounds, as `weft.planner.measure` times a step;
 * with ``after`` (seconds), every rank computes that long (a matmul loop timed alone)
@@ -44,6 +50,11 @@ import numpy as np
 from weft.errors import PlanError
 
 KINDS = ("allreduce", "all_gather", "reduce_scatter")
+# the same collectives as a DTensor redistribution issues them (tensor parallelism):
+# kind -> (placement before, after)
+DTENSOR_KINDS = {"dtensor_allreduce": ("partial", "replicate"),
+                 "dtensor_all_gather": ("shard", "replicate"),
+                 "dtensor_reduce_scatter": ("partial", "shard")}
 SIZES = tuple(4096 << k for k in range(11))  # 4 KiB .. 4 MiB
 
 
@@ -128,13 +139,14 @@ def collectives_rank(sizes, repeats: int, after: float = 0.0) -> dict:
 
     world, me = dist.get_world_size(), dist.get_rank()
     seg = _compute_segment(after) if after > 0 else None
-    groups = {}
+    groups, meshes = {}, {}
     for n in range(2, world + 1):
         if world % n:
             continue
         made = [dist.new_group(list(range(s, s + n))) for s in range(0, world, n)] \
             if n < world else [None]
         groups[n] = made[me // n] if n < world else None
+        meshes[n] = _mesh(world, n)
 
     def op(kind, n, nbytes, g):
         full = torch.ones(max(n, int(nbytes) // 4 // n * n))
@@ -145,6 +157,8 @@ def collectives_rank(sizes, repeats: int, after: float = 0.0) -> dict:
             return lambda: dist.all_gather_single(full, part, group=g)
         return lambda: dist.reduce_scatter_single(part, full, group=g)
     fns = {(k, n, s): op(k, n, s, g) for n, g in groups.items() for s in sizes for k in KINDS}
+    fns.update({(k, n, s): _dtensor_op(k, n, s, m) for n, m in meshes.items() for s in sizes
+                for k in DTENSOR_KINDS})
     if seg is not None:
         fns = {key: (lambda fn=fn: (seg(), fn())) for key, fn in fns.items()}
     ts: dict = {key: [] for key in fns}
@@ -155,6 +169,34 @@ def collectives_rank(sizes, repeats: int, after: float = 0.0) -> dict:
             if r:
                 ts[key].append(t - base)
     return {key: max(statistics.median(v), 1e-6) for key, v in ts.items()}
+
+
+def _mesh(world: int, n: int):
+    """A DeviceMesh of this rank's group of `n` consecutive ranks (all ranks call it)."""
+    from torch.distributed.device_mesh import init_device_mesh
+
+    if n == world:
+        return init_device_mesh("cpu", (world,))
+    return init_device_mesh("cpu", (world // n, n), mesh_dim_names=("rest", "group"))["group"]
+
+
+def _dtensor_op(kind: str, n: int, nbytes: int, mesh):
+    """A DTensor of `nbytes` in all redistributed as `kind` says (`DTENSOR_KINDS`),
+    waited for: what a tensor-parallel module's hooks and DTensor's ops issue."""
+    import torch
+    from torch.distributed._functional_collectives import AsyncCollectiveTensor
+    from torch.distributed.tensor import DTensor, Partial, Replicate, Shard
+
+    make = {"partial": Partial, "replicate": Replicate, "shard": lambda: Shard(0)}
+    src, dst = DTENSOR_KINDS[kind]
+    numel = max(n, int(nbytes) // 4 // n * n)
+    local = torch.ones(numel // n if src == "shard" else numel)
+    d = DTensor.from_local(local, mesh, [make[src]()], run_check=False)
+
+    def run():
+        y = d.redistribute(mesh, [make[dst]()]).to_local()
+        return y.wait() if isinstance(y, AsyncCollectiveTensor) else y
+    return run
 
 
 def measure_collectives(world: int = 2, sizes=SIZES, repeats: int = 5, after: float = 0.0,

@@ -22,7 +22,8 @@ the thousand identical tp groups of a large cluster cost one evaluation.
 
 Collectives measured on the ranks themselves (`weft.planner.collective_fit`: a latency and
 a cost per byte per kind and group size, for local ranks that share their cores) replace
-the ring model for the groups of the sizes measured (``fits``).
+the ring model for the groups of the sizes measured (``fits``); tensor parallelism's are
+charged at DTensor's own fits where measured (`Comm.dtensor`).
 """
 
 from __future__ import annotations
@@ -187,6 +188,14 @@ class Comm:
             extra = steps * (nbytes / n) * (gs.together - gs.alone) / self.params.link_efficiency
             got = self._coll[key] = worst + max(extra, 0.0)
         return got
+
+    def dtensor(self, kind: str, gs: Groups) -> str:
+        """The kind to charge for `kind` issued by DTensor (tensor parallelism) on `gs`:
+        its own fit ("dtensor_" + kind) where measured for groups of that size, else
+        `kind` (DTensor runs the same gloo/NCCL collective through torch's functional
+        collectives, which cost a few ms more per call on local ranks sharing cores)."""
+        own = "dtensor_" + kind
+        return own if fitted_seconds(self.fits, own, gs.size, 1.0) is not None else kind
 
     def algorithm(self, kind: str, gs: Groups, nbytes: float) -> str:
         if gs.size < 2 or not gs.reps:

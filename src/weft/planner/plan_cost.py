@@ -10,7 +10,8 @@ micro-batch of b samples at tensor-parallel degree t:
 * compute: the workload's forward and backward times (`Layer.compute_s`), times
   ``compute_scale``, plus the forward again for checkpointed layers (recompute);
 * tensor parallelism: each layer's collectives (`Layer.collectives`, b x bytes per
-  sample) over the stage's tp groups, all at once (`weft.planner.comm`), not overlapped;
+  sample) over the stage's tp groups, all at once (`weft.planner.comm`; DTensor's own
+  fits where measured, `Comm.dtensor`), not overlapped;
 * pipeline: activations (b x the stage's last layer's output bytes) to the next stage
   and gradients back, over every pp pair at once, and the schedule's own cost of each
   forward and backward action (``pipeline_action_s``: its bookkeeping, posting the sends
@@ -206,6 +207,7 @@ class PlanModel:
             memo: dict = {}
             for i, colls in enumerate(a["colls"]):
                 for kind, phase, nbytes in colls:
+                    kind = comm.dtensor(kind, tp_groups)
                     key = (kind, nbytes * b)
                     tc = memo.get(key)
                     if tc is None:
