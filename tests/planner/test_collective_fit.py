@@ -173,3 +173,16 @@ def test_model_buckets_are_the_runtimes(numels, cap_mb):
     assert sum(model) == pytest.approx(sum(runtime))
     assert model[0] == min(4 * sum(numels), 2**20) and runtime[0] <= 2**20
     assert len(model) <= len(runtime) <= len(model) + 1
+
+
+@pytest.mark.slow
+def test_fit_gloo_fits_the_plain_kinds_only():
+    """`fit_gloo` fits the ring model to the plain collectives (the DTensor kinds have no
+    ring schedule): it runs on 2 ranks and logs a fit."""
+    from weft.planner.local_costs import fit_gloo
+
+    got = measure_collectives(2, sizes=(4096,), repeats=1, timeout=120, dtensor=False)
+    assert {k for k, *_ in got.samples} == set(KINDS)
+    lines = []
+    params = fit_gloo(2, quick=True, log=lines.append)
+    assert params.alpha > 0 and "fitted to the ring model" in lines[0]

@@ -128,7 +128,7 @@ def _compute_segment(seconds: float):
     return lambda: loop(int(n))
 
 
-def collectives_rank(sizes, repeats: int, after: float = 0.0) -> dict:
+def collectives_rank(sizes, repeats: int, after: float = 0.0, dtensor: bool = True) -> dict:
     """In every rank: {(kind, n, nbytes): median slowest-rank seconds}; with `after`, of
     each collective issued right after about `after` seconds (alone) of compute on every
     rank, less that compute alone (the round's median of `slowest_seconds` of it)."""
@@ -146,7 +146,8 @@ def collectives_rank(sizes, repeats: int, after: float = 0.0) -> dict:
         made = [dist.new_group(list(range(s, s + n))) for s in range(0, world, n)] \
             if n < world else [None]
         groups[n] = made[me // n] if n < world else None
-        meshes[n] = _mesh(world, n)
+        if dtensor:
+            meshes[n] = _mesh(world, n)
 
     def op(kind, n, nbytes, g):
         full = torch.ones(max(n, int(nbytes) // 4 // n * n))
@@ -200,16 +201,17 @@ def _dtensor_op(kind: str, n: int, nbytes: int, mesh):
 
 
 def measure_collectives(world: int = 2, sizes=SIZES, repeats: int = 5, after: float = 0.0,
-                        timeout: float = 300.0) -> CollectiveFits:
+                        timeout: float = 300.0, dtensor: bool = True) -> CollectiveFits:
     """Measure and fit the collectives of the module doc on `world` local gloo ranks
-    (`after`: each right after that many seconds of compute, see `collectives_rank`)."""
+    (`after`: each right after that many seconds of compute, see `collectives_rank`;
+    `dtensor`: DTensor's kinds too)."""
     from weft.launch import launch
 
     if world < 2:
         raise PlanError(f"collectives are measured on at least 2 ranks, got {world}")
     if not sizes or min(sizes) <= 0:
         raise PlanError(f"collective sizes must be positive byte counts, got {sizes!r}")
-    got = launch(collectives_rank, world, args=(tuple(sizes), repeats, after),
+    got = launch(collectives_rank, world, args=(tuple(sizes), repeats, after, dtensor),
                  timeout=timeout)[0]
     samples = tuple((k, n, s, t) for (k, n, s), t in sorted(got.items()))
     table, err = fit_lines(samples)

@@ -44,7 +44,8 @@ def fit_gloo(world: int, quick: bool = False, log: Callable[[str], None] = print
     # the slowest rank's median of each kind on the whole world right after a barrier
     # (`collective_fit` measures every group size; the ring fit takes the world's)
     got = {(k, size): t for k, n, size, t in
-           measure_collectives(world, sizes, repeats=3 if quick else 7).samples if n == world}
+           measure_collectives(world, sizes, repeats=3 if quick else 7, dtensor=False).samples
+           if n == world}
     fab = Fabric(star_slow(world, fast=1e12, slow=1e12), [f"h{i}" for i in range(world)])
     samples = [(ring(kind, world), fab, size, size + 1, t) for (kind, size), t in got.items()]
     base = CostParams(alpha=50e-6, reduce_bw=4e9, step_overhead=20e-6,
