@@ -227,6 +227,23 @@ def test_runtime_costs_watch_fully_shard_block_on_gloo():
     assert costs.tp_tensor_s == rc.tp_tensor_s
 
 
+def test_fully_shard_cost_per_call_is_taken_round_by_round(monkeypatch):
+    """Each round's own step less its plain step and raw collectives, per call, then the
+    median: a slow round slows every figure of that round and cancels, where medians
+    taken apart mix rounds (here 1.5 ms per call against the rounds' 1.17)."""
+    from weft.planner import runtime_costs as rc
+
+    rounds = {"fsdp_step": [40e-3, 80e-3, 42e-3], "plain_step": [1e-3, 2e-3, 1e-3],
+              "unit_gather": [5e-3, 5e-3, 11e-3], "unit_scatter": [6e-3, 6e-3, 6e-3]}
+    monkeypatch.setattr(rc, "_round_times", lambda fns, repeats: rounds)
+    got = rc._fsdp_rounds({}, 3, units=2)
+    per = sorted((f - p - 2 * (2 * g + s)) / 6 for f, p, g, s in zip(*rounds.values()))
+    assert got["fsdp_call_rounds"] == pytest.approx(per[1])
+    assert got["fsdp_step"] == 42e-3 and got["unit_gather"] == 5e-3
+    apart = (42e-3 - 1e-3 - 2 * (2 * 5e-3 + 6e-3)) / 6
+    assert apart != pytest.approx(per[1])
+
+
 def test_optimizer_rate_is_measured_at_the_models_size():
     """Adam's large case holds the model's parameters (at least 8x the small case), else
     32x the small case; a size that is not positive is refused before any rank starts."""

@@ -23,7 +23,8 @@ on the machine, the backend and torch, so they are measured, not assumed:
   parameters into and out of the flat buffer, hooks, DTensor bookkeeping): `units`
   Linear layers each their own fully_shard unit train one forward + backward; minus the
   same model unsharded and minus the raw collectives of the same sizes timed in the same
-  run, per call (three per unit: gather, gather again for the backward, reduce-scatter).
+  round, per call (three per unit: gather, gather again for the backward,
+  reduce-scatter), the median over 3x the rounds of each round's figure.
 * ``optimizer_tensor_s`` and ``optimizer_bw``: Adam's step over many small tensors
   against two of the same bytes (per tensor), and two small against two of
   ``optimizer_numel`` elements in all (per byte): the size of the model planned, when the
@@ -118,17 +119,35 @@ class RuntimeCosts:
         return asdict(self)
 
 
-def _rounds(fns: dict, repeats: int) -> dict[str, float]:
-    """{name: median seconds of the slowest rank} over `repeats` interleaved rounds (each
-    round runs every function once, so all see the same background load), after one
-    warm-up round."""
+def _round_times(fns: dict, repeats: int) -> dict[str, list[float]]:
+    """{name: seconds of the slowest rank per round} over `repeats` interleaved rounds
+    (each round runs every function once, so all see the same background load), after
+    one warm-up round."""
     ts: dict[str, list[float]] = {k: [] for k in fns}
     for r in range(repeats + 1):
         for k, fn in fns.items():
             t = slowest_seconds(fn)
             if r:
                 ts[k].append(t)
-    return {k: statistics.median(v) for k, v in ts.items()}
+    return ts
+
+
+def _rounds(fns: dict, repeats: int) -> dict[str, float]:
+    """{name: median over `_round_times`' rounds}."""
+    return {k: statistics.median(v) for k, v in _round_times(fns, repeats).items()}
+
+
+def _fsdp_rounds(fns: dict, repeats: int, units: int) -> dict[str, float]:
+    """`_rounds` of the fully_shard step, the plain step and the unit's raw collectives,
+    and "fsdp_call_rounds": the median over the rounds of each round's own fully_shard
+    cost per call (its step less the plain step and the raw collectives of that round,
+    over the 3 calls per unit). A difference of medians taken over rounds apart moved
+    0.0-3.5 ms per call between calibrations minutes apart (2026-12-03)."""
+    ts = _round_times(fns, repeats)
+    per = [(f - p - units * (2 * g + sc)) / (3 * units) for f, p, g, sc in
+           zip(ts["fsdp_step"], ts["plain_step"], ts["unit_gather"], ts["unit_scatter"])]
+    return {**{k: statistics.median(v) for k, v in ts.items()},
+            "fsdp_call_rounds": statistics.median(per)}
 
 
 def _overlap_rounds(hide: dict, repeats: int) -> dict[str, float]:
@@ -190,8 +209,8 @@ def runtime_costs_rank(repeats: int, units: int, width: int, tensors: int,
     # 2026-12-02 evening, and 0.33 and 0.78 in two)
     hide = {"compute": compute, "gather": lambda: dist.all_gather_single(full, shard),
             "both": both}
-    fns = {"unit_gather": lambda: dist.all_gather_single(unit, part),
-           "unit_scatter": lambda: dist.reduce_scatter_single(part, unit)}
+    fsdp = {"unit_gather": lambda: dist.all_gather_single(unit, part),
+            "unit_scatter": lambda: dist.reduce_scatter_single(part, unit)}
     # fully_shard: `units` Linear(width, width) units, and the same model unsharded
     x = torch.randn(2, width)
     mesh = init_device_mesh("cpu", (n,))
@@ -202,8 +221,8 @@ def runtime_costs_rank(repeats: int, units: int, width: int, tensors: int,
             for m in model:
                 fully_shard(m, mesh=mesh)
             fully_shard(model, mesh=mesh)
-        fns[f"{key}_step"] = lambda model=model: model(x).sum().backward()
-    issued = _how_fsdp_calls(lambda: fns["fsdp_step"]())
+        fsdp[f"{key}_step"] = lambda model=model: model(x).sum().backward()
+    issued = _how_fsdp_calls(lambda: fsdp["fsdp_step"]())
     # Adam over plain tensors: many small and few small (the same bytes), few large; and
     # over the many small as fully_shard's DTensors (one unit). Timed in rounds of their
     # own (a training step's optimizer follows its own backward, not other work)
@@ -216,10 +235,11 @@ def runtime_costs_rank(repeats: int, units: int, width: int, tensors: int,
     many = nn.Sequential(*[nn.Linear(32, 32, bias=False) for _ in range(tensors)])
     fully_shard(many, mesh=mesh)
     adam["adam_dtensors"] = _adam(list(many.parameters()))
-    fns.update(_tp_steps(units, width, x))
+    fns = _tp_steps(units, width, x)
     # Adam's rounds are short (a few ms each), and the rate per byte is a difference of
     # two of them: 3x the rounds (at 9, the rate moved 0.38-2.0 GB/s between calibrations)
-    return {**_rounds(fns, repeats), **_overlap_rounds(hide, 3 * repeats),
+    return {**_rounds(fns, repeats), **_fsdp_rounds(fsdp, 3 * repeats, units),
+            **_overlap_rounds(hide, 3 * repeats),
             **dp_overlap_rounds(optimizer_numel, 3 * repeats), **_rounds(adam, 3 * repeats),
             **_pipeline_steps(pipe_width, pipe_extra, repeats), **issued}
 
@@ -330,9 +350,7 @@ def measure_runtime_costs(world: int = 2, repeats: int = 5, units: int = 8, widt
                timeout=timeout)[0]
     overlap = s["dp_overlap"]            # DataParallel's sync under its backward
     hidden = min(max(s["overlap_rounds"], 0.0), 1.0)  # an asynchronous all-gather's
-    calls = 3 * units
-    raw = units * (2 * s["unit_gather"] + s["unit_scatter"])
-    fsdp_call = (s["fsdp_step"] - s["plain_step"] - raw) / calls
+    fsdp_call = s["fsdp_call_rounds"]
     per_tensor = max(0.0, (s["adam_many_small"] - s["adam_few_small"]) / (tensors - 2))
     small = 4.0 * tensors * 1024
     bw = (4.0 * _large(optimizer_numel, tensors * 1024) - small) / \
