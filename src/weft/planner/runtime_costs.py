@@ -154,12 +154,7 @@ def _overlap_rounds(hide: dict, repeats: int) -> dict[str, float]:
     """`_rounds` of compute, gather and both, and "overlap_rounds": the median over the
     rounds of each round's own (compute + gather - both) / min(compute, gather), so that
     the three timings combined are from the same moment."""
-    ts: dict[str, list[float]] = {k: [] for k in hide}
-    for r in range(repeats + 1):
-        for k, fn in hide.items():
-            t = slowest_seconds(fn)
-            if r:
-                ts[k].append(t)
+    ts = _round_times(hide, repeats)
     per = [(c + g - b) / max(min(c, g), 1e-9)
            for c, g, b in zip(ts["compute"], ts["gather"], ts["both"])]
     return {**{k: statistics.median(v) for k, v in ts.items()},
