@@ -22,9 +22,11 @@ for groups of 2). So the collectives a plan issues are measured as the plans run
   a DTensor on the group's mesh redistributed from Partial to Replicate, Shard to
   Replicate and Partial to Shard, and waited for. DTensor runs the same gloo collective
   through torch's functional collectives (a copy of the input, an asynchronous work
-  object and its wait): on 4 ranks sharing 2 cores (2026-12-03, after 2.6 ms of compute)
-  its all-reduce fitted 1.8-2.7 ms more per call than `dist.all_reduce` on groups of 2
-  and 4, about the under-prediction of the tensor-parallel plans (docs/planner.md);
+  object and its wait): on 4 ranks sharing 2 cores (2026-12-03, after 2-2.6 ms of
+  compute) its all-reduce fitted 1.2-3.5 ms more per call than `dist.all_reduce` at the
+  tensor-parallel plans' sizes (256 KiB on pairs, 512 KiB on 4 ranks) in 6 of 7
+  calibrations and 0.4-0.7 ms in the seventh: about the under-prediction of those
+  plans (docs/planner.md);
 * each timing is the slowest rank's seconds (a barrier before, the max over ranks after),
   the median over `repeats` interleaved rounds, as `weft.planner.measure` times a step;
 * with ``after`` (seconds), every rank computes that long (a matmul loop timed alone)
