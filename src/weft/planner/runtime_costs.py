@@ -41,8 +41,9 @@ on the machine, the backend and torch, so they are measured, not assumed:
   of every op, the input/output redistribution hooks): `units` Linear(width, width)
   layers, column- and row-wise in turn (`parallelize_module`) over a tp mesh of one rank
   (each rank its own, all ranks at once: the dispatch and hooks without the collectives,
-  which the model charges apart), train one forward + backward; minus the same plain
-  Linear layers, per weight and bias. (Over all ranks, less the all-reduces timed alone,
+  which the model charges apart at DTensor's own fits, `weft.planner.collective_fit`; on
+  a one-rank mesh DTensor issues no functional collective at all, 2026-12-03), train one
+  forward + backward; minus the same plain Linear layers, per weight and bias. (Over all ranks, less the all-reduces timed alone,
   as before 2026-12-02, it was a small difference of two large, noisy figures: 0-1.6 ms
   per tensor in calibrations minutes apart, and it counted the all-reduces' extra cost
   inside a step, which `weft.planner.collective_fit` measures now.)
