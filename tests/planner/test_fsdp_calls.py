@@ -244,6 +244,18 @@ def test_fully_shard_cost_per_call_is_taken_round_by_round(monkeypatch):
     assert apart != pytest.approx(per[1])
 
 
+def test_tensor_parallel_cost_is_taken_round_by_round(monkeypatch):
+    """The tp dispatch figure: the median of each round's step less its plain layers
+    (here 9 ms: 9, 8 and 10 by round), not the difference of the two medians (10 ms)."""
+    from weft.planner import runtime_costs as rc
+
+    rounds = {"tp_step": [10e-3, 30e-3, 12e-3], "tp_local": [1e-3, 22e-3, 2e-3]}
+    monkeypatch.setattr(rc, "_round_times", lambda fns, repeats: rounds)
+    got = rc._tp_rounds({}, 3)
+    assert got["tp_rounds"] == pytest.approx(9e-3)
+    assert got["tp_step"] - got["tp_local"] == pytest.approx(10e-3)
+
+
 def test_optimizer_rate_is_measured_at_the_models_size():
     """Adam's large case holds the model's parameters (at least 8x the small case), else
     32x the small case; a size that is not positive is refused before any rank starts."""

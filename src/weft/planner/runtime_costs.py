@@ -43,7 +43,10 @@ on the machine, the backend and torch, so they are measured, not assumed:
   (each rank its own, all ranks at once: the dispatch and hooks without the collectives,
   which the model charges apart at DTensor's own fits, `weft.planner.collective_fit`; on
   a one-rank mesh DTensor issues no functional collective at all, 2026-12-03), train one
-  forward + backward; minus the same plain Linear layers, per weight and bias. (Over all ranks, less the all-reduces timed alone,
+  forward + backward; minus the same plain Linear layers, per weight and bias; the
+  median over 3x the rounds of each round's own difference (at 9 rounds, a difference of
+  medians moved 502-628 us per tensor in four calibrations in a row, 2026-12-03; round by
+  round over 27, 556-601). (Over all ranks, less the all-reduces timed alone,
   as before 2026-12-02, it was a small difference of two large, noisy figures: 0-1.6 ms
   per tensor in calibrations minutes apart, and it counted the all-reduces' extra cost
   inside a step, which `weft.planner.collective_fit` measures now.)
@@ -151,6 +154,15 @@ def _fsdp_rounds(fns: dict, repeats: int, units: int) -> dict[str, float]:
             "fsdp_call_rounds": statistics.median(per)}
 
 
+def _tp_rounds(fns: dict, repeats: int) -> dict[str, float]:
+    """`_rounds` of the tensor-parallel step and its plain layers, and "tp_rounds": the
+    median over the rounds of each round's own difference (as `_fsdp_rounds`)."""
+    ts = _round_times(fns, repeats)
+    return {**{k: statistics.median(v) for k, v in ts.items()},
+            "tp_rounds": statistics.median(a - b for a, b in zip(ts["tp_step"],
+                                                                  ts["tp_local"]))}
+
+
 def _overlap_rounds(hide: dict, repeats: int) -> dict[str, float]:
     """`_rounds` of compute, gather and both, and "overlap_rounds": the median over the
     rounds of each round's own (compute + gather - both) / min(compute, gather), so that
@@ -231,10 +243,10 @@ def runtime_costs_rank(repeats: int, units: int, width: int, tensors: int,
     many = nn.Sequential(*[nn.Linear(32, 32, bias=False) for _ in range(tensors)])
     fully_shard(many, mesh=mesh)
     adam["adam_dtensors"] = _adam(list(many.parameters()))
-    fns = _tp_steps(units, width, x)
     # Adam's rounds are short (a few ms each), and the rate per byte is a difference of
     # two of them: 3x the rounds (at 9, the rate moved 0.38-2.0 GB/s between calibrations)
-    return {**_rounds(fns, repeats), **_fsdp_rounds(fsdp, 3 * repeats, units),
+    return {**_tp_rounds(_tp_steps(units, width, x), 3 * repeats),
+            **_fsdp_rounds(fsdp, 3 * repeats, units),
             **_overlap_rounds(hide, 3 * repeats),
             **dp_overlap_rounds(optimizer_numel, 3 * repeats), **_rounds(adam, 3 * repeats),
             **_pipeline_steps(pipe_width, pipe_extra, repeats), **issued}
@@ -354,7 +366,7 @@ def measure_runtime_costs(world: int = 2, repeats: int = 5, units: int = 8, widt
     dtensor = (s["adam_dtensors"] - small / world / bw) / tensors
     asynchronous = s["fsdp_async_calls"] / max(s["fsdp_calls"], 1.0)
     pairs = (units - units % 2) // 2
-    tp = (s["tp_step"] - s["tp_local"]) / (4 * pairs)
+    tp = s["tp_rounds"] / (4 * pairs)
     per_mb = (s["pipe_hi"] - s["pipe_lo"]) / pipe_extra
     return RuntimeCosts(overlap, hidden * asynchronous, max(fsdp_call, 0.0), per_tensor, bw,
                         max(dtensor, 0.0), world, seconds=s, tp_tensor_s=max(tp, 0.0),
