@@ -178,11 +178,20 @@ def test_model_buckets_are_the_runtimes(numels, cap_mb):
 @pytest.mark.slow
 def test_fit_gloo_fits_the_plain_kinds_only():
     """`fit_gloo` fits the ring model to the plain collectives (the DTensor kinds have no
-    ring schedule): it runs on 2 ranks and logs a fit."""
+    ring schedule): on 2 ranks its fit predicts a 64 KiB all-reduce measured apart within
+    a factor of 5 (the loopback fit's error is 30-40%), and it logs the fit."""
+    from weft.collectives.costmodel import predict
+    from weft.collectives.emulate.shapes import star_slow
+    from weft.collectives.fabric import Fabric
+    from weft.collectives.ring import ring
     from weft.planner.local_costs import fit_gloo
 
-    got = measure_collectives(2, sizes=(4096,), repeats=1, timeout=120, dtensor=False)
+    got = measure_collectives(2, sizes=(64 << 10,), repeats=3, timeout=120, dtensor=False)
     assert {k for k, *_ in got.samples} == set(KINDS)
     lines = []
     params = fit_gloo(2, quick=True, log=lines.append)
-    assert params.alpha > 0 and "fitted to the ring model" in lines[0]
+    assert "fitted to the ring model" in lines[0]
+    fab = Fabric(star_slow(2, fast=1e12, slow=1e12), ["h0", "h1"])
+    measured = next(t for k, n, s, t in got.samples if k == "allreduce")
+    predicted = predict(ring("allreduce", 2), fab, 64 << 10, (64 << 10) + 1, params)
+    assert 0.2 < predicted / measured < 5

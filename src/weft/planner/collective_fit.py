@@ -139,17 +139,13 @@ def collectives_rank(sizes, repeats: int, after: float = 0.0, dtensor: bool = Tr
 
     from weft.planner.measure import slowest_seconds
 
-    world, me = dist.get_world_size(), dist.get_rank()
+    world = dist.get_world_size()
     seg = _compute_segment(after) if after > 0 else None
     groups, meshes = {}, {}
     for n in range(2, world + 1):
-        if world % n:
-            continue
-        made = [dist.new_group(list(range(s, s + n))) for s in range(0, world, n)] \
-            if n < world else [None]
-        groups[n] = made[me // n] if n < world else None
-        if dtensor:
+        if world % n == 0:  # this rank's group of n consecutive ranks (the world: default)
             meshes[n] = _mesh(world, n)
+            groups[n] = meshes[n].get_group() if n < world else None
 
     def op(kind, n, nbytes, g):
         full = torch.ones(max(n, int(nbytes) // 4 // n * n))
@@ -160,8 +156,9 @@ def collectives_rank(sizes, repeats: int, after: float = 0.0, dtensor: bool = Tr
             return lambda: dist.all_gather_single(full, part, group=g)
         return lambda: dist.reduce_scatter_single(part, full, group=g)
     fns = {(k, n, s): op(k, n, s, g) for n, g in groups.items() for s in sizes for k in KINDS}
-    fns.update({(k, n, s): _dtensor_op(k, n, s, m) for n, m in meshes.items() for s in sizes
-                for k in DTENSOR_KINDS})
+    if dtensor:
+        fns.update({(k, n, s): _dtensor_op(k, n, s, m) for n, m in meshes.items()
+                    for s in sizes for k in DTENSOR_KINDS})
     if seg is not None:
         fns = {key: (lambda fn=fn: (seg(), fn())) for key, fn in fns.items()}
     ts: dict = {key: [] for key in fns}

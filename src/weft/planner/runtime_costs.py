@@ -141,37 +141,36 @@ def _rounds(fns: dict, repeats: int) -> dict[str, float]:
     return {k: statistics.median(v) for k, v in _round_times(fns, repeats).items()}
 
 
-def _fsdp_rounds(fns: dict, repeats: int, units: int) -> dict[str, float]:
-    """`_rounds` of the fully_shard step, the plain step and the unit's raw collectives,
-    and "fsdp_call_rounds": the median over the rounds of each round's own fully_shard
-    cost per call (its step less the plain step and the raw collectives of that round,
-    over the 3 calls per unit). A difference of medians taken over rounds apart moved
-    0.0-3.5 ms per call between calibrations minutes apart (2026-12-03)."""
+def _rounds_and(fns: dict, repeats: int, **per_round) -> dict[str, float]:
+    """`_rounds`, and for each ``name=f`` of `per_round` the median over the rounds of
+    ``f(that round's timings)``: a figure combining several timings taken from one round,
+    so that a slow round slows all of them and cancels (a difference of medians taken over
+    rounds apart moved fully_shard's cost per call 0.0-3.5 ms between calibrations minutes
+    apart, 2026-12-03)."""
     ts = _round_times(fns, repeats)
-    per = [(f - p - units * (2 * g + sc)) / (3 * units) for f, p, g, sc in
-           zip(ts["fsdp_step"], ts["plain_step"], ts["unit_gather"], ts["unit_scatter"])]
+    rounds = [dict(zip(ts, row)) for row in zip(*ts.values())]
     return {**{k: statistics.median(v) for k, v in ts.items()},
-            "fsdp_call_rounds": statistics.median(per)}
+            **{name: statistics.median(f(r) for r in rounds) for name, f in per_round.items()}}
+
+
+def _fsdp_rounds(fns: dict, repeats: int, units: int) -> dict[str, float]:
+    """`_rounds_and` with "fsdp_call_rounds": fully_shard's own cost per call, its step
+    less the plain step and the raw collectives, over the 3 calls per unit."""
+    return _rounds_and(fns, repeats, fsdp_call_rounds=lambda r: (
+        r["fsdp_step"] - r["plain_step"] - units * (2 * r["unit_gather"] + r["unit_scatter"])
+    ) / (3 * units))
 
 
 def _tp_rounds(fns: dict, repeats: int) -> dict[str, float]:
-    """`_rounds` of the tensor-parallel step and its plain layers, and "tp_rounds": the
-    median over the rounds of each round's own difference (as `_fsdp_rounds`)."""
-    ts = _round_times(fns, repeats)
-    return {**{k: statistics.median(v) for k, v in ts.items()},
-            "tp_rounds": statistics.median(a - b for a, b in zip(ts["tp_step"],
-                                                                  ts["tp_local"]))}
+    """`_rounds_and` with "tp_rounds": the tensor-parallel step less its plain layers."""
+    return _rounds_and(fns, repeats, tp_rounds=lambda r: r["tp_step"] - r["tp_local"])
 
 
 def _overlap_rounds(hide: dict, repeats: int) -> dict[str, float]:
-    """`_rounds` of compute, gather and both, and "overlap_rounds": the median over the
-    rounds of each round's own (compute + gather - both) / min(compute, gather), so that
-    the three timings combined are from the same moment."""
-    ts = _round_times(hide, repeats)
-    per = [(c + g - b) / max(min(c, g), 1e-9)
-           for c, g, b in zip(ts["compute"], ts["gather"], ts["both"])]
-    return {**{k: statistics.median(v) for k, v in ts.items()},
-            "overlap_rounds": statistics.median(per)}
+    """`_rounds_and` with "overlap_rounds": (compute + gather - both) / min(compute,
+    gather)."""
+    return _rounds_and(hide, repeats, overlap_rounds=lambda r: (
+        r["compute"] + r["gather"] - r["both"]) / max(min(r["compute"], r["gather"]), 1e-9))
 
 
 def _adam(params):

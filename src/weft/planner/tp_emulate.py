@@ -145,8 +145,12 @@ def emulate(model: nn.Module, groups: dict[str, tuple[TPRule, ...]], example,
     mods = dict(model.named_modules())
     targets = {g: matching(g, model) for g in groups}
     captured: dict[str, tuple] = {}
+    def record(n, a, k):  # the first call's inputs, copied once
+        if n not in captured:
+            captured[n] = _inputs(a, k)
+
     handles = [mods[n].register_forward_pre_hook(
-        lambda m, a, k, n=n: captured.setdefault(n, _inputs(a, k)) and None, with_kwargs=True)
+        lambda m, a, k, n=n: record(n, a, k), with_kwargs=True)
         for names in targets.values() for n in names]
     modes = {m: m.training for m in model.modules()}
     bad: dict[str, str] = {}
